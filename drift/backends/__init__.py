@@ -1,0 +1,45 @@
+"""Backends, found by name. Each lives in `backends/<name>/` and is imported only when asked
+for, so a machine without torch or wgpu still runs the CPU backend."""
+
+from __future__ import annotations
+
+import importlib
+
+from drift.backends.base import Backend, DeviceInfo, Program
+from drift.errors import DeviceError
+
+# Best first: the default device is the first available.
+BACKENDS: dict[str, str] = {
+    "cpu": "drift.backends.cpu",
+}
+ALIASES = {"numpy": "cpu"}
+
+
+def backend_class(name: str) -> type[Backend]:
+    name = ALIASES.get(name, name)
+    if name not in BACKENDS:
+        raise DeviceError(f"unknown device {name!r} (known: {', '.join(BACKENDS)})")
+    module = importlib.import_module(BACKENDS[name])
+    return module.BACKEND
+
+
+def best_available() -> str:
+    for name in BACKENDS:
+        try:
+            if backend_class(name).available():
+                return name
+        except ImportError:
+            continue
+    return "cpu"
+
+
+def create_backend(name: str | None = None, **options) -> Backend:
+    name = best_available() if name in (None, "auto") else name
+    cls = backend_class(name)
+    if not cls.available():
+        raise DeviceError(f"device {name!r} is not available on this machine")
+    return cls(**options)
+
+
+__all__ = ["Backend", "BACKENDS", "DeviceInfo", "Program", "backend_class", "best_available",
+           "create_backend"]

@@ -1,0 +1,115 @@
+"""An Engine: one model file on one backend, with its KV cache.
+
+It compiles a graph per call size (the prompt length for prefill, 1 for decode), keeps the
+tokens whose keys and values the cache holds, and reuses their longest common prefix, so a
+chat that resends its history only computes the new turn.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from drift.backends import Backend, Program, create_backend
+from drift.errors import ContextOverflowError, InvalidArgumentError
+from drift.formats.gguf import GGUFFile, open_gguf
+from drift.ir import Graph, Role
+from drift.models import ModelConfig, build_graph, config_from_gguf
+
+DEFAULT_CTX = 4096
+PREFILL_CHUNK = 512  # tokens per prefill call: bounds the activations of a long prompt
+MAX_PROGRAMS = 8  # compiled graphs kept, least recently used dropped
+
+
+def gguf_dtype(qtype_name: str) -> str:
+    """The IR dtype of a stored tensor: plain types lower-case, quant types by their name."""
+    return qtype_name.lower() if qtype_name in ("F32", "F16", "BF16", "F64") else qtype_name
+
+
+class Engine:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: str | None = None,
+        ctx: int | None = None,
+        backend: Backend | None = None,
+    ):
+        t0 = time.perf_counter()
+        self.path = Path(path)
+        self.file: GGUFFile = open_gguf(self.path)
+        shapes = {n: t.shape for n, t in self.file.tensors.items()}
+        self.config: ModelConfig = config_from_gguf(self.file.metadata, shapes, self.path.name)
+        if ctx is not None and ctx < 1:
+            raise InvalidArgumentError(f"--ctx must be >= 1, got {ctx}")
+        self.ctx = min(DEFAULT_CTX, self.config.ctx_train) if ctx is None else ctx
+        if self.ctx > self.config.ctx_train:
+            raise InvalidArgumentError(
+                f"--ctx {self.ctx} is beyond the {self.config.ctx_train} positions "
+                f"{self.path.name} was trained for"
+            )
+        self.weight_dtypes = {n: gguf_dtype(t.qtype.name) for n, t in self.file.tensors.items()}
+        self.backend = backend or create_backend(device)
+        decode = self.graph(1)
+        self.backend.load_weights(self.file, decode.by_role(Role.WEIGHT))
+        self._programs: OrderedDict[int, Program] = OrderedDict()
+        self.cached_tokens: list[int] = []  # tokens whose K/V are in the cache, in order
+        self.load_seconds = time.perf_counter() - t0
+
+    def graph(self, n_tokens: int) -> Graph:
+        return build_graph(self.config, self.weight_dtypes, n_tokens, self.ctx,
+                           kv_dtype=getattr(self.backend, "kv_dtype", "f32"))
+
+    def program(self, n_tokens: int) -> Program:
+        if n_tokens in self._programs:
+            self._programs.move_to_end(n_tokens)
+            return self._programs[n_tokens]
+        program = self.backend.compile(self.graph(n_tokens))
+        self._programs[n_tokens] = program
+        if len(self._programs) > MAX_PROGRAMS:
+            self._programs.popitem(last=False)
+        return program
+
+    def forward(self, tokens: list[int], start: int) -> np.ndarray:
+        """Run `tokens` at positions start.. and return the last position's logits (V,)."""
+        if start + len(tokens) > self.ctx:
+            raise ContextOverflowError(
+                f"{start + len(tokens)} tokens do not fit the context of {self.ctx}"
+            )
+        ids = np.asarray(tokens, dtype=np.int32)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise InvalidArgumentError(f"token id out of range [0, {self.config.vocab_size})")
+        positions = np.arange(start, start + len(tokens), dtype=np.int32)
+        out = self.program(len(tokens)).run({"tokens": ids, "positions": positions})
+        self.cached_tokens = self.cached_tokens[:start] + list(tokens)
+        return out["logits"].reshape(-1)
+
+    def prefill(self, tokens: list[int]) -> np.ndarray:
+        """Bring the cache to hold `tokens`, computing only what is not already there; return
+        the logits after the last token."""
+        if len(tokens) > self.ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens; the context holds {self.ctx} "
+                f"(raise --ctx, up to {self.config.ctx_train})"
+            )
+        reuse = common_prefix(self.cached_tokens, tokens)
+        reuse = min(reuse, len(tokens) - 1)  # recompute at least the last token for its logits
+        logits = None
+        for start in range(reuse, len(tokens), PREFILL_CHUNK):
+            logits = self.forward(tokens[start : start + PREFILL_CHUNK], start)
+        assert logits is not None
+        return logits
+
+    def reset(self) -> None:
+        self.cached_tokens = []
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -1,0 +1,93 @@
+"""Choosing the next token from logits.
+
+The chain follows llama.cpp's order: repetition penalty, top-k, top-p, min-p, temperature,
+then a draw. Temperature 0 is greedy (argmax), with the penalty still applied. This is the
+host-side specification; GPU backends may sample on the device with the same chain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from drift.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    temperature: float = 0.8
+    top_k: int = 40  # 0: off
+    top_p: float = 0.95  # 1: off
+    min_p: float = 0.05  # 0: off
+    repeat_penalty: float = 1.0  # 1: off
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0"),
+            (self.top_k >= 0, "top-k must be >= 0 (0 turns it off)"),
+            (0.0 < self.top_p <= 1.0, "top-p must be in (0, 1]"),
+            (0.0 <= self.min_p <= 1.0, "min-p must be in [0, 1]"),
+            (math.isfinite(self.repeat_penalty) and self.repeat_penalty > 0,
+             "repeat-penalty must be > 0 (1 turns it off)"),
+            (self.repeat_last_n >= 0, "repeat-last-n must be >= 0"),
+            (self.seed is None or 0 <= self.seed < 2**64, "seed must be in [0, 2^64)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidArgumentError(f"invalid sampler setting: {message}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GREEDY = SamplerConfig(temperature=0.0)
+
+
+class Sampler:
+    def __init__(self, config: SamplerConfig):
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        c = self.config
+        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        if c.repeat_penalty != 1.0 and history and c.repeat_last_n:
+            logits = apply_repeat_penalty(logits, history[-c.repeat_last_n :], c.repeat_penalty)
+        if c.greedy:
+            return int(np.argmax(logits))
+        ids, kept = candidates(logits, c)
+        probs = np.exp((kept - kept.max()) / c.temperature)
+        probs /= probs.sum()
+        return int(ids[self.rng.choice(len(ids), p=probs)])
+
+
+def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:
+    """llama.cpp's (and CTRL's) penalty: divide positive logits, multiply negative ones."""
+    out = logits.copy()
+    ids = np.unique(np.asarray(recent, dtype=np.int64))
+    vals = out[ids]
+    out[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
+def candidates(logits: np.ndarray, c: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and logits that survive top-k, top-p and min-p, best first."""
+    order = np.argsort(-logits, kind="stable")
+    if c.top_k:
+        order = order[: c.top_k]
+    kept = logits[order]
+    # top-p and min-p act on the distribution at temperature 1, as in llama.cpp
+    probs = np.exp(kept - kept[0])
+    probs /= probs.sum()
+    n = len(order)
+    if c.top_p < 1.0:
+        n = min(n, int(np.searchsorted(np.cumsum(probs), c.top_p) + 1))
+    if c.min_p > 0.0:
+        n = min(n, max(1, int(np.sum(probs >= c.min_p * probs[0]))))
+    return order[:n], kept[:n]
