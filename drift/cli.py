@@ -1,0 +1,53 @@
+"""The `drift` command.
+
+Each module in `drift/commands/` contributes subcommands through `register(subparsers)`, so a
+new command is a new file. A `DriftError` (the user's mistake) becomes one line on stderr and
+a non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import drift.commands
+from drift import __version__
+from drift.errors import DriftError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drift",
+        description="Run large generative models on the GPU you already have.",
+    )
+    parser.add_argument("--version", action="version", version=f"drift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(drift.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"drift.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DriftError as e:
+        print(f"drift: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `drift run ... | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of `drift`: each module here has `register(subparsers)`."""
