@@ -1,0 +1,125 @@
+"""`drift run` and `drift chat`, in llama.cpp's spirit: the generated text alone on stdout,
+streamed; the figures on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from drift.commands._common import add_model_arguments, load_engine
+from drift.errors import InvalidArgumentError
+from drift.runtime.sampler import SamplerConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="generate from a prompt",
+                         description="Generate text. With one positional argument it is the "
+                                     "prompt and the model is the default one; '-' reads the "
+                                     "prompt from stdin.")
+    run.add_argument("args", nargs="+", metavar="[MODEL] PROMPT")
+    add_model_arguments(run, positional=False)
+    _add_sampling_arguments(run)
+    run.add_argument("--raw", action="store_true",
+                     help="continue the prompt exactly as given, without the chat template")
+    run.add_argument("--system", default=None, help="system message (chat template only)")
+    run.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no figures on stderr")
+    run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="talk with a model, keeping the conversation")
+    add_model_arguments(chat)
+    _add_sampling_arguments(chat)
+    chat.add_argument("--system", default=None, help="system message")
+    chat.set_defaults(func=cmd_chat)
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--max-tokens", type=int, default=256, help="tokens to generate")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=40, help="0 = off")
+    p.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+    p.add_argument("--min-p", type=float, default=0.05, help="0 = off")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _sampling(args: argparse.Namespace) -> SamplerConfig:
+    if args.max_tokens < 0:
+        raise InvalidArgumentError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    return SamplerConfig(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty,
+                         seed=args.seed)
+
+
+def _open(args: argparse.Namespace):
+    from drift.api import LLM
+
+    sampling = _sampling(args)  # bad values fail before minutes of loading
+    llm = LLM(load_engine(args, progress=sys.stderr.isatty()))
+    return llm, sampling
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if len(args.args) > 2:
+        raise InvalidArgumentError("expected [MODEL] PROMPT (quote a prompt with spaces)")
+    args.model, prompt = (None, args.args[0]) if len(args.args) == 1 else args.args
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    llm, sampling = _open(args)
+    if args.raw or llm.chat_template is None:
+        ids = llm.encode_prompt(prompt)
+    else:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        ids = llm.encode_prompt(llm.render_chat(messages + [{"role": "user", "content": prompt}]))
+    _stream_out(llm, ids, sampling, args.max_tokens, args.stop)
+    if not args.quiet:
+        print(f"[{llm.engine.backend.name}] {llm.last_stats.summary(llm.engine.load_seconds)}",
+              file=sys.stderr)
+    return 0
+
+
+def _stream_out(llm, ids: list[int], sampling: SamplerConfig, max_tokens: int,
+                stop: list[str]) -> str:
+    from drift.runtime.generate import GenerationStats, stream
+
+    llm.last_stats = GenerationStats()
+    pieces = []
+    for piece in stream(llm.engine, llm.tokenizer, ids, sampling, max_tokens, stop,
+                        llm.tokenizer.stop_ids, llm.last_stats):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        pieces.append(piece)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return "".join(pieces)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm, sampling = _open(args)
+    if llm.chat_template is None:
+        raise InvalidArgumentError(f"{llm.engine.path.name} has no chat template; use drift run")
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"drift chat with {llm.engine.path.name} on {llm.engine.backend.name}. "
+              "/reset clears the conversation, /exit or Ctrl-D leaves.", file=sys.stderr)
+    while True:
+        if interactive:
+            print(">>> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.rstrip("\n")
+        if text.strip() in ("/exit", "/quit", "/bye"):
+            break
+        if text.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        if not text.strip():
+            continue
+        messages.append({"role": "user", "content": text})
+        ids = llm.encode_prompt(llm.render_chat(messages))
+        answer = _stream_out(llm, ids, sampling, args.max_tokens, [])
+        messages.append({"role": "assistant", "content": answer})
+        if interactive:
+            print(f"[{llm.last_stats.summary()}]", file=sys.stderr)
+    return 0

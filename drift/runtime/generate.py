@@ -1,0 +1,170 @@
+"""Decoding: the one generator behind the CLI, the Python API and (later) the server.
+
+`generate_tokens` is the loop (prefill, then sample and decode one token at a time);
+`stream` turns its tokens into text, cutting at stop strings and end-of-turn tokens, and
+fills a `GenerationStats` as it goes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol
+
+from drift.errors import ContextOverflowError, InvalidArgumentError
+from drift.runtime.engine import Engine, common_prefix
+from drift.runtime.sampler import Sampler, SamplerConfig
+
+
+class Detokenizer(Protocol):
+    def decode(self, ids: list[int], skip_special: bool = False) -> str: ...
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose K/V were already in the cache
+    prefill_s: float = 0.0
+    generated_tokens: int = 0
+    decode_s: float = 0.0
+    ttft_s: float = 0.0  # from the call to the first generated token
+    finish_reason: str | None = None  # "stop" (EOS or stop string) or "length"
+    token_times: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def prefill_tps(self) -> float:
+        computed = self.prompt_tokens - self.reused_tokens
+        return computed / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        # the first token comes out of prefill; the others each cost one decode step
+        steps = self.generated_tokens - 1
+        return steps / self.decode_s if self.decode_s > 0 and steps > 0 else 0.0
+
+    def summary(self, load_s: float | None = None) -> str:
+        parts = []
+        if load_s is not None:
+            parts.append(f"load {load_s:.2f} s")
+        parts += [
+            f"prompt {self.prompt_tokens} tok",
+            f"prefill {self.prefill_tps:.1f} tok/s",
+            f"decode {self.decode_tps:.1f} tok/s ({self.generated_tokens} tok)",
+            f"ttft {self.ttft_s * 1000:.0f} ms",
+        ]
+        return " | ".join(parts)
+
+
+def generate_tokens(
+    engine: Engine,
+    prompt: list[int],
+    sampler: Sampler,
+    max_tokens: int,
+    stop_ids: Iterable[int] = (),
+    stats: GenerationStats | None = None,
+) -> Iterator[int]:
+    """Yield sampled tokens until a stop token (not yielded), max_tokens or a full context."""
+    stats = stats if stats is not None else GenerationStats()
+    if not prompt:
+        raise InvalidArgumentError("the prompt is empty")
+    if max_tokens < 0:
+        raise InvalidArgumentError(f"max tokens must be >= 0, got {max_tokens}")
+    if len(prompt) >= engine.ctx:
+        raise ContextOverflowError(
+            f"the prompt is {len(prompt)} tokens; the context holds {engine.ctx} "
+            f"(raise --ctx, up to {engine.config.ctx_train})"
+        )
+    stop_ids = frozenset(stop_ids)
+    t0 = time.perf_counter()
+    stats.prompt_tokens = len(prompt)
+    stats.reused_tokens = min(common_prefix(engine.cached_tokens, prompt), len(prompt) - 1)
+    logits = engine.prefill(prompt)
+    stats.prefill_s = time.perf_counter() - t0
+    history = list(prompt)
+    while True:
+        if stats.generated_tokens >= max_tokens:
+            stats.finish_reason = "length"
+            return
+        token = sampler(logits, history)
+        now = time.perf_counter()
+        if stats.generated_tokens == 0:
+            stats.ttft_s = now - t0
+        stats.token_times.append(now)
+        if token in stop_ids:
+            stats.finish_reason = "stop"
+            return
+        stats.generated_tokens += 1
+        history.append(token)
+        yield token
+        if stats.generated_tokens >= max_tokens:
+            stats.finish_reason = "length"
+            return
+        if len(history) >= engine.ctx:
+            stats.finish_reason = "length"  # the context is full
+            return
+        t = time.perf_counter()
+        logits = engine.forward([token], len(history) - 1)
+        stats.decode_s += time.perf_counter() - t
+
+
+def stream(
+    engine: Engine,
+    tokenizer: Detokenizer,
+    prompt: list[int],
+    sampling: SamplerConfig,
+    max_tokens: int = 256,
+    stop: Iterable[str] = (),
+    stop_ids: Iterable[int] = (),
+    stats: GenerationStats | None = None,
+) -> Iterator[str]:
+    """Yield pieces of generated text; their concatenation is the whole answer.
+
+    Text is decoded from all generated ids each step and only the new, complete part is
+    emitted: a piece never ends in half a UTF-8 character, and SentencePiece's rule for the
+    leading space is applied once. Text that could be the start of a stop string is held
+    back until it is known not to be one.
+    """
+    stats = stats if stats is not None else GenerationStats()
+    stops = [s for s in stop if s]
+    ids: list[int] = []
+    emitted = 0  # characters of `text` already yielded
+    text = ""
+    for token in generate_tokens(engine, prompt, Sampler(sampling), max_tokens, stop_ids, stats):
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            continue
+        cut = _first_stop(text, stops, emitted)
+        if cut is not None:
+            if cut > emitted:
+                yield text[emitted:cut]
+            stats.finish_reason = "stop"
+            return
+        safe = len(text) - _held_back(text, stops)
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    text = text.rstrip("\ufffd") if stats.finish_reason == "length" else text
+    if len(text) > emitted:
+        yield text[emitted:]
+
+
+def _first_stop(text: str, stops: list[str], emitted: int) -> int | None:
+    """Index of the earliest stop string that starts in the unemitted part, if any."""
+    found = None
+    for s in stops:
+        i = text.find(s, max(0, emitted - len(s) + 1))
+        if i >= 0 and (found is None or i < found):
+            found = i
+    return found
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters could be the beginning of a stop string."""
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return hold
