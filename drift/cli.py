@@ -34,7 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse takes positionals in one run, so `drift run MODEL --temp 0 "prompt"` would leave
+    # the prompt over; commands with a variadic positional (`args`) collect such leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "args", None), list) and not any(
+            e.startswith("-") and e != "-" for e in extra
+        ):
+            args.args += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -65,7 +65,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if prompt == "-":
         prompt = sys.stdin.read()
     llm, sampling = _open(args)
-    if args.raw or llm.chat_template is None:
+    # Like ollama: the file's own template wraps the prompt. A file without one is continued
+    # as given (drift's fallback templates are for `drift chat` only: a base model, which is
+    # what such files usually hold, answers a chat-formatted prompt badly).
+    template = llm.chat_template
+    if args.raw or template is None or template.fallback:
         ids = llm.encode_prompt(prompt)
     else:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
