@@ -16,8 +16,13 @@ from drift.runtime.engine import Engine, common_prefix
 from drift.runtime.sampler import Sampler, SamplerConfig
 
 
+class TextStream(Protocol):
+    def feed(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+
+
 class Detokenizer(Protocol):
-    def decode(self, ids: list[int], skip_special: bool = False) -> str: ...
+    def stream(self) -> TextStream: ...
 
 
 @dataclass
@@ -119,21 +124,16 @@ def stream(
 ) -> Iterator[str]:
     """Yield pieces of generated text; their concatenation is the whole answer.
 
-    Text is decoded from all generated ids each step and only the new, complete part is
-    emitted: a piece never ends in half a UTF-8 character, and SentencePiece's rule for the
-    leading space is applied once. Text that could be the start of a stop string is held
-    back until it is known not to be one.
+    The tokenizer's incremental decoder never returns half a UTF-8 character. Text that could
+    be the start of a stop string is held back until it is known not to be one.
     """
     stats = stats if stats is not None else GenerationStats()
     stops = [s for s in stop if s]
-    ids: list[int] = []
+    decoder = tokenizer.stream()
     emitted = 0  # characters of `text` already yielded
     text = ""
     for token in generate_tokens(engine, prompt, Sampler(sampling), max_tokens, stop_ids, stats):
-        ids.append(token)
-        text = tokenizer.decode(ids)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            continue
+        text += decoder.feed(token)
         cut = _first_stop(text, stops, emitted)
         if cut is not None:
             if cut > emitted:
@@ -144,7 +144,10 @@ def stream(
         if safe > emitted:
             yield text[emitted:safe]
             emitted = safe
-    text = text.rstrip("\ufffd") if stats.finish_reason == "length" else text
+    text += decoder.flush()
+    cut = _first_stop(text, stops, emitted)
+    if cut is not None:
+        text, stats.finish_reason = text[:cut], "stop"
     if len(text) > emitted:
         yield text[emitted:]
 

@@ -3,6 +3,8 @@ pieces, max tokens, the context limit, UTF-8 split across tokens."""
 
 from __future__ import annotations
 
+import codecs
+
 import numpy as np
 import pytest
 
@@ -38,10 +40,20 @@ class ScriptedEngine:
 
 
 class ByteTokenizer:
-    """Token i < 256 is byte i; decoding replaces incomplete UTF-8 as real tokenizers do."""
+    """Token i < 256 is byte i, decoded incrementally as UTF-8."""
 
-    def decode(self, ids, skip_special=False):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+    class _Stream:
+        def __init__(self):
+            self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def feed(self, token_id):
+            return self.decoder.decode(bytes([token_id])) if token_id < 256 else ""
+
+        def flush(self):
+            return self.decoder.decode(b"", final=True)
+
+    def stream(self):
+        return self._Stream()
 
 
 def run(script, prompt=(1, 2), **kw):
