@@ -53,12 +53,28 @@ def test_run_raw_continues_prompt_as_given(smollm2_path):
 
 
 @pytest.mark.slow
-def test_chat_keeps_history(smollm2_path):
-    proc = drift("chat", str(smollm2_path), "--temp", "0", "-n", "16",
-                 stdin="My name is Ada.\nWhat is my name?\n")
+def test_chat_answers_each_turn(smollm2_path):
+    proc = drift("chat", str(smollm2_path), "--temp", "0", "-n", "8",
+                 stdin="My name is Ada.\n/reset\nWhat is two plus two?\n/exit\nignored\n")
     assert proc.returncode == 0, proc.stderr
-    answers = proc.stdout.strip().splitlines()
-    assert "Ada" in answers[-1], proc.stdout
+    assert len([line for line in proc.stdout.splitlines() if line.strip()]) >= 2, proc.stdout
+
+
+@pytest.mark.slow
+def test_chat_history_is_kept_and_its_prefix_reused(smollm2_path):
+    """The second turn's prompt holds the first turn and its answer, and the KV cache already
+    holds that prefix, so only the new turn is computed."""
+    import drift
+
+    llm = drift.load(str(smollm2_path), device="cpu")
+    messages = [{"role": "user", "content": "My name is Ada."}]
+    answer = llm.chat(messages, temperature=0, max_tokens=8, stream=False)
+    first_prompt = llm.last_stats.prompt_tokens
+    messages += [{"role": "assistant", "content": answer},
+                 {"role": "user", "content": "What is my name?"}]
+    assert "My name is Ada." in llm.render_chat(messages)
+    llm.chat(messages, temperature=0, max_tokens=8, stream=False)
+    assert llm.last_stats.reused_tokens >= first_prompt
 
 
 # --- bad input ---------------------------------------------------------------------------
