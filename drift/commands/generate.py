@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from drift.commands._common import add_model_arguments, load_engine
-from drift.errors import InvalidArgumentError
+from drift.errors import ContextOverflowError, InvalidArgumentError
 from drift.runtime.sampler import SamplerConfig
 
 
@@ -121,9 +121,26 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not text.strip():
             continue
         messages.append({"role": "user", "content": text})
-        ids = llm.encode_prompt(llm.render_chat(messages))
+        ids = _fit_history(llm, messages, bool(args.system), args.max_tokens)
         answer = _stream_out(llm, ids, sampling, args.max_tokens, [])
         messages.append({"role": "assistant", "content": answer})
         if interactive:
             print(f"[{llm.last_stats.summary()}]", file=sys.stderr)
     return 0
+
+
+def _fit_history(llm, messages: list[dict], has_system: bool, max_tokens: int) -> list[int]:
+    """The prompt for the conversation, forgetting its oldest turns (in place) while it would
+    leave no room for an answer; the system message and the new question always stay."""
+    first = 1 if has_system else 0
+    while True:
+        ids = llm.encode_prompt(llm.render_chat(messages))
+        if len(ids) + min(max_tokens, 64) <= llm.engine.ctx or len(messages) - first <= 1:
+            break
+        del messages[first : first + 2]  # the oldest question and its answer
+        print("[context full: the oldest turn is forgotten]", file=sys.stderr)
+    if len(ids) >= llm.engine.ctx:
+        raise ContextOverflowError(
+            f"the message is {len(ids)} tokens; the context holds {llm.engine.ctx} (raise --ctx)"
+        )
+    return ids
