@@ -1,0 +1,140 @@
+"""The profiling executor (per-op timing without touching the CPU backend) and the energy
+counters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drift.analysis import energy
+from drift.analysis.profile import profile_call, profile_engine, reference_walk, stored_dtypes
+from drift.errors import DriftError, UnsupportedError
+from drift.ir import Role
+from drift.runtime.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    return Engine(smollm2_path, device="cpu", ctx=32)
+
+
+def test_reference_walk_computes_what_run_computes(engine):
+    prog = engine.program(4)
+    feeds = {"tokens": np.array([1, 2, 3, 4], np.int32),
+             "positions": np.arange(4, dtype=np.int32)}
+    want = prog.run(feeds)["logits"]
+    state = {k: v.copy() for k, v in engine.backend.state.items()}
+    timed = reference_walk(prog, feeds)
+    assert [n for n, _ in timed] == prog.graph.nodes
+    assert all(s >= 0 for _, s in timed)
+    # the walk updates the KV cache exactly as run does (same rows, same values)
+    for k, v in engine.backend.state.items():
+        np.testing.assert_array_equal(v, state[k])
+    # and its last node produced the logits run returned
+    env_logits = prog.run(feeds)["logits"]
+    np.testing.assert_array_equal(env_logits, want)
+
+
+def test_programs_with_their_own_profile_are_asked(engine):
+    class GPUProgram:
+        graph = engine.program(1).graph
+
+        def profile(self, feeds):
+            return [(n, 1e-6) for n in self.graph.nodes]
+
+    out = profile_call(GPUProgram(), {})
+    assert len(out) == len(GPUProgram.graph.nodes)
+
+    class Opaque:
+        def run(self, feeds):
+            return {}
+
+    with pytest.raises(UnsupportedError, match="Program.profile"):
+        profile_call(Opaque(), {})
+
+
+def test_profile_engine_matches_every_node(engine):
+    r = profile_engine(engine, "smollm2", prompt_len=8, decode_tokens=3, repeat=1)
+    for ms in (r.prefill, r.decode):
+        assert len(ms.op_s) == len(ms.cost.graph.nodes) == len(ms.cost.ops)
+        assert ms.seconds > 0 and ms.op_total_s > 0
+    assert r.prefill.cost.n_tokens == 8 and r.prefill.cost.kv_len == 8
+    assert r.decode.cost.kv_len == 8 + 1 + 1  # the middle decode step's context
+    assert len(r.itl_s) == 3 and r.ttft_s == r.prefill.seconds
+    assert len(engine.cached_tokens) == 11
+    # the numpy backend holds this small model dequantized: costs count the f32 it reads
+    assert stored_dtypes(engine.backend, engine.graph(1))["blk.0.attn_q.weight"] == "f32"
+    g = r.decode.cost.graph  # the compiled graph: fused ops, whatever the passes made
+    mm = next(o for o in r.decode.cost.ops if "blk.0.attn_q.weight" in o.node.inputs)
+    assert mm.dtype == "f32" and "attn_q" in mm.label and mm.layer == 0
+    assert mm.weight_bytes == sum(4 * g.tensors[w].numel for w in mm.node.inputs
+                                  if g.tensors[w].role == Role.WEIGHT)
+    assert mm.macs == sum(g.tensors[w].numel for w in mm.node.inputs  # one decode row
+                          if g.tensors[w].role == Role.WEIGHT and len(g.tensors[w].shape) == 2)
+    assert any("dequantized" in n for n in r.notes)
+
+
+def test_rapl_counter_unwraps(tmp_path):
+    pkg = tmp_path / "intel-rapl:0"
+    sub = tmp_path / "intel-rapl:0:0"  # a sub-domain: part of the package, not added
+    for d in (pkg, sub):
+        d.mkdir()
+        (d / "max_energy_range_uj").write_text("1000000\n")
+    (pkg / "energy_uj").write_text("999000\n")
+    (sub / "energy_uj").write_text("5\n")
+    counter, why = energy.find_counter("cpu", powercap_root=str(tmp_path))
+    assert counter is not None and why == ""
+    assert counter.domains == [str(pkg)]
+    start = counter.read_j()
+    (pkg / "energy_uj").write_text("2000\n")  # wrapped past 1 J
+    assert counter.read_j() - start == pytest.approx(0.003)
+
+
+def test_energy_not_available_says_why(tmp_path, monkeypatch):
+    counter, why = energy.find_counter("cpu", powercap_root=str(tmp_path))
+    assert counter is None and "RAPL" in why
+    monkeypatch.setattr(energy, "find_counter", lambda kind: (None, "no counter here"))
+    m = energy.Meter("cpu")
+    r = m.stop(m.start(), tokens=4)
+    assert r.joules is None and r.j_per_token is None
+    assert r.source == "not available: no counter here"
+
+
+def test_nvml_absent_is_reported():
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        counter, why = energy.find_counter("gpu")
+        assert counter is None and "pynvml" in why
+    else:
+        pytest.skip("pynvml installed: the GPU machine's tests cover NVML")
+
+
+def test_profile_cli_rejects_context_too_small(smollm2_path, capsys):
+    from drift.cli import main
+
+    rc = main(["profile", str(smollm2_path), "--prompt-len", "30", "--decode-tokens", "8",
+               "--ctx", "16"])
+    assert rc != 0
+    assert "exceed --ctx 16" in capsys.readouterr().err
+    assert issubclass(UnsupportedError, DriftError)
+
+
+def test_without_per_op_timing_the_stages_still_stand(engine, monkeypatch):
+    """A backend with no per-op timing (a GPU program without `profile`) still gets time to
+    first token, inter-token latency, stage MBU/MFU and energy."""
+    from drift.analysis import profile as prof
+    from drift.analysis.hardware import device_spec
+    from drift.analysis.report import profile_dict, profile_tables
+
+    def refuse(program, feeds):
+        raise UnsupportedError("no per-op timing here")
+
+    monkeypatch.setattr(prof, "profile_call", refuse)
+    r = prof.profile_engine(engine, "smollm2", prompt_len=4, decode_tokens=2, repeat=1)
+    assert r.prefill.op_s is None and r.decode.op_s is None
+    assert any("per-op times not available" in n for n in r.notes)
+    d = profile_dict(r, device_spec("h100"))
+    assert d["decode"]["mbu"] > 0 and "measured_s" not in d["ops"][0]
+    summary, pre, _ = profile_tables(r, device_spec("h100"))
+    assert "measured" not in pre.columns and summary.rows[0][5] == "-"
