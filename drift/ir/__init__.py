@@ -5,6 +5,20 @@ from drift.ir.ops import REGISTRY, Cost, cost_of, infer, run_reference
 from drift.ir.tensor import Role, TensorSpec, is_quantized, nbytes_of
 
 __all__ = [
-    "Attrs", "Cost", "Graph", "GraphBuilder", "Node", "REGISTRY", "Role", "TensorSpec",
-    "cost_of", "infer", "is_quantized", "nbytes_of", "run_reference", "storage_name",
+    "REGISTRY",
+    "Attrs",
+    "Cost",
+    "Graph",
+    "GraphBuilder",
+    "Node",
+    "Role",
+    "TensorSpec",
+    "cost_of",
+    "infer",
+    "is_quantized",
+    "nbytes_of",
+    "run_reference",
+    "storage_name",
 ]
+
+from drift.ir import ops_diffusion, ops_fused  # noqa: F401  (register their ops)

@@ -1,17 +1,29 @@
 """The numpy backend: the executable specification.
 
 Every node runs through its op's numpy reference from the registry, so this backend *is* the
-definition of what a graph computes; the GPU backends are tested against it.
+definition of what a graph computes; the GPU backends are tested against it. It runs graphs
+the way the GPU backends do, after the same passes (`drift/passes/pipeline.py`):
+
+- fusion: fused graphs run through the fused ops' references (`CPUBackend(fuse=False)`
+  compiles without, for the tests that compare the two);
+- tensor virtualization: every activation is read and written through the storage the layout
+  pass chose for it (4-wide channel slices, several objects for a large tensor, a plain
+  buffer), so a wrong coordinate translation gives wrong logits;
+- memory planning: every activation is a view of one uint8 arena at its planned offset, so
+  two tensors wrongly sharing memory give wrong logits too. Outputs are copied out.
 
 Weights: matrices are dequantized to float32 once at load while the float copy stays within a
-budget (small models then decode at BLAS speed); past the budget they stay quantized and are
-dequantized block of rows by block of rows inside each matmul, so an 8B Q4_0 model runs in
-a few GB of memory rather than 32.
+budget (small models then decode at BLAS speed); past the budget they are converted once into
+tiled scale/quant planes (the `QuantBlockPlanes` storage a GPU kernel would read) and
+dequantized slab by slab inside each matmul, so an 8B Q4_0 model runs in a few GB of memory
+rather than 32. Weights never enter the arena.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,33 +31,55 @@ import numpy as np
 from drift.backends.base import Backend, DeviceInfo, Program
 from drift.formats import quants
 from drift.formats.gguf import GGUFFile, TensorInfo, check_quant_supported
-from drift.ir import Graph, Role, TensorSpec, run_reference, storage_name
-from drift.ir.ops import REGISTRY
+from drift.ir import REGISTRY, Graph, Role, TensorSpec, storage_name
+from drift.ir.ops_fused import stacked_rows
+from drift.passes import Capabilities, Compiled, PassContext, run_pipeline
+from drift.passes.storage import BLOCK_FIELDS, QuantBlockPlanes, QuantBlocks, Storage
 
 DEFAULT_DEQUANT_BUDGET = 4 * 2**30  # bytes of float32 weights kept dequantized
-ROWS_PER_CHUNK = 1024  # rows dequantized at a time for a lazy matmul
+ROWS_PER_CHUNK = 1024  # rows dequantized at a time for a lazy matmul (a multiple of the tile)
+
+# What the numpy backend asks of the passes. It could hold any tensor as one flat array; it
+# deliberately realises them the way a GPU with images must (channel slices, objects of at
+# most 64 KiB), so that the executable specification runs the coordinate translations of
+# `drift/passes/storage.py` on every call and a wrong one fails the model tests.
+CPU_CAPABILITIES = Capabilities(alignment=64, channel_slices=True, max_object_bytes=1 << 16,
+                                quant_planes=False, quant_tile_rows=16, inplace=True)
 
 
 class LazyQuantMatrix:
-    """A (N, K) weight kept in its GGUF blocks; `matmul_t` dequantizes a slab of rows at a time."""
+    """A (N, K) weight kept quantized, in tiled scale/quant planes converted once at load;
+    `matmul_t` dequantizes a slab of rows at a time."""
 
-    def __init__(self, info: TensorInfo):
-        self.info = info
-        self.shape = info.shape
+    def __init__(self, info: TensorInfo, tile_rows: int = 16):
+        self.name, self.qtype, self.shape = info.name, info.qtype, info.shape
+        shape = (int(info.shape[0]), int(info.shape[1]))
+        if info.qtype.name in BLOCK_FIELDS:
+            self.storage: Storage = QuantBlockPlanes(shape, info.qtype.name, tile_rows)
+        else:
+            self.storage = QuantBlocks(shape, info.qtype.name)
+        self.objs = self.storage.to_physical(np.asarray(info.data))
 
-    def _dequant(self, rows: slice | np.ndarray) -> np.ndarray:
-        raw = np.asarray(self.info.data)[rows]
-        return quants.dequantize(raw, self.info.qtype, (raw.shape[0], self.shape[1]), self.info.name)
+    def _blocks(self, r0: int, r1: int) -> np.ndarray:
+        if isinstance(self.storage, QuantBlockPlanes):
+            return self.storage.rows(self.objs, r0, r1)
+        return self.objs[0][r0:r1]
+
+    def _dequant(self, raw: np.ndarray) -> np.ndarray:
+        return quants.dequantize(raw, self.qtype, (raw.shape[0], self.shape[1]), self.name)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        return self._dequant(np.asarray(ids, dtype=np.int64))
+        ids = np.asarray(ids, dtype=np.int64)
+        if isinstance(self.storage, QuantBlockPlanes):
+            return self._dequant(self.storage.gather_rows(self.objs, ids))
+        return self._dequant(self.objs[0][ids])
 
     def matmul_t(self, x: np.ndarray) -> np.ndarray:
         n = self.shape[0]
         out = np.empty(x.shape[:-1] + (n,), dtype=np.float32)
         for r0 in range(0, n, ROWS_PER_CHUNK):
             r1 = min(n, r0 + ROWS_PER_CHUNK)
-            out[..., r0:r1] = x @ self._dequant(slice(r0, r1)).T
+            out[..., r0:r1] = x @ self._dequant(self._blocks(r0, r1)).T
         return out
 
 
@@ -59,11 +93,19 @@ def _total_memory() -> int:
 class CPUBackend(Backend):
     name = "cpu"
 
-    def __init__(self, dequant_budget: int | None = None):
+    def __init__(self, dequant_budget: int | None = None, fuse: bool = True,
+                 strategy: str = "greedy_by_size", capabilities: Capabilities | None = None):
         env = os.environ.get("DRIFT_CPU_DEQUANT_BUDGET")
-        self.dequant_budget = int(env) if env else (dequant_budget or DEFAULT_DEQUANT_BUDGET)
+        self.dequant_budget = int(env) if env else (
+            DEFAULT_DEQUANT_BUDGET if dequant_budget is None else dequant_budget)
+        self.fuse = fuse
+        self.strategy = strategy
+        self._caps = capabilities or CPU_CAPABILITIES
         self.weights: dict[str, Any] = {}
         self.state: dict[str, np.ndarray] = {}
+        self.weights_dequantized = True
+        self.arena = np.zeros(0, dtype=np.uint8)  # shared by every program: one runs at a time
+        self._packed: set[str] = set()
 
     @classmethod
     def available(cls) -> bool:
@@ -73,6 +115,10 @@ class CPUBackend(Backend):
         return DeviceInfo("cpu", "numpy", "cpu", _total_memory(), os.cpu_count() or 1,
                           {"blas": _blas_name()})
 
+    def capabilities(self) -> Capabilities:
+        # Quantized weights are planes exactly when they were kept quantized at load.
+        return replace(self._caps, quant_planes=not self.weights_dequantized)
+
     def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec]) -> None:
         infos = [model_file.tensors[s.name] for s in specs]
         for info in infos:
@@ -81,43 +127,116 @@ class CPUBackend(Backend):
         keep_float = float_bytes <= self.dequant_budget
         for info in infos:
             if len(info.shape) == 2 and not keep_float:
-                self.weights[info.name] = LazyQuantMatrix(info)
+                self.weights[info.name] = LazyQuantMatrix(info, self._caps.quant_tile_rows)
             else:
                 self.weights[info.name] = model_file.dequantize(info.name)
         self.weights_dequantized = keep_float
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Weights given as arrays (random weights for graphs without a GGUF file: tests,
+        diffusion models)."""
+        self.weights.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
     def alloc_state(self, specs: list[TensorSpec]) -> None:
         for s in specs:
             if s.name not in self.state:
                 self.state[s.name] = np.zeros(s.shape, dtype=np.dtype(_NP_DTYPES[s.dtype]))
 
-    def compile(self, graph: Graph) -> "CPUProgram":
+    def compile(self, graph: Graph) -> CPUProgram:
         missing = [t.name for t in graph.by_role(Role.WEIGHT) if t.name not in self.weights]
         assert not missing, f"weights not loaded: {missing[:3]}"
-        self.alloc_state([t for t in graph.by_role(Role.KV) if t.name == storage_name(t.name)])
-        return CPUProgram(graph, self)
+        ctx = PassContext(self.capabilities(), fuse=self.fuse, strategy=self.strategy)
+        compiled = run_pipeline(graph, ctx)
+        self._pack(compiled.graph)
+        self.alloc_state([t for t in compiled.graph.by_role(Role.KV)
+                          if t.name == storage_name(t.name)])
+        return CPUProgram(compiled, self)
+
+    def _pack(self, graph: Graph) -> None:
+        """Concatenate the weights of each horizontal fusion into one array, once: the parts
+        become views of adjacent rows, and the fused op's reference runs one matmul."""
+        for n in graph.nodes:
+            if n.op not in ("qkv_matmul", "ffn_gate_up"):
+                continue
+            names = list(n.inputs[1:4] if n.op == "qkv_matmul" else n.inputs[1:3])
+            parts = [self.weights[w] for w in names]
+            if stacked_rows(parts) is not None or any(w in self._packed for w in names):
+                continue
+            if not all(isinstance(p, np.ndarray) and p.ndim == 2 for p in parts):
+                continue  # quantized weights stay apart: three slab-wise matmuls
+            whole = np.concatenate(parts, axis=0)
+            at = 0
+            for w, p in zip(names, parts):
+                self.weights[w] = whole[at : at + p.shape[0]]
+                at += p.shape[0]
+            self._packed.update(names)
+
+    def reserve(self, nbytes: int) -> None:
+        if self.arena.nbytes < nbytes:
+            self.arena = np.zeros(nbytes, dtype=np.uint8)
 
 
 _NP_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i32": "int32"}
 
 
 class CPUProgram(Program):
-    def __init__(self, graph: Graph, backend: CPUBackend):
-        self.graph = graph
+    """One compiled graph: its steps read and write arena tensors through their storages."""
+
+    def __init__(self, compiled: Compiled, backend: CPUBackend):
+        self.graph = compiled.graph
+        self.storages = compiled.storages
+        self.plan = compiled.plan
+        self.log = compiled.ctx.log
         self.backend = backend
-        self.steps = [(REGISTRY[n.op].name, n.inputs, n.outputs, n.attrs) for n in graph.nodes]
+        assert self.plan is not None
+        backend.reserve(self.plan.arena_bytes)
+        self.steps = [(REGISTRY[n.op].reference, n.inputs, n.outputs, n.attrs)
+                      for n in self.graph.nodes]
+        self._bound: np.ndarray | None = None
+        self._readers: dict[str, Callable[[], Any]] = {}
+        self._writers: dict[str, Callable[[np.ndarray], None]] = {}
+
+    def _bind(self) -> None:
+        """Readers and writers of every tensor, over the backend's current arena."""
+        arena = self.backend.arena
+        if self._bound is arena:
+            return
+        readers: dict[str, Callable[[], Any]] = {}
+        writers: dict[str, Callable[[np.ndarray], None]] = {}
+        for name, off in self.plan.offsets.items():
+            st = self.storages[name]
+            objs = st.bind(arena[off : off + st.nbytes])
+            if st.linear:  # a view of the arena: read as is, written by one copy
+                view = st.from_physical(objs)
+                readers[name] = lambda v=view: v
+                writers[name] = lambda x, v=view: np.copyto(v, x, casting="same_kind")
+            else:
+                readers[name] = lambda s=st, o=objs: s.from_physical(o)
+                writers[name] = lambda x, s=st, o=objs: s.write(o, x)
+            if name in self.plan.views:  # the reference returned a view of its input's memory
+                writers[name] = lambda x: None
+        weights, state = self.backend.weights, self.backend.state
+        for t in self.graph.tensors.values():
+            if t.role == Role.WEIGHT:
+                readers[t.name] = lambda n=t.name: weights[n]
+            elif t.role == Role.KV:  # updated in place by kv_write: nothing to write back
+                persistent = storage_name(t.name)
+                readers[t.name] = lambda n=persistent: state[n]
+                writers[t.name] = lambda x: None
+        self._readers, self._writers, self._bound = readers, writers, arena
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        env: dict[str, Any] = dict(self.backend.weights)
-        env.update(self.backend.state)
+        self._bind()
+        read, write = self._readers, self._writers
         for name in self.graph.inputs:
             spec = self.graph.tensors[name]
-            env[name] = np.asarray(feeds[name], dtype=_NP_DTYPES[spec.dtype]).reshape(spec.shape)
-        for op, inputs, outputs, attrs in self.steps:
-            results = run_reference(op, [env[i] for i in inputs], attrs)
+            write[name](np.asarray(feeds[name], dtype=_NP_DTYPES[spec.dtype]).reshape(spec.shape))
+        for ref, inputs, outputs, attrs in self.steps:
+            results = ref([read[i]() for i in inputs], attrs)
             for name, value in zip(outputs, results, strict=True):
-                env[name] = value
-        return {name: env[name] for name in self.graph.outputs}
+                write[name](value)
+        # Copied out: the arena is overwritten by the next call.
+        return {name: np.array(read[name](), copy=True) for name in self.graph.outputs}
 
 
 def _blas_name() -> str:

@@ -1,0 +1,130 @@
+"""The Triton backend: NVIDIA (CUDA) and AMD (ROCm) GPUs through Triton kernels and torch.
+
+- device.py     what the GPU is (SMs, shared memory, L2, capability) and the tile sizes
+- weights.py    GGUF blocks -> planes on the GPU (no float copy of a quantized weight)
+- matmul.py     GEMV (decode) / GEMM (prefill) / embedding templates over the plane kinds
+- attention.py  flash-decoding (split-K, GQA) and causal / windowed flash attention
+- pointwise.py  rms_norm, rope, kv_write, elementwise
+- launch.py     one launcher per IR op
+- program.py    a compiled graph: static buffers, lifetime-shared activations, CUDA graph
+
+Activations are fp32 (fp32 accumulation everywhere; prefill matrix tiles are fp16 on the
+tensor cores); the KV cache is fp16. Without a GPU, `TRITON_INTERPRET=1 DRIFT_TRITON_CPU=1`
+runs the same kernels on the CPU through Triton's interpreter (the tests do).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+from drift.backends.base import Backend, DeviceInfo
+from drift.errors import DeviceError
+from drift.formats.gguf import GGUFFile
+from drift.ir import Graph, Role, TensorSpec, storage_name
+
+MEMORY_MARGIN = 512 * 2**20  # left free for the CUDA context, Triton and activations
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB ({n} bytes)"
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    kv_dtype = "f16"
+
+    def __init__(self) -> None:
+        from drift.backends.triton.device import read_device, tune
+
+        self.torch_device, self.info = read_device()
+        self.tuning = tune(self.info)
+        self.weights: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
+        self.cuda_graphs = (self.torch_device.type == "cuda"
+                            and os.environ.get("DRIFT_CUDA_GRAPHS", "1") != "0")
+
+    @classmethod
+    def available(cls) -> bool:
+        if importlib.util.find_spec("triton") is None or importlib.util.find_spec("torch") is None:
+            return False
+        from drift.backends.triton.device import interpreting
+
+        if interpreting():
+            return True
+        import torch
+
+        return torch.cuda.is_available()
+
+    def device(self) -> DeviceInfo:
+        return self.info
+
+    # -- memory
+
+    def free_memory(self) -> int:
+        import torch
+
+        if self.torch_device.type != "cuda":
+            return self.info.memory_bytes
+        free, _total = torch.cuda.mem_get_info(self.torch_device)
+        return int(free)
+
+    def _check_fits(self, what: str, need: int) -> None:
+        free = self.free_memory()
+        if need + MEMORY_MARGIN > free:
+            raise DeviceError(
+                f"{what} needs {_fmt(need)} on {self.info.name}, which has {_fmt(free)} free "
+                f"(keeping {MEMORY_MARGIN // 2**20} MiB back): use a smaller model, quant or --ctx"
+            )
+
+    def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec]) -> None:
+        from drift.backends.triton.weights import upload
+
+        infos = [model_file.tensors[s.name] for s in specs if s.name not in self.weights]
+        self._check_fits("the model's weights", sum(i.nbytes for i in infos))
+        for info in infos:
+            self.weights[info.name] = upload(info, self.torch_device)
+
+    def weight_bytes(self) -> int:
+        total = 0
+        for w in self.weights.values():
+            total += w.nbytes if hasattr(w, "kind") else w.numel() * w.element_size()
+        return total
+
+    def alloc_state(self, specs: list[TensorSpec]) -> None:
+        import torch
+
+        from drift.backends.triton.program import TORCH_DTYPES
+
+        new = [s for s in specs if s.name not in self.state]
+        self._check_fits("the KV cache", sum(s.nbytes for s in new))
+        for s in new:
+            self.state[s.name] = torch.zeros(s.shape, dtype=TORCH_DTYPES[s.dtype],
+                                             device=self.torch_device)
+
+    def state_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state.values())
+
+    def compile(self, graph: Graph):
+        from drift.backends.triton.program import TritonProgram
+
+        missing = [t.name for t in graph.by_role(Role.WEIGHT) if t.name not in self.weights]
+        assert not missing, f"weights not loaded: {missing[:3]}"
+        self.alloc_state([t for t in graph.by_role(Role.KV) if t.name == storage_name(t.name)])
+        return TritonProgram(graph, self)
+
+    def synchronize(self) -> None:
+        import torch
+
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+
+def to_host(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy()
+
+
+BACKEND = TritonBackend

@@ -1,0 +1,135 @@
+"""The device found at start, and the kernel tile sizes chosen from it.
+
+Tile sizes are constexpr parameters of the kernel templates; `Tuning` holds them and is
+derived from `DeviceInfo` once, so each device gets kernels specialized for it (Triton then
+compiles one binary per constexpr combination and caches it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from drift.backends.base import DeviceInfo
+
+
+def triton_p2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def interpreting() -> bool:
+    """Kernels run on the CPU through Triton's interpreter (tests without a GPU)."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("DRIFT_TRITON_CPU") == "1"
+
+
+def patch_interpreter() -> None:
+    """Triton 3.6's interpreter turns a loop bound into an int with int(ndarray), which numpy
+    2.4 refuses for 1-element arrays; index through the one element instead."""
+    try:
+        from triton.runtime import interpreter as it
+    except ImportError:
+        return
+    if getattr(it, "_drift_patched", False) or not hasattr(it, "_patch_lang_tensor"):
+        return
+    original = it._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__",
+                       lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    it._patch_lang_tensor = patched
+    it._drift_patched = True
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    patch_interpreter()
+
+
+def read_device() -> tuple[torch.device, DeviceInfo]:
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        import multiprocessing
+
+        info = DeviceInfo("triton", "triton interpreter (CPU)", "cpu", 8 * 2**30,
+                          multiprocessing.cpu_count(),
+                          {"interpreter": True, "sm_count": 4, "shared_memory": 48 * 1024,
+                           "l2_bytes": 2**20, "capability": (0, 0), "vendor": "cpu"})
+        return torch.device("cpu"), info
+    dev = torch.device("cuda", torch.cuda.current_device())
+    p = torch.cuda.get_device_properties(dev)
+    vendor = "amd" if getattr(torch.version, "hip", None) else "nvidia"
+    extra = {
+        "interpreter": False,
+        "vendor": vendor,
+        "sm_count": p.multi_processor_count,
+        "capability": (p.major, p.minor),
+        "shared_memory": getattr(p, "shared_memory_per_block_optin", 0)
+        or getattr(p, "shared_memory_per_multiprocessor", 0),
+        "l2_bytes": getattr(p, "L2_cache_size", 0),
+        "warp_size": getattr(p, "warp_size", 32),
+        "torch": torch.__version__,
+    }
+    return dev, DeviceInfo("triton", p.name, "gpu", p.total_memory, p.multi_processor_count,
+                           extra)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    gemv_bn: int  # rows per GEMV program
+    gemv_bk: int  # weights per GEMV tile (a 4-bit plane: gemv_bk / 2 bytes)
+    gemv_warps: int
+    gemm_bm: int
+    gemm_bn: int
+    gemm_bk: int  # weights per GEMM step; a 4-bit plane takes gemm_bk bytes (2x the weights)
+    gemm_warps: int
+    gemm_stages: int
+    attn_bm: int  # prefill query tile
+    attn_bn: int  # prefill key tile
+    attn_bt: int  # decode key tile
+    attn_warps: int
+    decode_programs: int  # target programs for split-K decode attention
+    row_block: int  # elementwise / norm block
+    small: bool = False  # the interpreter: one fixed tile
+
+    def gemm_tiles(self, m: int, n: int) -> tuple[int, int, int]:
+        """(BM, BN, warps): the largest tile that still gives every SM a program."""
+        cands = [(self.gemm_bm, self.gemm_bn, self.gemm_warps)]
+        if not self.small:
+            cands += [(128, 128, 8), (64, 128, 4), (64, 64, 4)]
+        for bm, bn, w in cands:
+            bm = bm if m > bm // 2 else max(16, triton_p2(m))
+            if -(-m // bm) * -(-n // bn) >= self.decode_programs:
+                return bm, bn, w
+        return bm, bn, w
+
+    def gemv_warps_for(self, k: int) -> int:
+        """Short rows (K <= 4096) ran best on 2 warps in the H100/H200 sweeps, long on 4."""
+        return self.gemv_warps if self.small or k > 4096 else max(1, self.gemv_warps // 2)
+
+    def gemv_rows(self, n: int) -> int:
+        """Rows per GEMV program: small enough to give each SM a few programs."""
+        bn = self.gemv_bn
+        while bn > 2 and (n + bn - 1) // bn < 2 * self.decode_programs:
+            bn //= 2
+        return bn
+
+
+def tune(info: DeviceInfo) -> Tuning:
+    if info.extra.get("interpreter"):
+        # Few, large programs: the interpreter runs each program in numpy.
+        return Tuning(32, 512, 1, 32, 32, 64, 1, 1, 32, 32, 32, 1, 4, 1024, small=True)
+    sms = info.extra["sm_count"]
+    smem = info.extra.get("shared_memory", 0)
+    big = smem >= 200 * 1024  # Hopper / Ampere datacenter parts: deeper pipelines, larger tiles
+    return Tuning(
+        # H100 sweep (docs/triton.md): GEMV best at 2-4 rows x 512-1024 weights, 2-4 warps;
+        # GEMM best at 128 x 256 x 64, 8 warps, 3 stages (144 TFLOP/s vs 84 at 128 x 128).
+        gemv_bn=4, gemv_bk=1024, gemv_warps=4,
+        gemm_bm=128 if big else 64, gemm_bn=256 if big else 64, gemm_bk=64 if big else 32,
+        gemm_warps=8 if big else 4, gemm_stages=3 if big else 2,
+        attn_bm=64, attn_bn=64, attn_bt=64, attn_warps=4,
+        decode_programs=sms, row_block=1024,
+    )

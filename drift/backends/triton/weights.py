@@ -1,0 +1,168 @@
+"""GGUF blocks -> the planes the Triton kernels read (see the layout table in `matmul.py`).
+
+The raw bytes go to the device as they are (uint8, 4.5 bits a weight for Q4_0), and the
+planes are cut from them there with torch, one tensor at a time, so no float copy of a
+quantized weight ever exists and the host does no per-weight work:
+
+    type   kind  plane                                   scales (f16)       mins (f16)   G  P
+    F32    0     f32 (N, K)                               -                  -            -  -
+    F16    0     f16 (N, K)                               -                  -            -  -
+    BF16   0     bf16 (N, K)                              -                  -            -  -
+    Q4_0   1     qs bytes (N, K/2), q = nibble - 8        d                  -            32 16
+    Q4_1   1     qs bytes (N, K/2)                        d                  m            32 16
+    Q4_K   1     qs bytes (N, K/2)                        d*scale_j          -dmin*min_j  32 32
+    Q8_0   2     int8 (N, K)                              d                  -            32 -
+    Q5_0   2     int8 (N, K) = q - 16 (widened: 8 bits)   d                  -            32 -
+    Q6_K   2     int8 (N, K) = q - 32 (widened: 8 bits)   d*scale_j          -            16 -
+
+Q5_0 and Q6_K are widened to an int8 plane for now (1.6x and 1.23x their bytes); Q4_K's
+products d*scale are rounded to f16 (relative error <= 2^-11). Other types raise
+UnsupportedError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as Q
+
+from drift.errors import UnsupportedError
+from drift.formats.gguf import TensorInfo
+from drift.formats.quants import block_shape
+
+KINDS = {"float": 0, "q4": 1, "q8": 2}
+SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q8_0, Q.Q5_0, Q.Q6_K)
+
+
+@dataclass
+class QWeight:
+    """A (N, K) matrix in kernel layout."""
+
+    shape: tuple[int, int]
+    kind: int
+    q: torch.Tensor
+    scales: torch.Tensor | None = None
+    mins: torch.Tensor | None = None
+    group: int = 32
+    pair: int = 16
+    offset: int = 0
+    qtype: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.q, self.scales, self.mins)
+                   if t is not None)
+
+    def args(self) -> tuple:
+        """(q, scales, mins) pointers; absent planes point at q (never read)."""
+        return (self.q, self.scales if self.scales is not None else self.q,
+                self.mins if self.mins is not None else self.q)
+
+    def strides(self) -> tuple[int, int]:
+        """(bytes or elements per row of the q plane, groups per row): passed as arguments so
+        Triton sees their divisibility by 16 (wide vector loads)."""
+        K = self.shape[1]
+        return (K // 2 if self.kind == 1 else K), (K // self.group if self.kind else 1)
+
+    def meta(self) -> dict:
+        return {"KIND": self.kind, "P": self.pair, "G": self.group, "OFF": self.offset,
+                "HAS_MIN": self.mins is not None}
+
+
+def _f16(b: torch.Tensor) -> torch.Tensor:
+    """(..., 2) uint8 -> (...) float16."""
+    return b.contiguous().view(torch.float16).squeeze(-1)
+
+
+def convert(raw: torch.Tensor, qtype: Q, shape: tuple[int, int], name: str = "") -> QWeight:
+    """raw: uint8 (N, row bytes) on the target device -> QWeight."""
+    N, K = shape
+    elements, nbytes = block_shape(qtype)
+    if qtype not in SUPPORTED:
+        raise UnsupportedError(
+            f"tensor {name}: the triton backend does not run {qtype.name} weights yet "
+            f"(it runs {', '.join(t.name for t in SUPPORTED)})"
+        )
+    raw = raw.reshape(N, -1)
+    if qtype in (Q.F32, Q.F16, Q.BF16):
+        dt = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}[qtype]
+        return QWeight(shape, 0, raw.contiguous().view(dt), qtype=qtype.name)
+    nb = K // elements
+    b = raw.reshape(N, nb, nbytes)
+    if qtype == Q.Q4_0:
+        return QWeight(shape, 1, b[:, :, 2:18].reshape(N, K // 2).contiguous(),
+                       _f16(b[:, :, 0:2]), None, 32, 16, 8, qtype.name)
+    if qtype == Q.Q4_1:
+        return QWeight(shape, 1, b[:, :, 4:20].reshape(N, K // 2).contiguous(),
+                       _f16(b[:, :, 0:2]), _f16(b[:, :, 2:4]), 32, 16, 0, qtype.name)
+    if qtype == Q.Q4_K:
+        d = _f16(b[:, :, 0:2]).float()[:, :, None]
+        dmin = _f16(b[:, :, 2:4]).float()[:, :, None]
+        sc = b[:, :, 4:16].to(torch.int32)
+        lo4, mid4, hi4 = sc[:, :, 0:4], sc[:, :, 4:8], sc[:, :, 8:12]
+        scale = torch.cat([lo4 & 63, (hi4 & 15) | ((lo4 >> 6) << 4)], -1).float()
+        mins = torch.cat([mid4 & 63, (hi4 >> 4) | ((mid4 >> 6) << 4)], -1).float()
+        return QWeight(shape, 1, b[:, :, 16:144].reshape(N, K // 2).contiguous(),
+                       (d * scale).half().reshape(N, nb * 8),
+                       (-(dmin * mins)).half().reshape(N, nb * 8), 32, 32, 0, qtype.name)
+    if qtype == Q.Q8_0:
+        return QWeight(shape, 2, b[:, :, 2:34].reshape(N, K).contiguous().view(torch.int8),
+                       _f16(b[:, :, 0:2]), None, 32, 16, 0, qtype.name)
+    if qtype == Q.Q5_0:
+        qs = b[:, :, 6:22]
+        low = torch.cat([qs & 15, qs >> 4], -1).to(torch.int16)  # (N, nb, 32)
+        qh = b[:, :, 2:6].to(torch.int16)  # bit e of the little-endian u32 is bit 4 of q[e]
+        e = torch.arange(32, device=raw.device)
+        hbit = (qh[:, :, e // 8] >> (e % 8)) & 1
+        q = (low | (hbit << 4)) - 16
+        return QWeight(shape, 2, q.to(torch.int8).reshape(N, K), _f16(b[:, :, 0:2]), None,
+                       32, 16, 0, qtype.name)
+    # Q6_K: e = h*128 + r: low4 = nibble (r // 64) of ql[h*64 + r % 64];
+    # high2 = bits [2*(r // 32), +2) of qh[h*32 + r % 32]; q = (low4 | high2 << 4) - 32
+    ql = b[:, :, 0:128].reshape(N, nb, 2, 64).to(torch.int16)
+    qh = b[:, :, 128:192].reshape(N, nb, 2, 32).to(torch.int16)
+    r = torch.arange(128, device=raw.device)
+    low4 = (ql[:, :, :, r % 64] >> (4 * (r // 64))) & 15
+    high2 = (qh[:, :, :, r % 32] >> (2 * (r // 32))) & 3
+    q = ((low4 | (high2 << 4)) - 32).to(torch.int8).reshape(N, K)
+    sc = b[:, :, 192:208].contiguous().view(torch.int8).float()  # (N, nb, 16)
+    d = _f16(b[:, :, 208:210]).float()[:, :, None]
+    return QWeight(shape, 2, q, (d * sc).half().reshape(N, nb * 16), None, 16, 16, 0,
+                   qtype.name)
+
+
+SLAB_WEIGHTS = 1 << 25  # weights converted at a time: bounds the temporaries of a big matrix
+
+
+def upload(info: TensorInfo, device: torch.device) -> QWeight | torch.Tensor:
+    """A GGUF tensor on the device: matrices as QWeight, vectors as f32."""
+    data = np.asarray(info.data).view(np.uint8)
+    if len(info.shape) == 1:
+        from drift.formats import quants
+
+        return torch.from_numpy(quants.dequantize(data, info.qtype, info.shape, info.name)).to(
+            device)
+    N, K = info.shape[0], int(np.prod(info.shape[1:]))
+    data = data.reshape(N, -1)
+    step = max(1, SLAB_WEIGHTS // K)
+    parts = []
+    for r0 in range(0, N, step):
+        raw = torch.from_numpy(np.array(data[r0 : r0 + step])).to(device)
+        parts.append(convert(raw, info.qtype, (raw.shape[0], K), info.name))
+    if len(parts) == 1:
+        w = parts[0]
+    else:
+        first = parts[0]
+
+        def cat(attr: str) -> torch.Tensor | None:
+            if getattr(first, attr) is None:
+                return None
+            return torch.cat([getattr(p, attr) for p in parts])
+
+        w = QWeight((N, K), first.kind, cat("q"), cat("scales"), cat("mins"), first.group,
+                    first.pair, first.offset, first.qtype)
+        del parts
+    w.shape = (N, K)
+    return w

@@ -1,0 +1,245 @@
+"""`drift bench`: llama-bench's prefill and decode speeds, with MBU, MFU and memory; and
+`drift make-random`: a GGUF with a published model's shapes and random weights.
+
+    drift make-random llama-3.1-8b Q4_0 llama8b-q4_0.gguf
+    drift bench llama8b-q4_0.gguf -p 512 -n 128 -r 5
+
+pp<p> is one call over p prompt tokens from an empty cache; tg<n> is n single-token calls
+from an empty cache (as llama-bench measures them), each returning its logits to the host.
+MBU = bytes a decode step must move (the op registry's costs: weights once, the KV cache
+read, activations) / time per token / the device's copy bandwidth, measured here. MFU =
+prefill FLOPs (registry) / time / the device's dense matmul rate, measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from drift.errors import InvalidArgumentError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure prefill and decode speed (llama-bench style)")
+    p.add_argument("model", help="a .gguf path or a short model name")
+    p.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (pp)")
+    p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (tg)")
+    p.add_argument("-r", "--repetitions", type=int, default=5)
+    p.add_argument("--device", default="auto", help="backend: cpu, cuda (triton), ...")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--no-ceilings", action="store_true",
+                   help="skip measuring the device's copy and matmul ceilings (no MBU/MFU)")
+    p.set_defaults(func=run_bench)
+
+    m = sub.add_parser("make-random",
+                       help="write a GGUF with a published model's shapes and random weights")
+    m.add_argument("arch", help="model shape: llama-3.2-1b, llama-3.1-8b, ... (drift.models.presets)")
+    m.add_argument("quant", help="weight type: Q4_0, Q8_0, Q4_K, Q6_K, F16, ...")
+    m.add_argument("out", help="the .gguf file to write")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--workers", type=int, default=None, help="processes (default: CPUs, <= 16)")
+    m.set_defaults(func=run_make_random)
+
+
+# ---------------------------------------------------------------------------------------------
+# make-random
+
+
+def run_make_random(args: argparse.Namespace) -> int:
+    from drift.formats.writer import write_random
+    from drift.models.presets import preset
+
+    t0 = time.perf_counter()
+
+    def progress(name: str, i: int, n: int) -> None:
+        if sys.stderr.isatty() or i == n or i % 50 == 0:
+            print(f"\r{i}/{n} tensors ({name})".ljust(70), end="", file=sys.stderr, flush=True)
+
+    path = write_random(preset(args.arch), args.quant, args.out, seed=args.seed,
+                        workers=args.workers, progress=progress)
+    size = path.stat().st_size
+    print(file=sys.stderr)
+    print(f"wrote {path} ({size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# bench
+
+
+def graph_cost(graph, kv_len: int) -> tuple[int, int]:
+    """(FLOPs, bytes moved) of one call of `graph`, from the op registry."""
+    from drift.ir.ops import cost_of
+
+    flops = nbytes = 0
+    for n in graph.nodes:
+        ins = [graph.tensors[i] for i in n.inputs]
+        outs = [graph.tensors[o] for o in n.outputs]
+        c = cost_of(n.op, ins, outs, n.attrs, kv_len)
+        flops += c.flops
+        nbytes += c.bytes
+    return flops, nbytes
+
+
+def measure_ceilings(backend) -> dict:
+    """The device's copy bandwidth (bytes read + written per second) and dense matmul rate."""
+    dev = getattr(backend, "torch_device", None)
+    if dev is not None and dev.type == "cuda":
+        import torch
+
+        x = torch.empty(2**30 // 2, dtype=torch.float16, device=dev)
+        y = torch.empty_like(x)
+        a = torch.randn(8192, 8192, dtype=torch.float16, device=dev)
+        b = torch.randn(8192, 8192, dtype=torch.float16, device=dev)
+
+        def timed(fn, reps: int) -> float:
+            fn()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(reps):
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn()
+                e.record()
+                torch.cuda.synchronize()
+                times.append(s.elapsed_time(e) / 1e3)
+            return statistics.median(times)
+
+        bw = 2 * x.numel() * 2 / timed(lambda: y.copy_(x), 20)
+        fl = 2 * 8192**3 / timed(lambda: a @ b, 10)
+        del x, y, a, b
+        torch.cuda.empty_cache()
+        return {"bandwidth": bw, "flops": fl, "flops_dtype": "fp16"}
+    x = np.random.default_rng(0).standard_normal(2**25).astype(np.float32)
+    y = np.empty_like(x)
+    t = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(y, x)
+        t.append(time.perf_counter() - t0)
+    a = np.random.default_rng(1).standard_normal((1024, 1024)).astype(np.float32)
+    t1 = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a @ a
+        t1.append(time.perf_counter() - t0)
+    return {"bandwidth": 2 * x.nbytes / min(t), "flops": 2 * 1024**3 / min(t1),
+            "flops_dtype": "fp32"}
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            "median": statistics.median(xs), "samples": xs}
+
+
+def memory_report(engine) -> dict:
+    b = engine.backend
+    out: dict = {}
+    if hasattr(b, "weight_bytes"):
+        out["weights"] = b.weight_bytes()
+        out["kv_cache"] = b.state_bytes()
+    else:  # the cpu backend: arrays
+        out["weights"] = sum(getattr(w, "nbytes", 0) or getattr(getattr(w, "info", None),
+                                                                  "nbytes", 0)
+                             for w in b.weights.values())
+        out["kv_cache"] = sum(s.nbytes for s in b.state.values())
+    out["activations"] = sum(getattr(p, "activation_bytes", 0)
+                             for p in engine._programs.values())
+    dev = getattr(b, "torch_device", None)
+    if dev is not None and dev.type == "cuda":
+        import torch
+
+        out["torch_max_allocated"] = int(torch.cuda.max_memory_allocated(dev))
+    return out
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from drift.hub import resolve_model
+    from drift.runtime.engine import Engine
+
+    p, n, reps = args.n_prompt, args.n_gen, args.repetitions
+    if p < 1 or n < 1 or reps < 1:
+        raise InvalidArgumentError("-p, -n and -r must be >= 1")
+    path = resolve_model(args.model)
+    t0 = time.perf_counter()
+    engine = Engine(path, device=args.device, ctx=max(p, n) + 1)
+    load_s = time.perf_counter() - t0
+    cfg = engine.config
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, cfg.vocab_size, p).tolist()
+
+    def prefill() -> float:
+        engine.reset()
+        t = time.perf_counter()
+        engine.forward(prompt, 0)
+        return time.perf_counter() - t
+
+    def generate() -> float:
+        engine.reset()
+        tok = int(prompt[0])
+        t = time.perf_counter()
+        for i in range(n):
+            logits = engine.forward([tok], i)
+            tok = int(np.argmax(logits))
+        return time.perf_counter() - t
+
+    # warm-up: compiles both programs (and captures the CUDA graphs)
+    t_w = time.perf_counter()
+    prefill()
+    engine.reset()
+    for i in range(3):
+        engine.forward([1], i)
+    warm_s = time.perf_counter() - t_w
+    pp = [p / prefill() for _ in range(reps)]
+    tg = [n / generate() for _ in range(reps)]
+
+    pf_flops, pf_bytes = graph_cost(engine.graph(p), p)
+    dc_flops, dc_bytes = graph_cost(engine.graph(1), n // 2)  # the middle of the run
+    memory = memory_report(engine)  # before the ceilings allocate their own buffers
+    ceilings = None if args.no_ceilings else measure_ceilings(engine.backend)
+    info = engine.backend.device()
+    res = {
+        "model": str(path.name), "arch": cfg.arch, "file_bytes": path.stat().st_size,
+        "device": info.describe(), "backend": engine.backend.name,
+        "n_prompt": p, "n_gen": n, "repetitions": reps,
+        "load_s": load_s, "warmup_s": warm_s,
+        f"pp{p}": _stats(pp), f"tg{n}": _stats(tg),
+        "decode_bytes_per_token": dc_bytes, "decode_flops_per_token": dc_flops,
+        "prefill_flops": pf_flops, "prefill_bytes": pf_bytes,
+        "memory": memory,
+    }
+    tg_med, pp_med = statistics.median(tg), statistics.median(pp)
+    if ceilings:
+        res["ceilings"] = ceilings
+        res["mbu"] = dc_bytes * tg_med / ceilings["bandwidth"]
+        res["mfu"] = pf_flops * pp_med / p / ceilings["flops"]
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    size = f"{res['file_bytes'] / 2**30:.2f} GiB"
+    print("| model | size | backend | test | t/s (mean ± sd) | median |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for test, xs in ((f"pp{p}", pp), (f"tg{n}", tg)):
+        s = _stats(xs)
+        print(f"| {path.name} | {size} | {engine.backend.name} | {test} | "
+              f"{s['mean']:.2f} ± {s['sd']:.2f} | {s['median']:.2f} |")
+    print(f"device: {info.describe()}")
+    print(f"decode: {dc_bytes / 1e9:.3f} GB/token (registry), "
+          f"{dc_bytes * tg_med / 1e9:.1f} GB/s at the median", end="")
+    if ceilings:
+        print(f"; MBU {100 * res['mbu']:.1f}% of {ceilings['bandwidth'] / 1e9:.0f} GB/s "
+              f"(measured copy)")
+        print(f"prefill: {pf_flops / 1e12:.3f} TFLOP, {pf_flops * pp_med / p / 1e12:.1f} "
+              f"TFLOP/s at the median; MFU {100 * res['mfu']:.1f}% of "
+              f"{ceilings['flops'] / 1e12:.0f} TFLOP/s ({ceilings['flops_dtype']} matmul, measured)")
+    else:
+        print()
+    mem = res["memory"]
+    line = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items())
+    print(f"memory: {line}")
+    return 0

@@ -1,0 +1,61 @@
+"""Tensor virtualization: the physical storage of every tensor, from the backend's
+capabilities (`Capabilities`). Kernels address tensors logically; the storage chosen here is
+what their accessors expand into (see `storage.py`).
+
+    weights       quantized: split into tiled scale/quant planes where the backend converts
+                  them at load (`quant_planes`), else GGUF's blocks; plain: a buffer
+    KV cache      a buffer, (C, Hkv, Dh) row-major
+    views         a view (reshape, last_row) and its input share memory, so both are plain
+                  row-major buffers
+    rank >= 3     4-wide channel slices (PHWC4) where the device has them (images)
+    too large     several objects, where the device limits one object's size
+    otherwise     a buffer
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from drift.ir import Graph, Role, is_quantized
+from drift.passes.context import Capabilities, PassContext
+from drift.passes.lifetimes import VIEW_OPS
+from drift.passes.pipeline import Pass
+from drift.passes.storage import (
+    ChannelSlices4,
+    MultiObject,
+    Storage,
+    StridedBuffer,
+    itemsize,
+    weight_storage,
+)
+
+
+def choose_storages(graph: Graph, caps: Capabilities) -> dict[str, Storage]:
+    linked = {t for n in graph.nodes if n.op in VIEW_OPS for t in (n.inputs[0], n.outputs[0])}
+    a = caps.alignment
+    out: dict[str, Storage] = {}
+    for t in graph.tensors.values():
+        if t.role == Role.WEIGHT:
+            out[t.name] = weight_storage(t.shape, t.dtype, caps.quant_planes,
+                                         caps.quant_tile_rows, a)
+        elif t.role == Role.KV or t.name in linked or is_quantized(t.dtype):
+            out[t.name] = StridedBuffer(t.shape, t.dtype, None, a)
+        elif caps.max_object_bytes and t.nbytes > caps.max_object_bytes:
+            out[t.name] = MultiObject(t.shape, t.dtype,
+                                      caps.max_object_bytes // itemsize(t.dtype), a)
+        elif caps.channel_slices and len(t.shape) >= 3:
+            out[t.name] = ChannelSlices4(t.shape, t.dtype, a)
+        else:
+            out[t.name] = StridedBuffer(t.shape, t.dtype, None, a)
+    return out
+
+
+def run(graph: Graph, ctx: PassContext) -> Graph:
+    ctx.storages = choose_storages(graph, ctx.caps)
+    kinds = Counter(type(s).__name__ for n, s in ctx.storages.items()
+                    if graph.tensors[n].role != Role.WEIGHT)
+    ctx.log.append(", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())))
+    return graph
+
+
+PASS = Pass("layout", run)

@@ -1,0 +1,467 @@
+"""Tensor virtualization: how one logical tensor is realised by physical objects.
+
+A `TensorSpec` says what a tensor is (shape, dtype); a `Storage` says where its elements are:
+which physical objects (buffers, images, planes) hold it, how large each is, and where
+logical element (i, j, ...) lives in them (coordinate translation). Kernels are written once
+against logical coordinates; a backend expands each access through the storage it was given:
+
+    to_physical(x) / write(objs, x)   logical array -> physical objects
+    from_physical(objs)               physical objects -> logical array (a view when it can)
+    locate(coords)                    logical coordinates (numpy arrays) -> (object, offset)
+    index_expr(["n", "h", "w", "c"])  the same translation as source text, for code generators
+
+`index_expr` emits integer expressions in Python syntax (`//`, `%`, `*`, `+`) over the
+coordinate names given; Triton takes them as they are, and a C-like renderer (WGSL, OpenCL)
+only has to turn `//` into `/` (all operands are non-negative). Offsets are in elements of
+the object (bytes for quantized planes).
+
+Storages are frozen dataclasses: two tensors with equal storages have the same physical
+layout, which is what an in-place elementwise op needs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import prod
+from typing import ClassVar
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from drift.ir.tensor import is_quantized
+
+NP_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i32": np.int32}
+
+
+def np_dtype(dtype: str) -> np.dtype:
+    if dtype not in NP_DTYPES:
+        raise TypeError(f"no numpy element type for {dtype!r}")
+    return np.dtype(NP_DTYPES[dtype])
+
+
+def itemsize(dtype: str) -> int:
+    return {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "f64": 8, "u8": 1}[dtype]
+
+
+def align_up(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def row_major(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
+def flat_expr(coords: Sequence[str], dims: Sequence[int]) -> str:
+    """Row-major flat index of coords over dims, Horner form: ((c0*d1 + c1)*d2 + c2)."""
+    expr = coords[0] if coords else "0"
+    for c, d in zip(coords[1:], dims[1:]):
+        expr = f"({expr}) * {d} + {c}"
+    return expr
+
+
+@dataclass(frozen=True)
+class PhysicalObject:
+    shape: tuple[int, ...]
+    dtype: str  # an IR element type, or "u8" for bytes
+    offset: int  # bytes from the start of the tensor's block
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * itemsize(self.dtype)
+
+
+class Storage(ABC):
+    """Base of the storages. Subclasses are frozen dataclasses with `shape` and `dtype`."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    align: int
+    linear: ClassVar[bool] = False  # one row-major object: a view of it is a view of the tensor
+
+    @abstractmethod
+    def objects(self) -> tuple[PhysicalObject, ...]: ...
+
+    @abstractmethod
+    def write(self, objs: Sequence[np.ndarray], x: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def from_physical(self, objs: Sequence[np.ndarray]) -> np.ndarray: ...
+
+    @abstractmethod
+    def locate(self, coords: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def index_expr(self, coords: Sequence[str]) -> dict[str, str]: ...
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's block: every object, each at an aligned offset."""
+        last = self.objects()[-1]
+        return align_up(last.offset + last.nbytes, self.align)
+
+    def bind(self, block: np.ndarray) -> list[np.ndarray]:
+        """The physical objects as views of `block` (uint8, at least `nbytes`)."""
+        out = []
+        for o in self.objects():
+            raw = block[o.offset : o.offset + o.nbytes]
+            dt = np.uint8 if o.dtype == "u8" else np_dtype(o.dtype)
+            out.append(raw.view(dt).reshape(o.shape))
+        return out
+
+    def to_physical(self, x: np.ndarray) -> list[np.ndarray]:
+        objs = self.bind(np.zeros(self.nbytes, dtype=np.uint8))
+        self.write(objs, x)
+        return objs
+
+    def _objects_at(self, shapes: Sequence[tuple[int, ...]], dtype: str
+                    ) -> tuple[PhysicalObject, ...]:
+        objs, at = [], 0
+        for shape in shapes:
+            objs.append(PhysicalObject(tuple(shape), dtype, at))
+            at = align_up(at + objs[-1].nbytes, self.align)
+        return tuple(objs)
+
+
+# ---------------------------------------------------------------------------------------------
+# plain element types
+
+
+@dataclass(frozen=True)
+class StridedBuffer(Storage):
+    """One buffer, element (i, j, ...) at sum(i_k * strides[k]): row-major by default; a
+    larger stride on an axis pads it (a row pitch)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    strides: tuple[int, ...] | None = None  # in elements; None: row-major
+    align: int = 64
+
+    @property
+    def element_strides(self) -> tuple[int, ...]:
+        return self.strides if self.strides is not None else row_major(self.shape)
+
+    @property
+    def linear(self) -> bool:  # type: ignore[override]
+        return self.element_strides == row_major(self.shape)
+
+    @classmethod
+    def pitched(cls, shape: tuple[int, ...], dtype: str, row_align: int, align: int = 64):
+        """Rows (the last axis) padded to a multiple of `row_align` elements."""
+        pitch = align_up(shape[-1], row_align)
+        strides = row_major(shape[:-1] + (pitch,))
+        return cls(tuple(shape), dtype, strides, align)
+
+    def span(self) -> int:
+        if 0 in self.shape:
+            return 0
+        return 1 + sum((d - 1) * s for d, s in zip(self.shape, self.element_strides))
+
+    def objects(self):
+        return self._objects_at([(self.span(),)], self.dtype)
+
+    def from_physical(self, objs):
+        (buf,) = objs
+        if self.linear:
+            return buf[: prod(self.shape)].reshape(self.shape)
+        b = buf.itemsize
+        return np.lib.stride_tricks.as_strided(
+            buf, self.shape, tuple(s * b for s in self.element_strides))
+
+    def write(self, objs, x):
+        self.from_physical(objs)[...] = x
+
+    def locate(self, coords):
+        off = sum(np.asarray(c, dtype=np.int64) * s for c, s in zip(coords, self.element_strides))
+        return np.zeros_like(off), off
+
+    def index_expr(self, coords):
+        terms = [f"{c} * {s}" if s != 1 else f"{c}" for c, s in zip(coords, self.element_strides)]
+        return {"object": "0", "offset": " + ".join(terms) or "0"}
+
+    def __str__(self) -> str:
+        return "strided" if self.linear else f"strided{self.element_strides}"
+
+
+@dataclass(frozen=True)
+class ChannelSlices4(Storage):
+    """The channel axis (last) cut into slices of 4, slices outermost (PHWC4): logical
+    (*lead, C) is physical (ceil(C/4), *lead, 4), the padding channels zero.
+
+    What GPU images hold (one texel = 4 channels) and what a kernel that computes 4 output
+    channels per thread reads in one vector load; a channel count that is not a multiple of
+    4 costs the padding (3 RGB channels take 4).
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    align: int = 64
+
+    @property
+    def slices(self) -> int:
+        return -(-self.shape[-1] // 4)
+
+    def objects(self):
+        return self._objects_at([(self.slices, *self.shape[:-1], 4)], self.dtype)
+
+    def from_physical(self, objs):
+        (obj,) = objs  # (S, *lead, 4)
+        lead, C = self.shape[:-1], self.shape[-1]
+        x = np.moveaxis(obj, 0, -2).reshape(*lead, self.slices * 4)  # a copy: slices move in
+        return x[..., :C]
+
+    def write(self, objs, x):
+        (obj,) = objs
+        lead, C, S = self.shape[:-1], self.shape[-1], self.slices
+        if C != 4 * S:  # the last slice's padding lanes hold zeros
+            padded = np.zeros((*lead, 4 * S), dtype=obj.dtype)
+            padded[..., :C] = x
+            x = padded
+        np.moveaxis(obj, 0, -2)[...] = np.asarray(x).reshape(*lead, S, 4)
+
+    def locate(self, coords):
+        *lead, c = (np.asarray(k, dtype=np.int64) for k in coords)
+        inner = np.zeros_like(c)
+        for k, d in zip(lead, self.shape[:-1]):
+            inner = inner * d + k
+        n_lead = prod(self.shape[:-1])
+        return np.zeros_like(c), ((c // 4) * n_lead + inner) * 4 + c % 4
+
+    def index_expr(self, coords):
+        *lead, c = coords
+        inner = flat_expr(lead, self.shape[:-1])
+        n_lead = prod(self.shape[:-1])
+        return {"object": "0", "offset": f"(({c}) // 4 * {n_lead} + {inner}) * 4 + ({c}) % 4"}
+
+    def __str__(self) -> str:
+        return f"phwc4[{self.slices}x4]"
+
+
+@dataclass(frozen=True)
+class MultiObject(Storage):
+    """One logical tensor spread over several objects: the row-major elements cut into
+    chunks of `chunk` elements, object k holding chunk k. What a device whose objects have a
+    size limit (an image's width, a buffer binding's range) needs for a large tensor."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    chunk: int  # elements per object
+    align: int = 64
+
+    @property
+    def count(self) -> int:
+        return max(1, -(-prod(self.shape) // self.chunk))
+
+    def objects(self):
+        n = prod(self.shape)
+        sizes = [min(self.chunk, n - k * self.chunk) for k in range(self.count)]
+        return self._objects_at([(s,) for s in sizes], self.dtype)
+
+    def from_physical(self, objs):
+        return np.concatenate([o.reshape(-1) for o in objs]).reshape(self.shape)
+
+    def write(self, objs, x):
+        flat = np.ascontiguousarray(x).reshape(-1)
+        for k, o in enumerate(objs):
+            o[...] = flat[k * self.chunk : k * self.chunk + o.size]
+
+    def locate(self, coords):
+        flat = np.zeros_like(np.asarray(coords[0], dtype=np.int64))
+        for k, d in zip(coords, self.shape):
+            flat = flat * d + np.asarray(k, dtype=np.int64)
+        return flat // self.chunk, flat % self.chunk
+
+    def index_expr(self, coords):
+        flat = flat_expr(coords, self.shape)
+        return {"object": f"({flat}) // {self.chunk}", "offset": f"({flat}) % {self.chunk}"}
+
+    def __str__(self) -> str:
+        return f"multi[{self.count}x{self.chunk}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# quantized weights
+
+# Fields of each block, in the order GGUF stores them: (name, byte offset, bytes, kind).
+# "scale" fields are per-block factors and offsets, "quant" fields the packed weights.
+BLOCK_FIELDS: dict[str, tuple[tuple[str, int, int, str], ...]] = {
+    "Q4_0": (("d", 0, 2, "scale"), ("qs", 2, 16, "quant")),
+    "Q4_1": (("d", 0, 2, "scale"), ("m", 2, 2, "scale"), ("qs", 4, 16, "quant")),
+    "Q5_0": (("d", 0, 2, "scale"), ("qh", 2, 4, "quant"), ("qs", 6, 16, "quant")),
+    "Q5_1": (("d", 0, 2, "scale"), ("m", 2, 2, "scale"), ("qh", 4, 4, "quant"),
+             ("qs", 8, 16, "quant")),
+    "Q8_0": (("d", 0, 2, "scale"), ("qs", 2, 32, "quant")),
+    "Q2_K": (("scales", 0, 16, "scale"), ("qs", 16, 64, "quant"), ("d", 80, 2, "scale"),
+             ("dmin", 82, 2, "scale")),
+    "Q3_K": (("hmask", 0, 32, "quant"), ("qs", 32, 64, "quant"), ("scales", 96, 12, "scale"),
+             ("d", 108, 2, "scale")),
+    "Q4_K": (("d", 0, 2, "scale"), ("dmin", 2, 2, "scale"), ("scales", 4, 12, "scale"),
+             ("qs", 16, 128, "quant")),
+    "Q5_K": (("d", 0, 2, "scale"), ("dmin", 2, 2, "scale"), ("scales", 4, 12, "scale"),
+             ("qh", 16, 32, "quant"), ("qs", 48, 128, "quant")),
+    "Q6_K": (("ql", 0, 128, "quant"), ("qh", 128, 64, "quant"), ("scales", 192, 16, "scale"),
+             ("d", 208, 2, "scale")),
+}
+
+
+def _check_fields() -> None:
+    """Each table lists a block's fields in file order, covering it exactly: `rows` rebuilds
+    blocks by concatenating the planes in this order."""
+    for qtype, fields in BLOCK_FIELDS.items():
+        at = 0
+        for _, off, size, _ in fields:
+            assert off == at, f"{qtype}: fields out of order"
+            at += size
+        assert at == block_size(qtype)[1], f"{qtype}: fields do not cover the block"
+
+
+def block_size(qtype: str) -> tuple[int, int]:
+    """(weights per block, bytes per block)."""
+    return GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+
+
+@dataclass(frozen=True)
+class QuantBlocks(Storage):
+    """A quantized (N, K) weight as the GGUF file stores it: each row K / E blocks of B
+    interleaved bytes (scales next to their quants). Offsets are in bytes."""
+
+    shape: tuple[int, int]
+    dtype: str  # the quant type name
+    align: int = 64
+
+    def objects(self):
+        E, B = block_size(self.dtype)
+        return self._objects_at([(self.shape[0], self.shape[1] // E * B)], "u8")
+
+    def from_physical(self, objs):
+        return objs[0]
+
+    def write(self, objs, x):
+        objs[0][...] = np.asarray(x).view(np.uint8).reshape(objs[0].shape)
+
+    def locate(self, coords):
+        r, c = (np.asarray(k, dtype=np.int64) for k in coords)
+        E, B = block_size(self.dtype)
+        return np.zeros_like(r), (r * (self.shape[1] // E) + c // E) * B
+
+    def index_expr(self, coords):
+        r, c = coords
+        E, B = block_size(self.dtype)
+        return {"object": "0", "offset": f"(({r}) * {self.shape[1] // E} + ({c}) // {E}) * {B}",
+                "element": f"({c}) % {E}"}
+
+    def __str__(self) -> str:
+        return f"blocks[{self.dtype}]"
+
+
+@dataclass(frozen=True)
+class QuantBlockPlanes(Storage):
+    """A quantized (N, K) weight split into one plane per block field (scales apart from
+    quants) and tiled by `tile_rows` rows: plane f is (ceil(N/R), K/E, R, bytes_f), so R
+    threads working on R adjacent rows read block b's field from R consecutive slots (one
+    coalesced load), and a kernel reading only scales touches only the scale planes.
+
+    Physical objects are the planes, in BLOCK_FIELDS order; offsets are in bytes. The raw
+    GGUF blocks go in (`to_physical`) and come back out (`from_physical`) unchanged.
+    """
+
+    shape: tuple[int, int]
+    dtype: str  # the quant type name
+    tile_rows: int = 16
+    align: int = 64
+
+    @property
+    def fields(self) -> tuple[tuple[str, int, int, str], ...]:
+        return BLOCK_FIELDS[self.dtype]
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.shape[0] // self.tile_rows)
+
+    @property
+    def blocks_per_row(self) -> int:
+        return self.shape[1] // block_size(self.dtype)[0]
+
+    def objects(self):
+        R, nb = self.tile_rows, self.blocks_per_row
+        return self._objects_at([(self.tiles, nb, R, size) for _, _, size, _ in self.fields],
+                                "u8")
+
+    def write(self, objs, x):
+        R, nb = self.tile_rows, self.blocks_per_row
+        B = block_size(self.dtype)[1]
+        blocks = np.zeros((self.tiles * R, nb, B), dtype=np.uint8)
+        blocks[: self.shape[0]] = np.asarray(x).view(np.uint8).reshape(self.shape[0], nb, B)
+        tiled = blocks.reshape(self.tiles, R, nb, B).transpose(0, 2, 1, 3)  # (T, nb, R, B)
+        for obj, (_, off, size, _) in zip(objs, self.fields):
+            obj[...] = tiled[..., off : off + size]
+
+    def rows(self, objs: Sequence[np.ndarray], r0: int, r1: int) -> np.ndarray:
+        """GGUF blocks of rows r0..r1, (r1 - r0, K/E * B) uint8, from the planes' tiles only."""
+        R = self.tile_rows
+        t0, t1 = r0 // R, -(-r1 // R)
+        parts = [obj[t0:t1] for obj in objs]  # (t, nb, R, size) each
+        tiled = np.concatenate(parts, axis=-1)  # fields in file order: offsets are increasing
+        blocks = tiled.transpose(0, 2, 1, 3).reshape((t1 - t0) * R, -1)
+        return blocks[r0 - t0 * R : r1 - t0 * R]
+
+    def gather_rows(self, objs: Sequence[np.ndarray], ids: np.ndarray) -> np.ndarray:
+        """GGUF blocks of the rows `ids` (an embedding lookup), (len(ids), K/E * B) uint8."""
+        ids = np.asarray(ids, dtype=np.int64)
+        R = self.tile_rows
+        parts = [obj[ids // R, :, ids % R, :] for obj in objs]  # (n, nb, size) each
+        return np.concatenate(parts, axis=-1).reshape(len(ids), -1)
+
+    def from_physical(self, objs):
+        return self.rows(objs, 0, self.shape[0])
+
+    def locate(self, coords):
+        """Byte offset, in every plane, of the block holding element (r, c); as `index_expr`."""
+        r, c = (np.asarray(k, dtype=np.int64) for k in coords)
+        E = block_size(self.dtype)[0]
+        R, nb = self.tile_rows, self.blocks_per_row
+        slot = ((r // R) * nb + c // E) * R + r % R
+        return np.zeros_like(r), slot
+
+    def plane_offsets(self, coords: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        _, slot = self.locate(coords)
+        return {name: slot * size for name, _, size, _ in self.fields}
+
+    def index_expr(self, coords):
+        r, c = coords
+        E = block_size(self.dtype)[0]
+        R, nb = self.tile_rows, self.blocks_per_row
+        slot = f"((({r}) // {R}) * {nb} + ({c}) // {E}) * {R} + ({r}) % {R}"
+        exprs = {name: f"({slot}) * {size}" for name, _, size, _ in self.fields}
+        exprs["element"] = f"({c}) % {E}"
+        # Where the element's bits are inside its block, for the types whose layout is flat:
+        # Q4_0/Q4_1 keep element e in byte e % 16 of qs, low nibble for e < 16 (qs_shift);
+        # Q8_0 keeps it in byte e.
+        if self.dtype in ("Q4_0", "Q4_1"):
+            exprs["qs_byte"] = f"({c}) % {E} % 16"
+            exprs["qs_shift"] = f"({c}) % {E} // 16 * 4"
+        elif self.dtype == "Q8_0":
+            exprs["qs_byte"] = f"({c}) % {E}"
+        return exprs
+
+    def __str__(self) -> str:
+        names = ",".join(f[0] for f in self.fields)
+        return f"planes[{self.dtype} {names} /{self.tile_rows}]"
+
+
+_check_fields()
+
+
+def weight_storage(shape: tuple[int, ...], dtype: str, planes: bool, tile_rows: int = 16,
+                   align: int = 64) -> Storage:
+    """The storage of a weight: planes or GGUF blocks when quantized, a buffer otherwise."""
+    if is_quantized(dtype) and len(shape) == 2:
+        if planes and dtype in BLOCK_FIELDS:
+            return QuantBlockPlanes(tuple(shape), dtype, tile_rows, align)
+        return QuantBlocks(tuple(shape), dtype, align)
+    return StridedBuffer(tuple(shape), dtype, None, align)

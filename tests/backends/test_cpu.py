@@ -1,0 +1,100 @@
+"""The numpy backend as a backend: it compiles through the pass pipeline, runs from one shared
+arena through the storages the layout pass chose, concatenates the weights of horizontal
+fusions once, and hands back outputs that survive the next call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drift.backends.cpu import CPU_CAPABILITIES, CPUBackend
+from drift.ir import GraphBuilder
+from drift.ir.ops_fused import stacked_rows
+from drift.models.decoder import build_graph
+from tests.passes.helpers import TIGHT, random_feeds, random_weights, rel_err, run_plain
+from tests.passes.test_model_graphs import tiny_config, tiny_weights
+
+
+def _graph(rows: int = 3):
+    b = GraphBuilder("mlp")
+    x = b.input("x", (rows, 8), "f32")
+    q = b.op("matmul", x, b.weight("wq", (8, 8), "f32"))
+    k = b.op("matmul", x, b.weight("wk", (4, 8), "f32"))
+    v = b.op("matmul", x, b.weight("wv", (4, 8), "f32"))
+    h = b.op("swiglu", b.op("matmul", q, b.weight("wg", (16, 8), "f32")),
+             b.op("matmul", q, b.weight("wu", (16, 8), "f32")))
+    b.output(b.op("add", b.op("matmul", h, b.weight("wd", (8, 16), "f32")), q))
+    b.output(b.op("mul", k, v))
+    return b.finish()
+
+
+def test_compile_runs_the_pipeline_and_matches_the_plain_evaluation():
+    g = _graph()
+    w, f = random_weights(g), random_feeds(g)
+    ref = run_plain(g, w, f)
+    for fuse in (True, False):
+        b = CPUBackend(fuse=fuse)
+        b.load_arrays(w)
+        prog = b.compile(g)
+        ops = [n.op for n in prog.graph.nodes]
+        assert ("qkv_matmul" in ops) == fuse and ("ffn_gate_up" in ops) == fuse
+        got = prog.run(f)
+        for o in g.outputs:
+            assert rel_err(got[o], ref[o]) <= 1e-6
+        assert prog.plan.arena_bytes <= b.arena.nbytes
+
+
+def test_horizontal_fusion_weights_concatenated_once():
+    g = _graph()
+    b = CPUBackend()
+    b.load_arrays(random_weights(g))
+    before = {k: v.copy() for k, v in b.weights.items()}
+    b.compile(g)
+    assert stacked_rows([b.weights[n] for n in ("wq", "wk", "wv")]) is not None
+    assert stacked_rows([b.weights[n] for n in ("wg", "wu")]) is not None
+    for k, v in before.items():  # same values, now views of the concatenation
+        np.testing.assert_array_equal(b.weights[k], v)
+    whole = b.weights["wq"].base
+    b.compile(_graph(rows=5))  # another program: nothing concatenated again
+    assert b.weights["wq"].base is whole
+
+
+def test_outputs_survive_the_next_call():
+    g = _graph()
+    b = CPUBackend()
+    b.load_arrays(random_weights(g))
+    prog = b.compile(g)
+    f1, f2 = random_feeds(g, seed=1), random_feeds(g, seed=2)
+    out1 = prog.run(f1)
+    kept = {k: v.copy() for k, v in out1.items()}
+    prog.run(f2)
+    for k in out1:
+        np.testing.assert_array_equal(out1[k], kept[k])
+        assert not np.shares_memory(out1[k], b.arena)
+
+
+def test_one_arena_shared_and_grown_across_programs():
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    dtypes = {k: "f32" for k in w}
+    b = CPUBackend(capabilities=TIGHT)
+    b.load_arrays(w)
+    decode = b.compile(build_graph(cfg, dtypes, 1, 32))
+    small = b.arena
+    prefill = b.compile(build_graph(cfg, dtypes, 12, 32))
+    assert b.arena.nbytes >= prefill.plan.arena_bytes > decode.plan.arena_bytes
+    assert b.arena is not small  # grown; the decode program binds to the new one
+    state: dict = {}
+    feeds = {"tokens": np.arange(12, dtype=np.int32), "positions": np.arange(12, dtype=np.int32)}
+    ref = run_plain(build_graph(cfg, dtypes, 12, 32), w, feeds, state)["logits"]
+    assert rel_err(prefill.run(feeds)["logits"], ref) <= 1e-5
+    step = {"tokens": np.array([3], np.int32), "positions": np.array([12], np.int32)}
+    ref = run_plain(build_graph(cfg, dtypes, 1, 32), w, step, state)["logits"]
+    assert rel_err(decode.run(step)["logits"], ref) <= 1e-5
+
+
+def test_default_capabilities_exercise_the_storages():
+    assert CPU_CAPABILITIES.channel_slices and CPU_CAPABILITIES.max_object_bytes
+    b = CPUBackend()
+    assert not b.capabilities().quant_planes  # weights dequantized at load: no planes
+    b.weights_dequantized = False
+    assert b.capabilities().quant_planes
