@@ -59,6 +59,7 @@ def main() -> int:
                 # both continue from the numpy backend's token, so one flip does not cascade
                 logits[name].append(eng.forward([out["cpu"][-1]], len(prompt) + step))
     same = out["cpu"] == out["triton"]
+    print(f"max logits rel diff over {len(rows)} steps: {max(r[3] for r in rows):.2e}")
     text = "".join(vocab[i] for i in out["cpu"]).replace("Ġ", " ") if vocab else ""
     print(f"prompt {prompt}\ncpu    {out['cpu']} {text!r}\ntriton {out['triton']}\n"
           f"same greedy tokens: {same}; {time.perf_counter() - t0:.1f} s")

@@ -150,6 +150,8 @@ def memory_report(engine) -> dict:
         out["kv_cache"] = sum(s.nbytes for s in b.state.values())
     out["activations"] = sum(getattr(p, "activation_bytes", 0)
                              for p in engine._programs.values())
+    if hasattr(b, "scratch_bytes"):  # the prefill GEMM's fp16 dequantization scratch
+        out["scratch"] = b.scratch_bytes()
     dev = getattr(b, "torch_device", None)
     if dev is not None and dev.type == "cuda":
         import torch

@@ -181,3 +181,117 @@ def test_attention(S, H, Hkv, Dh, window, softcap):
     launch.attention(t(q), t(k), t(v), t(pos), out, attrs, TU)
     ref = run_reference("attention", [q, k, v, pos], attrs)[0]
     close(out, ref, 3e-3)  # q and p go through fp16 tensor cores
+
+
+@pytest.mark.parametrize("x2", [False, True], ids=["x1", "x2"])
+@pytest.mark.parametrize("qtype", [q for q in QTYPES if q not in (Q.F32, Q.F16)],
+                         ids=lambda q: q.name)
+def test_gemv_int8_x(qtype, x2):
+    """The dp4a GEMV (x quantized to int8 blocks of 32) against the float reference: the
+    error is x's rounding, ~1/254 of each block's largest element."""
+    N = 37 if qtype not in K_QUANTS else 21
+    K = 768 if qtype in K_QUANTS else 352
+    w, deq = make_weight(qtype, N, K, seed=11)
+    x = rng(12).standard_normal((1, K)).astype(np.float32)
+    tu = replace(TU, qgemv_bn=8, qgemv_bw=16, x2=x2)
+    qx = launch.QuantizedX(K, DEV)
+    launch.quantize_x(t(x), qx, tu)
+    # the quantized blocks themselves: |x - dx * xq| <= dx / 2
+    xq = qx.xq.cpu().numpy().astype(np.float64).reshape(-1, 32)
+    xd = qx.xd.cpu().numpy().astype(np.float64)
+    if x2:
+        xq = 254 * xq + qx.xr.cpu().numpy().astype(np.float64).reshape(-1, 32)
+    assert np.all(np.abs(x.reshape(-1, 32) - xd[:, None] * xq) <= xd[:, None] * 0.5 + 1e-6)
+    assert np.allclose(qx.xs.cpu().numpy(), xd * xq.sum(1), rtol=1e-5, atol=1e-6)
+    out = poisoned((1, N))
+    launch.gemv_q8x(qx, w, out, tu)
+    ref = run_reference("matmul", [x, Dense(deq)], {})[0]
+    close(out, ref, 1e-4 if x2 and qtype not in K_QUANTS else 1e-2)
+    # exact against the same int8 x: the kernel adds no error of its own
+    xr = (xd[:, None] * xq).reshape(1, K)
+    close(out, xr @ deq.T.astype(np.float64), 3e-3 if qtype in K_QUANTS else 1e-5)
+
+
+def test_quantize_x_zero_block():
+    x = rng(13).standard_normal(96).astype(np.float32)
+    x[32:64] = 0.0
+    qx = launch.QuantizedX(96, DEV)
+    launch.quantize_x(t(x), qx, TU)
+    assert qx.xd.cpu().numpy()[1] == 0 and not qx.xq.cpu().numpy()[32:64].any()
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q6_K, Q.Q5_0],
+                         ids=lambda q: q.name)
+def test_matmul_dequant_dense(qtype):
+    """Prefill through the fp16 scratch: dequantize, then the dense tile GEMM."""
+    N, K = shape_for(qtype, 67)
+    w, deq = make_weight(qtype, N, K, seed=21)
+    x = rng(22).standard_normal((19, K)).astype(np.float32)
+    scratch = torch.full((N * K + 5,), float("nan"), dtype=torch.float16, device=DEV)
+    wd = launch.dequant(w, scratch, TU)
+    close(wd, deq, 1e-3)
+    out = poisoned((19, N))
+    launch.matmul(t(x), w, out, replace(TU, dense_min_m=2), scratch=scratch)
+    close(out, run_reference("matmul", [x, Dense(deq)], {})[0], 3e-3)
+
+
+@pytest.mark.parametrize("mode", ["norm", "add_norm", "add_norm_unit_offset"])
+def test_norm_quant(mode):
+    """The decode row kernel: [residual add +] rms_norm, with x quantized for the GEMVs."""
+    D = 352
+    r = rng(31)
+    a = r.standard_normal(D).astype(np.float32)
+    b = r.standard_normal(D).astype(np.float32) if mode != "norm" else None
+    w = r.standard_normal(D).astype(np.float32)
+    uo = mode.endswith("unit_offset")
+    s = poisoned((D,)) if b is not None else None
+    out = poisoned((D,))
+    qx = launch.QuantizedX(D, DEV)
+    launch.norm_quant(t(a), t(b) if b is not None else None, t(w), s, out, qx, 1e-5, uo, TU)
+    x = a + b if b is not None else a
+    ref = run_reference("rms_norm", [x, w], {"eps": 1e-5, "unit_offset": uo})[0]
+    close(out, ref, 1e-5)
+    if s is not None:
+        close(s, x, 1e-7)
+    xq = 254 * qx.xq.cpu().numpy().astype(np.float64) + qx.xr.cpu().numpy()
+    deq = (qx.xd.cpu().numpy()[:, None] * xq.reshape(-1, 32)).reshape(-1)
+    close(torch.from_numpy(deq), ref, 1e-4)
+
+
+@pytest.mark.parametrize("op", ["swiglu", "geglu"])
+def test_swiglu_quant(op):
+    D = 32 * 37
+    r = rng(32)
+    g = (r.standard_normal(D) * 2).astype(np.float32)
+    u = r.standard_normal(D).astype(np.float32)
+    out = poisoned((D,))
+    qx = launch.QuantizedX(D, DEV)
+    launch.swiglu_quant(t(g), t(u), out, qx, op == "geglu", TU)
+    ref = run_reference(op, [g, u], {})[0]
+    close(out, ref, 1e-5)
+    xq = 254 * qx.xq.cpu().numpy().astype(np.float64) + qx.xr.cpu().numpy()
+    close(torch.from_numpy((qx.xd.cpu().numpy()[:, None] * xq.reshape(-1, 32)).reshape(-1)),
+          ref, 1e-4)
+
+
+@pytest.mark.parametrize("mode,n_dims,factors", [("norm", 16, False), ("neox", 12, True)])
+def test_rope_kv_decode(mode, n_dims, factors):
+    """Decode's fused rope(q), rope(k) -> K cache, v -> V cache against the references."""
+    r = rng(41)
+    H, Hkv, Dh, C, p = 6, 2, 16, 9, 5
+    q = r.standard_normal((1, H, Dh)).astype(np.float32)
+    k = r.standard_normal((1, Hkv, Dh)).astype(np.float32)
+    v = r.standard_normal((1, Hkv, Dh)).astype(np.float32)
+    f = (1.0 + r.random(n_dims // 2)).astype(np.float32) if factors else None
+    pos = np.array([p], dtype=np.int32)
+    attrs = {"mode": mode, "n_dims": n_dims, "theta": 10000.0, "freq_scale": 0.5}
+    kc = torch.zeros((C, Hkv, Dh), dtype=torch.float16, device=DEV)
+    vc = torch.zeros_like(kc)
+    qo = poisoned((1, H, Dh))
+    launch.rope_kv_decode(t(q), t(k), t(v), t(pos), t(f) if factors else None, qo, kc, vc,
+                          attrs, TU)
+    args = [pos] + ([f] if factors else [])
+    close(qo, run_reference("rope", [q] + args, attrs)[0], 1e-5)
+    close(kc[p:p + 1], run_reference("rope", [k] + args, attrs)[0], 1e-3)
+    close(vc[p:p + 1], v, 1e-3)
+    assert not kc[:p].any() and not vc[p + 1:].any()

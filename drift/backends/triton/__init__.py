@@ -42,10 +42,19 @@ class TritonBackend(Backend):
 
         self.torch_device, self.info = read_device()
         self.tuning = tune(self.info)
+        if os.environ.get("DRIFT_TRITON_INTGEMV") == "0":  # decode on the float GEMV
+            from dataclasses import replace
+
+            self.tuning = replace(self.tuning, int_gemv=False)
         self.weights: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
         self.cuda_graphs = (self.torch_device.type == "cuda"
                             and os.environ.get("DRIFT_CUDA_GRAPHS", "1") != "0")
+        # DRIFT_TRITON_STACK=0: no stacked Q/K/V and gate/up (one GEMV per weight);
+        # DRIFT_TRITON_DENSE=0: prefill GEMM with tiles dequantized in registers only
+        self.stack_weights = os.environ.get("DRIFT_TRITON_STACK", "1") != "0"
+        self.dense_prefill = os.environ.get("DRIFT_TRITON_DENSE", "1") != "0"
+        self._scratch = None
 
     @classmethod
     def available(cls) -> bool:
@@ -81,18 +90,44 @@ class TritonBackend(Backend):
             )
 
     def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec]) -> None:
-        from drift.backends.triton.weights import upload
+        from drift.backends.triton.weights import stack_groups, upload, upload_stack
 
         infos = [model_file.tensors[s.name] for s in specs if s.name not in self.weights]
         self._check_fits("the model's weights", sum(i.nbytes for i in infos))
+        stacked = set()
+        if self.stack_weights:
+            for group in stack_groups(infos):
+                for info, w in zip(group, upload_stack(group, self.torch_device)):
+                    self.weights[info.name] = w
+                    stacked.add(info.name)
         for info in infos:
-            self.weights[info.name] = upload(info, self.torch_device)
+            if info.name not in stacked:
+                self.weights[info.name] = upload(info, self.torch_device)
 
     def weight_bytes(self) -> int:
-        total = 0
+        total, bases = 0, set()
         for w in self.weights.values():
-            total += w.nbytes if hasattr(w, "kind") else w.numel() * w.element_size()
+            if getattr(w, "base", None) is not None:  # stacked: count the stack once
+                if id(w.base) not in bases:
+                    bases.add(id(w.base))
+                    total += w.base.nbytes
+            else:
+                total += w.nbytes if hasattr(w, "kind") else w.numel() * w.element_size()
         return total
+
+    def scratch(self, numel: int):
+        """The fp16 dequantization scratch of the prefill GEMM, shared by every program and
+        grown to the largest weight asked for (part of the planned arena)."""
+        import torch
+
+        if self._scratch is None or self._scratch.numel() < numel:
+            self._scratch = None
+            self._check_fits("the fp16 dequantization scratch", 2 * numel)
+            self._scratch = torch.empty(numel, dtype=torch.float16, device=self.torch_device)
+        return self._scratch
+
+    def scratch_bytes(self) -> int:
+        return 0 if self._scratch is None else self._scratch.numel() * 2
 
     def alloc_state(self, specs: list[TensorSpec]) -> None:
         import torch

@@ -7,8 +7,11 @@ compiles one binary per constexpr combination and caches it).
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,6 +96,29 @@ class Tuning:
     decode_programs: int  # target programs for split-K decode attention
     row_block: int  # elementwise / norm block
     small: bool = False  # the interpreter: one fixed tile
+    # int8-x GEMV (decode): rows per program, int32 words of a row per step, warps, stages
+    qgemv_bn: int = 4
+    qgemv_bw: int = 64
+    qgemv_warps: int = 4
+    qgemv_stages: int = 1
+    qx_blocks: int = 32  # x blocks of 32 per quantize_x program
+    int_gemv: bool = True  # decode GEMVs on int8 x (dp4a); False: the float GEMV
+    x2: bool = True  # x as two int8 levels (~2^-15), not one (~2^-8): see quantize_x_kernel
+    # prefill: dequantize into the fp16 scratch + dense GEMM from this many rows of x up
+    dense_min_m: int = 64
+    dense_bm: int = 128
+    dense_bn: int = 128
+    dense_bk: int = 64
+    dense_warps: int = 8
+    dense_stages: int = 3
+    norm_block: int = 4096  # decode norm+quant: one program, the row in chunks of this
+    norm_warps: int = 8
+    dequant_bn: int = 16  # rows x bytes (4-bit) or elements (8-bit) per dequant program
+    dequant_bb: int = 256
+    # measured best configurations per (kernel, quant, N, K) of this device, from
+    # tuned/<device name>.json (written by bench/sweep_kernels.py: the autotune, run once per
+    # device on the device and kept on disk)
+    table: dict = field(default_factory=dict, compare=False, hash=False)
 
     def gemm_tiles(self, m: int, n: int) -> tuple[int, int, int]:
         """(BM, BN, warps): the largest tile that still gives every SM a program."""
@@ -104,6 +130,28 @@ class Tuning:
             if -(-m // bm) * -(-n // bn) >= self.decode_programs:
                 return bm, bn, w
         return bm, bn, w
+
+    def qgemv(self, n: int, k: int, qtype: str = "") -> tuple[int, int, int, int]:
+        """(BN, BW, warps, stages) of the int8-x GEMV: the measured best for this shape if
+        the device's table has it; else the defaults, with fewer rows per program where N is
+        small, so that every SM still gets a few programs."""
+        hit = self.table.get(f"qgemv {qtype} {n} {k}")
+        if hit:
+            return tuple(hit)
+        bn = self.qgemv_bn
+        while not self.small and bn > 1 and (n + bn - 1) // bn < 2 * self.decode_programs:
+            bn //= 2
+        return bn, self.qgemv_bw, self.qgemv_warps, self.qgemv_stages
+
+    def dense_tiles(self, m: int, n: int, k: int = 0,
+                    qtype: str = "") -> tuple[int, int, int, int, int]:
+        """(BM, BN, BK, warps, stages) of the dense fp16 GEMM after dequantization: the
+        table's best for this weight shape (measured at M = 512) when M is that large."""
+        hit = self.table.get(f"dense {qtype} {n} {k}")
+        if hit and m >= 256:
+            return tuple(hit)
+        bm = self.dense_bm if m > self.dense_bm // 2 else max(16, triton_p2(m))
+        return bm, self.dense_bn, self.dense_bk, self.dense_warps, self.dense_stages
 
     def gemv_warps_for(self, k: int) -> int:
         """Short rows (K <= 4096) ran best on 2 warps in the H100/H200 sweeps, long on 4."""
@@ -117,12 +165,31 @@ class Tuning:
         return bn
 
 
+TUNED_DIR = Path(__file__).with_name("tuned")
+
+
+def tuned_table(device_name: str) -> dict:
+    """The sweep's best configurations for this device, {} if none was measured. The
+    directory can be overridden with DRIFT_TRITON_TUNED (a sweep's output file)."""
+    path = os.environ.get("DRIFT_TRITON_TUNED") or TUNED_DIR / (
+        re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def tune(info: DeviceInfo) -> Tuning:
     if info.extra.get("interpreter"):
         # Few, large programs: the interpreter runs each program in numpy.
-        return Tuning(32, 512, 1, 32, 32, 64, 1, 1, 32, 32, 32, 1, 4, 1024, small=True)
+        return Tuning(32, 512, 1, 32, 32, 64, 1, 1, 32, 32, 32, 1, 4, 1024, small=True,
+                      qgemv_bn=8, qgemv_bw=64, qgemv_warps=1, dense_min_m=2, dense_bm=32,
+                      dense_bn=32, dense_bk=32, dense_warps=1, dense_stages=1,
+                      dequant_bn=4, dequant_bb=64, norm_block=64, norm_warps=1)
     sms = info.extra["sm_count"]
     smem = info.extra.get("shared_memory", 0)
+    measured = tuned_table(info.name)
+    qdef = measured.get("qgemv_default", [4, 256, 4, 1])
     big = smem >= 200 * 1024  # Hopper / Ampere datacenter parts: deeper pipelines, larger tiles
     return Tuning(
         # H100 sweep (docs/triton.md): GEMV best at 2-4 rows x 512-1024 weights, 2-4 warps;
@@ -132,4 +199,10 @@ def tune(info: DeviceInfo) -> Tuning:
         gemm_warps=8 if big else 4, gemm_stages=3 if big else 2,
         attn_bm=64, attn_bn=64, attn_bt=64, attn_warps=4,
         decode_programs=sms, row_block=1024,
+        # int8-x GEMV: dp4a is PTX, so NVIDIA only; elsewhere the float GEMV
+        int_gemv=info.extra.get("vendor") == "nvidia",
+        qgemv_bn=qdef[0], qgemv_bw=qdef[1], qgemv_warps=qdef[2], qgemv_stages=qdef[3],
+        table=measured.get("best", {}),
+        dense_bm=128 if big else 64, dense_bn=128 if big else 64, dense_bk=64 if big else 32,
+        dense_warps=8 if big else 4, dense_stages=3 if big else 2,
     )

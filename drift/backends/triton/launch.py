@@ -19,13 +19,24 @@ from drift.backends.triton.attention import (
     attn_prefill_kernel,
 )
 from drift.backends.triton.device import Tuning, patch_interpreter
-from drift.backends.triton.matmul import embedding_kernel, gemm_kernel, gemv_kernel
+from drift.backends.triton.matmul import (
+    XBLOCK,
+    dequant_kernel,
+    embedding_kernel,
+    gemm_kernel,
+    gemv_kernel,
+    gemv_q8x_kernel,
+    quantize_x_kernel,
+)
 from drift.backends.triton.pointwise import (
     EW_OPS,
     elementwise_kernel,
     kv_write_kernel,
+    norm_quant_kernel,
     rms_norm_kernel,
+    swiglu_quant_kernel,
     rope_kernel,
+    rope_kv_decode_kernel,
 )
 from drift.backends.triton.weights import QWeight
 
@@ -35,8 +46,66 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 _p2 = triton.next_power_of_2
 
 
-def matmul(x: torch.Tensor, w: QWeight, out: torch.Tensor, tu: Tuning) -> None:
-    """out (M, N) = x (M, K) @ W^T; GEMV when M == 1, tensor-core GEMM otherwise."""
+class QuantizedX:
+    """x (K,) as int8 blocks of 32 (xq), their scales (xd) and dx * sum(xq) (xs): the input of
+    `gemv_q8x`. One per program, sized for the longest K, reused by every decode matmul."""
+
+    def __init__(self, K: int, device):
+        self.xq = torch.empty(K, dtype=torch.int8, device=device)
+        self.xr = torch.empty(K, dtype=torch.int8, device=device)  # the remainder (X2)
+        self.xd = torch.empty(K // XBLOCK, dtype=torch.float32, device=device)
+        self.xs = torch.empty_like(self.xd)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.xq.numel() + 8 * self.xd.numel()
+
+
+def int_gemv_ok(x_numel: int, w: QWeight) -> bool:
+    """The int8-x GEMV applies to quantized weights whose rows are whole x blocks."""
+    N, K = w.shape
+    return x_numel == K and w.kind in (1, 2) and K % XBLOCK == 0 and w.group in (16, 32)
+
+
+def quantize_x(x: torch.Tensor, qx: QuantizedX, tu: Tuning) -> None:
+    nb = x.numel() // XBLOCK
+    quantize_x_kernel[(triton.cdiv(nb, tu.qx_blocks),)](x, qx.xq, qx.xr, qx.xd, qx.xs, nb,
+                                                        X2=tu.x2, BB=tu.qx_blocks)
+
+
+def gemv_q8x(qx: QuantizedX, w: QWeight, out: torch.Tensor, tu: Tuning) -> None:
+    """out (1, N) = W . x, x already quantized into qx (see `gemv_q8x_kernel`)."""
+    N, K = w.shape
+    q, s, m = w.args()
+    kw = K // 8 if w.kind == 1 else K // 4
+    bn, bw, warps, stages = tu.qgemv(N, K, w.qtype)
+    gemv_q8x_kernel[(triton.cdiv(N, bn),)](
+        qx.xq.view(torch.int32), qx.xr.view(torch.int32), qx.xd, qx.xs, q.view(torch.int32),
+        s, m, out, N, kw,
+        w.strides()[1], **w.meta(), BN=bn, BW=max(bw, w.pair // 4 if w.kind == 1 else w.group // 4),
+        ASM=os.environ.get("TRITON_INTERPRET") != "1", X2=tu.x2, num_warps=warps,
+        num_stages=stages)
+
+
+def dequant(w: QWeight, out: torch.Tensor, tu: Tuning) -> torch.Tensor:
+    """W as fp16 (N, K) in the first N*K elements of `out` (the scratch); returns that view."""
+    N, K = w.shape
+    q, s, m = w.args()
+    dst = out[: N * K].view(N, K)
+    kb = K // 2 if w.kind == 1 else K
+    unit = w.pair if w.kind == 1 else w.group  # BB is whole runs / groups
+    dbn, dbb = tu.table.get(f"dequant {w.qtype} {N} {K}", (tu.dequant_bn, tu.dequant_bb))
+    bb = max(unit, min(dbb, _p2(kb)))
+    dequant_kernel[(triton.cdiv(N, dbn), triton.cdiv(kb, bb))](
+        q, s, m, dst, N, K, kb, w.strides()[1], **w.meta(), BN=dbn, BB=bb, num_warps=4)
+    return dst
+
+
+def matmul(x: torch.Tensor, w: QWeight, out: torch.Tensor, tu: Tuning,
+           scratch: torch.Tensor | None = None) -> None:
+    """out (M, N) = x (M, K) @ W^T; GEMV when M == 1, tensor-core GEMM otherwise. Given a
+    scratch (fp16, >= N*K) and M >= tu.dense_min_m, a quantized W is dequantized into it
+    first and the dense GEMM runs (see `dequant_kernel`)."""
     M = x.numel() // w.shape[1]
     N, K = w.shape
     q, s, m = w.args()
@@ -49,11 +118,39 @@ def matmul(x: torch.Tensor, w: QWeight, out: torch.Tensor, tu: Tuning) -> None:
         gemv_kernel[(triton.cdiv(N, bn),)](x, q, s, m, out, N, K, *w.strides(), **w.meta(),
                                            BN=bn, BK=bk, num_warps=tu.gemv_warps_for(K))
         return
+    if scratch is not None and w.kind != 0 and M >= tu.dense_min_m:
+        wd = dequant(w, scratch, tu)
+        bm, bn, bk, warps, stages = tu.dense_tiles(M, N, K, w.qtype)
+        grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
+        gemm_kernel[grid](x, wd, wd, wd, out, M, N, K, K, 1, KIND=0, P=16, G=32, OFF=0,
+                          HAS_MIN=False, BM=bm, BN=bn, BK=bk, num_warps=warps,
+                          num_stages=stages)
+        return
     bm, bn, warps = tu.gemm_tiles(M, N)
     bk = tu.gemm_bk  # a 4-bit plane: bytes, so two tl.dot of gemm_bk each per step
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
     gemm_kernel[grid](x, q, s, m, out, M, N, K, *w.strides(), **w.meta(), BM=bm, BN=bn, BK=bk,
                       num_warps=warps, num_stages=tu.gemm_stages)
+
+
+def norm_quant(a: torch.Tensor, b: torch.Tensor | None, w: torch.Tensor, sum_out, out,
+               qx: QuantizedX | None, eps: float, unit_offset: bool, tu: Tuning) -> None:
+    """One row: [sum = a + b;] out = rms_norm(sum or a) * w [and out quantized into qx]."""
+    D = w.numel()
+    q = qx or QuantizedX(32, a.device)
+    blk = min(_p2(D), tu.norm_block)
+    norm_quant_kernel[(1,)](a, b if b is not None else a, w, sum_out if sum_out is not None else out,
+                            out, q.xq, q.xr, q.xd, q.xs, D, float(eps), MODE=int(b is not None),
+                            UNIT_OFFSET=bool(unit_offset), QUANT=qx is not None, X2=tu.x2,
+                            BLOCK=blk, num_warps=tu.norm_warps)
+
+
+def swiglu_quant(g: torch.Tensor, u: torch.Tensor, out: torch.Tensor, qx: QuantizedX,
+                 gelu: bool, tu: Tuning) -> None:
+    D = g.numel()
+    blk = tu.row_block
+    swiglu_quant_kernel[(triton.cdiv(D, blk),)](g, u, out, qx.xq, qx.xr, qx.xd, qx.xs, D,
+                                                GELU=gelu, X2=tu.x2, BLOCK=blk)
 
 
 def embedding(table: QWeight, ids: torch.Tensor, out: torch.Tensor, tu: Tuning) -> None:
@@ -87,6 +184,20 @@ def rope(x: torch.Tensor, pos: torch.Tensor, factors: torch.Tensor | None, out: 
                           math.log2(attrs["theta"]), float(attrs.get("freq_scale", 1.0)),
                           NEOX=attrs["mode"] == "neox", HAS_FACTORS=factors is not None,
                           BH=_p2(max(n // 2, 1)), BD=_p2(Dh))
+
+
+def rope_kv_decode(q, k, v, pos, factors, q_out, k_cache, v_cache, attrs: dict,
+                   tu: Tuning) -> None:
+    """One token: q_out = rope(q); k_cache[pos] = rope(k); v_cache[pos] = v."""
+    _, H, Dh = q.shape
+    Hkv = k.shape[-2]
+    Dv = v.shape[-1]
+    n = attrs["n_dims"]
+    rope_kv_decode_kernel[(H + 2 * Hkv,)](
+        q, k, v, pos, factors if factors is not None else q, q_out, k_cache, v_cache, H, Hkv,
+        Dh, Dv, n, math.log2(attrs["theta"]), float(attrs.get("freq_scale", 1.0)),
+        NEOX=attrs["mode"] == "neox", HAS_FACTORS=factors is not None,
+        BH=_p2(max(n // 2, 1)), BD=_p2(Dh), BDV=_p2(Dv))
 
 
 def kv_write(cache: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, tu: Tuning) -> None:
