@@ -4,7 +4,8 @@ import sys
 
 for path in sys.argv[1:]:
     try:
-        r = json.load(open(path))
+        with open(path) as f:
+            r = json.load(f)
     except (OSError, ValueError) as e:
         print(f"{path}: {e}")
         continue

@@ -20,7 +20,6 @@ import statistics
 from dataclasses import replace
 
 import torch
-import triton
 
 from drift.backends.triton import launch
 from drift.backends.triton.device import read_device, tune
@@ -83,7 +82,7 @@ def sweep_gemv(tu, kind, N, K, gen, configs, rows):
     def rec(name, cfg, fns):
         try:
             t = graph_time(fns)
-        except Exception as e:  # a config that does not compile (shared memory, ...)
+        except Exception as e:  # noqa: BLE001  a config that does not compile (shared memory)
             print(f"  {kind} {N}x{K} {name} {cfg}: {type(e).__name__}")
             return
         res.append((t, name, cfg))
@@ -115,7 +114,7 @@ def sweep_gemm(tu, kind, M, N, K, gen, rows):
     def rec(name, cfg, fns):
         try:
             t = graph_time(fns, reps=10)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  as above
             print(f"  gemm {kind} {M}x{N}x{K} {name} {cfg}: {type(e).__name__}: {str(e)[:80]}")
             return
         res.append((t, name, cfg))

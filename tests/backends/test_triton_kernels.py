@@ -178,9 +178,14 @@ def test_attention(S, H, Hkv, Dh, window, softcap):
     v = r.standard_normal((C, Hkv, Dh)).astype(np.float16)
     attrs = {"scale": 1 / np.sqrt(Dh), "window": window, "softcap": softcap}
     out = poisoned(q.shape)
-    launch.attention(t(q), t(k), t(v), t(pos), out, attrs, TU)
+    qx = launch.QuantizedX(H * Dh, DEV) if S == 1 else None  # decode: quantized output too
+    launch.attention(t(q), t(k), t(v), t(pos), out, attrs, TU, qx=qx)
     ref = run_reference("attention", [q, k, v, pos], attrs)[0]
     close(out, ref, 3e-3)  # q and p go through fp16 tensor cores
+    if qx is not None and launch.attention_quantizes(Dh):
+        xq = 254 * qx.xq.cpu().numpy().astype(np.float64) + qx.xr.cpu().numpy()
+        deq = (qx.xd.cpu().numpy()[:, None] * xq.reshape(-1, 32)).reshape(out.shape)
+        close(torch.from_numpy(deq), out.cpu().numpy(), 1e-4)
 
 
 @pytest.mark.parametrize("x2", [False, True], ids=["x1", "x2"])
@@ -228,10 +233,11 @@ def test_matmul_dequant_dense(qtype):
     w, deq = make_weight(qtype, N, K, seed=21)
     x = rng(22).standard_normal((19, K)).astype(np.float32)
     scratch = torch.full((N * K + 5,), float("nan"), dtype=torch.float16, device=DEV)
-    wd = launch.dequant(w, scratch, TU)
+    wd = launch.dequant(w, scratch, replace(TU, dequant_bn=4, dequant_bb=64))  # partial tiles
     close(wd, deq, 1e-3)
     out = poisoned((19, N))
-    launch.matmul(t(x), w, out, replace(TU, dense_min_m=2), scratch=scratch)
+    launch.matmul(t(x), w, out, replace(TU, dense_min_m=2, dense_bm=16, dense_bn=32,
+                                        dense_bk=32), scratch=scratch)
     close(out, run_reference("matmul", [x, Dense(deq)], {})[0], 3e-3)
 
 
@@ -247,7 +253,9 @@ def test_norm_quant(mode):
     s = poisoned((D,)) if b is not None else None
     out = poisoned((D,))
     qx = launch.QuantizedX(D, DEV)
-    launch.norm_quant(t(a), t(b) if b is not None else None, t(w), s, out, qx, 1e-5, uo, TU)
+    # blocks of 64: the row loop runs several times and ends on a partial block
+    launch.norm_quant(t(a), t(b) if b is not None else None, t(w), s, out, qx, 1e-5, uo,
+                      replace(TU, norm_block=64))
     x = a + b if b is not None else a
     ref = run_reference("rms_norm", [x, w], {"eps": 1e-5, "unit_offset": uo})[0]
     close(out, ref, 1e-5)

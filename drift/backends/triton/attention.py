@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from drift.backends.triton.matmul import quantize_blocks
+
 NEG = tl.constexpr(-1.0e30)  # "minus infinity" that keeps exp() and max() free of NaN
 
 
@@ -79,9 +81,12 @@ def attn_decode_kernel(
 
 
 @triton.jit
-def attn_merge_kernel(m_in, l_in, acc_in, out_ptr, Dv, NSPLIT,
-                      BS: tl.constexpr, BDV: tl.constexpr):
-    """out[h] = sum_j e^(m_j - M) acc_j / sum_j e^(m_j - M) l_j, one program per head."""
+def attn_merge_kernel(m_in, l_in, acc_in, out_ptr, Dv, NSPLIT, xq_ptr, xr_ptr, xd_ptr, xs_ptr,
+                      BS: tl.constexpr, BDV: tl.constexpr, QUANT: tl.constexpr,
+                      X2: tl.constexpr):
+    """out[h] = sum_j e^(m_j - M) acc_j / sum_j e^(m_j - M) l_j, one program per head.
+    QUANT (BDV == Dv, a multiple of 32): also the int8 blocks of out for the output
+    projection's GEMV, saving its quantize launch (~2 us a layer)."""
     h = tl.program_id(0)
     j = tl.arange(0, BS)
     jm = j < NSPLIT
@@ -95,6 +100,11 @@ def attn_merge_kernel(m_in, l_in, acc_in, out_ptr, Dv, NSPLIT,
                 mask=jm[:, None] & dvm[None, :], other=0.0)
     out = tl.sum(a * w[:, None], axis=0) / tl.sum(l * w, axis=0)
     tl.store(out_ptr + h * Dv + dv, out, mask=dvm)
+    if QUANT:
+        NB: tl.constexpr = BDV // 32
+        b = h * NB + tl.arange(0, NB)
+        quantize_blocks(tl.reshape(out, (NB, 32)), b, b >= 0, xq_ptr, xr_ptr, xd_ptr, xs_ptr,
+                        X2)
 
 
 @triton.jit

@@ -183,9 +183,9 @@ def tune(info: DeviceInfo) -> Tuning:
     if info.extra.get("interpreter"):
         # Few, large programs: the interpreter runs each program in numpy.
         return Tuning(32, 512, 1, 32, 32, 64, 1, 1, 32, 32, 32, 1, 4, 1024, small=True,
-                      qgemv_bn=8, qgemv_bw=64, qgemv_warps=1, dense_min_m=2, dense_bm=32,
-                      dense_bn=32, dense_bk=32, dense_warps=1, dense_stages=1,
-                      dequant_bn=4, dequant_bb=64, norm_block=64, norm_warps=1)
+                      qgemv_bn=32, qgemv_bw=128, qgemv_warps=1, dense_min_m=2, dense_bm=32,
+                      dense_bn=64, dense_bk=64, dense_warps=1, dense_stages=1,
+                      dequant_bn=16, dequant_bb=256, norm_block=1024, norm_warps=1)
     sms = info.extra["sm_count"]
     smem = info.extra.get("shared_memory", 0)
     measured = tuned_table(info.name)

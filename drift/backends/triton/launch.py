@@ -34,9 +34,9 @@ from drift.backends.triton.pointwise import (
     kv_write_kernel,
     norm_quant_kernel,
     rms_norm_kernel,
-    swiglu_quant_kernel,
     rope_kernel,
     rope_kv_decode_kernel,
+    swiglu_quant_kernel,
 )
 from drift.backends.triton.weights import QWeight
 
@@ -63,7 +63,7 @@ class QuantizedX:
 
 def int_gemv_ok(x_numel: int, w: QWeight) -> bool:
     """The int8-x GEMV applies to quantized weights whose rows are whole x blocks."""
-    N, K = w.shape
+    K = w.shape[1]
     return x_numel == K and w.kind in (1, 2) and K % XBLOCK == 0 and w.group in (16, 32)
 
 
@@ -218,9 +218,16 @@ class DecodeScratch:
         self.acc = torch.empty(H * self.nsplit * Dv, device=device, dtype=torch.float32)
 
 
+def attention_quantizes(Dv: int) -> bool:
+    """Whether decode attention can also write its output as int8 blocks (whole heads of
+    32-element blocks in one merge program)."""
+    return Dv % 32 == 0 and _p2(Dv) == Dv
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
               out: torch.Tensor, attrs: dict, tu: Tuning,
-              scratch: DecodeScratch | None = None) -> None:
+              scratch: DecodeScratch | None = None, qx: QuantizedX | None = None) -> None:
+    """qx (decode, Dv a power of two >= 32): the output also quantized for the next GEMV."""
     S, H, Dh = q.shape
     C, Hkv, _ = k.shape
     Dv = v.shape[2]
@@ -235,8 +242,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tens
             sc.nsplit, G=G, GP=max(16, _p2(G)), BD=max(16, _p2(Dh)), BDV=max(16, _p2(Dv)),
             BT=tu.attn_bt, HAS_SOFTCAP=softcap > 0, HAS_WINDOW=window > 0,
             num_warps=tu.attn_warps)
-        attn_merge_kernel[(H,)](sc.m, sc.l, sc.acc, out, Dv, sc.nsplit,
-                                BS=max(2, _p2(sc.nsplit)), BDV=_p2(Dv))
+        quant = qx is not None and attention_quantizes(Dv)
+        bufs = (qx.xq, qx.xr, qx.xd, qx.xs) if quant else (out,) * 4
+        attn_merge_kernel[(H,)](sc.m, sc.l, sc.acc, out, Dv, sc.nsplit, *bufs,
+                                BS=max(2, _p2(sc.nsplit)), BDV=_p2(Dv), QUANT=quant, X2=tu.x2)
         return
     grid = (triton.cdiv(S, tu.attn_bm), H)
     attn_prefill_kernel[grid](

@@ -12,6 +12,7 @@ the inputs copied into the static buffers first.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ class TritonProgram(Program):
         self._plan()
         self.qx = None
         self._qx_of = None  # name of the x the quantized-x buffer holds at this point
-        self.scratch = self._prefill_scratch()
+        self.scratch_fp16 = self._prefill_scratch()  # prefill GEMM's dequantized weight
         self.fused = self._plan_row_fusion()
         self.steps: list[Callable[[], None]] = [self._bind(n, i)
                                                 for i, n in enumerate(graph.nodes)]
@@ -99,13 +100,15 @@ class TritonProgram(Program):
                     base = env[r]
                     pool.setdefault((spec.numel, base.dtype), []).append(base.view(-1))
                     last_use[r] = -2  # released once
-        self.scratch = None
+        self.scratch_decode = None  # split-K partials of decode attention
         S = int(g.meta.get("n_tokens", 0))
         attn = [n for n in g.nodes if n.op == "attention"]
         if S == 1 and attn:
             q, k, v = (g.tensors[x] for x in attn[0].inputs[:3])
-            self.scratch = launch.DecodeScratch(q.shape[1], k.shape[1], v.shape[2], k.shape[0],
-                                                self.tu, self.device)
+            sd = launch.DecodeScratch(q.shape[1], k.shape[1], v.shape[2], k.shape[0], self.tu,
+                                      self.device)
+            self.scratch_decode = sd
+            self.activation_bytes += 4 * (sd.m.numel() + sd.l.numel() + sd.acc.numel())
 
     def _plan_stacks(self) -> None:
         """Decode: matmuls over the row ranges of one stacked weight (weights.STACKS) that read
@@ -198,10 +201,20 @@ class TritonProgram(Program):
                 plan[i + 1] = ("skip",)
             elif n.op == "rms_norm" and g.tensors[n.inputs[0]].numel == g.tensors[n.inputs[1]].numel:
                 plan[i] = ("norm", i, int_readers(n.outputs[0]))
+            elif (n.op == "attention" and self.scratch_attn_ok(n)
+                  and len(readers.get(n.outputs[0], [])) == 1
+                  and readers[n.outputs[0]][0].op == "reshape"
+                  and int_readers(readers[n.outputs[0]][0].outputs[0])):
+                plan[i] = ("attn_quant", readers[n.outputs[0]][0].outputs[0])
             elif (n.op in ("swiglu", "geglu") and int_readers(n.outputs[0])
                   and g.tensors[n.outputs[0]].numel % 32 == 0):
                 plan[i] = ("act_quant",)
         return plan
+
+    def scratch_attn_ok(self, n) -> bool:
+        """Decode attention whose merge kernel can quantize its output (see launch)."""
+        v = self.graph.tensors[n.inputs[2]]
+        return launch.attention_quantizes(v.shape[-1])
 
     def _ensure_qx(self, K: int) -> None:
         if self.qx is None or self.qx.xq.numel() < K:
@@ -223,6 +236,13 @@ class TritonProgram(Program):
             qo, kc, vc = env[rq.outputs[0]], env[wk.outputs[0]], env[wv.outputs[0]]
             a = rq.attrs
             return lambda: launch.rope_kv_decode(q, k, v, pos, f, qo, kc, vc, a, tu)
+        if kind == "attn_quant":
+            ins = [env[x] for x in n.inputs]
+            out = env[n.outputs[0]]
+            self._ensure_qx(out.numel())
+            qx, sc, a = self.qx, self.scratch_decode, n.attrs
+            self._qx_of = plan[1]  # the reshape the output projection reads
+            return lambda: launch.attention(ins[0], ins[1], ins[2], ins[3], out, a, tu, sc, qx)
         if kind == "act_quant":
             gate, up = env[n.inputs[0]], env[n.inputs[1]]
             out = env[n.outputs[0]]
@@ -289,7 +309,7 @@ class TritonProgram(Program):
                 return self._gemv(n.inputs[0], ins[0], base, buf)
             if ins[0].numel() == ins[1].shape[1]:
                 return self._gemv(n.inputs[0], ins[0], ins[1], out)
-            sc = self.scratch
+            sc = self.scratch_fp16
             return lambda: launch.matmul(ins[0], ins[1], out, tu, sc)
         if op == "rms_norm":
             return lambda: launch.rms_norm(ins[0], ins[1], out, a["eps"],
@@ -300,7 +320,7 @@ class TritonProgram(Program):
         if op == "kv_write":
             return lambda: launch.kv_write(ins[0], ins[1], ins[2], tu)
         if op == "attention":
-            sc = self.scratch
+            sc = self.scratch_decode
             return lambda: launch.attention(ins[0], ins[1], ins[2], ins[3], out, a, tu, sc)
         if op in ELEMENTWISE:
             b = ins[1] if len(ins) == 2 else None
@@ -383,12 +403,12 @@ class TritonProgram(Program):
         g, ev = self._prof
         g.replay()
         torch.cuda.synchronize(self.device)
-        gaps = sorted(a.elapsed_time(b) / 1e3 for a, b in zip(ev[: calib - 1], ev[1:calib]))
+        gaps = sorted(a.elapsed_time(b) / 1e3 for a, b in pairwise(ev[:calib]))
         self.event_overhead_s = gaps[len(gaps) // 2]
         # each step's interval less the event nodes' own cost (~1.3 us on the H100); a step
         # with no kernel (a view, a fused-away node) reads 0
         return [max(0.0, a.elapsed_time(b) / 1e3 - self.event_overhead_s)
-                for a, b in zip(ev[calib:-1], ev[calib + 1:])]
+                for a, b in pairwise(ev[calib:])]
 
     def _capture(self) -> None:
         """Record the launches (already compiled by the eager run) as one CUDA graph."""

@@ -51,7 +51,7 @@ class QWeight:
     qtype: str = ""
     # a row range [row0, row0 + N) of a weight stacked at load with its siblings (Q, K, V or
     # gate, up): decode runs one GEMV over the whole stack
-    base: "QWeight | None" = None
+    base: QWeight | None = None
     row0: int = 0
 
     @property
@@ -220,15 +220,12 @@ def upload_stack(infos: list[TensorInfo], device: torch.device) -> list[QWeight]
     K = first.shape[1]
     base = QWeight((N, K), first.kind, cat("q"), cat("scales"), cat("mins"), first.group,
                    first.pair, first.offset, first.qtype)
-    del parts
+    parts.clear()  # the members' own planes go; only the stack stays
     out, r0 = [], 0
     for i in infos:
         n = i.shape[0]
-
-        def rows(t):
-            return None if t is None else t[r0 : r0 + n]
-
-        out.append(QWeight((n, K), base.kind, rows(base.q), rows(base.scales), rows(base.mins),
-                           base.group, base.pair, base.offset, base.qtype, base, r0))
+        q, s, m = (None if t is None else t[r0 : r0 + n] for t in (base.q, base.scales, base.mins))
+        out.append(QWeight((n, K), base.kind, q, s, m, base.group, base.pair, base.offset,
+                           base.qtype, base, r0))
         r0 += n
     return out
