@@ -20,6 +20,15 @@ from drift.errors import InvalidArgumentError
 
 GB = 1e9
 TFLOP = 1e12
+VIEW_OPS = ("reshape", "last_row")
+
+# Assumed per-kernel cost where `drift probe` has not measured one. These are typical figures,
+# not datasheet ones (no vendor publishes a launch cost): a small kernel replayed from a CUDA
+# graph costs about 2 us on recent NVIDIA GPUs (drift's H100 decode profile read 1.5-3 us per
+# kernel, `drift probe` measures the empty-kernel figure); a compute dispatch in one Metal
+# command buffer or one Level Zero / Vulkan queue submission a few us; phone GPUs (OpenCL,
+# Vulkan) of the order of 10 us.
+_ASSUMED_LAUNCH_US = {"NVIDIA": 2.0, "Apple": 5.0, "Intel": 5.0, "Qualcomm": 10.0, "Arm": 10.0}
 
 
 class UnknownDeviceSpecError(InvalidArgumentError):
@@ -46,6 +55,31 @@ class DeviceSpec:
     # tiles for the matrix units; the numpy backend dequantizes to f32.
     quant_math: str = "f16"
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    # The fixed cost of one kernel launch (one dispatched op on the CPU), in us,
+    # whatever its size; None: the assumed default of the device's kind (`assumed_launch`).
+    launch_us: float | None = None
+    launch_source: str = ""  # "drift probe ..." when measured
+    views_dispatch: bool = False  # every op, views too, costs a dispatch (numpy reference walk)
+
+    @property
+    def launch_s(self) -> float:
+        """Seconds a kernel costs beyond its roofline time: measured by `drift probe`, else
+        assumed from the device's kind (see `assumed_launch`)."""
+        us = self.launch_us if self.launch_us is not None else assumed_launch(self)[0]
+        return us * 1e-6
+
+    @property
+    def launch_note(self) -> str:
+        if self.launch_us is not None:
+            return self.launch_source or "measured"
+        return assumed_launch(self)[1]
+
+    def launches(self, op: str) -> int:
+        """Kernels an op of the IR costs when no backend says better: one, none for a view
+        (reshape, last_row), which GPU backends resolve to a pointer."""
+        if op in VIEW_OPS and not self.views_dispatch:
+            return 0
+        return 1
 
     @property
     def bandwidth(self) -> float:
@@ -158,6 +192,16 @@ DEVICES: tuple[DeviceSpec, ...] = (
                68.3, 0.8, 1.6, None, 3.2, None, _ARM,
                note="estimate: 7 cores x 128 FLOP/clk x 0.89 GHz; fp16 2x, int8 dot 4x"),
 )
+
+
+def assumed_launch(d: DeviceSpec) -> tuple[float, str]:
+    """(us, note) for a device without a measured launch cost."""
+    us = _ASSUMED_LAUNCH_US.get(d.vendor, 5.0 if d.kind != "mobile-gpu" else 10.0)
+    what = {"NVIDIA": "a small kernel replayed in a CUDA graph",
+            "Apple": "a Metal compute dispatch in one command buffer",
+            "Intel": "a compute dispatch in one queue submission"}.get(
+                d.vendor, "a compute dispatch (OpenCL / Vulkan)")
+    return us, f"assumed: {us:g} us per kernel, typical of {what}; `drift probe` measures it"
 
 
 def _norm(name: str) -> str:

@@ -7,7 +7,11 @@ what the same device does for a plain copy and for the vendor's own matmul. For 
   ANCHORS.md convention);
 - GEMV bandwidth: weight bytes per second of a matrix-vector product, decode's inner loop;
 - matmul rate per dtype: FLOP/s of a square matmul in the library's best kernel (numpy's BLAS
-  on the CPU, cuBLAS through torch on CUDA).
+  on the CPU, cuBLAS through torch on CUDA);
+- launch latency: the fixed cost of one kernel whatever its size. On CUDA, N launches of a
+  one-program Triton kernel that stores one float, captured in one CUDA graph and replayed
+  (how drift's Triton backend runs a step): replay time / N. On the CPU, the per-op dispatch
+  of the numpy backend's op-by-op walk: `run_reference` of an add on one-element arrays.
 
 Results go to `$DRIFT_HOME/probe/<backend>.json` (default `~/.cache/drift`) and become a
 `DeviceSpec` named `local`: `drift analyze MODEL --device-spec local`.
@@ -54,6 +58,8 @@ class ProbeResult:
     host: str
     details: dict = field(default_factory=dict)  # sizes and timings, for the record
     version: int = PROBE_VERSION
+    launch_us: float | None = None  # fixed cost per kernel / dispatched op; None: not probed
+    launch_what: str = ""  # how it was measured
 
     def to_device_spec(self):
         from drift.analysis.hardware import DeviceSpec
@@ -63,6 +69,8 @@ class ProbeResult:
         # Where the library has no fast path (numpy's f16 and int8 are plain loops), the
         # backend would not use that dtype: model its ops at the f32 rate it does reach.
         f16 = max(m.get("f16", 0.0), f32) if self.backend == "cpu" else m.get("f16", f32)
+        launch = (f"drift probe, {self.when}: {self.launch_what}" if self.launch_us is not None
+                  else "")
         return DeviceSpec(
             key=f"local:{self.backend}", name=f"{self.device_name} (measured)",
             vendor="local", kind="local", memory_gb=self.memory_gb,
@@ -72,7 +80,79 @@ class ProbeResult:
             source=f"drift probe, {self.when}, {self.host}",
             note=f"GEMV streams {self.gemv_gbs:.1f} GB/s",
             quant_math="f32" if self.backend == "cpu" else "f16",
+            launch_us=self.launch_us if self.launch_us is not None
+            else _ASSUMED_LOCAL_LAUNCH_US[self.backend],
+            launch_source=launch or (f"assumed: {_ASSUMED_LOCAL_LAUNCH_US[self.backend]:g} us "
+                                     "(this probe predates the launch measurement: run `drift "
+                                     "probe` again)"),
+            views_dispatch=self.backend == "cpu",
         )
+
+
+# For a probe saved before the launch measurement existed.
+_ASSUMED_LOCAL_LAUNCH_US = {"cpu": 5.0, "cuda": 2.0}
+
+
+def numpy_dispatch_s(n: int = 2000, rounds: int = 5) -> float:
+    """Seconds per op of the numpy backend's op-by-op walk on an op with no work: the
+    registry dispatch (`run_reference`) of an add on one-element arrays, plus the walk's own
+    bookkeeping (environment lookups, a clock read either side). Best of `rounds`."""
+    from drift.ir import run_reference
+
+    a = np.ones(1, dtype=np.float32)
+    env = {"a": a, "b": a}
+    clock = time.perf_counter
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = clock()
+        for _ in range(n):
+            args = [env["a"], env["b"]]
+            c0 = clock()
+            out = run_reference("add", args, {})
+            env["t"] = clock() - c0
+            env["c"] = out[0]
+        best = min(best, (clock() - t0) / n)
+    return best
+
+
+def cuda_launch_s(n: int = 1000, reps: int = 5) -> tuple[float, str]:
+    """Seconds per kernel of `n` launches of a one-program kernel in one CUDA graph, replayed:
+    the median over `reps` replays. A Triton kernel where Triton is there (what the backend
+    launches), else torch's fill_ of one element."""
+    import torch
+
+    dev = torch.device("cuda")
+    buf = torch.zeros(1, dtype=torch.float32, device=dev)
+    try:
+        from drift.analysis._tiny_kernel import tiny_kernel
+
+        def launch() -> None:
+            tiny_kernel[(1,)](buf)
+
+        what = "Triton kernel, 1 program, 1 store"
+    except ImportError:
+        def launch() -> None:
+            buf.fill_(1.0)
+
+        what = "torch fill_ of 1 element"
+    launch()  # compile
+    torch.cuda.synchronize(dev)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(n):
+            launch()
+    g.replay()
+    torch.cuda.synchronize(dev)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / n)
+    times.sort()
+    return times[len(times) // 2], f"{n} launches of a {what} in one CUDA graph, replayed"
 
 
 def _best(fn: Callable[[], None], min_time: float, max_reps: int = 50) -> float:
@@ -123,9 +203,12 @@ def probe_numpy(quick: bool = False) -> ProbeResult:
         details[f"matmul_{dt}_n"] = n
     from drift.backends.cpu import _total_memory
 
+    dispatch = numpy_dispatch_s(500 if quick else 2000)
     return ProbeResult("cpu", f"{_cpu_name()} x{os.cpu_count()} (numpy)", 2 * a.nbytes / copy_s / 1e9,
                        w.nbytes / gemv_s / 1e9, matmul, _total_memory() / 1e9, _now(),
-                       platform.node(), details)
+                       platform.node(), details, launch_us=dispatch * 1e6,
+                       launch_what="numpy op dispatch: run_reference of an add on 1-element "
+                                   "arrays, with the per-op walk's bookkeeping")
 
 
 def probe_torch_cuda(quick: bool = False) -> ProbeResult:
@@ -174,9 +257,14 @@ def probe_torch_cuda(quick: bool = False) -> ProbeResult:
         matmul["int8"] = 2 * n**3 / timed(lambda: torch._int_mm(i1, i2), 3 if quick else 10) / 1e12
     except (RuntimeError, AttributeError):  # no int8 GEMM on this GPU / torch
         pass
+    try:
+        launch_s, launch_what = cuda_launch_s(200 if quick else 1000)
+    except Exception as e:  # noqa: BLE001  the other ceilings stand; the spec assumes one
+        launch_s, launch_what = None, f"not measured: {type(e).__name__}: {e}"
     return ProbeResult("cuda", props.name, 2 * a.numel() * 2 / copy_s / 1e9,
                        w.numel() * 2 / gemv_s / 1e9, matmul, props.total_memory / 1e9, _now(),
-                       platform.node(), {"matmul_n": n, "copy_bytes": 4 * a.numel()})
+                       platform.node(), {"matmul_n": n, "copy_bytes": 4 * a.numel()},
+                       launch_us=launch_s * 1e6 if launch_s else None, launch_what=launch_what)
 
 
 def _now() -> str:

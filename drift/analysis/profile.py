@@ -35,11 +35,19 @@ The measurement
    `Program.run`, the path `generate` takes.
 3. The same prefill and decode steps again through the per-op path (the same positions and
    tokens, so the cache ends as it was): per node, the median over repetitions / steps.
-4. Energy counters (NVML, RAPL) read around phases 1 and 2.
+4. Energy (NVML, RAPL): where a counter is readable, the prefill call and then the last
+   decode step are repeated until `energy_window` seconds have passed (`Meter.window`: the
+   counters advance in steps of up to ~0.1 s, too coarse for a 45 ms decode phase); with
+   `energy_window=0` the counters are read around phases 1 and 2 instead.
+5. Kernels per node, for the launch term of the prediction: `Program.launch_counts()` where a
+   backend offers it; on CUDA, the Triton launches of each bound step of an eager call
+   (Triton's launch-enter hook), a stacked GEMV's launches shared among its members as its
+   time is; on the numpy backend one dispatch per node; else one per node that took time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -119,6 +127,7 @@ class MeasuredStage:
     wall_s: list[float]  # per call, through Program.run
     op_s: list[float] | None  # per node of cost.graph, median over calls; None: no timing
     energy: EnergyReading
+    launches: list[float] | None = None  # kernels per node of cost.graph; None: the default
 
     @property
     def seconds(self) -> float:
@@ -139,6 +148,7 @@ class ProfileResult:
     prefill: MeasuredStage
     decode: MeasuredStage
     notes: list[str] = field(default_factory=list)
+    launch_source: str = ""  # how the kernels per node were counted
 
     @property
     def ttft_s(self) -> float:
@@ -167,8 +177,90 @@ def _median_per_node(runs: list[list[tuple[Node, float]]], graph_nodes: list[Nod
 
 
 
+@contextlib.contextmanager
+def _triton_launch_counter():
+    """A one-element list counting Triton kernel launches while the context is open."""
+    import triton
+
+    box = [0]
+
+    def hook(*args, **kwargs) -> None:
+        box[0] += 1
+
+    chain = getattr(getattr(getattr(triton, "knobs", None), "runtime", None),
+                    "launch_enter_hook", None)
+    if chain is not None and hasattr(chain, "add"):  # Triton >= 3.4: a HookChain
+        chain.add(hook)
+        try:
+            yield box
+        finally:
+            chain.remove(hook)
+        return
+    from triton.compiler import CompiledKernel  # older Triton: one hook attribute
+
+    old = CompiledKernel.launch_enter_hook
+    CompiledKernel.launch_enter_hook = hook
+    try:
+        yield box
+    finally:
+        CompiledKernel.launch_enter_hook = old
+
+
+def _share_stacks(program: Any, counts: list[float]) -> list[float]:
+    """A Triton decode program runs stacked matmuls (q/k/v, gate/up) as one GEMV launched by
+    the first member and spreads its time over the members by `program.share`; spread its
+    launches the same way."""
+    share = getattr(program, "share", None)
+    if not share:
+        return counts
+    nodes, env = program.graph.nodes, program.env
+    base = {i: id(env[nodes[i].inputs[1]].base) for i in share}
+    total: dict[int, float] = {}
+    for i, b in base.items():
+        total[b] = total.get(b, 0.0) + counts[i]
+    return [total[base[i]] * share[i] if i in share else c for i, c in enumerate(counts)]
+
+
+def launch_counts(program: Any, op_s: list[float] | None = None
+                  ) -> tuple[list[float] | None, str]:
+    """(kernels per node of program.graph, how they were counted); (None, why) where they
+    could not be: the prediction then takes the default, one per non-view op."""
+    nodes = program.graph.nodes
+    if hasattr(program, "launch_counts"):
+        return [float(c) for c in program.launch_counts()], "counted by the backend"
+    backend = getattr(program, "backend", None)
+    if getattr(backend, "name", None) == "cpu":
+        return [1.0] * len(nodes), "one dispatch per node (the numpy op-by-op walk)"
+    steps = getattr(program, "steps", None)
+    device = getattr(program, "device", None)
+    if steps is not None and len(steps) == len(nodes) and getattr(device, "type", "") == "cuda":
+        try:
+            import torch
+
+            counts: list[float] = []
+            with _triton_launch_counter() as box:
+                for step in steps:
+                    n0 = box[0]
+                    step()
+                    counts.append(float(box[0] - n0))
+            torch.cuda.synchronize(device)
+            if sum(counts) > 0:
+                return (_share_stacks(program, counts),
+                        "counted: Triton launches of each step of an eager call")
+        except Exception as e:  # noqa: BLE001  no Triton, another hook API: say so below
+            why = f"Triton launch hook: {e}"
+        else:
+            why = "the Triton launch hook saw no launch"
+    else:
+        why = "the backend does not count its kernels"
+    if op_s is None:
+        return None, f"assumed one per non-view op ({why})"
+    return ([1.0 if s > 0 else 0.0 for s in op_s],
+            f"assumed one per node that took time ({why})")
+
+
 def profile_engine(engine: Any, label: str, prompt_len: int = 32, decode_tokens: int = 8,
-                   repeat: int = 3, seed: int = 0) -> ProfileResult:
+                   repeat: int = 3, seed: int = 0, energy_window: float = 1.0) -> ProfileResult:
     """Measure prefill and decode of `engine` (an Engine), op by op."""
     cfg = engine.config
     if prompt_len + decode_tokens > engine.ctx:
@@ -189,14 +281,15 @@ def profile_engine(engine: Any, label: str, prompt_len: int = 32, decode_tokens:
     # 1. prefill through run, after one untimed call: a GPU backend JIT-compiles its kernels
     # and captures its CUDA graph on the first call. (Repeats rewrite the same cache rows.)
     prefill_prog.run(feeds)
-    e0 = meter.start()
+    window = energy_window > 0 and meter.counter is not None
+    e0 = None if window else meter.start()
     prefill_wall = []
     logits = None
     for _ in range(repeat):
         t0 = time.perf_counter()
         logits = prefill_prog.run(feeds)["logits"]
         prefill_wall.append(time.perf_counter() - t0)
-    prefill_energy = meter.stop(e0, repeat * prompt_len)
+    prefill_energy = None if window else meter.stop(e0, repeat * prompt_len)
 
     # 2. greedy decode through run
     tok = int(np.argmax(logits.reshape(-1)))
@@ -204,7 +297,7 @@ def profile_engine(engine: Any, label: str, prompt_len: int = 32, decode_tokens:
                      "positions": np.array([prompt_len], np.int32)})  # timed step redoes it
     steps: list[tuple[int, int]] = []  # (token, position)
     decode_wall = []
-    e0 = meter.start()
+    e0 = None if window else meter.start()
     for k in range(decode_tokens):
         pos = prompt_len + k
         steps.append((tok, pos))
@@ -213,7 +306,16 @@ def profile_engine(engine: Any, label: str, prompt_len: int = 32, decode_tokens:
                                "positions": np.array([pos], np.int32)})["logits"]
         decode_wall.append(time.perf_counter() - t0)
         tok = int(np.argmax(out.reshape(-1)))
-    decode_energy = meter.stop(e0, decode_tokens)
+    decode_energy = None if window else meter.stop(e0, decode_tokens)
+    if window:
+        # 4. energy over windows the counters resolve: the prefill call again, then the last
+        # decode step again (the same token at the same position rewrites the same cache row)
+        prefill_energy = meter.window(lambda: prefill_prog.run(feeds), prompt_len,
+                                      energy_window)
+        last_tok, last_pos = steps[-1]
+        last = {"tokens": np.array([last_tok], np.int32),
+                "positions": np.array([last_pos], np.int32)}
+        decode_energy = meter.window(lambda: decode_prog.run(last), 1, energy_window)
     engine.cached_tokens = prompt + [t for t, _ in steps]
 
     # 3. the same calls op by op, where the backend can time its ops
@@ -237,11 +339,13 @@ def profile_engine(engine: Any, label: str, prompt_len: int = 32, decode_tokens:
                      f"step reads {as_stored / 2**20:.1f} MiB of weights, not the file's "
                      f"{logical / 2**20:.1f} MiB; bytes, predictions and MBU count what it holds")
     mid = steps[len(steps) // 2][1] + 1 if steps else prompt_len + 1
-    prefill = MeasuredStage(stage_cost(pg, prompt_len), prefill_wall,
-                            _median_per_node(prefill_runs, pg.nodes) if prefill_runs else None,
-                            prefill_energy)
-    decode = MeasuredStage(stage_cost(dg, mid), decode_wall,
-                           _median_per_node(decode_runs, dg.nodes) if decode_runs else None,
-                           decode_energy)
+    p_op = _median_per_node(prefill_runs, pg.nodes) if prefill_runs else None
+    d_op = _median_per_node(decode_runs, dg.nodes) if decode_runs else None
+    # 5. kernels per node (an eager call with the last decode step's inputs: the same rows)
+    p_launch, launch_source = launch_counts(prefill_prog, p_op)
+    d_launch, _ = launch_counts(decode_prog, d_op)
+    prefill = MeasuredStage(stage_cost(pg, prompt_len), prefill_wall, p_op, prefill_energy,
+                            p_launch)
+    decode = MeasuredStage(stage_cost(dg, mid), decode_wall, d_op, decode_energy, d_launch)
     return ProfileResult(label, engine.backend.name, device.name, prompt_len, decode_tokens,
-                         prefill, decode, notes)
+                         prefill, decode, notes, launch_source)

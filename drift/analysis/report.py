@@ -21,7 +21,13 @@ from drift.analysis.cost import KV, WEIGHT_PREFIX, ModelCost, StageCost
 from drift.analysis.hardware import DeviceSpec
 from drift.analysis.plots import RoofPoint, TimeBar
 from drift.analysis.profile import ProfileResult
-from drift.analysis.roofline import ModelEstimate, StageEstimate, estimate_stage
+from drift.analysis.roofline import (
+    TOLERANCE,
+    ModelEstimate,
+    StageEstimate,
+    estimate_stage,
+    explain,
+)
 
 
 @dataclass
@@ -107,7 +113,7 @@ def stage_table(c: ModelCost, est: ModelEstimate | None) -> Table:
     cols = ["stage", "tokens", "keys", "FLOPs", "MACs", "weights read", "KV read+written",
             "activations", "FLOP/byte"]
     if est:
-        cols += ["predicted", "bound (time share)", "rate"]
+        cols += ["roofline", "launches", "predicted", "bound (time share)", "rate"]
     rows = []
     for s, e in ((c.prefill, est.prefill if est else None), (c.decode, est.decode if est else None)):
         row: list[Any] = [s.stage, s.n_tokens, s.kv_len, fmt_si(s.flops), fmt_si(s.macs),
@@ -117,18 +123,21 @@ def stage_table(c: ModelCost, est: ModelEstimate | None) -> Table:
             share = e.bound_share
             bound = max(share, key=share.get)
             rate = (f"{s.n_tokens / e.seconds:,.0f} tok/s" if e.seconds else "-")
-            row += [fmt_time(e.seconds), f"{bound} ({fmt_pct(share[bound])})", rate]
+            row += [fmt_time(e.roofline_s), f"{e.launches:.0f} x {fmt_time(e.device.launch_s)}",
+                    fmt_time(e.seconds), f"{bound} ({fmt_pct(share[bound])})", rate]
         rows.append(row)
     t = c.request_totals()
     row = ["request", t["tokens"], "", fmt_si(t["flops"]), fmt_si(t["macs"]), "", "", "",
            _intensity(t["flops"] / t["bytes"]) if t["bytes"] else "-"]
     if est:
-        row += [fmt_time(est.request_s), "", f"{t['tokens'] / est.request_s:,.0f} tok/s"]
+        row += ["", "", fmt_time(est.request_s), "", f"{t['tokens'] / est.request_s:,.0f} tok/s"]
     rows.append(row)
     note = ""
     if est:
         note = (f"time to first token {fmt_time(est.ttft_s)}; decode {est.decode_tok_s:,.1f} "
-                f"tok/s ({fmt_time(est.decode_s)} per token) on {est.device.name}")
+                f"tok/s ({fmt_time(est.decode_s)} per token) on {est.device.name}; predicted = "
+                f"roofline + launches x {fmt_time(est.device.launch_s)} "
+                f"({est.device.launch_note})")
         j = est.energy_j_per_token()
         if j is not None:
             note += f"; at most {j:.3g} J per decoded token at the {est.device.tdp_w:.0f} W TDP"
@@ -140,9 +149,9 @@ def group_table(stage: StageCost, est: StageEstimate | None, measured: list[floa
     """Ops summed by label over the layers; with measurements, MBU and MFU per group."""
     cols = ["op", "n", "FLOPs", "weights", "KV", "act", "FLOP/byte", "dtype"]
     if est:
-        cols += ["bound", "predicted", "share"]
+        cols += ["bound", "roofline", "launches", "predicted", "share"]
     if measured is not None:
-        cols += ["measured", "meas/pred", "MBU", "MFU"]
+        cols += ["measured", "meas/pred", "MBU", "MFU", "why not within 25%"]
     groups = stage.groups()
     total_pred = est.seconds if est else 0.0
     rows = []
@@ -155,17 +164,26 @@ def group_table(stage: StageCost, est: StageEstimate | None, measured: list[floa
                           "/".join(g.dtypes)]
         if est:
             p = est.group_seconds(g)
-            row += [est.group_bound(g), fmt_time(p), fmt_pct(p / total_pred if total_pred else 0)]
+            n = sum(est.ops[i].launches for i in g.indices)
+            row += [est.group_bound(g), fmt_time(est.group_roofline_s(g)), f"{n:.3g}",
+                    fmt_time(p), fmt_pct(p / total_pred if total_pred else 0)]
         if measured is not None:
             m = sum(measured[i] for i in g.indices)
             pred = est.group_seconds(g) if est else 0.0
             mbu, mfu = _utilisation(g.bytes, g.flops, m, est, g.indices, device)
-            row += [fmt_time(m), f"{m / pred:.2f}" if pred else "-", fmt_pct(mbu), fmt_pct(mfu)]
+            why = explain([est.ops[i] for i in g.indices], m, device) if est and device else ""
+            row += [fmt_time(m), f"{m / pred:.2f}" if pred else "-", fmt_pct(mbu), fmt_pct(mfu),
+                    why]
         rows.append(row)
     hidden = len(groups) - len(rows)
     note = f"{hidden} more op groups in --csv / --json" if hidden > 0 else ""
+    if est:
+        pre = f"predicted = roofline + launches x {fmt_time(est.device.launch_s)} " \
+              f"({est.device.launch_note})"
+        note = f"{pre}; {note}" if note else pre
     return Table(f"{stage.stage}: ops summed over layers", cols, rows, note,
-                 numeric=set(range(1, len(cols))) - {7, 8})
+                 numeric=set(range(1, len(cols))) - {7, 8, len(cols) - 1}
+                 if measured is not None else set(range(1, len(cols))) - {7, 8})
 
 
 def _utilisation(nbytes: int, flops: int, seconds: float, est: StageEstimate | None,
@@ -204,11 +222,18 @@ def op_rows(stage: StageCost, est: StageEstimate | None,
         }
         if est:
             e = est.ops[o.index]
-            r |= {"math_dtype": e.math_dtype, "bound": e.bound, "predicted_s": e.seconds}
+            r |= {"math_dtype": e.math_dtype, "bound": e.bound, "roofline_s": e.roofline_s,
+                  "launches": e.launches, "launch_s": e.launch_s, "predicted_s": e.seconds}
         if measured is not None:
             m = measured[o.index]
             mbu, mfu = _utilisation(o.bytes, o.flops, m, est, (o.index,), device)
             r |= {"measured_s": m, "mbu": mbu, "mfu": mfu}
+            if est and device:
+                ratio = m / est.ops[o.index].seconds if est.ops[o.index].seconds else None
+                r |= {"meas_over_pred": ratio,
+                      "within_25pct": ratio is not None
+                      and 1 - TOLERANCE <= ratio <= 1 + TOLERANCE,
+                      "why": explain([est.ops[o.index]], m, device)}
         rows.append(r)
     return rows
 
@@ -218,7 +243,8 @@ def _stage_dict(s: StageCost, e: StageEstimate | None) -> dict[str, Any]:
                          "flops": s.flops, "macs": s.macs, "bytes": s.bytes,
                          "bytes_by_class": s.bytes_by_class(), "intensity": s.intensity}
     if e:
-        d |= {"predicted_s": e.seconds, "memory_floor_s": e.memory_s,
+        d |= {"predicted_s": e.seconds, "roofline_s": e.roofline_s, "launches": e.launches,
+              "launch_s": e.launch_s, "memory_floor_s": e.memory_s,
               "bound_share": e.bound_share}
     return d
 
@@ -227,6 +253,7 @@ def device_dict(d: DeviceSpec) -> dict[str, Any]:
     return {"key": d.key, "name": d.name, "bandwidth_gbs": d.bandwidth_gbs,
             "fp32_tflops": d.fp32_tflops, "fp16_tflops": d.fp16_tflops,
             "bf16_tflops": d.bf16_tflops, "int8_tops": d.int8_tops, "tdp_w": d.tdp_w,
+            "launch_us": d.launch_s * 1e6, "launch_source": d.launch_note,
             "source": d.source, "note": d.note}
 
 
@@ -287,9 +314,24 @@ def time_bars(stage: StageCost, est: StageEstimate, measured: list[float] | None
 # profile
 
 
+def profile_estimates(r: ProfileResult, device: DeviceSpec
+                      ) -> tuple[StageEstimate, StageEstimate]:
+    """The predictions for a profile's two stages, with the kernels the backend launched."""
+    return (estimate_stage(r.prefill.cost, device, launches=r.prefill.launches),
+            estimate_stage(r.decode.cost, device, launches=r.decode.launches))
+
+
+def _within(ms, e) -> str:
+    """How many ops with a time are within 25 % of their prediction."""
+    if ms.op_s is None:
+        return "-"
+    timed = [(m, o.seconds) for m, o in zip(ms.op_s, e.ops, strict=True) if o.seconds > 0]
+    ok = sum(1 for m, p in timed if 1 - TOLERANCE <= m / p <= 1 + TOLERANCE)
+    return f"{ok}/{len(timed)}"
+
+
 def profile_tables(r: ProfileResult, device: DeviceSpec, top: int | None = 12) -> list[Table]:
-    pe = estimate_stage(r.prefill.cost, device)
-    de = estimate_stage(r.decode.cost, device)
+    pe, de = profile_estimates(r, device)
     rows = []
     for ms, e in ((r.prefill, pe), (r.decode, de)):
         s = ms.cost
@@ -297,26 +339,29 @@ def profile_tables(r: ProfileResult, device: DeviceSpec, top: int | None = 12) -
         mbu = s.bytes / wall / device.bandwidth if wall else None
         ideal = sum(o.op.flops / o.peak for o in e.ops if o.op.flops)
         energy = ms.energy.j_per_token
-        rows.append([s.stage, s.n_tokens, s.kv_len, fmt_time(e.seconds), fmt_time(wall),
-                     fmt_time(ms.op_total_s), f"{wall / e.seconds:.1f}" if e.seconds else "-",
-                     fmt_pct(mbu), fmt_pct(ideal / wall if wall else None),
+        rows.append([s.stage, s.n_tokens, s.kv_len, fmt_time(e.roofline_s), f"{e.launches:.0f}",
+                     fmt_time(e.seconds), fmt_time(wall),
+                     fmt_time(ms.op_total_s), f"{wall / e.seconds:.2f}" if e.seconds else "-",
+                     _within(ms, e), fmt_pct(mbu), fmt_pct(ideal / wall if wall else None),
                      f"{energy:.3g} J" if energy is not None else "n/a"])
     itl = sorted(r.itl_s)
     note = (f"time to first token {fmt_time(r.ttft_s)} ({r.prompt_len} tokens); inter-token "
             f"latency mean {fmt_time(sum(itl) / len(itl))}, p50 {fmt_time(itl[len(itl) // 2])}, "
-            f"max {fmt_time(itl[-1])}; {r.decode_tok_s:.1f} tok/s. Energy: "
-            f"{r.prefill.energy.source}")
+            f"max {fmt_time(itl[-1])}; {r.decode_tok_s:.1f} tok/s. predicted = roofline + "
+            f"launches x {fmt_time(device.launch_s)} ({device.launch_note}); launches "
+            f"{r.launch_source or 'assumed one per non-view op'}. Energy: "
+            f"prefill {r.prefill.energy.describe()}; decode {r.decode.energy.describe()}")
     summary = Table(f"{r.label} on {r.device_name} [{r.backend}], roofline of {device.name}",
-                    ["stage", "tokens", "keys", "predicted", "measured", "sum of ops", "meas/pred",
-                     "MBU", "MFU", "energy/token"], rows, note, numeric=set(range(1, 10)))
+                    ["stage", "tokens", "keys", "roofline", "launches", "predicted", "measured",
+                     "sum of ops", "meas/pred", "ops within 25%", "MBU", "MFU", "energy/token"],
+                    rows, note, numeric=set(range(1, 13)))
     return [summary,
             group_table(r.prefill.cost, pe, r.prefill.op_s, device, top),
             group_table(r.decode.cost, de, r.decode.op_s, device, top)]
 
 
 def profile_dict(r: ProfileResult, device: DeviceSpec) -> dict[str, Any]:
-    pe = estimate_stage(r.prefill.cost, device)
-    de = estimate_stage(r.decode.cost, device)
+    pe, de = profile_estimates(r, device)
 
     def stage(ms, e):
         d = _stage_dict(ms.cost, e)
@@ -324,7 +369,9 @@ def profile_dict(r: ProfileResult, device: DeviceSpec) -> dict[str, Any]:
               "mbu": ms.cost.bytes / ms.seconds / device.bandwidth,
               "mfu": sum(o.op.flops / o.peak for o in e.ops if o.op.flops) / ms.seconds,
               "energy_j": ms.energy.joules, "energy_j_per_token": ms.energy.j_per_token,
-              "energy_source": ms.energy.source}
+              "energy_source": ms.energy.source, "energy_window_s": ms.energy.window_s,
+              "energy_calls": ms.energy.steps, "energy_tokens": ms.energy.tokens,
+              "power_w": ms.energy.watts, "ops_within_25pct": _within(ms, e)}
         return d
 
     return {"model": r.label, "backend": r.backend, "device_name": r.device_name,
@@ -332,6 +379,7 @@ def profile_dict(r: ProfileResult, device: DeviceSpec) -> dict[str, Any]:
             "decode_tokens": r.decode_tokens, "ttft_s": r.ttft_s, "itl_s": r.itl_s,
             "decode_tok_s": r.decode_tok_s, "prefill": stage(r.prefill, pe),
             "decode": stage(r.decode, de), "notes": r.notes,
+            "launch_source": r.launch_source,
             "ops": op_rows(r.prefill.cost, pe, r.prefill.op_s, device)
             + op_rows(r.decode.cost, de, r.decode.op_s, device)}
 
@@ -414,5 +462,5 @@ def html_report(title: str, tables: list[Table], images: list[Path], path: str,
 
 __all__ = ["KV", "WEIGHT_PREFIX", "Table", "analysis_dict", "fmt_bytes", "fmt_si", "fmt_time",
            "group_table", "html_report", "kv_table", "model_table", "op_rows", "print_tables",
-           "profile_dict", "profile_tables", "roof_points", "stage_table", "time_bars",
+           "profile_dict", "profile_estimates", "profile_tables", "roof_points", "stage_table", "time_bars",
            "write_csv"]

@@ -97,6 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--repeat", type=int, default=3, help="prefill repetitions (default 3)")
     pr.add_argument("--device-spec", default="local",
                     help="roofline to compare with (default: this machine, probed)")
+    pr.add_argument("--energy-window", type=float, default=1.0, metavar="SECONDS",
+                    help="repeat the prefill call and a decode step for at least this long to "
+                         "read the energy counters (default 1; 0: read them around the timed "
+                         "phases only)")
+    pr.add_argument("--json-out", metavar="PATH", default=None,
+                    help="also write the JSON to PATH (with the tables on the terminal)")
     _add_output_arguments(pr)
     pr.set_defaults(func=cmd_profile)
 
@@ -296,9 +302,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from drift.analysis.hardware import device_spec
     from drift.analysis.probe import ProbeMissingError, probe_backend, run_probe, save_probe
     from drift.analysis.profile import profile_engine
-    from drift.analysis.roofline import estimate_stage
 
     _positive(args, "prompt_len", "decode_tokens", "repeat", "ctx")
+    if args.energy_window < 0:
+        raise InvalidArgumentError(f"--energy-window must be >= 0, got {args.energy_window}")
     if args.ctx is None:
         args.ctx = args.prompt_len + args.decode_tokens
     if args.prompt_len + args.decode_tokens > args.ctx:
@@ -318,7 +325,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
             notes.append(f"no probe saved for {kind}: measured one (--quick) into {path}")
             device = device_spec(args.device_spec, engine.backend.name)
     label = Path(args.model).stem if args.model else engine.path.stem
-    result = profile_engine(engine, label, args.prompt_len, args.decode_tokens, args.repeat)
+    result = profile_engine(engine, label, args.prompt_len, args.decode_tokens, args.repeat,
+                            energy_window=args.energy_window)
     result.notes += notes
 
     if args.csv:
@@ -328,8 +336,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.plot_dir or args.html:
         out = (Path(args.plot_dir) if args.plot_dir
                else Path(tempfile.mkdtemp(prefix="drift-plots-")))
-        pe = estimate_stage(result.prefill.cost, device)
-        de = estimate_stage(result.decode.cost, device)
+        pe, de = report.profile_estimates(result, device)
         title = (f"{label} on {result.device_name} [{result.backend}]: prefill "
                  f"{result.prompt_len} tokens, {result.decode_tokens} decode steps")
         pts = (report.roof_points(result.prefill.cost, pe, result.prefill.op_s)
@@ -344,6 +351,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.html:
         report.html_report(f"drift profile {label}", tables, images, args.html,
                            footer="; ".join(result.notes + [_sources(device)]))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report.profile_dict(result, device), indent=1,
+                                                  default=_json_default))
     if args.json:
         print(json.dumps(report.profile_dict(result, device), indent=1, default=_json_default))
     elif args.csv != "-":
@@ -374,8 +384,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return 0
     rows = [["copy (read + write)", f"{result.copy_gbs:.1f} GB/s"],
             ["GEMV weight stream", f"{result.gemv_gbs:.1f} GB/s"]]
+    if result.launch_us is not None:
+        rows.append(["launch (per kernel)" if result.backend != "cpu" else "dispatch (per op)",
+                     f"{result.launch_us:.2f} us"])
     rows += [[f"matmul {dt}", f"{v * 1e3:.1f} GFLOP/s" if v < 1 else f"{v:.1f} TFLOP/s"]
              for dt, v in result.matmul_tflops.items()]
     print_tables([Table(f"{result.device_name} [{result.backend}]", ["ceiling", "measured"],
-                        rows, f"saved to {path}; use --device-spec local", numeric={1})])
+                        rows, f"saved to {path}; use --device-spec local"
+                        + (f"; launch: {result.launch_what}" if result.launch_what else ""),
+                        numeric={1})])
     return 0
