@@ -86,6 +86,7 @@ class ProbeResult:
                                      "(this probe predates the launch measurement: run `drift "
                                      "probe` again)"),
             views_dispatch=self.backend == "cpu",
+            extra={"gemv_gbs": self.gemv_gbs},
         )
 
 

@@ -322,10 +322,12 @@ def profile_estimates(r: ProfileResult, device: DeviceSpec
 
 
 def _within(ms, e) -> str:
-    """How many ops with a time are within 25 % of their prediction."""
+    """How many ops that took time (ran a kernel of their own, or a share of one) are within
+    25 % of their prediction."""
     if ms.op_s is None:
         return "-"
-    timed = [(m, o.seconds) for m, o in zip(ms.op_s, e.ops, strict=True) if o.seconds > 0]
+    timed = [(m, o.seconds) for m, o in zip(ms.op_s, e.ops, strict=True)
+             if m > 0 and o.seconds > 0]
     ok = sum(1 for m, p in timed if 1 - TOLERANCE <= m / p <= 1 + TOLERANCE)
     return f"{ok}/{len(timed)}"
 
@@ -353,7 +355,8 @@ def profile_tables(r: ProfileResult, device: DeviceSpec, top: int | None = 12) -
             f"prefill {r.prefill.energy.describe()}; decode {r.decode.energy.describe()}")
     summary = Table(f"{r.label} on {r.device_name} [{r.backend}], roofline of {device.name}",
                     ["stage", "tokens", "keys", "roofline", "launches", "predicted", "measured",
-                     "sum of ops", "meas/pred", "ops within 25%", "MBU", "MFU", "energy/token"],
+                     "sum of ops", "meas/pred", "timed ops within 25%", "MBU", "MFU",
+                     "energy/token"],
                     rows, note, numeric=set(range(1, 13)))
     return [summary,
             group_table(r.prefill.cost, pe, r.prefill.op_s, device, top),

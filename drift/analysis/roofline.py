@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drift.analysis.cost import GroupCost, ModelCost, OpCost, StageCost
-from drift.analysis.hardware import DeviceSpec
+from drift.analysis.hardware import VIEW_OPS, DeviceSpec
 
 TOLERANCE = 0.25  # measured / predicted within [1 - TOLERANCE, 1 + TOLERANCE] is a match
 LAUNCH_BOUND = 2.0  # roofline time under this many launch latencies: launch-bound
@@ -158,6 +158,8 @@ def explain(ests: list[OpEstimate], measured_s: float | None, device: DeviceSpec
     if measured_s <= 0:
         if pred <= 0:
             return ""
+        if all(getattr(getattr(e.op, "node", None), "op", "") in VIEW_OPS for e in ests):
+            return "view: no kernel (a pointer into its input)"
         if launches == 0:
             return "fused: no kernel of its own (its time is counted in a neighbour's kernel)"
         return "measured nothing"
@@ -177,7 +179,10 @@ def explain(ests: list[OpEstimate], measured_s: float | None, device: DeviceSpec
         achieved = nbytes / measured_s
         of = f"{100 * achieved / device.bandwidth:.0f} % of {_rate(device.bandwidth)}"
         if ratio > 1:
-            return f"below copy bandwidth: {_rate(achieved)} achieved, {of}"
+            gemv = device.extra.get("gemv_gbs")
+            ref = (f"; the probe's f16 GEMV streams {_rate(gemv * 1e9)}"
+                   if gemv and any(getattr(e.op, "weight_bytes", 0) for e in ests) else "")
+            return f"below copy bandwidth: {_rate(achieved)} achieved, {of}{ref}"
         if achieved > device.bandwidth:
             return f"above copy bandwidth: {_rate(achieved)} achieved, {of} (data from cache?)"
         return (f"faster than roofline + launch: {_rate(achieved)} achieved, {of} (the launch "

@@ -85,6 +85,16 @@ def test_fused_and_unmeasured_rows():
     assert explain([row(0, launches=0)], 0.0, DEV) == ""
 
 
+def test_gemv_reference_from_the_probe():
+    from dataclasses import replace
+
+    dev = replace(DEV, extra={"gemv_gbs": 800.0})
+    r = row(100e6)
+    r.op.weight_bytes = 100e6
+    why = explain([r], 150e-6, dev)
+    assert why.endswith("the probe's f16 GEMV streams 800 GB/s")
+
+
 def test_op_rows_carry_roofline_launches_and_why():
     from drift.analysis.report import group_table, op_rows
 
