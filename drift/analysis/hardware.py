@@ -22,13 +22,13 @@ GB = 1e9
 TFLOP = 1e12
 VIEW_OPS = ("reshape", "last_row")
 
-# Assumed per-kernel cost where `drift probe` has not measured one. These are typical figures,
-# not datasheet ones (no vendor publishes a launch cost): a small kernel replayed from a CUDA
-# graph costs about 2 us on recent NVIDIA GPUs (drift's H100 decode profile read 1.5-3 us per
-# kernel, `drift probe` measures the empty-kernel figure); a compute dispatch in one Metal
-# command buffer or one Level Zero / Vulkan queue submission a few us; phone GPUs (OpenCL,
-# Vulkan) of the order of 10 us.
-_ASSUMED_LAUNCH_US = {"NVIDIA": 2.0, "Apple": 5.0, "Intel": 5.0, "Qualcomm": 10.0, "Arm": 10.0}
+# Assumed per-kernel cost where `drift probe` has not measured one: what the probe measures,
+# an empty kernel's share of a run of launches, for the device's usual way of issuing work.
+# These are typical figures, not datasheet ones (no vendor publishes a launch cost): about
+# 1 us per kernel replayed from a CUDA graph on recent NVIDIA GPUs (the probe read 0.78 us on
+# the H100 of BENCHMARKS.md); a few us per compute dispatch in one Metal command buffer or
+# one Level Zero / Vulkan submission; of the order of 10 us on phone GPUs (OpenCL, Vulkan).
+_ASSUMED_LAUNCH_US = {"NVIDIA": 1.0, "Apple": 5.0, "Intel": 5.0, "Qualcomm": 10.0, "Arm": 10.0}
 
 
 class UnknownDeviceSpecError(InvalidArgumentError):
@@ -197,7 +197,7 @@ DEVICES: tuple[DeviceSpec, ...] = (
 def assumed_launch(d: DeviceSpec) -> tuple[float, str]:
     """(us, note) for a device without a measured launch cost."""
     us = _ASSUMED_LAUNCH_US.get(d.vendor, 5.0 if d.kind != "mobile-gpu" else 10.0)
-    what = {"NVIDIA": "a small kernel replayed in a CUDA graph",
+    what = {"NVIDIA": "an empty kernel replayed in a CUDA graph",
             "Apple": "a Metal compute dispatch in one command buffer",
             "Intel": "a compute dispatch in one queue submission"}.get(
                 d.vendor, "a compute dispatch (OpenCL / Vulkan)")

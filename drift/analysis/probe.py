@@ -91,7 +91,7 @@ class ProbeResult:
 
 
 # For a probe saved before the launch measurement existed.
-_ASSUMED_LOCAL_LAUNCH_US = {"cpu": 5.0, "cuda": 2.0}
+_ASSUMED_LOCAL_LAUNCH_US = {"cpu": 1.0, "cuda": 1.0}
 
 
 def numpy_dispatch_s(n: int = 2000, rounds: int = 5) -> float:

@@ -352,7 +352,11 @@ def profile_tables(r: ProfileResult, device: DeviceSpec, top: int | None = 12) -
             f"max {fmt_time(itl[-1])}; {r.decode_tok_s:.1f} tok/s. predicted = roofline + "
             f"launches x {fmt_time(device.launch_s)} ({device.launch_note}); launches "
             f"{r.launch_source or 'assumed one per non-view op'}. Energy: "
-            f"prefill {r.prefill.energy.describe()}; decode {r.decode.energy.describe()}")
+            + (r.prefill.energy.source
+               if r.prefill.energy.joules is None and r.decode.energy.joules is None
+               and r.prefill.energy.source == r.decode.energy.source
+               else f"prefill {r.prefill.energy.describe()}; decode "
+                    f"{r.decode.energy.describe()}"))
     summary = Table(f"{r.label} on {r.device_name} [{r.backend}], roofline of {device.name}",
                     ["stage", "tokens", "keys", "roofline", "launches", "predicted", "measured",
                      "sum of ops", "meas/pred", "timed ops within 25%", "MBU", "MFU",
