@@ -32,7 +32,9 @@ class DeviceInfo:
 
 
 class Program(ABC):
-    """One compiled graph. `run` feeds the graph inputs and returns its outputs on the host."""
+    """One compiled graph. `run` feeds the graph inputs and returns its outputs on the host.
+    A backend whose `sampler` samples on its device also accepts `run(feeds, to_host=False)`,
+    which leaves the outputs where they are (valid until the next run)."""
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
@@ -56,6 +58,11 @@ class Backend(ABC):
     @abstractmethod
     def alloc_state(self, specs: list[TensorSpec]) -> None:
         """Allocate the persistent tensors (KV cache) the graphs update in place."""
+
+    def sampler(self, config) -> Any:
+        """A callable (device logits, history) -> token id that samples on this backend's
+        device with `config` (a SamplerConfig), or None: the host samples."""
+        return None
 
     @abstractmethod
     def compile(self, graph: Graph) -> Program: ...

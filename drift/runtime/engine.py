@@ -73,8 +73,9 @@ class Engine:
             self._programs.popitem(last=False)
         return program
 
-    def forward(self, tokens: list[int], start: int) -> np.ndarray:
-        """Run `tokens` at positions start.. and return the last position's logits (V,)."""
+    def forward(self, tokens: list[int], start: int, to_host: bool = True) -> np.ndarray:
+        """Run `tokens` at positions start.. and return the last position's logits (V,): a
+        numpy array, or with `to_host=False` the backend's own tensor (for its sampler)."""
         if start + len(tokens) > self.ctx:
             raise ContextOverflowError(
                 f"{start + len(tokens)} tokens do not fit the context of {self.ctx}"
@@ -83,11 +84,13 @@ class Engine:
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise InvalidArgumentError(f"token id out of range [0, {self.config.vocab_size})")
         positions = np.arange(start, start + len(tokens), dtype=np.int32)
-        out = self.program(len(tokens)).run({"tokens": ids, "positions": positions})
+        feeds = {"tokens": ids, "positions": positions}
+        program = self.program(len(tokens))
+        out = program.run(feeds) if to_host else program.run(feeds, to_host=False)
         self.cached_tokens = self.cached_tokens[:start] + list(tokens)
         return out["logits"].reshape(-1)
 
-    def prefill(self, tokens: list[int]) -> np.ndarray:
+    def prefill(self, tokens: list[int], to_host: bool = True) -> np.ndarray:
         """Bring the cache to hold `tokens`, computing only what is not already there; return
         the logits after the last token."""
         if len(tokens) > self.ctx:
@@ -99,7 +102,7 @@ class Engine:
         reuse = min(reuse, len(tokens) - 1)  # recompute at least the last token for its logits
         logits = None
         for start in range(reuse, len(tokens), PREFILL_CHUNK):
-            logits = self.forward(tokens[start : start + PREFILL_CHUNK], start)
+            logits = self.forward(tokens[start : start + PREFILL_CHUNK], start, to_host)
         assert logits is not None
         return logits
 

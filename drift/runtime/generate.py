@@ -83,14 +83,18 @@ def generate_tokens(
     t0 = time.perf_counter()
     stats.prompt_tokens = len(prompt)
     stats.reused_tokens = min(common_prefix(engine.cached_tokens, prompt), len(prompt) - 1)
-    logits = engine.prefill(prompt)
+    # The backend samples on its device where it can (only the token id comes back).
+    device_pick = engine.backend.sampler(sampler.config)
+    pick = device_pick or sampler
+    to_host = device_pick is None
+    logits = engine.prefill(prompt, to_host)
     stats.prefill_s = time.perf_counter() - t0
     history = list(prompt)
     while True:
         if stats.generated_tokens >= max_tokens:
             stats.finish_reason = "length"
             return
-        token = sampler(logits, history)
+        token = pick(logits, history)
         now = time.perf_counter()
         if stats.generated_tokens == 0:
             stats.ttft_s = now - t0
@@ -108,7 +112,7 @@ def generate_tokens(
             stats.finish_reason = "length"  # the context is full
             return
         t = time.perf_counter()
-        logits = engine.forward([token], len(history) - 1)
+        logits = engine.forward([token], len(history) - 1, to_host)
         stats.decode_s += time.perf_counter() - t
 
 

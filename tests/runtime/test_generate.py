@@ -30,11 +30,16 @@ class ScriptedEngine:
         self.step += 1
         return out
 
-    def prefill(self, tokens):
+    class backend:  # a backend that leaves sampling to the host
+        @staticmethod
+        def sampler(config):
+            return None
+
+    def prefill(self, tokens, to_host=True):
         self.cached_tokens = list(tokens)
         return self._logits()
 
-    def forward(self, tokens, start):
+    def forward(self, tokens, start, to_host=True):
         self.cached_tokens = self.cached_tokens[:start] + list(tokens)
         return self._logits()
 

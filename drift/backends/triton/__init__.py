@@ -151,6 +151,12 @@ class TritonBackend(Backend):
         self.alloc_state([t for t in graph.by_role(Role.KV) if t.name == storage_name(t.name)])
         return TritonProgram(graph, self)
 
+    def sampler(self, config):
+        """Sampling on the GPU (sampling.py) for greedy and top-k up to its candidate limit."""
+        from drift.backends.triton.sampling import DeviceSampler
+
+        return DeviceSampler(config, self.torch_device) if DeviceSampler.covers(config) else None
+
     def synchronize(self) -> None:
         import torch
 

@@ -149,8 +149,11 @@ class TritonProgram(Program):
                 continue
             w = self.env[n.inputs[1]]
             x = self.graph.tensors[n.inputs[0]]
-            if getattr(w, "kind", 0) != 0 and x.numel // w.shape[1] >= self.tu.dense_min_m:
+            M = x.numel // w.shape[1]
+            if getattr(w, "kind", 0) != 0 and M >= self.tu.dense_min_m:
                 need = max(need, w.shape[0] * w.shape[1])
+                if launch.i8_gemm_ok(w):  # the int8 GEMM's x (and unpacked Q4_0) fit too
+                    need = max(need, -(-launch.i8_scratch_bytes(M, *w.shape, True) // 2))
         return self.backend.scratch(need) if need else None
 
     def _plan_row_fusion(self) -> dict[int, tuple]:
@@ -332,7 +335,7 @@ class TritonProgram(Program):
         for step in self.steps:
             step()
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict:
         for name in self.graph.inputs:
             spec = self.graph.tensors[name]
             arr = np.asarray(feeds[name], dtype=np.int32 if spec.dtype == "i32" else np.float32)
@@ -344,6 +347,8 @@ class TritonProgram(Program):
             if self.backend.cuda_graphs and self.runs == 0:
                 self._capture()
         self.runs += 1
+        if not to_host:  # for the device sampler: the buffers stay valid until the next run
+            return {o: self.env[o] for o in self.graph.outputs}
         return {o: self.env[o].float().cpu().numpy().copy() for o in self.graph.outputs}
 
     def profile(self, feeds: dict[str, np.ndarray]) -> list:
