@@ -32,6 +32,7 @@ class GenerationStats:
     prefill_s: float = 0.0
     generated_tokens: int = 0
     decode_s: float = 0.0
+    decode_steps: int = 0  # the steps timed in decode_s (a step that ends on a stop counts)
     ttft_s: float = 0.0  # from the call to the first generated token
     finish_reason: str | None = None  # "stop" (EOS or stop string) or "length"
     token_times: list[float] = field(default_factory=list, repr=False)
@@ -44,7 +45,7 @@ class GenerationStats:
     @property
     def decode_tps(self) -> float:
         # the first token comes out of prefill; the others each cost one decode step
-        steps = self.generated_tokens - 1
+        steps = self.decode_steps
         return steps / self.decode_s if self.decode_s > 0 and steps > 0 else 0.0
 
     def summary(self, load_s: float | None = None) -> str:
@@ -95,9 +96,14 @@ def generate_tokens(
             stats.finish_reason = "length"
             return
         token = pick(logits, history)
+        # A GPU runs asynchronously: a step has ended only when its token is on the host, so
+        # the prefill and each decode step are timed up to the sampled token.
         now = time.perf_counter()
         if stats.generated_tokens == 0:
-            stats.ttft_s = now - t0
+            stats.ttft_s = stats.prefill_s = now - t0
+        else:
+            stats.decode_s += now - t_step
+            stats.decode_steps += 1
         stats.token_times.append(now)
         if token in stop_ids:
             stats.finish_reason = "stop"
@@ -111,9 +117,8 @@ def generate_tokens(
         if len(history) >= engine.ctx:
             stats.finish_reason = "length"  # the context is full
             return
-        t = time.perf_counter()
+        t_step = time.perf_counter()
         logits = engine.forward([token], len(history) - 1, to_host)
-        stats.decode_s += time.perf_counter() - t
 
 
 def stream(

@@ -61,7 +61,10 @@ class Sampler:
             logits = apply_repeat_penalty(logits, history[-c.repeat_last_n :], c.repeat_penalty)
         if c.greedy:
             return int(np.argmax(logits))
-        ids, kept = candidates(logits, c)
+        if c.top_k in (0, len(logits)) and c.top_p >= 1.0 and c.min_p == 0.0:
+            ids, kept = np.arange(len(logits)), logits  # nothing is cut: no order needed
+        else:
+            ids, kept = candidates(logits, c)
         probs = np.exp((kept - kept.max()) / c.temperature)
         probs /= probs.sum()
         return int(ids[self.rng.choice(len(ids), p=probs)])
@@ -77,17 +80,52 @@ def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: flo
 
 
 def candidates(logits: np.ndarray, c: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and logits that survive top-k, top-p and min-p, best first."""
-    order = np.argsort(-logits, kind="stable")
-    if c.top_k:
-        order = order[: c.top_k]
+    """Token ids and logits that survive top-k, top-p and min-p, best first (equal logits:
+    the smaller id first). Only the best few are sorted: a full argsort of a 128k vocabulary
+    costs more than a GPU decode step. With top-k off, the best `PRESELECT` are tried first
+    and the whole vocabulary sorted only when the top-p / min-p cut falls beyond them."""
+    n_vocab = len(logits)
+    k = c.top_k if 0 < c.top_k < n_vocab else n_vocab
+    if k < n_vocab:
+        return _cut(logits, _best(logits, k), c, n_vocab)
+    m = min(PRESELECT, n_vocab)
+    ids, kept, n = _cut(logits, _best(logits, m), c, n_vocab, all_of=logits)
+    if n < m or m == n_vocab:
+        return ids, kept
+    return _cut(logits, _best(logits, n_vocab), c, n_vocab)
+
+
+PRESELECT = 1024
+
+
+def _best(logits: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k largest logits, best first, ties to the smaller id (what a stable
+    argsort of -logits gives), without sorting the rest."""
+    n = len(logits)
+    if k < n:
+        threshold = np.partition(logits, n - k)[n - k]  # the k-th largest value
+        above = np.flatnonzero(logits > threshold)
+        equal = np.flatnonzero(logits == threshold)[: k - len(above)]
+        top = np.concatenate([above, equal])
+    else:
+        top = np.arange(n)
+    return top[np.lexsort((top, -logits[top]))]
+
+
+def _cut(logits, order, c: SamplerConfig, n_vocab: int, all_of=None):
+    """Apply top-p and min-p to `order` (best first); with `all_of`, the probabilities are
+    normalised over the whole vocabulary (top-k off) and the count before the cut returned
+    too, so that the caller can tell whether the cut fell inside `order`."""
     kept = logits[order]
     # top-p and min-p act on the distribution at temperature 1, as in llama.cpp
     probs = np.exp(kept - kept[0])
-    probs /= probs.sum()
+    total = np.exp(all_of - kept[0]).sum() if all_of is not None else probs.sum()
+    probs /= total
     n = len(order)
     if c.top_p < 1.0:
         n = min(n, int(np.searchsorted(np.cumsum(probs), c.top_p) + 1))
     if c.min_p > 0.0:
         n = min(n, max(1, int(np.sum(probs >= c.min_p * probs[0]))))
+    if all_of is not None:
+        return order[:n], kept[:n], n
     return order[:n], kept[:n]

@@ -56,3 +56,36 @@ def test_seed_makes_draws_repeatable():
 def test_invalid_values_raise_one_clear_error(kwargs):
     with pytest.raises(InvalidArgumentError, match="invalid sampler setting"):
         SamplerConfig(**kwargs)
+
+
+def _candidates_by_full_sort(logits, c):
+    """The definition, written the slow way: sort everything, then cut."""
+    order = np.argsort(-logits, kind="stable")
+    if c.top_k:
+        order = order[: c.top_k]
+    kept = logits[order]
+    probs = np.exp(kept - kept[0])
+    probs /= probs.sum()
+    n = len(order)
+    if c.top_p < 1.0:
+        n = min(n, int(np.searchsorted(np.cumsum(probs), c.top_p) + 1))
+    if c.min_p > 0.0:
+        n = min(n, max(1, int(np.sum(probs >= c.min_p * probs[0]))))
+    return order[:n]
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 7, 40, 2000])
+@pytest.mark.parametrize("top_p,min_p", [(1.0, 0.0), (0.9, 0.0), (0.5, 0.05), (0.999, 0.0),
+                                         (1.0, 0.01)])
+def test_partial_selection_equals_a_full_sort(top_k, top_p, min_p):
+    """The host path sorts only the best few; it must cut exactly where a full sort does,
+    ties (quantized logits repeat values) and flat distributions (the cut beyond the
+    preselection) included."""
+    rng = np.random.default_rng()
+    c = SamplerConfig(top_k=top_k, top_p=top_p, min_p=min_p)
+    for scale in (0.05, 1.0, 8.0):
+        logits = np.round(rng.standard_normal(5000) * scale, 1)  # many equal values
+        ids, kept = candidates(logits, c)
+        want = _candidates_by_full_sort(logits, c)
+        np.testing.assert_array_equal(ids, want)
+        np.testing.assert_array_equal(kept, logits[want])
