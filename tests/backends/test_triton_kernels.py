@@ -303,3 +303,104 @@ def test_rope_kv_decode(mode, n_dims, factors):
     close(kc[p:p + 1], run_reference("rope", [k] + args, attrs)[0], 1e-3)
     close(vc[p:p + 1], v, 1e-3)
     assert not kc[:p].any() and not vc[p + 1:].any()
+
+
+def _i8_reference(x: np.ndarray, w, qtype: Q, x2: bool):
+    """The int8 GEMM's own math in float64: x quantized per token and 32-block exactly as
+    quantize_rows_kernel does (dx truncated to 22 bits, float32 steps), times the weight's
+    integers and scales; returns (that product, the quantized x dequantized)."""
+    M, K = x.shape
+    xb = x.reshape(M, K // 32, 32).astype(np.float32)
+    amax = np.abs(xb).max(-1)
+    d32 = ((amax / np.float32(127)).view(np.int32) & -4).view(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d32 > 0, np.float32(1) / d32, np.float32(0)).astype(np.float32)
+    v = xb * inv[..., None]  # float32, as the kernel
+
+    def rnd(a):
+        return np.clip(np.trunc(a + np.where(a >= 0, np.float32(0.5), np.float32(-0.5))),
+                       -127, 127)
+
+    q = rnd(v)
+    xdq = q.astype(np.float64) * d32[..., None]
+    if x2:
+        q2 = rnd((v - q.astype(np.float32)) * np.float32(254))
+        d2 = (d32 * np.float32(1 / 254)).astype(np.float32)
+        xdq = xdq + q2.astype(np.float64) * d2[..., None]
+    xdq = xdq.reshape(M, K)
+    N = w.shape[0]
+    sw = w.scales.float().cpu().numpy().astype(np.float64)
+    if qtype == Q.Q4_0:
+        b = w.q.cpu().numpy().reshape(N, K // 32, 16).astype(np.int64)
+        wi = np.concatenate([(b & 15) - 8, (b >> 4) - 8], -1)
+    else:
+        wi = w.q.cpu().numpy().reshape(N, K // 32, 32).astype(np.int64)
+    wf = (wi * sw[..., None]).reshape(N, K)
+    return xdq @ wf.T, xdq
+
+
+@pytest.mark.parametrize("path", ["i8", "i8s", "i8x2", "i8sx2", "i8t"])
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("M,N,K", [(37, 67, 352), (70, 96, 160), (5, 33, 96)])
+def test_matmul_int8(qtype, path, M, N, K):
+    """The int8 x int8 prefill GEMM (x quantized per token per 32-block on the fly): to fp32
+    rounding against the same quantized math in float64, and within int8 x's rounding
+    (one level ~1/254 of a block's largest element, two levels ~1/254^2) of the float
+    product with the file's dequantized weight."""
+    if path.startswith("i8s") and qtype == Q.Q8_0:
+        pytest.skip("i8s differs from i8 only for 4-bit planes")
+    x2 = path.endswith("x2")
+    st = path == "i8t"  # the scales transposed
+    path = "i8" if st else path
+    seed = M * 7 + N + (qtype == Q.Q8_0) + 3 * x2
+    w, deq = make_weight(qtype, N, K, seed=seed)
+    x = (rng(seed + 1).standard_normal((M, K)) * rng(seed + 2).uniform(0.1, 4, (M, 1))
+         ).astype(np.float32)
+    x[1, 32:64] = 0.0  # an all-zero block: dx = 0
+    scratch = torch.full((launch.i8_scratch_bytes(M, N, K, True) // 2 + N * K // 16 + 300,),
+                         float("nan"), dtype=torch.float16, device=DEV)
+    out = poisoned((M, N))
+    tu = replace(TU, dense_min_m=2, prefill=path, i8_bm=16, i8_bn=32, i8_bk=64, i8_group=2,
+                 i8_scales_t=st)
+    launch.matmul(t(x), w, out, tu, scratch=scratch)
+    ref_q, xdq = _i8_reference(x, w, qtype, x2)
+    close(out, ref_q, 5e-6)
+    close(out, x.astype(np.float64) @ deq.T.astype(np.float64), 2e-4 if x2 else 1e-2)
+    # the quantized x in the scratch (in Q4_0's nibble order for 4-bit weights)
+    xq, xr, xd, _ = launch.i8_scratch_views(scratch.view(torch.int8), M, K, x2)
+
+    def natural(a):
+        a = a.cpu().numpy().reshape(M, K // 32, 32).astype(np.float64)
+        if qtype == Q.Q4_0:
+            a = a.reshape(M, K // 32, 16, 2).transpose(0, 1, 3, 2).reshape(M, K // 32, 32)
+        return a
+
+    d = xd.cpu().numpy()
+    d = (d.reshape(-1, M).T if st else d.reshape(M, -1)).reshape(M, -1, 1).astype(np.float64)
+    deq_x = natural(xq) * d
+    if x2:
+        deq_x = deq_x + natural(xr) * (d.astype(np.float32) * np.float32(1 / 254))
+    # a rare x/dx at a rounding tie may round the other way
+    close(torch.from_numpy(deq_x.reshape(M, K)), xdq, 1e-5 if x2 else 1e-6)
+
+
+def test_unpack_i8():
+    N, K = 21, 160
+    w, deq = make_weight(Q.Q4_0, N, K, seed=51)
+    out = torch.full((N * K + 9,), 77, dtype=torch.int8, device=DEV)
+    wi = launch.unpack_i8(w, out, replace(TU, unpack_bn=4, unpack_bb=32)).cpu().numpy()
+    assert out[N * K:].cpu().numpy().tolist() == [77] * 9
+    # back to natural order, times the scales: the dequantized weight exactly
+    nat = wi.reshape(N, K // 32, 16, 2).transpose(0, 1, 3, 2).reshape(N, K // 32, 32)
+    sw = w.scales.float().cpu().numpy()
+    assert np.array_equal((nat * sw[..., None]).reshape(N, K), deq)
+
+
+def test_prefill_path_table():
+    tu = replace(TU, prefill="", table={"prefill Q4_0 64 128": ["i8s"],
+                                         "i8 Q8_0 64 128": [64, 64, 32, 4, 2, 4]})
+    assert tu.prefill_path(512, 64, 128, "Q4_0") == "i8s"
+    assert tu.prefill_path(100, 64, 128, "Q4_0") == "dense"  # measured at M = 512
+    assert tu.prefill_path(512, 64, 128, "Q8_0") == "dense"
+    assert tu.i8_tiles(512, 64, 128, "Q8_0") == (64, 64, 32, 4, 2, 4)
+    assert replace(tu, prefill="i8").prefill_path(512, 64, 128, "Q8_0") == "i8"

@@ -515,3 +515,155 @@ def dequant_kernel(
             w += tl.load(m_ptr + rows64[:, None] * NG + g[None, :], mask=m2,
                          other=0.0).to(tl.float32)[:, :, None]
         tl.store(out_ptr + rows64[:, None, None] * K + e3[None], w.to(tl.float16), mask=m3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefill on int8 tensor cores: x quantized per token in blocks of 32 (one int8 level, f32
+# scale dx), the weight's own int8 (Q8_0) or 4-bit (Q4_0, q - 8) values, one int8 x int8 ->
+# int32 tl.dot per 32-wide K block (wgmma s8.s8.s32 on Hopper), rescaled into an fp32
+# accumulator by dx[m] * sw[n] of that block (GGUF's scales are per 32: the int32 sum cannot
+# run across blocks).
+#
+# FLOPs 2MNK as for fp16, at twice the tensor rate (H100: ~1979 TOP/s dense int8 published);
+# but each block costs, per output element, the int32 -> f32 conversion and the rescale on
+# the CUDA cores. Done naively (I2F at 16/clk/SM, FMUL dx*sw, FFMA) that is ~8x the int8
+# tensor time; here it is one integer add (INT pipe) and two FFMA (FP pipe):
+#   f = bits(i + 0x4B400000) as f32 = 12582912 + i exactly (|i| <= 32*127*128 < 2^22)
+#   t = f * dx - 12582912 * dx   (one FFMA; the constant is exact because dx is truncated
+#                                  to 22 significant bits when x is quantized)
+#   acc += t * sw                 (one FFMA)
+# so ~1/64 clk per element per block on each pipe against 1/128 on the int8 tensor cores:
+# the rescale, not the tensor work, sets this kernel's floor (~ the fp16 dense tensor time).
+#
+# Q4_0's nibbles are used in GGML's in-block order: byte j of a block holds element j (low)
+# and j + 16 (high), so the weight row read as (low, high) pairs of every byte is the row in
+# the order [0, 16, 1, 17, ...] per block; x is quantized into that same order (PERM) and
+# the dot over K is unchanged.
+#
+# Measured on the H100 (BENCHMARKS.md, runs 35-36): 285-470 us at 512 x {14336, 4096} x
+# {4096, 14336} against 197-310 us for dequantize + dense; one x level fails the logits bar
+# (4e-2), two levels pass but are slower still. Triton issues each block's wgmma and waits
+# for it before the rescale (no overlap), so this is not the default path (prefill_path).
+
+I8_MAGIC = tl.constexpr(0x4B400000)  # 1.5 * 2^23: bits(MAGIC + i) = 12582912.0 + i
+
+
+@triton.jit
+def quantize_rows_kernel(x_ptr, xq_ptr, xr_ptr, xd_ptr, M, K, NB, PERM: tl.constexpr,
+                         X2: tl.constexpr, XT: tl.constexpr, BB: tl.constexpr):
+    """x (M, K) f32 -> xq (M, K) int8 and xd (M, K/32) f32, per token and block of 32; grid
+    (M, cdiv(NB, BB)). dx = amax/127 truncated to 22 significant bits (so 12582912 * dx is
+    exact); rounds half away from zero; an all-zero block gets dx = 0. PERM: each block
+    stored in Q4_0's nibble order (position 2j holds element j, 2j + 1 element j + 16).
+    X2: a second level xr (M, K) int8, the remainder in steps of dx/254 (as the decode GEMV's
+    x: x ~ dx * (xq + xr / 254), ~2^-15 of the block's largest element instead of ~2^-8).
+    XT: xd stored transposed, (K/32, M), so the GEMM's per-block load of dx is contiguous."""
+    m = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1) * BB + tl.arange(0, BB)
+    bm = b < NB
+    row = x_ptr + m * K
+    if PERM:
+        j = tl.arange(0, 16)
+        lo = tl.load(row + b[:, None] * 32 + j[None, :], mask=bm[:, None], other=0.0)
+        hi = tl.load(row + b[:, None] * 32 + 16 + j[None, :], mask=bm[:, None], other=0.0)
+        x = tl.reshape(tl.join(lo, hi), (BB, 32)).to(tl.float32)
+    else:
+        x = tl.load(row + b[:, None] * 32 + tl.arange(0, 32)[None, :], mask=bm[:, None],
+                    other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=1)
+    d = ((amax / 127.0).to(tl.int32, bitcast=True) & -4).to(tl.float32, bitcast=True)
+    inv = tl.where(d > 0, 1.0 / tl.maximum(d, 1e-38), 0.0)
+    v = x * inv[:, None]
+    q = (v + tl.where(v >= 0, 0.5, -0.5)).to(tl.int32)
+    q = tl.minimum(tl.maximum(q, -127), 127)
+    e = b[:, None] * 32 + tl.arange(0, 32)[None, :]
+    tl.store(xq_ptr + m * K + e, q.to(tl.int8), mask=bm[:, None])
+    if X2:
+        r = (v - q.to(tl.float32)) * 254.0
+        q2 = (r + tl.where(r >= 0, 0.5, -0.5)).to(tl.int32)
+        q2 = tl.minimum(tl.maximum(q2, -127), 127)
+        tl.store(xr_ptr + m * K + e, q2.to(tl.int8), mask=bm[:, None])
+    if XT:
+        tl.store(xd_ptr + b.to(tl.int64) * M + m, d, mask=bm)
+    else:
+        tl.store(xd_ptr + m * NB + b, d, mask=bm)
+
+
+@triton.jit
+def unpack_i8_kernel(q_ptr, out_ptr, N, KB, BN: tl.constexpr, BB: tl.constexpr):
+    """Q4_0 nibbles (N, K/2) -> int8 (N, K) q - 8 in the nibble order above: byte c of a row
+    gives elements 2c (low) and 2c + 1 (high), written as one int16 word."""
+    rows = (tl.program_id(0) * BN + tl.arange(0, BN)).to(tl.int64)
+    c = tl.program_id(1) * BB + tl.arange(0, BB)
+    m = (rows < N)[:, None] & (c < KB)[None, :]
+    b = tl.load(q_ptr + rows[:, None] * KB + c[None, :], mask=m, other=0).to(tl.int32)
+    w = (((b & 15) - 8) & 255) | ((((b >> 4) & 15) - 8) << 8)
+    tl.store(out_ptr + rows[:, None] * KB + c[None, :], w.to(tl.int16), mask=m)
+
+
+@triton.jit
+def gemm_i8_kernel(
+    xq_ptr, xr_ptr, xd_ptr, q_ptr, s_ptr, y_ptr, M, N, K, KB, NG,
+    NIBBLES: tl.constexpr, X2: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr, GROUP_M: tl.constexpr, ST: tl.constexpr,
+):
+    """y (M, N) f32 = x @ W^T on int8 tensor cores (see above). NIBBLES: W is Q4_0's nibble
+    plane (N, K/2), unpacked to int8 in registers; else an int8 plane (N, K) (Q8_0, or Q4_0
+    unpacked by unpack_i8_kernel). BK: K per loop step, a multiple of 32, one dot per 32.
+    Programs are grouped GROUP_M tiles along M so that neighbours share weight tiles in L2.
+    X2: x's second level too, a second dot per block (twice the tensor work, one more
+    IADD + 2 FFMA per element per block). ST: the scales transposed, dx (K/32, M) f32 and
+    sw (K/32, N) f32, so each block's scale vectors are contiguous loads."""
+    pid = tl.program_id(0)
+    npm = tl.cdiv(M, BM)
+    npn = tl.cdiv(N, BN)
+    per_group = GROUP_M * npn
+    first_m = (pid // per_group) * GROUP_M
+    gm = tl.minimum(npm - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % gm
+    pid_n = (pid % per_group) // gm
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mmask = rm < M
+    nmask = rn < N
+    rm64 = rm.to(tl.int64)
+    rn64 = rn.to(tl.int64)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    j32 = tl.arange(0, 32)
+    j16 = tl.arange(0, 16)
+    for k0 in range(0, K, BK):
+        for s in tl.static_range(BK // 32):
+            kk = k0 + s * 32
+            g = kk // 32
+            kin = kk < K
+            x = tl.load(xq_ptr + rm64[:, None] * K + kk + j32[None, :],
+                        mask=mmask[:, None] & kin, other=0)
+            if NIBBLES:
+                b = tl.load(q_ptr + rn64[:, None] * KB + g * 16 + j16[None, :],
+                            mask=nmask[:, None] & kin, other=0x88)
+                lo = (b & 15).to(tl.int8) - 8
+                hi = (b >> 4).to(tl.int8) - 8
+                w = tl.reshape(tl.join(lo, hi), (BN, 32))
+            else:
+                w = tl.load(q_ptr + rn64[:, None] * K + kk + j32[None, :],
+                            mask=nmask[:, None] & kin, other=0)
+            wt = tl.trans(w)
+            i = tl.dot(x, wt, out_dtype=tl.int32)
+            f = (i + I8_MAGIC).to(tl.float32, bitcast=True)
+            if ST:
+                dx = tl.load(xd_ptr + g.to(tl.int64) * M + rm, mask=mmask & kin, other=0.0)
+                sw = tl.load(s_ptr + g.to(tl.int64) * N + rn, mask=nmask & kin, other=0.0)
+            else:
+                dx = tl.load(xd_ptr + rm64 * NG + g, mask=mmask & kin, other=0.0)
+                sw = tl.load(s_ptr + rn64 * NG + g, mask=nmask & kin,
+                             other=0.0).to(tl.float32)
+            t = tl.fma(f, dx[:, None], (dx * -12582912.0)[:, None])  # = i * dx, one rounding
+            if X2:
+                xr = tl.load(xr_ptr + rm64[:, None] * K + kk + j32[None, :],
+                             mask=mmask[:, None] & kin, other=0)
+                f2 = (tl.dot(xr, wt, out_dtype=tl.int32) + I8_MAGIC).to(tl.float32,
+                                                                          bitcast=True)
+                d2 = dx * (1.0 / 254.0)
+                t += tl.fma(f2, d2[:, None], (d2 * -12582912.0)[:, None])
+            acc = tl.fma(t, sw[None, :], acc)
+    tl.store(y_ptr + rm64[:, None] * N + rn[None, :], acc, mask=mmask[:, None] & nmask[None, :])
