@@ -67,20 +67,34 @@ class Dense:
         return self.w[ids]
 
 
-K_QUANTS = (Q.Q4_K, Q.Q6_K)
-QTYPES = [Q.F32, Q.F16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q6_K]
+K_QUANTS = (Q.Q4_K, Q.Q5_K, Q.Q6_K)
+QTYPES = [Q.F32, Q.F16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+
+
+def random_blocks(qtype: Q, N: int, K: int, seed: int) -> np.ndarray:
+    """Random stored blocks of a type drift does not quantize to (Q5_K): random quants,
+    scales and mins, with the f16 super-block factors d and dmin drawn small and positive."""
+    elements, nbytes = quants.block_shape(qtype)
+    r = rng(seed)
+    raw = r.integers(0, 256, (N, K // elements, nbytes), dtype=np.uint8)
+    d_dmin = r.uniform(0.002, 0.02, (N, K // elements, 2)).astype(np.float16)
+    raw[:, :, 0:4] = d_dmin.view(np.uint8).reshape(N, K // elements, 4)
+    return raw.reshape(N, -1)
 
 
 def make_weight(qtype: Q, N: int, K: int, seed: int):
-    w = (rng(seed).standard_normal((N, K)) * 0.5).astype(np.float32)
-    raw = quants.quantize(w, qtype)
+    if qtype in quants.QUANTIZABLE or qtype in (Q.F32, Q.F16):
+        w = (rng(seed).standard_normal((N, K)) * 0.5).astype(np.float32)
+        raw = quants.quantize(w, qtype)
+    else:
+        raw = random_blocks(qtype, N, K, seed)
     deq = quants.dequantize(raw, qtype, (N, K))
     return convert(t(raw.reshape(N, -1)), qtype, (N, K)), deq
 
 
 def shape_for(qtype: Q, N: int) -> tuple[int, int]:
     # K not a multiple of the tile: 160 / 352 for 32-blocks, 768 for 256-blocks.
-    k = 768 if qtype in (Q.Q4_K, Q.Q6_K) else (352 if N % 2 else 160)
+    k = 768 if qtype in K_QUANTS else (352 if N % 2 else 160)
     return N, k
 
 
@@ -225,7 +239,7 @@ def test_quantize_x_zero_block():
     assert qx.xd.cpu().numpy()[1] == 0 and not qx.xq.cpu().numpy()[32:64].any()
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q6_K, Q.Q5_0],
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q5_0],
                          ids=lambda q: q.name)
 def test_matmul_dequant_dense(qtype):
     """Prefill through the fp16 scratch: dequantize, then the dense tile GEMM."""

@@ -13,9 +13,11 @@ quantized weight ever exists and the host does no per-weight work:
     Q4_K   1     qs bytes (N, K/2)                        d*scale_j          -dmin*min_j  32 32
     Q8_0   2     int8 (N, K)                              d                  -            32 -
     Q5_0   2     int8 (N, K) = q - 16 (widened: 8 bits)   d                  -            32 -
+    Q5_K   2     int8 (N, K) = q (widened: 8 bits)        d*scale_j          -dmin*min_j  32 -
     Q6_K   2     int8 (N, K) = q - 32 (widened: 8 bits)   d*scale_j          -            16 -
 
-Q5_0 and Q6_K are widened to an int8 plane for now (1.6x and 1.23x their bytes); Q4_K's
+Q5_0, Q5_K and Q6_K are widened to an int8 plane for now (1.6x, 1.45x and 1.23x their
+bytes); Q4_K's
 products d*scale are rounded to f16 (relative error <= 2^-11). Other types raise
 UnsupportedError.
 """
@@ -33,7 +35,7 @@ from drift.formats.gguf import TensorInfo
 from drift.formats.quants import block_shape
 
 KINDS = {"float": 0, "q4": 1, "q8": 2}
-SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q8_0, Q.Q5_0, Q.Q6_K)
+SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q8_0, Q.Q5_0, Q.Q6_K)
 
 
 @dataclass
@@ -107,16 +109,29 @@ def convert(raw: torch.Tensor, qtype: Q, shape: tuple[int, int], name: str = "")
     if qtype == Q.Q4_1:
         return QWeight(shape, 1, _own(b[:, :, 4:20].reshape(N, K // 2)),
                        _f16(b[:, :, 0:2]), _f16(b[:, :, 2:4]), 32, 16, 0, qtype.name)
-    if qtype == Q.Q4_K:
+    if qtype in (Q.Q4_K, Q.Q5_K):
+        # 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed in 12 bytes
         d = _f16(b[:, :, 0:2]).float()[:, :, None]
         dmin = _f16(b[:, :, 2:4]).float()[:, :, None]
         sc = b[:, :, 4:16].to(torch.int32)
         lo4, mid4, hi4 = sc[:, :, 0:4], sc[:, :, 4:8], sc[:, :, 8:12]
         scale = torch.cat([lo4 & 63, (hi4 & 15) | ((lo4 >> 6) << 4)], -1).float()
         mins = torch.cat([mid4 & 63, (hi4 >> 4) | ((mid4 >> 6) << 4)], -1).float()
-        return QWeight(shape, 1, _own(b[:, :, 16:144].reshape(N, K // 2)),
-                       (d * scale).half().reshape(N, nb * 8),
-                       (-(dmin * mins)).half().reshape(N, nb * 8), 32, 32, 0, qtype.name)
+        scales = (d * scale).half().reshape(N, nb * 8)
+        neg_mins = (-(dmin * mins)).half().reshape(N, nb * 8)
+        if qtype == Q.Q4_K:
+            return QWeight(shape, 1, _own(b[:, :, 16:144].reshape(N, K // 2)), scales,
+                           neg_mins, 32, 32, 0, qtype.name)
+        # Q5_K: e = c*64 + h*32 + l (c < 4, h < 2, l < 32): low4 = nibble h of qs[c*32 + l],
+        # bit 4 = bit (2c + h) of qh[l]; q in [0, 32), w = d*scale_j * q - dmin*min_j
+        qh = b[:, :, 16:48].to(torch.int16)
+        qs = b[:, :, 48:176].reshape(N, nb, 4, 32).to(torch.int16)
+        e = torch.arange(256, device=raw.device)
+        c, h, lane = e // 64, (e // 32) % 2, e % 32
+        low4 = (qs[:, :, c, lane] >> (4 * h)) & 15
+        high = (qh[:, :, lane] >> (2 * c + h)) & 1
+        q = (low4 | (high << 4)).to(torch.int8).reshape(N, K)
+        return QWeight(shape, 2, q, scales, neg_mins, 32, 16, 0, qtype.name)
     if qtype == Q.Q8_0:
         return QWeight(shape, 2, _own(b[:, :, 2:34].reshape(N, K)).view(torch.int8),
                        _f16(b[:, :, 0:2]), None, 32, 16, 0, qtype.name)
