@@ -298,6 +298,18 @@ def save_probe(result: ProbeResult) -> Path:
     return path
 
 
+def saved_or_quick_probe(device: str | None) -> tuple[ProbeResult, str | None]:
+    """This machine's saved probe for the backend `device` stands for; without one, a quick
+    probe measured now and saved. The second value says so, for the caller's notes."""
+    kind = probe_backend(device)
+    try:
+        return load_probe(kind), None
+    except ProbeMissingError:
+        result = run_probe(kind, quick=True)
+        path = save_probe(result)
+        return result, f"no probe saved for {kind}: measured one (--quick) into {path}"
+
+
 def load_probe(backend: str) -> ProbeResult:
     path = probe_dir() / f"{backend}.json"
     if not path.exists():

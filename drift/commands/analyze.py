@@ -11,24 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
-from drift.errors import DriftError, InvalidArgumentError, UnsupportedError
+from drift.errors import DriftError, InvalidArgumentError
+from drift.passes import memory_report
 
 PLAIN_KV = ("f32", "f16", "bf16")
 MATH_DTYPES = ("f32", "f16", "bf16", "int8")
-
-
-def _memory_module() -> ModuleType | None:
-    """The passes engineer's memory report, when this build has it."""
-    try:
-        from drift.passes import memory_report
-    except ImportError:
-        return None
-    return memory_report
 
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,9 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     an.add_argument("--memory", action="store_true",
                     help="the memory report (weights, KV, arena plans) instead")
     _add_output_arguments(an)
-    memory = _memory_module()
-    if memory is not None:
-        memory.add_memory_arguments(an)
+    memory_report.add_memory_arguments(an)  # --prompt-len, --ctx, ... shared with the costs
     an.set_defaults(func=cmd_analyze)
 
     pr = sub.add_parser(
@@ -126,17 +116,29 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise InvalidArgumentError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
 
 
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Checked before any work, so that a typo in a path does not throw a long profile away."""
+    for flag in ("csv", "html", "json_out"):
+        path = getattr(args, flag, None)
+        if not path or path == "-":
+            continue
+        folder = Path(path).expanduser().absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise InvalidArgumentError(
+                f"--{flag.replace('_', '-')} {path}: {folder} is not a folder drift can write to")
+    plot_dir = getattr(args, "plot_dir", None)
+    if plot_dir and Path(plot_dir).exists() and not Path(plot_dir).is_dir():
+        raise InvalidArgumentError(f"--plot-dir {plot_dir}: exists and is not a folder")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from drift.analysis.hardware import DEVICES, device_spec
 
     if args.memory:
-        memory = _memory_module()
-        if memory is None:
-            raise UnsupportedError("memory report unavailable: drift.passes.memory_report is "
-                                   "not part of this build")
-        return int(memory.run_memory_report(args) or 0)
+        return int(memory_report.run_memory_report(args) or 0)
     if args.list_devices:
         return _list_devices(args)
+    _check_output_paths(args)
     from drift.analysis import report
     from drift.analysis.cost import model_cost
     from drift.analysis.roofline import estimate_model
@@ -181,10 +183,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def _fusion():
     """Graph -> fused graph, through the same pass pipeline backends compile with."""
-    try:
-        from drift.passes import PassContext, run_pipeline
-    except ImportError:
-        raise UnsupportedError("--fuse: the fusion passes are not part of this build") from None
+    from drift.passes import PassContext, run_pipeline
+
     return lambda g: run_pipeline(g, PassContext(fuse=True)).graph
 
 
@@ -300,10 +300,11 @@ def _open_engine(args: argparse.Namespace):
 def cmd_profile(args: argparse.Namespace) -> int:
     from drift.analysis import plots, report
     from drift.analysis.hardware import device_spec
-    from drift.analysis.probe import ProbeMissingError, probe_backend, run_probe, save_probe
+    from drift.analysis.probe import ProbeMissingError, saved_or_quick_probe
     from drift.analysis.profile import profile_engine
 
     _positive(args, "prompt_len", "decode_tokens", "repeat", "ctx")
+    _check_output_paths(args)
     if args.energy_window < 0:
         raise InvalidArgumentError(f"--energy-window must be >= 0, got {args.energy_window}")
     if args.ctx is None:
@@ -320,9 +321,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         try:
             device = device_spec(args.device_spec, engine.backend.name)
         except ProbeMissingError:
-            kind = probe_backend(engine.backend.name)
-            path = save_probe(run_probe(kind, quick=True))
-            notes.append(f"no probe saved for {kind}: measured one (--quick) into {path}")
+            _, note = saved_or_quick_probe(engine.backend.name)
+            notes.append(note)
             device = device_spec(args.device_spec, engine.backend.name)
     label = Path(args.model).stem if args.model else engine.path.stem
     result = profile_engine(engine, label, args.prompt_len, args.decode_tokens, args.repeat,

@@ -7,8 +7,8 @@
 pp<p> is one call over p prompt tokens from an empty cache; tg<n> is n single-token calls
 from an empty cache (as llama-bench measures them), each returning its logits to the host.
 MBU = bytes a decode step must move (the op registry's costs: weights once, the KV cache
-read, activations) / time per token / the device's copy bandwidth, measured here. MFU =
-prefill FLOPs (registry) / time / the device's dense matmul rate, measured here.
+read, activations) / time per token / the device's copy bandwidth. MFU = prefill FLOPs
+(registry) / time / the device's dense matmul rate. Both ceilings are `drift probe`'s.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="backend: cpu, cuda (triton), ...")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-ceilings", action="store_true",
-                   help="skip measuring the device's copy and matmul ceilings (no MBU/MFU)")
+                   help="no MBU/MFU (and no probe of the device's ceilings)")
     p.set_defaults(func=run_bench)
 
     m = sub.add_parser("make-random",
@@ -87,49 +87,17 @@ def graph_cost(graph, kv_len: int) -> tuple[int, int]:
 
 
 def measure_ceilings(backend) -> dict:
-    """The device's copy bandwidth (bytes read + written per second) and dense matmul rate."""
-    dev = getattr(backend, "torch_device", None)
-    if dev is not None and dev.type == "cuda":
-        import torch
+    """The device's copy bandwidth (bytes read + written per second) and dense matmul rate
+    (fp16 on a GPU, f32 on the CPU), as `drift probe` measured them on this machine; the
+    first bench without a saved probe runs a quick one and saves it."""
+    from drift.analysis.probe import saved_or_quick_probe
 
-        x = torch.empty(2**30 // 2, dtype=torch.float16, device=dev)
-        y = torch.empty_like(x)
-        a = torch.randn(8192, 8192, dtype=torch.float16, device=dev)
-        b = torch.randn(8192, 8192, dtype=torch.float16, device=dev)
-
-        def timed(fn, reps: int) -> float:
-            fn()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(reps):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fn()
-                e.record()
-                torch.cuda.synchronize()
-                times.append(s.elapsed_time(e) / 1e3)
-            return statistics.median(times)
-
-        bw = 2 * x.numel() * 2 / timed(lambda: y.copy_(x), 20)
-        fl = 2 * 8192**3 / timed(lambda: a @ b, 10)
-        del x, y, a, b
-        torch.cuda.empty_cache()
-        return {"bandwidth": bw, "flops": fl, "flops_dtype": "fp16"}
-    x = np.random.default_rng(0).standard_normal(2**25).astype(np.float32)
-    y = np.empty_like(x)
-    t = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        np.copyto(y, x)
-        t.append(time.perf_counter() - t0)
-    a = np.random.default_rng(1).standard_normal((1024, 1024)).astype(np.float32)
-    t1 = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        a @ a
-        t1.append(time.perf_counter() - t0)
-    return {"bandwidth": 2 * x.nbytes / min(t), "flops": 2 * 1024**3 / min(t1),
-            "flops_dtype": "fp32"}
+    probe, note = saved_or_quick_probe(backend.name)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    dtype = "f16" if probe.backend == "cuda" else "f32"
+    return {"bandwidth": probe.copy_gbs * 1e9, "flops": probe.matmul_tflops[dtype] * 1e12,
+            "flops_dtype": dtype, "probe": f"{probe.device_name}, {probe.when}"}
 
 
 def _stats(xs: list[float]) -> dict:

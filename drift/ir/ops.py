@@ -154,6 +154,28 @@ def _binary(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], flops
     register(name, elementwise=True)(_Op)
 
 
+def _gated(name: str, activation: Callable[[np.ndarray], np.ndarray], flops_per_elem: int):
+    """Register a gated activation of two inputs of one shape: activation(gate) * up."""
+
+    class _Op:
+        @staticmethod
+        def infer(inputs, attrs):
+            gate, up = inputs
+            assert gate.shape == up.shape, f"{name}: gate {gate.shape} and up {up.shape}"
+            return [(gate.shape, _act_dtype(gate))]
+
+        @staticmethod
+        def reference(inputs, attrs):
+            gate, up = inputs
+            return [(activation(gate) * up).astype(gate.dtype, copy=False)]
+
+        @staticmethod
+        def cost(inputs, outputs, attrs, kv_len):
+            return _io_cost(inputs, outputs, flops_per_elem * outputs[0].numel)
+
+    register(name, elementwise=True)(_Op)
+
+
 # ---------------------------------------------------------------------------------------------
 # elementwise
 
@@ -166,44 +188,8 @@ _unary("gelu", lambda x, a: gelu_tanh(x), 8)
 _unary("softcap", lambda x, a: np.tanh(x / a["cap"]) * a["cap"], 3)
 
 
-@register("swiglu", elementwise=True)
-class SwiGLU:
-    """silu(gate) * up: the gated FFN of Llama, Qwen, Mistral."""
-
-    @staticmethod
-    def infer(inputs, attrs):
-        gate, up = inputs
-        assert gate.shape == up.shape
-        return [(gate.shape, _act_dtype(gate))]
-
-    @staticmethod
-    def reference(inputs, attrs):
-        gate, up = inputs
-        return [(silu(gate) * up).astype(gate.dtype, copy=False)]
-
-    @staticmethod
-    def cost(inputs, outputs, attrs, kv_len):
-        return _io_cost(inputs, outputs, 5 * outputs[0].numel)
-
-
-@register("geglu", elementwise=True)
-class GeGLU:
-    """gelu_tanh(gate) * up: the gated FFN of Gemma."""
-
-    @staticmethod
-    def infer(inputs, attrs):
-        gate, up = inputs
-        assert gate.shape == up.shape
-        return [(gate.shape, _act_dtype(gate))]
-
-    @staticmethod
-    def reference(inputs, attrs):
-        gate, up = inputs
-        return [(gelu_tanh(gate) * up).astype(gate.dtype, copy=False)]
-
-    @staticmethod
-    def cost(inputs, outputs, attrs, kv_len):
-        return _io_cost(inputs, outputs, 9 * outputs[0].numel)
+_gated("swiglu", silu, 5)  # silu(gate) * up: the gated FFN of Llama, Qwen, Mistral
+_gated("geglu", gelu_tanh, 9)  # gelu_tanh(gate) * up: the gated FFN of Gemma
 
 
 # ---------------------------------------------------------------------------------------------

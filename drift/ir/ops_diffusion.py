@@ -16,7 +16,7 @@ from math import prod
 
 import numpy as np
 
-from drift.ir.ops import Cost, _act_dtype, _io_cost, _unary, register
+from drift.ir.ops import Cost, _act_dtype, _gated, _io_cost, _unary, register
 
 try:  # exact erf; scipy comes with transformers, but the package does not require it
     from scipy.special import erf as _erf
@@ -40,24 +40,8 @@ _unary("gelu_erf", lambda x, a: gelu_erf(x), 10)
 _unary("quick_gelu", lambda x, a: quick_gelu(x), 5)
 
 
-@register("geglu_erf", elementwise=True)
-class GeGLUErf:
-    """gelu_erf(gate) * up: diffusers' GEGLU, whose projection's second half is the gate."""
-
-    @staticmethod
-    def infer(inputs, attrs):
-        gate, up = inputs
-        assert gate.shape == up.shape
-        return [(gate.shape, _act_dtype(gate))]
-
-    @staticmethod
-    def reference(inputs, attrs):
-        gate, up = inputs
-        return [(gelu_erf(gate) * up).astype(gate.dtype, copy=False)]
-
-    @staticmethod
-    def cost(inputs, outputs, attrs, kv_len):
-        return _io_cost(inputs, outputs, 11 * outputs[0].numel)
+# gelu_erf(gate) * up: diffusers' GEGLU, whose projection's second half is the gate
+_gated("geglu_erf", gelu_erf, 11)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,15 +88,20 @@ def _best_object(objects: list[_Object], b: Buffer) -> _Object | None:
     return best
 
 
+def _share_or_add(objects: list[_Object], b: Buffer) -> None:
+    """Put `b` in the best object free over its lifetime, or in a new one of its size."""
+    o = _best_object(objects, b)
+    if o is None:
+        objects.append(_Object(b.size, [b]))
+    else:
+        o.users.append(b)
+
+
 @strategy("greedy_in_order")
 def greedy_in_order(bufs: list[Buffer]) -> dict[int, int]:
     objects: list[_Object] = []
     for b in _by_first_use(bufs):
-        o = _best_object(objects, b)
-        if o is None:
-            objects.append(_Object(b.size, [b]))
-        else:
-            o.users.append(b)
+        _share_or_add(objects, b)
     return _objects_to_offsets(objects)
 
 
@@ -117,11 +122,7 @@ def greedy_by_breadth(bufs: list[Buffer]) -> dict[int, int]:
             if b.id in done:
                 continue
             done.add(b.id)
-            o = _best_object(objects, b)
-            if o is None:
-                objects.append(_Object(b.size, [b]))
-            else:
-                o.users.append(b)
+            _share_or_add(objects, b)
     return _objects_to_offsets(objects)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import types
 
 import pytest
 
@@ -181,42 +180,29 @@ def test_profile_needs_weights(capsys, monkeypatch):
     assert "without weights" in line
 
 
-def test_memory_report_missing(capsys, monkeypatch):
-    import drift.passes
-
-    monkeypatch.setitem(sys.modules, "drift.passes.memory_report", None)
-    monkeypatch.delattr(drift.passes, "memory_report", raising=False)
-    line = one_line_error(capsys, "analyze", "llama-3.1-8b", "--memory")
-    assert "memory report unavailable" in line
-
-
-def test_memory_report_wiring(capsys, monkeypatch):
-    """The passes engineer's module adds --prompt-len, --ctx, --json to the analyze parser;
-    the shared flags must not conflict, and --memory hands over the parsed arguments."""
-    seen = {}
-    fake = types.ModuleType("drift.passes.memory_report")
-
-    def add_memory_arguments(p):
-        p.add_argument("--prompt-len", type=int, default=512)
-        p.add_argument("--ctx", type=int, default=None)
-        p.add_argument("--json", action="store_true")
-
-    def run_memory_report(args):
-        seen.update(vars(args))
-        return 0
-
-    fake.add_memory_arguments = add_memory_arguments
-    fake.run_memory_report = run_memory_report
-    monkeypatch.setitem(sys.modules, "drift.passes.memory_report", fake)
-    import drift.passes
-
-    monkeypatch.setattr(drift.passes, "memory_report", fake, raising=False)
-    rc, _, err = run(capsys, "analyze", "llama-3.1-8b", "--memory", "--prompt-len", "7",
+def test_memory_report_wiring(capsys):
+    """The memory report adds --prompt-len, --ctx, --json to the analyze parser; the shared
+    flags must not conflict, and --memory hands over the parsed arguments."""
+    rc, out, err = run(capsys, "analyze", "llama-3.1-8b", "--memory", "--prompt-len", "7",
                      "--ctx", "99", "--json")
     assert rc == 0, err
-    assert seen["prompt_len"] == 7 and seen["ctx"] == 99 and seen["json"] is True
-    assert seen["model"] == "llama-3.1-8b"
+    report = json.loads(out)
+    # KV cache at --ctx 99, from the closed form: K and V x 32 layers x 8 heads x 128 x f16
+    assert report["ctx"] == 99 and report["kv_cache"]["bytes"] == 2 * 32 * 8 * 128 * 99 * 2
     # and the analysis itself still runs with the same flags
     rc, out, err = run(capsys, "analyze", "llama-3.1-8b", "--prompt-len", "7", "--json")
     assert rc == 0, err
     assert json.loads(out)["prompt_len"] == 7
+
+
+@pytest.mark.parametrize("command,flag", [("analyze", "--html"), ("analyze", "--csv"),
+                                          ("profile", "--html"), ("profile", "--csv"),
+                                          ("profile", "--json-out")])
+def test_unwritable_output_fails_before_the_work(capsys, tmp_path, command, flag):
+    missing = tmp_path / "no-such-folder" / "report.out"
+    line = one_line_error(capsys, command, "smollm2-135m", flag, str(missing))
+    assert "not a folder drift can write to" in line and not missing.parent.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    line = one_line_error(capsys, command, "smollm2-135m", "--plot-dir", str(blocker))
+    assert "is not a folder" in line

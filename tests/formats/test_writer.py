@@ -63,3 +63,33 @@ def test_cli_make_random(tmp_path, capsys):
         write_random(TINY, "IQ2_XS", out)
     assert main(["make-random", "no-such-model", "Q4_0", str(out)]) != 0
     assert "unknown model shape" in capsys.readouterr().err
+
+
+def test_bench_on_a_random_file(tmp_path, capsys, monkeypatch):
+    """drift bench end to end on the CPU: speeds from repeated runs, MBU and MFU against the
+    probe's ceilings (measured quick and saved the first time), memory; bad counts refused."""
+    import json
+
+    monkeypatch.setenv("DRIFT_HOME", str(tmp_path / "home"))
+    path = write_random(TINY, "Q8_0", tmp_path / "tiny.gguf", seed=4, workers=1)
+    assert main(["bench", str(path), "-p", "16", "-n", "4", "-r", "2", "--device", "cpu",
+                 "--json"]) == 0
+    out = capsys.readouterr()
+    res = json.loads(out.out)
+    assert "measured one (--quick)" in out.err
+    for test in ("pp16", "tg4"):
+        assert len(res[test]["samples"]) == 2 and min(res[test]["samples"]) > 0
+    probe = json.loads((tmp_path / "home" / "probe" / "cpu.json").read_text())
+    assert res["ceilings"]["bandwidth"] == pytest.approx(probe["copy_gbs"] * 1e9)
+    # MBU from its parts: registry bytes per token x median tok/s / probed bandwidth
+    assert res["mbu"] == pytest.approx(res["decode_bytes_per_token"] * res["tg4"]["median"]
+                                       / res["ceilings"]["bandwidth"])
+    assert 0 < res["mbu"] < 1 and 0 < res["mfu"] < 1
+    assert res["memory"]["weights"] > 0 and res["memory"]["kv_cache"] > 0
+    # a second bench reuses the saved probe
+    assert main(["bench", str(path), "-p", "8", "-n", "2", "-r", "1", "--device", "cpu",
+                 "--json"]) == 0
+    assert "measured one" not in capsys.readouterr().err
+    assert main(["bench", str(path), "-p", "0", "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be >= 1" in err[0]
