@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass, field, replace
 
 from drift.errors import InvalidArgumentError
+from drift.ir.ops import is_view
 
 GB = 1e9
 TFLOP = 1e12
-VIEW_OPS = ("reshape", "last_row")
 
 # Assumed per-kernel cost where `drift probe` has not measured one: what the probe measures,
 # an empty kernel's share of a run of launches, for the device's usual way of issuing work.
@@ -77,7 +77,7 @@ class DeviceSpec:
     def launches(self, op: str) -> int:
         """Kernels an op of the IR costs when no backend says better: one, none for a view
         (reshape, last_row), which GPU backends resolve to a pointer."""
-        if op in VIEW_OPS and not self.views_dispatch:
+        if is_view(op) and not self.views_dispatch:
             return 0
         return 1
 

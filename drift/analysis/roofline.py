@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drift.analysis.cost import GroupCost, ModelCost, OpCost, StageCost
-from drift.analysis.hardware import VIEW_OPS, DeviceSpec
+from drift.analysis.hardware import DeviceSpec
+from drift.ir.ops import is_view
 
 TOLERANCE = 0.25  # measured / predicted within [1 - TOLERANCE, 1 + TOLERANCE] is a match
 LAUNCH_BOUND = 2.0  # roofline time under this many launch latencies: launch-bound
@@ -158,7 +159,7 @@ def explain(ests: list[OpEstimate], measured_s: float | None, device: DeviceSpec
     if measured_s <= 0:
         if pred <= 0:
             return ""
-        if all(getattr(getattr(e.op, "node", None), "op", "") in VIEW_OPS for e in ests):
+        if all(is_view(getattr(getattr(e.op, "node", None), "op", "")) for e in ests):
             return "view: no kernel (a pointer into its input)"
         if launches == 0:
             return "fused: no kernel of its own (its time is counted in a neighbour's kernel)"

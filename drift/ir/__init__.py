@@ -22,3 +22,4 @@ __all__ = [
 ]
 
 from drift.ir import ops_diffusion, ops_fused  # noqa: F401  (register their ops)
+from drift.ir import ops_quant  # noqa: F401,E402  (register its ops)

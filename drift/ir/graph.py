@@ -63,17 +63,6 @@ class Graph:
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
-    def dump(self) -> str:
-        """The graph as text, one node per line: what `drift compile --dump` writes."""
-        lines = [f"graph {self.name} {self.meta}"]
-        for role in Role:
-            for t in self.by_role(role):
-                if role != Role.ACTIVATION:
-                    lines.append(f"  {t}")
-        lines += [f"  {n}" for n in self.nodes]
-        lines.append(f"  return {', '.join(self.outputs)}")
-        return "\n".join(lines)
-
     def validate(self) -> None:
         """Every input defined before use, each tensor written once, shapes as the registry says."""
         from drift.ir.ops import infer

@@ -48,19 +48,30 @@ class OpDef:
     cost: Callable[[Sequence[TensorSpec], Sequence[TensorSpec], dict, int], Cost]
     writes_state: bool = False  # output 0 is input 0 updated in place (KV cache)
     elementwise: bool = False  # out[i] depends only on in[i] (fusion may chain these)
+    view: bool = False  # the output is the input's memory at an offset: no kernel runs
+    fused: bool = False  # made by a fusion pass; a backend runs it only if it says so
+    adjacent_outputs: bool = False  # the outputs lie back to back in one buffer, in order
 
 
 REGISTRY: dict[str, OpDef] = {}
 
 
-def register(name: str, *, writes_state: bool = False, elementwise: bool = False):
+def register(name: str, *, writes_state: bool = False, elementwise: bool = False,
+             view: bool = False, fused: bool = False, adjacent_outputs: bool = False):
     def wrap(cls):
         REGISTRY[name] = OpDef(
-            name, cls.infer, cls.reference, cls.cost, writes_state, elementwise
+            name, cls.infer, cls.reference, cls.cost, writes_state, elementwise, view, fused,
+            adjacent_outputs,
         )
         return cls
 
     return wrap
+
+
+def is_view(op: str) -> bool:
+    """A view op (reshape, last_row): its output shares its input's memory, no kernel runs."""
+    d = REGISTRY.get(op)
+    return d is not None and d.view
 
 
 def infer(op: str, inputs: Sequence[TensorSpec], attrs: dict) -> Inferred:
@@ -196,7 +207,7 @@ _gated("geglu", gelu_tanh, 9)  # gelu_tanh(gate) * up: the gated FFN of Gemma
 # layout
 
 
-@register("reshape")
+@register("reshape", view=True)
 class Reshape:
     """A view with another shape over the same elements: (S, H*Dh) <-> (S, H, Dh)."""
 
@@ -215,7 +226,7 @@ class Reshape:
         return Cost(0, (0,), (0,))  # a view: nothing moves
 
 
-@register("last_row")
+@register("last_row", view=True)
 class LastRow:
     """x[-1:], (S, N) -> (1, N): generation needs the logits of the last position only."""
 

@@ -9,7 +9,7 @@ one did by construction; the fusion tests check it on real models.
 Softmax needs no fusion: `attention` (and `mha`) already hold it inside, so the (S, T) scores
 never exist as a tensor of the graph.
 
-Horizontal fusions (`qkv_matmul`, `ffn_gate_up`) take their weights as separate inputs; the
+Horizontal fusions (`stacked_matmul`, `ffn_gate_up`) take their weights as separate inputs; the
 backend concatenates them once at load (the numpy backend lays the parts out as adjacent rows
 of one array, and the reference then runs one matmul over them). The graph keeps the parts'
 names, so weights are still found by their GGUF names.
@@ -131,7 +131,7 @@ def _run_program(attrs: dict, inputs: Sequence[Any], fn):
     return result
 
 
-@register("fused_elementwise")
+@register("fused_elementwise", fused=True)
 class FusedElementwise:
     """A chain of elementwise ops run as one kernel: intermediates stay in registers.
 
@@ -176,7 +176,7 @@ class FusedElementwise:
 # residual add + RMSNorm
 
 
-@register("add_rms_norm")
+@register("add_rms_norm", fused=True)
 class AddRMSNorm:
     """(a + b, rms_norm(a + b, w)): the residual stream and the next block's normed input in
     one pass over the row. attrs: eps, unit_offset (as rms_norm)."""
@@ -202,34 +202,40 @@ class AddRMSNorm:
 # horizontal matmuls: one read of x for several weights
 
 
-@register("qkv_matmul")
-class QKVMatMul:
-    """x (S, K) against Wq (Nq, K), Wk (Nk, K), Wv (Nv, K) -> q (S, Nq), k (S, Nk), v (S, Nv):
-    one matmul over the weights concatenated at load. attrs: bias (three bias inputs follow
-    the weights: Qwen2)."""
+@register("stacked_matmul", fused=True, adjacent_outputs=True)
+class StackedMatMul:
+    """x (S, K) against n weights W_i (N_i, K) of one type -> y_i (S, N_i): one matmul over
+    the weights laid out as adjacent rows of one matrix at load (Q/K/V; gate/up where the
+    activation is not fused in). The outputs are adjacent in memory too (the memory plan keeps
+    them in one buffer), so at decode one GEMV writes all of them. attrs: n, bias (n bias
+    inputs follow the weights: Qwen2)."""
 
     @staticmethod
     def infer(inputs, attrs):
-        x, *ws = inputs[:4]
-        assert all(w.shape[1] == x.shape[-1] for w in ws)
+        n = attrs["n"]
+        x, ws = inputs[0], inputs[1 : 1 + n]
+        assert n >= 2 and all(w.shape[1] == x.shape[-1] for w in ws)
+        assert len({w.dtype for w in ws}) == 1, "stacked weights share one type"
         if attrs.get("bias"):
-            assert [b.shape for b in inputs[4:7]] == [(w.shape[0],) for w in ws]
+            assert [b.shape for b in inputs[1 + n : 1 + 2 * n]] == [(w.shape[0],) for w in ws]
         else:
-            assert len(inputs) == 4
+            assert len(inputs) == 1 + n
         return [(x.shape[:-1] + (w.shape[0],), _act_dtype(x)) for w in ws]
 
     @staticmethod
     def reference(inputs, attrs):
-        x, *ws = inputs[:4]
+        n = attrs["n"]
+        x, ws = inputs[0], inputs[1 : 1 + n]
         outs = matmul_parts(x, ws)
         if attrs.get("bias"):
-            outs = [_ref("add", [o, b], {}) for o, b in zip(outs, inputs[4:7])]
+            outs = [_ref("add", [o, b], {}) for o, b in zip(outs, inputs[1 + n : 1 + 2 * n])]
         return outs
 
     @staticmethod
     def cost(inputs, outputs, attrs, kv_len):
+        n = attrs["n"]
         x = inputs[0]
-        flops = sum(2 * prod(x.shape[:-1]) * w.shape[0] * w.shape[1] for w in inputs[1:4])
+        flops = sum(2 * prod(x.shape[:-1]) * w.shape[0] * w.shape[1] for w in inputs[1 : 1 + n])
         if attrs.get("bias"):
             flops += sum(o.numel for o in outputs)
         return _io_cost(inputs, outputs, flops)
@@ -238,7 +244,7 @@ class QKVMatMul:
 GATED_ACTS = ("swiglu", "geglu", "geglu_erf")
 
 
-@register("ffn_gate_up")
+@register("ffn_gate_up", fused=True)
 class FFNGateUp:
     """act(x @ Wg.T [+ bg], x @ Wu.T [+ bu]) -> (S, F): the gated FFN's first half as one
     kernel that reads x once and never writes the (S, 2F) projections. attrs: act (swiglu,
@@ -311,7 +317,7 @@ def _rope_flops(x: TensorSpec, attrs: dict) -> int:
         attrs.get("qk_norm"))
 
 
-@register("rope_heads")
+@register("rope_heads", fused=True)
 class RoPEHeads:
     """x (S, H*Dh) as the projection wrote it -> rotated (S, H, Dh) in attention's layout, with
     Gemma 3's QK-norm when `qk_norm`. Inputs: x, positions, [norm weight], [freq factors].
@@ -331,7 +337,7 @@ class RoPEHeads:
         return _io_cost(inputs, outputs, _rope_flops(inputs[0], attrs))
 
 
-@register("rope_kv_write", writes_state=True)
+@register("rope_kv_write", writes_state=True, fused=True)
 class RoPEKVWrite:
     """Keys (S, Hkv*Dh) rotated and written straight into the cache (C, Hkv, Dh) at their
     positions: the rotated keys never exist outside the cache. Inputs: cache, x, positions,
@@ -358,11 +364,47 @@ class RoPEKVWrite:
         return Cost(_rope_flops(x, attrs), reads, (rows,))
 
 
+@register("rope_qkv_write", writes_state=True, fused=True)
+class RoPEQKVWrite:
+    """One decode step's RoPE and cache writes in one kernel: q (S, H, Dh) rotated, keys
+    (S, Hkv, Dh) rotated into k_cache and values (S, Hkv, Dv) into v_cache at their positions.
+    Inputs: k_cache, v_cache, q, k, v, positions, [freq factors]; outputs: k_cache', v_cache'
+    (both caches updated in place), q rotated. attrs: as rope."""
+
+    @staticmethod
+    def infer(inputs, attrs):
+        kc, vc, q, k, v, pos = inputs[:6]
+        rest = list(inputs[6:])
+        (qs, qd), = REGISTRY["rope"].infer([q, pos, *rest], attrs)
+        REGISTRY["rope"].infer([k, pos, *rest], attrs)
+        assert kc.shape[1:] == k.shape[1:] and vc.shape[1:] == v.shape[1:]
+        return [(kc.shape, kc.dtype), (vc.shape, vc.dtype), (qs, qd)]
+
+    @staticmethod
+    def reference(inputs, attrs):
+        kc, vc, q, k, v, pos = inputs[:6]
+        rest = list(inputs[6:])
+        qr = _ref("rope", [q, pos, *rest], attrs)
+        kr = _ref("rope", [k, pos, *rest], attrs)
+        kc = _ref("kv_write", [kc, kr, pos], {})
+        vc = _ref("kv_write", [vc, v, pos], {})
+        return [kc, vc, qr]
+
+    @staticmethod
+    def cost(inputs, outputs, attrs, kv_len):
+        kc, vc, q, k, v = inputs[:5]
+        flops = 3 * (q.numel + k.numel)
+        reads = (0, 0) + tuple(t.nbytes for t in inputs[2:])
+        writes = (nbytes_of(kc.dtype, (k.numel,)), nbytes_of(vc.dtype, (v.numel,)),
+                  outputs[2].nbytes)
+        return Cost(flops, reads, writes)
+
+
 # ---------------------------------------------------------------------------------------------
 # final norm + LM head
 
 
-@register("rms_norm_matmul")
+@register("rms_norm_matmul", fused=True)
 class RMSNormMatMul:
     """rms_norm(x, w_norm) @ w.T: the final norm folded into the LM head, whose kernel
     normalises each row of x as it loads it. attrs: eps, unit_offset."""

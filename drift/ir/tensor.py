@@ -24,10 +24,21 @@ class Role(str, Enum):
 
 # Plain element types; weights may also carry a GGML quant type name ("Q4_0", "Q6_K", ...).
 PLAIN_DTYPES = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "f64": 8}
+# numpy's name for each plain type: the one table every backend and pass converts through
+NUMPY_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i32": "int32"}
+# Activations quantized for int8 dot products (drift/ir/ops_quant.py): bytes per block of 32.
+# q8x: per block two int8 levels (xq, xr), a scale and the block's scaled sum (f32 each).
+ACT_QUANT_DTYPES = {"q8x": 32 + 32 + 4 + 4}
 
 
 def is_quantized(dtype: str) -> bool:
-    return dtype not in PLAIN_DTYPES
+    """A weight in a GGML block type (activations quantized for int8 dot are not weights:
+    see `is_quantized_activation`)."""
+    return dtype not in PLAIN_DTYPES and dtype not in ACT_QUANT_DTYPES
+
+
+def is_quantized_activation(dtype: str) -> bool:
+    return dtype in ACT_QUANT_DTYPES
 
 
 def nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
@@ -35,6 +46,8 @@ def nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
     n = prod(shape)
     if dtype in PLAIN_DTYPES:
         return n * PLAIN_DTYPES[dtype]
+    if dtype in ACT_QUANT_DTYPES:
+        return n // 32 * ACT_QUANT_DTYPES[dtype]
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[dtype]]
     return n // block * size
 

@@ -11,6 +11,12 @@ if TYPE_CHECKING:
     from drift.passes.storage import Storage
 
 
+# The fused ops the numpy backend runs (every pass's default): the passes' classic rewrites.
+REFERENCE_FUSIONS = frozenset({
+    "ffn_gate_up", "stacked_matmul", "rope_heads", "rope_kv_write", "rms_norm_matmul",
+    "add_rms_norm", "fused_elementwise"})
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend's device offers, as far as the passes care.
@@ -24,6 +30,19 @@ class Capabilities:
     quant_planes: quantized weights are converted at load into separate scale and quant
         planes, tiled by `quant_tile_rows` rows, rather than kept as GGUF's interleaved blocks.
     inplace: an elementwise op may write its output over an input that dies there.
+    fused_ops: the fused ops (drift/ir/ops_fused.py, ops_quant.py) the backend has kernels
+        for; a fusion rule fires only when its op is here. The default is what the numpy
+        backend runs.
+    decode_fused_ops: those of `fused_ops` whose kernels take one token only: fused in decode
+        graphs (S = 1), left apart in prefill.
+    int8_dot: the device has fast int8 dot products (dp4a, dot4I8Packed, OpenCL's integer
+        dot): decode matmuls over the weight types in `int8_weights` read x quantized to int8
+        blocks (the quantize pass).
+    int8_weights: weight types the backend's int8-x GEMV reads.
+    weight_types: weight types the backend's kernels read at all (empty: any).
+    subgroup_size: lanes of a subgroup / warp / wavefront (0: unknown).
+    max_binding_bytes: the largest buffer one kernel argument may bind (WebGPU guarantees
+        128 MiB); 0: no limit.
     """
 
     alignment: int = 64
@@ -32,6 +51,19 @@ class Capabilities:
     quant_planes: bool = False
     quant_tile_rows: int = 16
     inplace: bool = True
+    fused_ops: frozenset[str] = REFERENCE_FUSIONS
+    decode_fused_ops: frozenset[str] = frozenset()
+    int8_dot: bool = False
+    int8_weights: frozenset[str] = frozenset()
+    weight_types: frozenset[str] = frozenset()
+    subgroup_size: int = 0
+    max_binding_bytes: int = 0
+
+    def fuses(self, op: str, n_tokens: int) -> bool:
+        """Whether a rule making `op` may fire in a graph of `n_tokens` tokens."""
+        if op not in self.fused_ops:
+            return False
+        return op not in self.decode_fused_ops or n_tokens == 1
 
 
 @dataclass

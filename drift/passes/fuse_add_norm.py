@@ -24,7 +24,7 @@ def _rewrite(m: Match, graph) -> list:
                  **dict(norm.attrs))]
 
 
-RULES = [Rule("add+rms_norm", _rewrite,
+RULES = [Rule("add+rms_norm", _rewrite, makes="add_rms_norm", pattern=
               Op("rms_norm", Op("add", T("a"), T("b"), name="sum", keep=True, where=_same_shape),
                  W("w"), name="out"))]
 

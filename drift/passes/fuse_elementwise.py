@@ -98,6 +98,6 @@ def _rewrite(m: Match, graph) -> list:
     return [node("fused_elementwise", inputs, [m.root.outputs[0]], program=make_program(steps))]
 
 
-RULES = [Rule("elementwise", _rewrite, find=_find)]
+RULES = [Rule("elementwise", _rewrite, find=_find, makes="fused_elementwise")]
 
 PASS = rule_pass("fuse_elementwise", RULES)

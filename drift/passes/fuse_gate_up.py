@@ -26,9 +26,10 @@ def _proj(w: str, b: str | None):
 
 
 RULES = [
-    Rule("gate_up+act", _rewrite, Op(GATED_ACTS, _proj("wg", None), _proj("wu", None), name="out")),
+    Rule("gate_up+act", _rewrite, Op(GATED_ACTS, _proj("wg", None), _proj("wu", None), name="out"),
+         makes="ffn_gate_up"),
     Rule("gate_up+bias+act", _rewrite,
-         Op(GATED_ACTS, _proj("wg", "bg"), _proj("wu", "bu"), name="out")),
+         Op(GATED_ACTS, _proj("wg", "bg"), _proj("wu", "bu"), name="out"), makes="ffn_gate_up"),
 ]
 
 PASS = rule_pass("fuse_gate_up", RULES)

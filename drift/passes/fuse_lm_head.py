@@ -20,6 +20,7 @@ def _rewrite(m: Match, graph) -> list:
 
 
 RULES = [Rule("norm+lm_head", _rewrite,
-              Op("matmul", Op("rms_norm", T("x"), W("wn"), name="norm"), W("w"), name="out"))]
+              Op("matmul", Op("rms_norm", T("x"), W("wn"), name="norm"), W("w"), name="out"),
+              makes="rms_norm_matmul")]
 
 PASS = rule_pass("fuse_lm_head", RULES)

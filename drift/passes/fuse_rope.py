@@ -56,7 +56,8 @@ def _q_rule(norm: bool) -> Rule:
     def rewrite(m: Match, graph) -> list:
         return [node("rope_heads", _inputs(m, norm), [m.t["rope"]], **_attrs(m, norm))]
 
-    return Rule(f"rope_heads{'+qk_norm' if norm else ''}", rewrite, _rope(norm))
+    return Rule(f"rope_heads{'+qk_norm' if norm else ''}", rewrite, _rope(norm),
+                makes="rope_heads")
 
 
 def _k_rule(norm: bool) -> Rule:
@@ -66,7 +67,8 @@ def _k_rule(norm: bool) -> Rule:
                      **_attrs(m, norm))]
 
     pattern = Op("kv_write", T("cache", Role.KV), _rope(norm), T("pos"))
-    return Rule(f"rope_kv_write{'+qk_norm' if norm else ''}", rewrite, pattern)
+    return Rule(f"rope_kv_write{'+qk_norm' if norm else ''}", rewrite, pattern,
+                makes="rope_kv_write")
 
 
 RULES = [_k_rule(True), _k_rule(False), _q_rule(True), _q_rule(False)]

@@ -6,7 +6,8 @@ what their accessors expand into (see `storage.py`).
                   them at load (`quant_planes`), else GGUF's blocks; plain: a buffer
     KV cache      a buffer, (C, Hkv, Dh) row-major
     views         a view (reshape, last_row) and its input share memory, so both are plain
-                  row-major buffers
+                  row-major buffers; so are outputs laid back to back (stacked_matmul)
+    int8 blocks   activations quantized for int8 dot products (q8x): their planes
     rank >= 3     4-wide channel slices (PHWC4) where the device has them (images)
     too large     several objects, where the device limits one object's size
     otherwise     a buffer
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from drift.ir import Graph, Role, is_quantized
+from drift.ir import REGISTRY, Graph, Role, is_quantized
+from drift.ir.tensor import is_quantized_activation
 from drift.passes.context import Capabilities, PassContext
-from drift.passes.lifetimes import VIEW_OPS
 from drift.passes.pipeline import Pass
 from drift.passes.storage import (
     ChannelSlices4,
     MultiObject,
+    Q8Blocks,
     Storage,
     StridedBuffer,
     itemsize,
@@ -31,11 +33,19 @@ from drift.passes.storage import (
 
 
 def choose_storages(graph: Graph, caps: Capabilities) -> dict[str, Storage]:
-    linked = {t for n in graph.nodes if n.op in VIEW_OPS for t in (n.inputs[0], n.outputs[0])}
+    linked = set()
+    for n in graph.nodes:
+        d = REGISTRY[n.op]
+        if d.view:
+            linked.update((n.inputs[0], n.outputs[0]))
+        elif d.adjacent_outputs:
+            linked.update(n.outputs)
     a = caps.alignment
     out: dict[str, Storage] = {}
     for t in graph.tensors.values():
-        if t.role == Role.WEIGHT:
+        if is_quantized_activation(t.dtype):
+            out[t.name] = Q8Blocks(t.shape, t.dtype, a)
+        elif t.role == Role.WEIGHT:
             out[t.name] = weight_storage(t.shape, t.dtype, caps.quant_planes,
                                          caps.quant_tile_rows, a)
         elif t.role == Role.KV or t.name in linked or is_quantized(t.dtype):

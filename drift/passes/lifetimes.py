@@ -3,6 +3,8 @@
 Before any strategy places anything, tensors are grouped into buffers:
 
 - a view (reshape, last_row) is its input's memory at an offset: same buffer;
+- the outputs of an op with adjacent outputs (`stacked_matmul`) lie back to back in one
+  buffer, so one kernel can write them as one (a decode GEMV over stacked weights);
 - an elementwise op may write its output over an input that dies at that op (in place):
   same buffer, when both have the same storage, so every element lands where it was read.
 
@@ -21,7 +23,6 @@ from drift.ir import REGISTRY, Graph, Node, Role
 from drift.ir.ops_fused import program_steps
 
 ARENA_ROLES = (Role.INPUT, Role.ACTIVATION, Role.OUTPUT)
-VIEW_OPS = ("reshape", "last_row")
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,15 @@ def buffers(
             group[root].append((m, base + offset + off))
 
     for i, n in enumerate(graph.nodes):
-        if n.op in VIEW_OPS and n.inputs[0] in life and n.outputs[0] in life:
+        d = REGISTRY[n.op]
+        if d.view and n.inputs[0] in life and n.outputs[0] in life:
             join(n.outputs[0], n.inputs[0], view_offset(n, graph))
+            continue
+        if d.adjacent_outputs and all(o in life for o in n.outputs):
+            at = sizes[n.outputs[0]]
+            for o in n.outputs[1:]:
+                join(o, n.outputs[0], at)
+                at += sizes[o]
             continue
         if not inplace:
             continue

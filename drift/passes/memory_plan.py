@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drift.ir import Graph
+from drift.ir.ops import is_view
 from drift.passes.context import PassContext
 from drift.passes.lifetimes import (
-    VIEW_OPS,
     Buffer,
     buffers,
     in_arena,
@@ -55,7 +55,7 @@ def plan_memory(graph: Graph, sizes: dict[str, int], strategy: str = "greedy_by_
     where = {m: (b.id, off) for b in bufs for m, off in b.members}
     arena = set(in_arena(graph))
     views = frozenset(n.outputs[0] for n in graph.nodes
-                      if n.op in VIEW_OPS and n.inputs[0] in arena and n.outputs[0] in arena)
+                      if is_view(n.op) and n.inputs[0] in arena and n.outputs[0] in arena)
     pairs = []
     for n in graph.nodes:
         for o, k in inplace_candidates(n, graph):

@@ -30,20 +30,29 @@ def _pipeline() -> list[Pass]:
         fuse_elementwise,
         fuse_gate_up,
         fuse_lm_head,
-        fuse_qkv,
+        fuse_quantize,
         fuse_rope,
+        fuse_rope_kv,
+        fuse_stack,
         layout,
         memory_plan,
+        quantize_activations,
     )
 
     return [
-        # --- fusion: chains of ops become the fused ops of drift/ir/ops_fused.py. Order
-        # matters where two rules want the same node: the more specific rule runs first.
+        # --- fusion: chains of ops become the fused ops of drift/ir/ops_fused.py. A rule
+        # fires only where the backend runs its op (Capabilities.fused_ops). Order matters
+        # where two rules want the same node: the more specific rule runs first.
         fuse_gate_up.PASS,  # gate & up projections + SwiGLU/GeGLU: x read once
-        fuse_qkv.PASS,  # Q, K, V projections: one matmul over weights concatenated at load
+        fuse_stack.PASS,  # matmuls of one x (Q/K/V, gate/up): one matmul over adjacent rows
         fuse_rope.PASS,  # RoPE + the reshape into heads (+ QK-norm), K straight into the cache
+        fuse_rope_kv.PASS,  # decode: RoPE of q and k + both cache writes, one kernel
         fuse_lm_head.PASS,  # final norm + LM head
         fuse_add_norm.PASS,  # residual add + the next RMSNorm: two outputs
+        # --- int8 dot products: decode matmuls read x as int8 blocks, quantized by the op
+        # that wrote x
+        quantize_activations.PASS,
+        fuse_quantize.PASS,
         fuse_elementwise.PASS,  # what is left: elementwise chains, as epilogues where possible
         # --- tensor virtualization: the physical storage of every tensor
         layout.PASS,

@@ -78,6 +78,7 @@ class Rule:
     rewrite: Callable[[Match, Graph], list[Node]]
     pattern: Pat | None = None
     find: Callable[[Node, Index], Match | None] | None = None
+    makes: str | None = None  # the fused op it writes: it fires where the backend runs that
 
     def match(self, node: Node, index: Index) -> Match | None:
         if self.find is not None:
@@ -234,7 +235,12 @@ def rule_pass(name: str, rules: list[Rule]):
     from drift.passes.pipeline import Pass
 
     def run(graph: Graph, ctx: PassContext) -> Graph:
-        out, counts = apply_rules(graph, rules)
+        n_tokens = int(graph.meta.get("n_tokens", 0))
+        chosen = [r for r in rules if r.makes is None or ctx.caps.fuses(r.makes, n_tokens)]
+        if not chosen:
+            ctx.log.append("the backend runs none of its ops")
+            return graph
+        out, counts = apply_rules(graph, chosen)
         ctx.log.append(", ".join(f"{k} x{v}" for k, v in counts.items()) or "nothing to fuse")
         return out
 

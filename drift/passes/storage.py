@@ -30,19 +30,23 @@ from typing import ClassVar
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from drift.ir.tensor import is_quantized
+from drift.ir.ops_quant import QBLOCK, dequantize_planes, quantize_planes
+from drift.ir.tensor import NUMPY_DTYPES, PLAIN_DTYPES, is_quantized
 
-NP_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i32": np.int32}
+# byte planes of the storages below, besides the plain element types
+_RAW_DTYPES = {"u8": ("uint8", 1), "i8": ("int8", 1)}
 
 
 def np_dtype(dtype: str) -> np.dtype:
-    if dtype not in NP_DTYPES:
+    if dtype in _RAW_DTYPES:
+        return np.dtype(_RAW_DTYPES[dtype][0])
+    if dtype not in NUMPY_DTYPES:
         raise TypeError(f"no numpy element type for {dtype!r}")
-    return np.dtype(NP_DTYPES[dtype])
+    return np.dtype(NUMPY_DTYPES[dtype])
 
 
 def itemsize(dtype: str) -> int:
-    return {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "f64": 8, "u8": 1}[dtype]
+    return _RAW_DTYPES[dtype][1] if dtype in _RAW_DTYPES else PLAIN_DTYPES[dtype]
 
 
 def align_up(n: int, a: int) -> int:
@@ -110,8 +114,7 @@ class Storage(ABC):
         out = []
         for o in self.objects():
             raw = block[o.offset : o.offset + o.nbytes]
-            dt = np.uint8 if o.dtype == "u8" else np_dtype(o.dtype)
-            out.append(raw.view(dt).reshape(o.shape))
+            out.append(raw.view(np_dtype(o.dtype)).reshape(o.shape))
         return out
 
     def to_physical(self, x: np.ndarray) -> list[np.ndarray]:
@@ -284,6 +287,52 @@ class MultiObject(Storage):
         return f"multi[{self.count}x{self.chunk}]"
 
 
+@dataclass(frozen=True)
+class Q8Blocks(Storage):
+    """An activation quantized for int8 dot products (dtype q8x, `drift/ir/ops_quant.py`):
+    the flattened elements in blocks of 32, as four planes: xq and xr, int8 (numel,), the
+    two levels; scale, f32 (numel/32,); sums, f32 (numel/32,), scale * the block's sum of
+    levels. Logical element e is scale[e // 32] * (254 xq[e] + xr[e])."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    align: int = 64
+
+    @property
+    def blocks(self) -> int:
+        return prod(self.shape) // QBLOCK
+
+    def objects(self):
+        n, nb = prod(self.shape), self.blocks
+        objs, at = [], 0
+        for shape, dt in (((n,), "i8"), ((n,), "i8"), ((nb,), "f32"), ((nb,), "f32")):
+            objs.append(PhysicalObject(shape, dt, at))
+            at = align_up(at + objs[-1].nbytes, self.align)
+        return tuple(objs)
+
+    def write(self, objs, x):
+        for obj, plane in zip(objs, quantize_planes(x)):
+            obj[...] = plane
+
+    def from_physical(self, objs):
+        xq, xr, scale, _ = objs
+        return dequantize_planes(xq, xr, scale).reshape(self.shape)
+
+    def locate(self, coords):
+        flat = np.zeros_like(np.asarray(coords[0], dtype=np.int64))
+        for k, d in zip(coords, self.shape):
+            flat = flat * d + np.asarray(k, dtype=np.int64)
+        return np.zeros_like(flat), flat
+
+    def index_expr(self, coords):
+        flat = flat_expr(coords, self.shape)
+        return {"object": "0", "offset": flat, "xq": flat, "xr": flat,
+                "scale": f"({flat}) // {QBLOCK}"}
+
+    def __str__(self) -> str:
+        return f"q8blocks[{self.blocks}x{QBLOCK}]"
+
+
 # ---------------------------------------------------------------------------------------------
 # quantized weights
 
@@ -427,10 +476,6 @@ class QuantBlockPlanes(Storage):
         R, nb = self.tile_rows, self.blocks_per_row
         slot = ((r // R) * nb + c // E) * R + r % R
         return np.zeros_like(r), slot
-
-    def plane_offsets(self, coords: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        _, slot = self.locate(coords)
-        return {name: slot * size for name, _, size, _ in self.fields}
 
     def index_expr(self, coords):
         r, c = coords

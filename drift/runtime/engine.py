@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from drift.backends import Backend, Program, create_backend
+from drift.backends.base import weight_stacks
 from drift.errors import ContextOverflowError, InvalidArgumentError
 from drift.formats.gguf import GGUFFile, open_gguf
 from drift.ir import Graph, Role
@@ -53,15 +54,18 @@ class Engine:
             )
         self.weight_dtypes = {n: gguf_dtype(t.qtype.name) for n, t in self.file.tensors.items()}
         self.backend = backend or create_backend(device)
-        decode = self.graph(1)
-        self.backend.load_weights(self.file, decode.by_role(Role.WEIGHT))
+        # The decode graph after the passes says which weights its kernels read together
+        # (stacked matmuls): the backend lays those out side by side as it loads them.
+        decode = self.backend.lower(self.graph(1)).graph
+        self.backend.load_weights(self.file, self.graph(1).by_role(Role.WEIGHT),
+                                  weight_stacks(decode))
         self._programs: OrderedDict[int, Program] = OrderedDict()
         self.cached_tokens: list[int] = []  # tokens whose K/V are in the cache, in order
         self.load_seconds = time.perf_counter() - t0
 
     def graph(self, n_tokens: int) -> Graph:
         return build_graph(self.config, self.weight_dtypes, n_tokens, self.ctx,
-                           kv_dtype=getattr(self.backend, "kv_dtype", "f32"))
+                           kv_dtype=self.backend.kv_dtype)
 
     def program(self, n_tokens: int) -> Program:
         if n_tokens in self._programs:

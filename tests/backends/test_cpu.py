@@ -36,7 +36,7 @@ def test_compile_runs_the_pipeline_and_matches_the_plain_evaluation():
         b.load_arrays(w)
         prog = b.compile(g)
         ops = [n.op for n in prog.graph.nodes]
-        assert ("qkv_matmul" in ops) == fuse and ("ffn_gate_up" in ops) == fuse
+        assert ("stacked_matmul" in ops) == fuse and ("ffn_gate_up" in ops) == fuse
         got = prog.run(f)
         for o in g.outputs:
             assert rel_err(got[o], ref[o]) <= 1e-6

@@ -13,7 +13,7 @@ from drift.passes import (
     fuse_elementwise,
     fuse_gate_up,
     fuse_lm_head,
-    fuse_qkv,
+    fuse_stack,
     fuse_rope,
 )
 from drift.passes.pipeline import Pass
@@ -100,21 +100,34 @@ def qkv_graph(n_mm=3, bias=False) -> Graph:
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_qkv_fuses_three_projections(bias):
+def test_stack_fuses_three_projections(bias):
     g = qkv_graph(bias=bias)
-    f = apply(fuse_qkv.PASS, g)
-    assert ops(f).count("qkv_matmul") == 1 and "matmul" not in ops(f)
+    f = apply(fuse_stack.PASS, g)
+    assert ops(f).count("stacked_matmul") == 1 and "matmul" not in ops(f)
     assert "add" not in ops(f)  # biases folded in
-    (n,) = [n for n in f.nodes if n.op == "qkv_matmul"]
-    assert n.inputs[:4] == ("x", "w0", "w1", "w2")
+    (n,) = [n for n in f.nodes if n.op == "stacked_matmul"]
+    assert n.inputs[:4] == ("x", "w0", "w1", "w2") and n.attrs["n"] == 3
     assert n.outputs == (("z0", "z1", "z2") if bias else ("y0", "y1", "y2"))
     same_results(g, f)
 
 
 @pytest.mark.parametrize("n_mm", [2, 4])
-def test_qkv_needs_exactly_three(n_mm):
+def test_stack_takes_every_matmul_of_one_x(n_mm):
     g = qkv_graph(n_mm)
-    assert "qkv_matmul" not in ops(apply(fuse_qkv.PASS, g))
+    f = apply(fuse_stack.PASS, g)
+    (n,) = [n for n in f.nodes if n.op == "stacked_matmul"]
+    assert n.attrs["n"] == n_mm and "matmul" not in ops(f)
+    same_results(g, f)
+
+
+def test_stack_leaves_weights_of_other_types_apart():
+    b = GraphBuilder("mixed")
+    x = b.input("x", (4, 32), "f32")
+    for i, dt in enumerate(("f32", "f16", "f32")):
+        b.output(b.op("matmul", x, b.weight(f"w{i}", (8, 32), dt)))
+    f = apply(fuse_stack.PASS, b.finish())
+    (n,) = [n for n in f.nodes if n.op == "stacked_matmul"]
+    assert n.inputs == ("x", "w0", "w2") and ops(f).count("matmul") == 1
 
 
 def test_qkv_keeps_bias_adds_apart_when_one_is_missing():
@@ -126,8 +139,8 @@ def test_qkv_keeps_bias_adds_apart_when_one_is_missing():
     for y in (y0, y1, y2):
         b.output(y)
     g = b.finish()
-    f = apply(fuse_qkv.PASS, g)
-    assert ops(f) == ["qkv_matmul", "add"]
+    f = apply(fuse_stack.PASS, g)
+    assert ops(f) == ["stacked_matmul", "add"]
     same_results(g, f)
 
 

@@ -81,11 +81,11 @@ def test_compile_dumps_the_graph_after_each_pass(tmp_path, capsys):
     assert drift_main(["compile", "smollm2-135m", "--dump", str(tmp_path), "--prompt-len",
                        "4", "--ctx", "64"]) == 0
     out = capsys.readouterr().out
-    assert "fuse_qkv" in out and "memory_plan" in out
+    assert "fuse_stack" in out and "memory_plan" in out
     files = sorted(p.name for p in (tmp_path / "decode").iterdir())
-    assert files[0] == "00_input.txt" and files[-1] == "08_memory_plan.txt"
-    assert "qkv_matmul" not in (tmp_path / "decode" / "01_fuse_gate_up.txt").read_text()
-    assert "qkv_matmul" in (tmp_path / "decode" / "02_fuse_qkv.txt").read_text()
+    assert files[0] == "00_input.txt" and files[-1] == "11_memory_plan.txt"
+    assert "stacked_matmul" not in (tmp_path / "decode" / "01_fuse_gate_up.txt").read_text()
+    assert "stacked_matmul" in (tmp_path / "decode" / "02_fuse_stack.txt").read_text()
     planned = (tmp_path / "prefill4" / "08_memory_plan.txt").read_text()
     assert "arena: greedy_by_size" in planned and "phwc4" in planned and "@" in planned
 

@@ -78,7 +78,7 @@ def test_which_fusions_fire(kind):
     programs = [[step[0] for step in n.attrs["program"]] for n in c.graph.nodes
                 if n.op == "fused_elementwise"]
     L = cfg.n_layers
-    assert ops["qkv_matmul"] == L and ops["ffn_gate_up"] == L
+    assert ops["stacked_matmul"] == L and ops["ffn_gate_up"] == L
     assert ops["rope_heads"] == L and ops["rope_kv_write"] == L
     assert ops["kv_write"] == L and "rope" not in ops  # only V's cache write stays plain
     assert "swiglu" not in ops and "geglu" not in ops

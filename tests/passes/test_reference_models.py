@@ -65,7 +65,7 @@ def test_programs_run_from_a_planned_arena_through_storages(runs):
         assert prog.plan.arena_bytes < prog.plan.naive_bytes
         assert prog.plan.inplace
         ops = {n.op for n in prog.graph.nodes}
-        assert ("qkv_matmul" in ops) == fuse and ("ffn_gate_up" in ops) == fuse
+        assert ("stacked_matmul" in ops) == fuse and ("ffn_gate_up" in ops) == fuse
     # the arena holds activations only: weights stay where they were loaded
     weight_bytes = sum(w.nbytes for w in engine.backend.weights.values()
                        if isinstance(w, np.ndarray))

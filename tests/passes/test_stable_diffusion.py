@@ -74,7 +74,7 @@ def test_tiny_unet_runs_fused_and_planned():
     g = build_unet(cfg, dtype="f32")
     prog = _run_tiny(g, 1e-5)
     ops = {n.op for n in prog.graph.nodes}
-    assert {"qkv_matmul", "ffn_gate_up", "fused_elementwise", "mha", "concat"} <= ops
+    assert {"stacked_matmul", "ffn_gate_up", "fused_elementwise", "mha", "concat"} <= ops
     assert any("phwc4" in str(s) for s in prog.storages.values())  # images in channel slices
     assert prog.plan.inplace  # residual adds and activations over dying inputs
 

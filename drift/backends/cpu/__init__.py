@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from drift.backends.base import Backend, DeviceInfo, Program
+from drift.backends.base import Backend, DeviceInfo, HeldBytes, Program
 from drift.formats import quants
 from drift.formats.gguf import GGUFFile, TensorInfo, check_quant_supported
 from drift.ir import REGISTRY, Graph, Role, TensorSpec, storage_name
 from drift.ir.ops_fused import stacked_rows
+from drift.ir.tensor import NUMPY_DTYPES
 from drift.passes import Capabilities, Compiled, PassContext, run_pipeline
 from drift.passes.storage import BLOCK_FIELDS, QuantBlockPlanes, QuantBlocks, Storage
 
@@ -119,7 +120,9 @@ class CPUBackend(Backend):
         # Quantized weights are planes exactly when they were kept quantized at load.
         return replace(self._caps, quant_planes=not self.weights_dequantized)
 
-    def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec]) -> None:
+    def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec],
+                     stacks=()) -> None:
+        # stacks: packed at compile time from the graph (`_pack`), once they are dequantized
         infos = [model_file.tensors[s.name] for s in specs]
         for info in infos:
             check_quant_supported(info)
@@ -140,25 +143,44 @@ class CPUBackend(Backend):
     def alloc_state(self, specs: list[TensorSpec]) -> None:
         for s in specs:
             if s.name not in self.state:
-                self.state[s.name] = np.zeros(s.shape, dtype=np.dtype(_NP_DTYPES[s.dtype]))
+                self.state[s.name] = np.zeros(s.shape, dtype=NUMPY_DTYPES[s.dtype])
 
-    def compile(self, graph: Graph) -> CPUProgram:
-        missing = [t.name for t in graph.by_role(Role.WEIGHT) if t.name not in self.weights]
-        assert not missing, f"weights not loaded: {missing[:3]}"
+    def has_weight(self, name: str) -> bool:
+        return name in self.weights
+
+    def lower(self, graph: Graph, dump_dir=None) -> Compiled:
         ctx = PassContext(self.capabilities(), fuse=self.fuse, strategy=self.strategy)
-        compiled = run_pipeline(graph, ctx)
+        return run_pipeline(graph, ctx, dump_dir)
+
+    def program(self, compiled: Compiled) -> CPUProgram:
         self._pack(compiled.graph)
-        self.alloc_state([t for t in compiled.graph.by_role(Role.KV)
-                          if t.name == storage_name(t.name)])
         return CPUProgram(compiled, self)
+
+    def held_bytes(self) -> HeldBytes:
+        """What the process holds: float copies at their size, lazily dequantized matrices at
+        their planes' size (what a matmul streams), the cache, the arena."""
+        weights = 0  # packed parts are views that partition their whole: no double count
+        for w in self.weights.values():
+            if isinstance(w, LazyQuantMatrix):
+                weights += sum(o.nbytes for o in w.objs)
+            elif isinstance(w, np.ndarray):
+                weights += w.nbytes
+        state = sum(a.nbytes for a in self.state.values())
+        return HeldBytes(weights, state, self.arena.nbytes)
+
+    def stored_dtypes(self) -> dict[str, str]:
+        ir = {np.dtype(v): k for k, v in NUMPY_DTYPES.items()}
+        return {name: ir[w.dtype] for name, w in self.weights.items()
+                if isinstance(w, np.ndarray) and w.dtype in ir}
 
     def _pack(self, graph: Graph) -> None:
         """Concatenate the weights of each horizontal fusion into one array, once: the parts
         become views of adjacent rows, and the fused op's reference runs one matmul."""
         for n in graph.nodes:
-            if n.op not in ("qkv_matmul", "ffn_gate_up"):
+            if n.op not in ("stacked_matmul", "ffn_gate_up"):
                 continue
-            names = list(n.inputs[1:4] if n.op == "qkv_matmul" else n.inputs[1:3])
+            names = list(n.inputs[1 : 1 + n.attrs["n"]] if n.op == "stacked_matmul"
+                         else n.inputs[1:3])
             parts = [self.weights[w] for w in names]
             if stacked_rows(parts) is not None or any(w in self._packed for w in names):
                 continue
@@ -176,13 +198,11 @@ class CPUBackend(Backend):
             self.arena = np.zeros(nbytes, dtype=np.uint8)
 
 
-_NP_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i32": "int32"}
-
-
 class CPUProgram(Program):
     """One compiled graph: its steps read and write arena tensors through their storages."""
 
     def __init__(self, compiled: Compiled, backend: CPUBackend):
+        self.compiled = compiled
         self.graph = compiled.graph
         self.storages = compiled.storages
         self.plan = compiled.plan
@@ -225,12 +245,12 @@ class CPUProgram(Program):
                 writers[t.name] = lambda x: None
         self._readers, self._writers, self._bound = readers, writers, arena
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, np.ndarray]:
         self._bind()
         read, write = self._readers, self._writers
         for name in self.graph.inputs:
             spec = self.graph.tensors[name]
-            write[name](np.asarray(feeds[name], dtype=_NP_DTYPES[spec.dtype]).reshape(spec.shape))
+            write[name](np.asarray(feeds[name], dtype=NUMPY_DTYPES[spec.dtype]).reshape(spec.shape))
         for ref, inputs, outputs, attrs in self.steps:
             results = ref([read[i]() for i in inputs], attrs)
             for name, value in zip(outputs, results, strict=True):
