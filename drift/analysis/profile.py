@@ -1,30 +1,14 @@
 """`drift profile`: measured time per IR op next to the roofline's prediction.
 
-Per-op timing protocol (for backend authors)
---------------------------------------------
-A compiled `Program` may offer
-
-    def profile(self, feeds: dict[str, np.ndarray]) -> list[tuple[Node, float]]
-
-running the call once, like `run`, and returning each node of `self.graph` it executed with its
-seconds, in execution order. A GPU backend records a pair of CUDA events around each kernel
-launch of one call, synchronises once at the end and reads `start.elapsed_time(end)` per node
-(fused kernels report the node they were fused into; the nodes they swallowed are left out).
-It must update the KV cache exactly as `run` does: the profiler interleaves both.
-
-A backend that stores a weight in another type than the IR names (dequantized, repacked) may
-also offer `stored_dtypes() -> dict[str, str]` (tensor name -> IR dtype of what it holds), so
-bytes, predictions and MBU count what its kernels really read. For the numpy backend this is
-read off its `weights` dict: a float array is that float type, a lazy matrix its quant type.
-
-The numpy backend needs no such method: `reference_walk` below executes the CPU program's
-(compiled, fused) graph itself, node by node through the registry's references, against the
-backend's `weights` and `state`, with a clock around each call. numpy is synchronous, so each
-interval is that op's whole cost. One difference from `CPUProgram.run`: the walk keeps
-intermediates as plain arrays, where `run` reads and writes them through the storages and
-arena the layout and memory passes chose; the per-op times leave that translation out, the
-stage times (through `run`) include it. A `CPUProgram.profile` built on its own readers and
-writers would close the gap, and would be picked up here unchanged.
+Per-op timing comes from the backend (drift/backends/base.py): `Program.profile(feeds)` runs
+the call once, like `run`, and returns each node of the program's (passed, fused) graph with
+its seconds, in execution order; it updates the KV cache exactly as `run` does, since the
+profiler interleaves both. The numpy backend times each reference call through its own arena
+readers and writers; the Triton backend records CUDA events between its launches inside one
+captured graph. `Backend.stored_dtypes()` names weights held in another type than the file's
+(the numpy backend's dequantized copies), so bytes, predictions and MBU count what the
+kernels really read. `reference_walk` below is the plain reference walk over a CPU program's
+graph (intermediates as arrays, no storages): an independent check of the program.
 
 The measurement
 ---------------
@@ -39,19 +23,17 @@ The measurement
    decode step are repeated until `energy_window` seconds have passed (`Meter.window`: the
    counters advance in steps of up to ~0.1 s, too coarse for a 45 ms decode phase); with
    `energy_window=0` the counters are read around phases 1 and 2 instead.
-5. Kernels per node, for the launch term of the prediction: `Program.launch_counts()` where a
-   backend offers it; on CUDA, the Triton launches of each bound step of an eager call
-   (Triton's launch-enter hook), a stacked GEMV's launches shared among its members as its
-   time is; on the numpy backend one dispatch per node; else one per node that took time.
+5. Kernels per node, for the launch term of the prediction: `Program.launch_counts()` where the
+   backend counts them (Triton: its launch-enter hook over one eager call; numpy: one
+   dispatch per node); else one per node that took time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
@@ -59,15 +41,7 @@ from drift.analysis.cost import StageCost, retype, stage_cost
 from drift.analysis.energy import EnergyReading, Meter
 from drift.errors import UnsupportedError
 from drift.ir import Graph, Node, Role, run_reference
-
-_NP_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i32": "int32"}
-_IR_DTYPES = {np.dtype(v): k for k, v in _NP_DTYPES.items()}
-
-
-@runtime_checkable
-class ProfilableProgram(Protocol):
-    def profile(self, feeds: dict[str, np.ndarray]) -> list[tuple[Node, float]]: ...
-
+from drift.ir.tensor import NUMPY_DTYPES
 
 def reference_walk(program: Any, feeds: dict[str, np.ndarray]) -> list[tuple[Node, float]]:
     """Run a CPU program's graph node by node, timing each reference call."""
@@ -76,7 +50,7 @@ def reference_walk(program: Any, feeds: dict[str, np.ndarray]) -> list[tuple[Nod
     env.update(backend.state)
     for name in graph.inputs:
         spec = graph.tensors[name]
-        env[name] = np.asarray(feeds[name], dtype=_NP_DTYPES[spec.dtype]).reshape(spec.shape)
+        env[name] = np.asarray(feeds[name], dtype=NUMPY_DTYPES[spec.dtype]).reshape(spec.shape)
     clock = time.perf_counter
     out: list[tuple[Node, float]] = []
     for node in graph.nodes:
@@ -91,32 +65,15 @@ def reference_walk(program: Any, feeds: dict[str, np.ndarray]) -> list[tuple[Nod
 
 def stored_dtypes(backend: Any, graph: Graph) -> dict[str, str]:
     """Weights the backend holds in another type than the graph says: name -> stored dtype."""
-    if hasattr(backend, "stored_dtypes"):
-        held = backend.stored_dtypes()
-    else:
-        weights = getattr(backend, "weights", None)
-        held = {}
-        if isinstance(weights, dict):
-            for name, value in weights.items():
-                if isinstance(value, np.ndarray) and value.dtype in _IR_DTYPES:
-                    held[name] = _IR_DTYPES[value.dtype]
+    held = backend.stored_dtypes()
     return {t.name: held[t.name] for t in graph.by_role(Role.WEIGHT)
             if t.name in held and held[t.name] != t.dtype}
 
 
 def profile_call(program: Any, feeds: dict[str, np.ndarray]) -> list[tuple[Node, float]]:
-    """Per-node seconds of one call, by the program's own `profile` or the reference walk."""
-    if isinstance(program, ProfilableProgram):
-        return program.profile(feeds)
-    backend = getattr(program, "backend", None)
-    # Only the numpy backend's weights are what the references take (arrays, lazy matrices);
-    # a GPU backend's weights dict holds device buffers.
-    if getattr(backend, "name", None) == "cpu" and hasattr(program, "graph"):
-        return reference_walk(program, feeds)
-    raise UnsupportedError(
-        f"{type(program).__name__} has no per-op timing: a backend offers it through "
-        "Program.profile(feeds) -> [(node, seconds)] (see drift/analysis/profile.py)"
-    )
+    """Per-node seconds of one call, from the program's own `profile` (UnsupportedError where
+    the backend cannot time its kernels)."""
+    return program.profile(feeds)
 
 
 @dataclass
@@ -177,82 +134,14 @@ def _median_per_node(runs: list[list[tuple[Node, float]]], graph_nodes: list[Nod
 
 
 
-@contextlib.contextmanager
-def _triton_launch_counter():
-    """A one-element list counting Triton kernel launches while the context is open."""
-    import triton
-
-    box = [0]
-
-    def hook(*args, **kwargs) -> None:
-        box[0] += 1
-
-    chain = getattr(getattr(getattr(triton, "knobs", None), "runtime", None),
-                    "launch_enter_hook", None)
-    if chain is not None and hasattr(chain, "add"):  # Triton >= 3.4: a HookChain
-        chain.add(hook)
-        try:
-            yield box
-        finally:
-            chain.remove(hook)
-        return
-    from triton.compiler import CompiledKernel  # older Triton: one hook attribute
-
-    old = CompiledKernel.launch_enter_hook
-    CompiledKernel.launch_enter_hook = hook
-    try:
-        yield box
-    finally:
-        CompiledKernel.launch_enter_hook = old
-
-
-def _share_stacks(program: Any, counts: list[float]) -> list[float]:
-    """A Triton decode program runs stacked matmuls (q/k/v, gate/up) as one GEMV launched by
-    the first member and spreads its time over the members by `program.share`; spread its
-    launches the same way."""
-    share = getattr(program, "share", None)
-    if not share:
-        return counts
-    nodes, env = program.graph.nodes, program.env
-    base = {i: id(env[nodes[i].inputs[1]].base) for i in share}
-    total: dict[int, float] = {}
-    for i, b in base.items():
-        total[b] = total.get(b, 0.0) + counts[i]
-    return [total[base[i]] * share[i] if i in share else c for i, c in enumerate(counts)]
-
-
 def launch_counts(program: Any, op_s: list[float] | None = None
                   ) -> tuple[list[float] | None, str]:
-    """(kernels per node of program.graph, how they were counted); (None, why) where they
-    could not be: the prediction then takes the default, one per non-view op."""
-    nodes = program.graph.nodes
-    if hasattr(program, "launch_counts"):
-        return [float(c) for c in program.launch_counts()], "counted by the backend"
-    backend = getattr(program, "backend", None)
-    if getattr(backend, "name", None) == "cpu":
-        return [1.0] * len(nodes), "one dispatch per node (the numpy op-by-op walk)"
-    steps = getattr(program, "steps", None)
-    device = getattr(program, "device", None)
-    if steps is not None and len(steps) == len(nodes) and getattr(device, "type", "") == "cuda":
-        try:
-            import torch
-
-            counts: list[float] = []
-            with _triton_launch_counter() as box:
-                for step in steps:
-                    n0 = box[0]
-                    step()
-                    counts.append(float(box[0] - n0))
-            torch.cuda.synchronize(device)
-            if sum(counts) > 0:
-                return (_share_stacks(program, counts),
-                        "counted: Triton launches of each step of an eager call")
-        except Exception as e:  # noqa: BLE001  no Triton, another hook API: say so below
-            why = f"Triton launch hook: {e}"
-        else:
-            why = "the Triton launch hook saw no launch"
-    else:
-        why = "the backend does not count its kernels"
+    """(kernels per node of program.graph, how they were counted); where the backend cannot
+    count them, one per node that took time (or per non-view op, without timings)."""
+    counts = program.launch_counts()
+    if counts is not None:
+        return [float(c) for c in counts], "counted by the backend"
+    why = "the backend does not count its kernels"
     if op_s is None:
         return None, f"assumed one per non-view op ({why})"
     return ([1.0 if s > 0 else 0.0 for s in op_s],

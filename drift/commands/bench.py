@@ -106,26 +106,27 @@ def _stats(xs: list[float]) -> dict:
 
 
 def memory_report(engine) -> dict:
-    b = engine.backend
-    out: dict = {}
-    if hasattr(b, "weight_bytes"):
-        out["weights"] = b.weight_bytes()
-        out["kv_cache"] = b.state_bytes()
-    else:  # the cpu backend: arrays
-        out["weights"] = sum(getattr(w, "nbytes", 0) or getattr(getattr(w, "info", None),
-                                                                  "nbytes", 0)
-                             for w in b.weights.values())
-        out["kv_cache"] = sum(s.nbytes for s in b.state.values())
-    out["activations"] = sum(getattr(p, "activation_bytes", 0)
-                             for p in engine._programs.values())
-    if hasattr(b, "scratch_bytes"):  # the prefill GEMM's fp16 dequantization scratch
-        out["scratch"] = b.scratch_bytes()
-    dev = getattr(b, "torch_device", None)
-    if dev is not None and dev.type == "cuda":
-        import torch
+    """What the backend holds, as allocated: weights in its kernels' layouts (a dequantized
+    copy at its float size), KV cache, the largest program's arena, kernel workspaces."""
+    held = engine.backend.held_bytes()
+    return {"weights": held.weights, "kv_cache": held.state, "arena": held.arena,
+            "scratch": held.scratch}
 
-        out["torch_max_allocated"] = int(torch.cuda.max_memory_allocated(dev))
-    return out
+
+def stage_graph(engine, n_tokens: int):
+    """The graph a call of n_tokens runs on this backend (after its passes), with each weight
+    in the type the backend holds it in: what the kernels really read and compute."""
+    from drift.analysis.cost import retype
+
+    graph = engine.program(n_tokens).graph
+    held = engine.backend.stored_dtypes()
+    stored = {t.name: held[t.name] for t in graph.tensors.values()
+              if t.name in held and held[t.name] != t.dtype}
+    return retype(graph, stored) if stored else graph
+
+
+def _tflops(x: float) -> str:
+    return f"{x / 1e12:.1f}" if x >= 1e12 else f"{x / 1e12:.3f}"
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -168,8 +169,8 @@ def run_bench(args: argparse.Namespace) -> int:
     pp = [p / prefill() for _ in range(reps)]
     tg = [n / generate() for _ in range(reps)]
 
-    pf_flops, pf_bytes = graph_cost(engine.graph(p), p)
-    dc_flops, dc_bytes = graph_cost(engine.graph(1), n // 2)  # the middle of the run
+    pf_flops, pf_bytes = graph_cost(stage_graph(engine, p), p)
+    dc_flops, dc_bytes = graph_cost(stage_graph(engine, 1), n // 2)  # the middle of the run
     memory = memory_report(engine)  # before the ceilings allocate their own buffers
     ceilings = None if args.no_ceilings else measure_ceilings(engine.backend)
     info = engine.backend.device()
@@ -204,9 +205,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if ceilings:
         print(f"; MBU {100 * res['mbu']:.1f}% of {ceilings['bandwidth'] / 1e9:.0f} GB/s "
               f"(measured copy)")
-        print(f"prefill: {pf_flops / 1e12:.3f} TFLOP, {pf_flops * pp_med / p / 1e12:.1f} "
+        print(f"prefill: {pf_flops / 1e12:.3f} TFLOP, {_tflops(pf_flops * pp_med / p)} "
               f"TFLOP/s at the median; MFU {100 * res['mfu']:.1f}% of "
-              f"{ceilings['flops'] / 1e12:.0f} TFLOP/s ({ceilings['flops_dtype']} matmul, measured)")
+              f"{_tflops(ceilings['flops'])} TFLOP/s ({ceilings['flops_dtype']} matmul, "
+              "measured)")
     else:
         print()
     mem = res["memory"]

@@ -30,15 +30,23 @@ def register(subparsers) -> None:
 
 
 def capabilities_for(device: str | None):
-    """The capabilities the passes plan for: the numpy backend's, or a generic GPU's (images
-    with 4-wide texels, quantized weights converted to planes at load)."""
+    """The capabilities the passes plan for: the numpy backend's; the Triton backend's
+    (`cuda`: the device's own where one is present, else an NVIDIA GPU's, with int8 dot); or
+    a generic GPU's (images with 4-wide texels, quantized weights converted to planes)."""
     from dataclasses import replace
 
+    from drift.backends import ALIASES, backend_class
     from drift.backends.cpu import CPU_CAPABILITIES
     from drift.passes.memory_report import REPORT_CAPS
 
-    if device in (None, "auto", "cpu", "numpy"):
+    name = ALIASES.get(device, device)
+    if name in (None, "auto", "cpu"):
         return CPU_CAPABILITIES
+    if name == "triton":
+        from drift.backends.triton import triton_capabilities
+
+        cls = backend_class("triton")
+        return cls().capabilities() if cls.available() else triton_capabilities(True)
     return replace(REPORT_CAPS, alignment=256, quant_planes=True)
 
 

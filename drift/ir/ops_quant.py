@@ -162,7 +162,7 @@ class AttentionQ8:
     def infer(inputs, attrs):
         (shape, _), = REGISTRY["attention"].infer(inputs, attrs)
         S, H, Dv = shape
-        assert Dv % QBLOCK == 0
+        assert H * Dv % QBLOCK == 0
         return [((S, H * Dv), Q8)]
 
     @staticmethod

@@ -8,7 +8,7 @@ import pytest
 from drift.analysis import energy
 from drift.analysis.cost import stage_cost
 from drift.analysis.hardware import DeviceSpec
-from drift.analysis.profile import _share_stacks, launch_counts
+from drift.analysis.profile import launch_counts
 from drift.analysis.roofline import OpEstimate, estimate_stage, explain
 from drift.ir import GraphBuilder
 
@@ -121,29 +121,24 @@ def test_triton_launch_hook_counts():
     triton = pytest.importorskip("triton")
     if not hasattr(getattr(triton, "knobs", None), "runtime"):
         pytest.skip("Triton < 3.4: launch hook is a CompiledKernel attribute")
-    from drift.analysis.profile import _triton_launch_counter
+    from drift.backends.triton.launch_hook import _counting
 
     chain = triton.knobs.runtime.launch_enter_hook
     before = list(chain.calls)
-    with _triton_launch_counter() as box:
+    with _counting() as box:
         chain(None)  # what a compiled kernel's launcher calls before each launch
         chain(None)
     assert box[0] == 2 and chain.calls == before
 
 
-def test_launch_counts_share_stacked_kernels():
+def test_launch_counts_from_the_backend_or_assumed():
     from types import SimpleNamespace as NS
 
-    stack = object()
-    w = {"q": NS(base=stack), "k": NS(base=stack), "v": NS(base=stack), "o": NS(base=object())}
     nodes = [NS(inputs=("x", name)) for name in "qkvo"]
-    prog = NS(graph=NS(nodes=nodes), env=w, share={0: 0.5, 1: 0.25, 2: 0.25})
-
-    # the first member launched quantize + GEMV for the stack: 2 kernels, shared by bytes
-    assert _share_stacks(prog, [2.0, 0.0, 0.0, 1.0]) == [1.0, 0.5, 0.5, 1.0]
-
-    counts, how = launch_counts(NS(graph=NS(nodes=nodes)), [1e-6, 0.0, 2e-6, 3e-6])
+    uncounted = NS(graph=NS(nodes=nodes), launch_counts=lambda: None)
+    counts, how = launch_counts(uncounted, [1e-6, 0.0, 2e-6, 3e-6])
     assert counts == [1.0, 0.0, 1.0, 1.0] and how.startswith("assumed")
+    assert launch_counts(uncounted) == (None, launch_counts(uncounted)[1])
     counted = NS(graph=NS(nodes=nodes), launch_counts=lambda: [2, 0, 1, 1])
     assert launch_counts(counted)[0] == [2.0, 0.0, 1.0, 1.0]
 

@@ -69,3 +69,23 @@ def test_device_too_small_is_one_clear_error(model_file, monkeypatch):
     monkeypatch.setattr(backend, "free_memory", lambda: 1000)
     with pytest.raises(DeviceError, match="needs .* bytes.*which has .*free"):
         Engine(model_file, backend=backend, ctx=32)
+
+
+def test_program_runs_the_plan_the_passes_made(model_file, tmp_path):
+    """What `drift compile --device cuda --dump` shows is what runs: the Triton program's
+    graph is the pipeline's output for the backend's capabilities, and every arena tensor's
+    device buffer sits at the plan's offset in one arena of the plan's size."""
+    from drift.passes import dump_graph
+
+    eng = Engine(model_file, backend=TritonBackend(), ctx=32)
+    for n_tokens in (1, 5):
+        prog = eng.program(n_tokens)
+        lowered = eng.backend.lower(eng.graph(n_tokens), tmp_path / str(n_tokens))
+        assert dump_graph(prog.graph, prog.compiled.ctx) == dump_graph(lowered.graph,
+                                                                       lowered.ctx)
+        assert [n.op for n in prog.graph.nodes] == [n.op for n in lowered.graph.nodes]
+        assert prog.buffer_offsets() == lowered.plan.offsets
+        assert prog.arena.numel() == max(lowered.plan.arena_bytes, 16)
+        if n_tokens == 1:  # the decode fusions came from the passes
+            ops = {n.op for n in prog.graph.nodes}
+            assert {"stacked_matmul", "rope_qkv_write", "attention_q8"} <= ops

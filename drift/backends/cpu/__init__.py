@@ -148,6 +148,11 @@ class CPUBackend(Backend):
     def has_weight(self, name: str) -> bool:
         return name in self.weights
 
+    def supports(self, op: str) -> bool:
+        """Every op of the registry: each node runs through its reference. (Which fused ops the
+        passes *make* for this backend is `capabilities().fused_ops`.)"""
+        return op in REGISTRY
+
     def lower(self, graph: Graph, dump_dir=None) -> Compiled:
         ctx = PassContext(self.capabilities(), fuse=self.fuse, strategy=self.strategy)
         return run_pipeline(graph, ctx, dump_dir)
@@ -245,18 +250,36 @@ class CPUProgram(Program):
                 writers[t.name] = lambda x: None
         self._readers, self._writers, self._bound = readers, writers, arena
 
-    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, np.ndarray]:
+    def _call(self, feeds: dict[str, np.ndarray], clock=None) -> list[float]:
         self._bind()
         read, write = self._readers, self._writers
         for name in self.graph.inputs:
             spec = self.graph.tensors[name]
             write[name](np.asarray(feeds[name], dtype=NUMPY_DTYPES[spec.dtype]).reshape(spec.shape))
+        times = []
         for ref, inputs, outputs, attrs in self.steps:
+            t0 = clock() if clock else 0.0
             results = ref([read[i]() for i in inputs], attrs)
             for name, value in zip(outputs, results, strict=True):
                 write[name](value)
+            if clock:
+                times.append(clock() - t0)
+        return times
+
+    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, np.ndarray]:
+        self._call(feeds)
         # Copied out: the arena is overwritten by the next call.
+        read = self._readers
         return {name: np.array(read[name](), copy=True) for name in self.graph.outputs}
+
+    def profile(self, feeds: dict[str, np.ndarray]) -> list:
+        """Seconds per node of one call, through the storages and arena as `run` goes."""
+        import time
+
+        return list(zip(self.graph.nodes, self._call(feeds, time.perf_counter)))
+
+    def launch_counts(self) -> list[float]:
+        return [1.0] * len(self.graph.nodes)  # one dispatch per node: the numpy walk
 
 
 def _blas_name() -> str:

@@ -5,8 +5,12 @@
 - matmul.py     GEMV (decode) / GEMM (prefill) / embedding templates over the plane kinds
 - attention.py  flash-decoding (split-K, GQA) and causal / windowed flash attention
 - pointwise.py  rms_norm, rope, kv_write, elementwise
-- launch.py     one launcher per IR op
-- program.py    a compiled graph: static buffers, lifetime-shared activations, CUDA graph
+- launch.py     one launcher per kernel
+- program.py    a passed graph bound to launches (op -> kernels), arena views, CUDA graph
+
+What the passes may assume is `capabilities()`: which fused ops have kernels here (some for
+one token only), int8 dot products for the decode GEMV (dp4a: NVIDIA), 16-byte alignment.
+The graph it runs is the one `drift compile --device cuda --dump` shows.
 
 Activations are fp32 (fp32 accumulation everywhere; prefill matrix tiles are fp16 on the
 tensor cores); the KV cache is fp16. Without a GPU, `TRITON_INTERPRET=1 DRIFT_TRITON_CPU=1`
@@ -17,14 +21,32 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import weakref
 from typing import Any
 
-import numpy as np
-
-from drift.backends.base import Backend, DeviceInfo
+from drift.backends.base import Backend, DeviceInfo, HeldBytes
 from drift.errors import DeviceError
 from drift.formats.gguf import GGUFFile
-from drift.ir import Graph, Role, TensorSpec, storage_name
+from drift.ir import TensorSpec
+from drift.passes import Capabilities, Compiled
+
+# fused ops with kernels here; those in DECODE_ONLY take one token (one program per row/head)
+FUSED_OPS = frozenset({"stacked_matmul", "add_rms_norm", "rope_qkv_write", "rms_norm_q8",
+                       "add_rms_norm_q8", "gated_act_q8", "attention_q8"})
+DECODE_ONLY = frozenset({"rope_qkv_write", "rms_norm_q8", "add_rms_norm_q8", "gated_act_q8",
+                         "attention_q8"})
+# weight types the int8-x GEMV reads: 4-bit nibble planes and int8 planes in blocks of 16/32
+INT8_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q5_0", "Q5_K", "Q6_K"})
+
+
+def triton_capabilities(int8_dot: bool, warp_size: int = 32) -> Capabilities:
+    """What the passes may assume of the Triton kernels on a device (also for `drift compile
+    --device cuda` on a machine without one)."""
+    return Capabilities(alignment=16, channel_slices=False, max_object_bytes=0,
+                        quant_planes=False, inplace=True, fused_ops=FUSED_OPS,
+                        decode_fused_ops=DECODE_ONLY, int8_dot=int8_dot,
+                        int8_weights=INT8_WEIGHTS if int8_dot else frozenset(),
+                        subgroup_size=warp_size)
 
 MEMORY_MARGIN = 512 * 2**20  # left free for the CUDA context, Triton and activations
 
@@ -55,6 +77,7 @@ class TritonBackend(Backend):
         self.stack_weights = os.environ.get("DRIFT_TRITON_STACK", "1") != "0"
         self.dense_prefill = os.environ.get("DRIFT_TRITON_DENSE", "1") != "0"
         self._scratch = None
+        self._programs: weakref.WeakSet = weakref.WeakSet()  # live programs, for held_bytes
 
     @classmethod
     def available(cls) -> bool:
@@ -70,6 +93,14 @@ class TritonBackend(Backend):
 
     def device(self) -> DeviceInfo:
         return self.info
+
+    def capabilities(self) -> Capabilities:
+        return triton_capabilities(self.tuning.int_gemv, self.info.extra.get("warp_size", 32))
+
+    def supports(self, op: str) -> bool:
+        from drift.backends.triton.program import SUPPORTED_OPS
+
+        return op in SUPPORTED_OPS and super().supports(op)
 
     # -- memory
 
@@ -89,22 +120,30 @@ class TritonBackend(Backend):
                 f"(keeping {MEMORY_MARGIN // 2**20} MiB back): use a smaller model, quant or --ctx"
             )
 
-    def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec]) -> None:
-        from drift.backends.triton.weights import stack_groups, upload, upload_stack
+    def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec],
+                     stacks=()) -> None:
+        """Upload each weight in its kernel layout; the groups in `stacks` (the passes'
+        stacked matmuls) as one matrix whose row ranges are the members."""
+        from drift.backends.triton.weights import stackable, upload, upload_stack
 
         infos = [model_file.tensors[s.name] for s in specs if s.name not in self.weights]
         self._check_fits("the model's weights", sum(i.nbytes for i in infos))
-        stacked = set()
+        wanted = {i.name: i for i in infos}
         if self.stack_weights:
-            for group in stack_groups(infos):
-                for info, w in zip(group, upload_stack(group, self.torch_device)):
+            for group in stacks:
+                members = [wanted.get(name) for name in group]
+                if any(m is None for m in members) or not stackable(members):
+                    continue
+                for info, w in zip(members, upload_stack(members, self.torch_device)):
                     self.weights[info.name] = w
-                    stacked.add(info.name)
         for info in infos:
-            if info.name not in stacked:
+            if info.name not in self.weights:
                 self.weights[info.name] = upload(info, self.torch_device)
 
-    def weight_bytes(self) -> int:
+    def has_weight(self, name: str) -> bool:
+        return name in self.weights
+
+    def _weight_bytes(self) -> int:
         total, bases = 0, set()
         for w in self.weights.values():
             if getattr(w, "base", None) is not None:  # stacked: count the stack once
@@ -140,16 +179,26 @@ class TritonBackend(Backend):
             self.state[s.name] = torch.zeros(s.shape, dtype=TORCH_DTYPES[s.dtype],
                                              device=self.torch_device)
 
-    def state_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state.values())
+    def held_bytes(self) -> HeldBytes:
+        state = sum(t.numel() * t.element_size() for t in self.state.values())
+        arena = max((p.arena.numel() for p in self._programs), default=0)
+        scratch = self.scratch_bytes() + max((p.scratch_bytes for p in self._programs),
+                                             default=0)
+        return HeldBytes(self._weight_bytes(), state, arena, scratch)
 
-    def compile(self, graph: Graph):
+    def program(self, compiled: Compiled):
         from drift.backends.triton.program import TritonProgram
 
-        missing = [t.name for t in graph.by_role(Role.WEIGHT) if t.name not in self.weights]
-        assert not missing, f"weights not loaded: {missing[:3]}"
-        self.alloc_state([t for t in graph.by_role(Role.KV) if t.name == storage_name(t.name)])
-        return TritonProgram(graph, self)
+        prog = TritonProgram(compiled, self)
+        self._programs.add(prog)
+        return prog
+
+    def launch_counter(self):
+        """Counts Triton kernel launches through its launch-enter hook (None where the
+        installed Triton has none)."""
+        from drift.backends.triton.launch_hook import launch_counter
+
+        return launch_counter()
 
     def sampler(self, config):
         """Sampling on the GPU (sampling.py) for greedy and top-k up to its candidate limit."""
@@ -162,10 +211,6 @@ class TritonBackend(Backend):
 
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)
-
-
-def to_host(x) -> np.ndarray:
-    return x.detach().float().cpu().numpy()
 
 
 BACKEND = TritonBackend

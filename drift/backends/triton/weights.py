@@ -193,30 +193,10 @@ def upload(info: TensorInfo, device: torch.device) -> QWeight | torch.Tensor:
     return w
 
 
-# Weights that read the same x and are stacked at load, so that decode runs one GEMV over
-# the stack instead of one per weight: a larger N keeps every SM busy (K and V alone are
-# 1024 rows on the 8B model, 310 GB/s measured) and saves launches. The fused graph's
-# qkv_matmul and ffn_gate_up (drift/ir/ops_fused.py) describe the same thing.
-STACKS = (("attn_q.weight", "attn_k.weight", "attn_v.weight"),
-          ("ffn_gate.weight", "ffn_up.weight"))
-
-
-def stack_groups(infos: list[TensorInfo]) -> list[list[TensorInfo]]:
-    """The groups of `infos` to stack: all members present, one quant type, one K."""
-    by_name = {i.name: i for i in infos}
-    groups = []
-    for i in infos:
-        for names in STACKS:
-            if not i.name.endswith(names[0]):
-                continue
-            prefix = i.name[: -len(names[0])]
-            members = [by_name.get(prefix + n) for n in names]
-            if any(m is None for m in members):
-                continue
-            if (len({m.qtype for m in members}) == 1 and all(len(m.shape) == 2 for m in members)
-                    and len({m.shape[1] for m in members}) == 1):
-                groups.append(members)
-    return groups
+def stackable(infos: list[TensorInfo]) -> bool:
+    """Whether weights can be one matrix: one quant type, matrices of one width."""
+    return (len({i.qtype for i in infos}) == 1 and all(len(i.shape) == 2 for i in infos)
+            and len({i.shape[1] for i in infos}) == 1)
 
 
 def upload_stack(infos: list[TensorInfo], device: torch.device) -> list[QWeight]:
