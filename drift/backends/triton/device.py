@@ -45,15 +45,6 @@ def patch_interpreter() -> None:
                        lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
 
     it._patch_lang_tensor = patched
-    # tl.fma as the hardware does it (one rounding), not x*y + z in float32 (two): the int8
-    # GEMM's rescale relies on it (gemm_i8_kernel)
-    builder = getattr(it, "InterpreterBuilder", None)
-    if builder is not None and hasattr(builder, "create_fma"):
-        def create_fma(self, x, y, z):
-            r = x.data.astype(np.float64) * y.data + z.data
-            return it.TensorHandle(r.astype(z.data.dtype), z.dtype.scalar)
-
-        builder.create_fma = create_fma
     it._drift_patched = True
 
 
@@ -124,22 +115,6 @@ class Tuning:
     norm_warps: int = 8
     dequant_bn: int = 16  # rows x bytes (4-bit) or elements (8-bit) per dequant program
     dequant_bb: int = 256
-    # prefill path forced for every quantized matmul ("dense", "inreg", "i8", "i8s", "i8x2",
-    # "i8sx2"; from DRIFT_TRITON_PREFILL), "" = the table's choice per shape ("prefill QTYPE
-    # N K"), else dense
-    prefill: str = ""
-    # int8 x int8 prefill GEMM (matmul_i8): BM, BN, BK, warps, stages, GROUP_M; the H100's
-    # best without spills (run 36: 128 x 128 x 64 on 8 warps spills 44 registers, 2.6x slower)
-    i8_bm: int = 64
-    i8_bn: int = 128
-    i8_bk: int = 32
-    i8_warps: int = 4
-    i8_stages: int = 4
-    i8_group: int = 8
-    i8_scales_t: bool = False  # int8 GEMM reads its scales transposed (K/32, N) / (K/32, M)
-    qrows_blocks: int = 32  # 32-blocks of a row per quantize_rows program
-    unpack_bn: int = 8  # rows x bytes per Q4_0 -> int8 unpack program
-    unpack_bb: int = 512
     # measured best configurations per (kernel, quant, N, K) of this device, from
     # tuned/<device name>.json (written by bench/sweep_kernels.py: the autotune, run once per
     # device on the device and kept on disk)
@@ -178,25 +153,6 @@ class Tuning:
         bm = self.dense_bm if m > self.dense_bm // 2 else max(16, triton_p2(m))
         return bm, self.dense_bn, self.dense_bk, self.dense_warps, self.dense_stages
 
-    def prefill_path(self, m: int, n: int, k: int, qtype: str) -> str:
-        """Which prefill GEMM a quantized (M >= dense_min_m) matmul runs: the forced one, else
-        the table's measured fastest for this weight shape (entered only where its accuracy
-        held, see bench/int8_prefill.py) at M >= 256, else dequantize + dense."""
-        if self.prefill:
-            return self.prefill
-        hit = self.table.get(f"prefill {qtype} {n} {k}")
-        return hit[0] if hit and m >= 256 else "dense"
-
-    def i8_tiles(self, m: int, n: int, k: int, qtype: str = "",
-                 unpack: bool = False) -> tuple[int, int, int, int, int, int]:
-        """(BM, BN, BK, warps, stages, GROUP_M) of the int8 GEMM: the table's best for this
-        shape at M >= 256, else the defaults (BM shrunk to M)."""
-        hit = self.table.get(f"{'i8s' if unpack else 'i8'} {qtype} {n} {k}")  # x2 shares it
-        if hit and m >= 256:
-            return tuple(hit)
-        bm = self.i8_bm if m > self.i8_bm // 2 else max(16, triton_p2(m))
-        return bm, self.i8_bn, self.i8_bk, self.i8_warps, self.i8_stages, self.i8_group
-
     def gemv_warps_for(self, k: int) -> int:
         """Short rows (K <= 4096) ran best on 2 warps in the H100/H200 sweeps, long on 4."""
         return self.gemv_warps if self.small or k > 4096 else max(1, self.gemv_warps // 2)
@@ -229,9 +185,7 @@ def tune(info: DeviceInfo) -> Tuning:
         return Tuning(32, 512, 1, 32, 32, 64, 1, 1, 32, 32, 32, 1, 4, 1024, small=True,
                       qgemv_bn=32, qgemv_bw=128, qgemv_warps=1, dense_min_m=2, dense_bm=32,
                       dense_bn=64, dense_bk=64, dense_warps=1, dense_stages=1,
-                      dequant_bn=16, dequant_bb=256, norm_block=1024, norm_warps=1,
-                      i8_bm=32, i8_bn=32, i8_bk=64, i8_warps=1, i8_stages=1, i8_group=2,
-                      prefill=os.environ.get("DRIFT_TRITON_PREFILL", ""))
+                      dequant_bn=16, dequant_bb=256, norm_block=1024, norm_warps=1)
     sms = info.extra["sm_count"]
     smem = info.extra.get("shared_memory", 0)
     measured = tuned_table(info.name)
@@ -251,5 +205,4 @@ def tune(info: DeviceInfo) -> Tuning:
         table=measured.get("best", {}),
         dense_bm=128 if big else 64, dense_bn=128 if big else 64, dense_bk=64 if big else 32,
         dense_warps=8 if big else 4, dense_stages=3 if big else 2,
-        prefill=os.environ.get("DRIFT_TRITON_PREFILL", ""),
     )
