@@ -115,10 +115,10 @@ class Tuning:
     norm_warps: int = 8
     dequant_bn: int = 16  # rows x bytes (4-bit) or elements (8-bit) per dequant program
     dequant_bb: int = 256
-    # measured best configurations per (kernel, quant, N, K) of this device, from
-    # tuned/<device name>.json (written by bench/sweep_kernels.py: the autotune, run once per
-    # device on the device and kept on disk)
+    # measured best configurations per (kernel, quant, N, K) of this device: `drift tune`'s
+    # output in the user cache over the shipped table (`tables_for`), and where they came from
     table: dict = field(default_factory=dict, compare=False, hash=False)
+    table_source: str = field(default="", compare=False, hash=False)
 
     def gemm_tiles(self, m: int, n: int) -> tuple[int, int, int]:
         """(BM, BN, warps): the largest tile that still gives every SM a program."""
@@ -165,18 +165,84 @@ class Tuning:
         return bn
 
 
-TUNED_DIR = Path(__file__).with_name("tuned")
+TUNED_DIR = Path(__file__).with_name("tuned")  # shipped: measured on the project's GPUs
+TABLE_FORMAT = 1  # a table with another "format" is not read (its keys may mean other things)
 
 
-def tuned_table(device_name: str) -> dict:
-    """The sweep's best configurations for this device, {} if none was measured. The
-    directory can be overridden with DRIFT_TRITON_TUNED (a sweep's output file)."""
-    path = os.environ.get("DRIFT_TRITON_TUNED") or TUNED_DIR / (
-        re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
+def table_file(device_name: str) -> str:
+    """The table's file name for a device: its name with every run of other characters as _."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json"
+
+
+def user_tuned_dir() -> Path:
+    """Where `drift tune` writes: $DRIFT_HOME/tuned (default ~/.cache/drift/tuned)."""
+    return Path(os.environ.get("DRIFT_HOME", "~/.cache/drift")).expanduser() / "tuned"
+
+
+def read_table(path: Path) -> dict | None:
     try:
-        return json.loads(Path(path).read_text())
+        t = json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return {}
+        return None
+    if not isinstance(t, dict) or t.get("format", 1) != TABLE_FORMAT:
+        return None
+    return t
+
+
+def _nearest_shipped(info: DeviceInfo) -> tuple[Path, dict] | None:
+    """The shipped table of the device most like this one: same vendor and compute
+    capability (so the same instructions and shared memory per SM), then the nearest SM
+    count, then the nearest shared memory (an H200 gets the H100's)."""
+    cap = list(info.extra.get("capability") or ())
+    vendor = info.extra.get("vendor", "nvidia")
+    sms = info.extra.get("sm_count", 0)
+    smem = info.extra.get("shared_memory", 0)
+    cands = []
+    for path in sorted(TUNED_DIR.glob("*.json")):
+        t = read_table(path)
+        if t and list(t.get("capability") or ()) == cap and t.get("vendor", "nvidia") == vendor:
+            cands.append((abs(t.get("sm_count", 0) - sms), abs(t.get("shared_memory", 0) - smem),
+                          path.name, path, t))
+    if not cap or not cands:
+        return None
+    return min(cands)[3:]
+
+
+def tables_for(info: DeviceInfo) -> tuple[dict, str]:
+    """The measured table for this device and a line saying where it came from, "" if none.
+
+    `DRIFT_TRITON_TUNED=file` is the only table when set. Otherwise the user's own
+    (`drift tune`, in `user_tuned_dir()`) over the shipped table of this device's exact name,
+    or, without one, of the shipped device with the same compute capability
+    (`_nearest_shipped`); the user's entries win where both measured a shape."""
+    forced = os.environ.get("DRIFT_TRITON_TUNED")
+    if forced:
+        t = read_table(Path(forced))
+        return (t, f"{forced} (DRIFT_TRITON_TUNED)") if t else ({}, "")
+    layers = []  # (table, description), lowest first
+    name = table_file(info.name)
+    shipped = read_table(TUNED_DIR / name)
+    if shipped:
+        layers.append((shipped, f"shipped {name}"))
+    else:
+        near = _nearest_shipped(info)
+        if near:
+            path, t = near
+            cap = ".".join(str(c) for c in info.extra.get("capability", ()))
+            layers.append((t, f"shipped {path.name} ({t.get('device', path.stem)}: same "
+                              f"compute capability {cap}, {t.get('sm_count', '?')} SMs vs "
+                              f"{info.extra.get('sm_count', '?')})"))
+    user = read_table(user_tuned_dir() / name)
+    if user:
+        layers.append((user, f"{user_tuned_dir() / name} (drift tune)"))
+    if not layers:
+        return {}, ""
+    merged: dict = {"best": {}}
+    for t, _ in layers:
+        merged["best"].update(t.get("best", {}))
+        if "qgemv_default" in t:
+            merged["qgemv_default"] = t["qgemv_default"]
+    return merged, " over ".join(d for _, d in reversed(layers))
 
 
 def tune(info: DeviceInfo) -> Tuning:
@@ -188,7 +254,7 @@ def tune(info: DeviceInfo) -> Tuning:
                       dequant_bn=16, dequant_bb=256, norm_block=1024, norm_warps=1)
     sms = info.extra["sm_count"]
     smem = info.extra.get("shared_memory", 0)
-    measured = tuned_table(info.name)
+    measured, source = tables_for(info)
     qdef = measured.get("qgemv_default", [4, 256, 4, 1])
     big = smem >= 200 * 1024  # Hopper / Ampere datacenter parts: deeper pipelines, larger tiles
     return Tuning(
@@ -202,7 +268,7 @@ def tune(info: DeviceInfo) -> Tuning:
         # int8-x GEMV: dp4a is PTX, so NVIDIA only; elsewhere the float GEMV
         int_gemv=info.extra.get("vendor") == "nvidia",
         qgemv_bn=qdef[0], qgemv_bw=qdef[1], qgemv_warps=qdef[2], qgemv_stages=qdef[3],
-        table=measured.get("best", {}),
+        table=measured.get("best", {}), table_source=source,
         dense_bm=128 if big else 64, dense_bn=128 if big else 64, dense_bk=64 if big else 32,
         dense_warps=8 if big else 4, dense_stages=3 if big else 2,
     )
