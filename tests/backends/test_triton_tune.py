@@ -102,3 +102,108 @@ def test_forced_table_and_unknown_format(tmp_path, monkeypatch):
                                      f"{f} (DRIFT_TRITON_TUNED)")
     f.write_text(json.dumps({"format": 99, "best": {"qgemv Q4_0 1 1": [2, 2, 2, 2]}}))
     assert tables_for(gpu(H100)) == ({}, "")
+
+
+# --- the sweep (drift tune) under the interpreter -------------------------------------------
+
+
+def tiny_sweep():
+    from drift.backends.triton import sweep as sw
+    from drift.backends.triton.device import read_device
+
+    dev, info = read_device()
+    s = sw.Sweep(tune(info), dev)
+    s.gemv_configs = ((8, 64, 1), (16, 32, 1))
+    s.gemv_stages = (2,)
+    s.dequant_configs = ((8, 128),)
+    s.dense_configs = ((16, 32, 32, 1, 1),)
+    return sw, s, info
+
+
+GEMV_SHAPES = [("Q4_0", 64, 256), ("Q8_0", 48, 128)]
+GEMM_SHAPES = [("Q4_0", 40, 128)]
+
+
+def test_sweep_writes_the_table_tune_reads(tmp_path):
+    sw, s, info = tiny_sweep()
+    steps = []
+    best = sw.run_sweep(s, GEMV_SHAPES, GEMM_SHAPES, budget_s=600, m=16, advance=steps.append)
+    assert sum(steps) == 2 * s.gemv_jobs() + s.gemm_jobs()  # the progress bar ends full
+    assert set(best) == {"qgemv Q4_0 64 256", "qgemv Q8_0 48 128", "dequant Q4_0 40 128",
+                         "dense Q4_0 40 128"}
+    # every configuration measured, the default first
+    gemv_rows = [r for r in s.rows if r["kernel"] == "qgemv" and r["qtype"] == "Q4_0"]
+    assert gemv_rows[0]["cfg"] == list(s.tu.qgemv(64, 256, "Q4_0"))
+    assert len(gemv_rows) == 1 + 2 + 1 and all(r["us"] > 0 for r in s.rows)
+    assert best["qgemv Q4_0 64 256"] == min(gemv_rows, key=lambda r: r["us"])["cfg"]
+    path = sw.write_table(info, best, s.rows, "in a test")
+    assert path == tmp_path / "home" / "tuned" / "triton_interpreter_CPU.json"
+    written = json.loads(path.read_text())
+    assert written["best"] == best and written["format"] == device.TABLE_FORMAT
+    assert written["device"] == info.name and len(written["rows"]) == len(s.rows)
+    # a later run for other shapes keeps these entries
+    sw.write_table(info, {"qgemv Q4_0 8 8": [1, 1, 1, 1]}, [], "again")
+    assert json.loads(path.read_text())["best"] == {**best, "qgemv Q4_0 8 8": [1, 1, 1, 1]}
+    # the backend of a GPU by that name runs it (the interpreter itself reads no table)
+    tu = tune(gpu(info.name, capability=(8, 6)))
+    assert tu.table_source == f"{path} (drift tune)"
+    assert tu.qgemv(64, 256, "Q4_0") == tuple(best["qgemv Q4_0 64 256"])
+    assert tu.dense_tiles(512, 40, 128, "Q4_0") == tuple(best["dense Q4_0 40 128"])
+    assert tune(info).table == {}
+
+
+def test_sweep_budget():
+    """A shape whose share of the budget is spent still has its default measured; with the
+    whole budget spent nothing more is measured, and the progress bar ends full either way."""
+    sw, s, _ = tiny_sweep()
+    steps = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sw.Budget, "share", lambda self, n: 0.0)  # every deadline already past
+        best = sw.run_sweep(s, GEMV_SHAPES, GEMM_SHAPES, budget_s=600, m=16,
+                            advance=steps.append)
+    assert sum(steps) == 2 * s.gemv_jobs() + s.gemm_jobs()
+    assert [r["kernel"] for r in s.rows] == ["qgemv", "qgemv", "dequant", "dense"]
+    assert best["qgemv Q8_0 48 128"] == list(s.tu.qgemv(48, 128, "Q8_0"))
+    sw, s, _ = tiny_sweep()
+    steps = []
+    assert sw.run_sweep(s, GEMV_SHAPES, GEMM_SHAPES, budget_s=1e-9, advance=steps.append) == {}
+    assert s.rows == [] and sum(steps) == 2 * s.gemv_jobs() + s.gemm_jobs()
+
+
+def test_model_shapes_stack_for_decode(tmp_path):
+    """Decode runs one GEMV per stack (Q/K/V, gate/up), prefill one GEMM per member."""
+    from drift.backends.triton.sweep import model_shapes
+    from drift.formats.writer import write_random
+    from drift.models.presets import Preset, _llama
+
+    tiny = Preset("tiny", "llama", _llama(2, 64, 4, 2, 96, ctx=128), 300, False, True)
+    gemv, gemm = model_shapes(write_random(tiny, "Q8_0", tmp_path / "t.gguf", workers=1))
+    # head_dim 16: q 64 rows, k and v 32 each; gate and up 96 each
+    assert sorted(gemv) == sorted([("Q8_0", 128, 64), ("Q8_0", 64, 64), ("Q8_0", 192, 64),
+                                   ("Q8_0", 64, 96), ("Q8_0", 300, 64)])
+    assert sorted(gemm) == sorted([("Q8_0", 64, 64), ("Q8_0", 32, 64), ("Q8_0", 96, 64),
+                                   ("Q8_0", 64, 96), ("Q8_0", 300, 64)])
+
+
+def test_drift_tune_command(tmp_path, monkeypatch, capsys):
+    """`drift tune MODEL` end to end on the interpreter: a table in $DRIFT_HOME/tuned."""
+    from drift.backends.triton import sweep as sw
+    from drift.cli import main
+    from drift.formats.writer import write_random
+    from drift.models.presets import Preset, _llama
+
+    monkeypatch.setenv("DRIFT_TRITON_CPU", "1")
+    for name in ("gemv_configs", "gemv_stages", "dequant_configs", "dense_configs"):
+        monkeypatch.setattr(sw.Sweep, name, ())  # the defaults only: the interpreter is slow
+    monkeypatch.setattr(sw, "PREFILL_M", 16)
+    tiny = Preset("tiny", "llama", _llama(1, 64, 4, 2, 96, ctx=128), 300, True, True)
+    model = write_random(tiny, "Q4_0", tmp_path / "t.gguf", workers=1)
+    assert main(["tune", str(model), "--budget", "600"]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "home" / "tuned" / "triton_interpreter_CPU.json"
+    table = json.loads(path.read_text())
+    assert f"wrote {path}" in out and "on the shapes of t.gguf" in table["source"]
+    # tied embeddings: token_embd is the output matrix
+    assert "qgemv Q4_0 300 64" in table["best"] and "dense Q4_0 300 64" in table["best"]
+    assert main(["tune", "--show"]) == 0
+    assert main(["tune", "--budget", "0"]) != 0
