@@ -144,7 +144,7 @@ def _summary(rows: list[dict], best: dict, info) -> None:
 
 
 def _show(info, tu) -> int:
-    from drift.backends.triton.device import user_tuned_dir, table_file
+    from drift.backends.triton.device import table_file, user_tuned_dir
 
     print(f"device: {info.describe()}")
     if info.extra.get("interpreter"):
