@@ -45,7 +45,7 @@ check)
   echo "== gemma3 with the float GEMV (where does the logits error come from?)"
   DRIFT_TRITON_INTGEMV=0 timeout 100 python3 bench/smollm2_check.py /tmp/m/gemma3.gguf --steps 32 \
     2>&1 | tee "$OUT/check-gemma3-floatgemv.log" | grep "max logits"
-  [[ -n $NOSWEEP ]] || echo "== sweep"; [[ -n $NOSWEEP ]] || timeout 280 python3 bench/sweep_kernels.py --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log"
+  [[ -n $NOSWEEP ]] || echo "== sweep"; [[ -n $NOSWEEP ]] || timeout 280 python3 -m drift tune --budget 240 --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log"
   tail -c 400 /tmp/m/gen.log; ls -la /tmp/m ;;
 bench)
   for m in llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0 llama-3.1-8b-Q8_0; do

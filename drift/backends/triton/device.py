@@ -45,15 +45,6 @@ def patch_interpreter() -> None:
                        lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
 
     it._patch_lang_tensor = patched
-    # tl.fma as the hardware does it (one rounding), not x*y + z in float32 (two): the int8
-    # GEMM's rescale relies on it (gemm_i8_kernel)
-    builder = getattr(it, "InterpreterBuilder", None)
-    if builder is not None and hasattr(builder, "create_fma"):
-        def create_fma(self, x, y, z):
-            r = x.data.astype(np.float64) * y.data + z.data
-            return it.TensorHandle(r.astype(z.data.dtype), z.dtype.scalar)
-
-        builder.create_fma = create_fma
     it._drift_patched = True
 
 
@@ -124,26 +115,10 @@ class Tuning:
     norm_warps: int = 8
     dequant_bn: int = 16  # rows x bytes (4-bit) or elements (8-bit) per dequant program
     dequant_bb: int = 256
-    # prefill path forced for every quantized matmul ("dense", "inreg", "i8", "i8s", "i8x2",
-    # "i8sx2"; from DRIFT_TRITON_PREFILL), "" = the table's choice per shape ("prefill QTYPE
-    # N K"), else dense
-    prefill: str = ""
-    # int8 x int8 prefill GEMM (matmul_i8): BM, BN, BK, warps, stages, GROUP_M; the H100's
-    # best without spills (run 36: 128 x 128 x 64 on 8 warps spills 44 registers, 2.6x slower)
-    i8_bm: int = 64
-    i8_bn: int = 128
-    i8_bk: int = 32
-    i8_warps: int = 4
-    i8_stages: int = 4
-    i8_group: int = 8
-    i8_scales_t: bool = False  # int8 GEMM reads its scales transposed (K/32, N) / (K/32, M)
-    qrows_blocks: int = 32  # 32-blocks of a row per quantize_rows program
-    unpack_bn: int = 8  # rows x bytes per Q4_0 -> int8 unpack program
-    unpack_bb: int = 512
-    # measured best configurations per (kernel, quant, N, K) of this device, from
-    # tuned/<device name>.json (written by bench/sweep_kernels.py: the autotune, run once per
-    # device on the device and kept on disk)
+    # measured best configurations per (kernel, quant, N, K) of this device: `drift tune`'s
+    # output in the user cache over the shipped table (`tables_for`), and where they came from
     table: dict = field(default_factory=dict, compare=False, hash=False)
+    table_source: str = field(default="", compare=False, hash=False)
 
     def gemm_tiles(self, m: int, n: int) -> tuple[int, int, int]:
         """(BM, BN, warps): the largest tile that still gives every SM a program."""
@@ -178,25 +153,6 @@ class Tuning:
         bm = self.dense_bm if m > self.dense_bm // 2 else max(16, triton_p2(m))
         return bm, self.dense_bn, self.dense_bk, self.dense_warps, self.dense_stages
 
-    def prefill_path(self, m: int, n: int, k: int, qtype: str) -> str:
-        """Which prefill GEMM a quantized (M >= dense_min_m) matmul runs: the forced one, else
-        the table's measured fastest for this weight shape (entered only where its accuracy
-        held, see bench/int8_prefill.py) at M >= 256, else dequantize + dense."""
-        if self.prefill:
-            return self.prefill
-        hit = self.table.get(f"prefill {qtype} {n} {k}")
-        return hit[0] if hit and m >= 256 else "dense"
-
-    def i8_tiles(self, m: int, n: int, k: int, qtype: str = "",
-                 unpack: bool = False) -> tuple[int, int, int, int, int, int]:
-        """(BM, BN, BK, warps, stages, GROUP_M) of the int8 GEMM: the table's best for this
-        shape at M >= 256, else the defaults (BM shrunk to M)."""
-        hit = self.table.get(f"{'i8s' if unpack else 'i8'} {qtype} {n} {k}")  # x2 shares it
-        if hit and m >= 256:
-            return tuple(hit)
-        bm = self.i8_bm if m > self.i8_bm // 2 else max(16, triton_p2(m))
-        return bm, self.i8_bn, self.i8_bk, self.i8_warps, self.i8_stages, self.i8_group
-
     def gemv_warps_for(self, k: int) -> int:
         """Short rows (K <= 4096) ran best on 2 warps in the H100/H200 sweeps, long on 4."""
         return self.gemv_warps if self.small or k > 4096 else max(1, self.gemv_warps // 2)
@@ -209,18 +165,84 @@ class Tuning:
         return bn
 
 
-TUNED_DIR = Path(__file__).with_name("tuned")
+TUNED_DIR = Path(__file__).with_name("tuned")  # shipped: measured on the project's GPUs
+TABLE_FORMAT = 1  # a table with another "format" is not read (its keys may mean other things)
 
 
-def tuned_table(device_name: str) -> dict:
-    """The sweep's best configurations for this device, {} if none was measured. The
-    directory can be overridden with DRIFT_TRITON_TUNED (a sweep's output file)."""
-    path = os.environ.get("DRIFT_TRITON_TUNED") or TUNED_DIR / (
-        re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json")
+def table_file(device_name: str) -> str:
+    """The table's file name for a device: its name with every run of other characters as _."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", device_name).strip("_") + ".json"
+
+
+def user_tuned_dir() -> Path:
+    """Where `drift tune` writes: $DRIFT_HOME/tuned (default ~/.cache/drift/tuned)."""
+    return Path(os.environ.get("DRIFT_HOME", "~/.cache/drift")).expanduser() / "tuned"
+
+
+def read_table(path: Path) -> dict | None:
     try:
-        return json.loads(Path(path).read_text())
+        t = json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return {}
+        return None
+    if not isinstance(t, dict) or t.get("format", 1) != TABLE_FORMAT:
+        return None
+    return t
+
+
+def _nearest_shipped(info: DeviceInfo) -> tuple[Path, dict] | None:
+    """The shipped table of the device most like this one: same vendor and compute
+    capability (so the same instructions and shared memory per SM), then the nearest SM
+    count, then the nearest shared memory (an H200 gets the H100's)."""
+    cap = list(info.extra.get("capability") or ())
+    vendor = info.extra.get("vendor", "nvidia")
+    sms = info.extra.get("sm_count", 0)
+    smem = info.extra.get("shared_memory", 0)
+    cands = []
+    for path in sorted(TUNED_DIR.glob("*.json")):
+        t = read_table(path)
+        if t and list(t.get("capability") or ()) == cap and t.get("vendor", "nvidia") == vendor:
+            cands.append((abs(t.get("sm_count", 0) - sms), abs(t.get("shared_memory", 0) - smem),
+                          path.name, path, t))
+    if not cap or not cands:
+        return None
+    return min(cands)[3:]
+
+
+def tables_for(info: DeviceInfo) -> tuple[dict, str]:
+    """The measured table for this device and a line saying where it came from, "" if none.
+
+    `DRIFT_TRITON_TUNED=file` is the only table when set. Otherwise the user's own
+    (`drift tune`, in `user_tuned_dir()`) over the shipped table of this device's exact name,
+    or, without one, of the shipped device with the same compute capability
+    (`_nearest_shipped`); the user's entries win where both measured a shape."""
+    forced = os.environ.get("DRIFT_TRITON_TUNED")
+    if forced:
+        t = read_table(Path(forced))
+        return (t, f"{forced} (DRIFT_TRITON_TUNED)") if t else ({}, "")
+    layers = []  # (table, description), lowest first
+    name = table_file(info.name)
+    shipped = read_table(TUNED_DIR / name)
+    if shipped:
+        layers.append((shipped, f"shipped {name}"))
+    else:
+        near = _nearest_shipped(info)
+        if near:
+            path, t = near
+            cap = ".".join(str(c) for c in info.extra.get("capability", ()))
+            layers.append((t, f"shipped {path.name} ({t.get('device', path.stem)}: same "
+                              f"compute capability {cap}, {t.get('sm_count', '?')} SMs vs "
+                              f"{info.extra.get('sm_count', '?')})"))
+    user = read_table(user_tuned_dir() / name)
+    if user:
+        layers.append((user, f"{user_tuned_dir() / name} (drift tune)"))
+    if not layers:
+        return {}, ""
+    merged: dict = {"best": {}}
+    for t, _ in layers:
+        merged["best"].update(t.get("best", {}))
+        if "qgemv_default" in t:
+            merged["qgemv_default"] = t["qgemv_default"]
+    return merged, " over ".join(d for _, d in reversed(layers))
 
 
 def tune(info: DeviceInfo) -> Tuning:
@@ -229,12 +251,10 @@ def tune(info: DeviceInfo) -> Tuning:
         return Tuning(32, 512, 1, 32, 32, 64, 1, 1, 32, 32, 32, 1, 4, 1024, small=True,
                       qgemv_bn=32, qgemv_bw=128, qgemv_warps=1, dense_min_m=2, dense_bm=32,
                       dense_bn=64, dense_bk=64, dense_warps=1, dense_stages=1,
-                      dequant_bn=16, dequant_bb=256, norm_block=1024, norm_warps=1,
-                      i8_bm=32, i8_bn=32, i8_bk=64, i8_warps=1, i8_stages=1, i8_group=2,
-                      prefill=os.environ.get("DRIFT_TRITON_PREFILL", ""))
+                      dequant_bn=16, dequant_bb=256, norm_block=1024, norm_warps=1)
     sms = info.extra["sm_count"]
     smem = info.extra.get("shared_memory", 0)
-    measured = tuned_table(info.name)
+    measured, source = tables_for(info)
     qdef = measured.get("qgemv_default", [4, 256, 4, 1])
     big = smem >= 200 * 1024  # Hopper / Ampere datacenter parts: deeper pipelines, larger tiles
     return Tuning(
@@ -248,8 +268,7 @@ def tune(info: DeviceInfo) -> Tuning:
         # int8-x GEMV: dp4a is PTX, so NVIDIA only; elsewhere the float GEMV
         int_gemv=info.extra.get("vendor") == "nvidia",
         qgemv_bn=qdef[0], qgemv_bw=qdef[1], qgemv_warps=qdef[2], qgemv_stages=qdef[3],
-        table=measured.get("best", {}),
+        table=measured.get("best", {}), table_source=source,
         dense_bm=128 if big else 64, dense_bn=128 if big else 64, dense_bk=64 if big else 32,
         dense_warps=8 if big else 4, dense_stages=3 if big else 2,
-        prefill=os.environ.get("DRIFT_TRITON_PREFILL", ""),
     )

@@ -23,13 +23,10 @@ from drift.backends.triton.matmul import (
     XBLOCK,
     dequant_kernel,
     embedding_kernel,
-    gemm_i8_kernel,
     gemm_kernel,
     gemv_kernel,
     gemv_q8x_kernel,
-    quantize_rows_kernel,
     quantize_x_kernel,
-    unpack_i8_kernel,
 )
 from drift.backends.triton.pointwise import (
     EW_OPS,
@@ -104,110 +101,25 @@ def dequant(w: QWeight, out: torch.Tensor, tu: Tuning) -> torch.Tensor:
     return dst
 
 
-I8_QTYPES = ("Q4_0", "Q8_0")  # the int8 x int8 prefill GEMM's weights (32-blocks, no min)
-
-
-def _align(n: int, a: int = 256) -> int:
-    return -(-n // a) * a
-
-
-def i8_scratch_bytes(M: int, N: int, K: int, unpack: bool, x2: bool = True) -> int:
-    """Bytes of the scratch the int8 GEMM uses: x as int8 (M, K) (twice with x2), its scales
-    (M, K/32) f32, and with unpack the weight as int8 (N, K)."""
-    return _align(_align(M * K) * (2 if x2 else 1) + M * K // 8) + (N * K if unpack else 0)
-
-
+# removed with the int8 GEMM; program.py's caller goes in the lead's rewrite
 def i8_gemm_ok(w: QWeight) -> bool:
-    return w.qtype in I8_QTYPES and w.shape[1] % 32 == 0 and w.group == 32
+    return False
 
 
-def quantize_rows(x: torch.Tensor, xq: torch.Tensor, xr: torch.Tensor, xd: torch.Tensor,
-                  perm: bool, x2: bool, tu: Tuning, xt: bool = False) -> None:
-    """x (M, K) f32 -> xq [, xr] (M, K) int8, xd (M, K/32) f32, or (K/32, M) with xt
-    (`quantize_rows_kernel`)."""
-    M, K = xq.shape
-    nb = K // 32
-    bb = min(tu.qrows_blocks, _p2(nb))
-    quantize_rows_kernel[(M, triton.cdiv(nb, bb))](x, xq, xr, xd, M, K, nb, PERM=perm, X2=x2,
-                                                   XT=xt, BB=bb)
-
-
-def unpack_i8(w: QWeight, out: torch.Tensor, tu: Tuning) -> torch.Tensor:
-    """Q4_0 nibbles -> int8 (N, K) in the nibble order, in the first N*K bytes of out."""
-    N, K = w.shape
-    dst = out[: N * K]
-    kb = K // 2
-    bb = min(tu.unpack_bb, _p2(kb))
-    unpack_i8_kernel[(triton.cdiv(N, tu.unpack_bn), triton.cdiv(kb, bb))](
-        w.q, dst.view(torch.int16), N, kb, BN=tu.unpack_bn, BB=bb, num_warps=4)
-    return dst.view(N, K)
-
-
-def i8_scratch_views(sb: torch.Tensor, M: int, K: int, x2: bool):
-    """(xq, xr, xd, rest) carved from the int8 view of the scratch."""
-    a = _align(M * K)
-    xq = sb[: M * K].view(M, K)
-    xr = sb[a : a + M * K].view(M, K) if x2 else xq
-    o1 = a * (2 if x2 else 1)
-    xd = sb[o1 : o1 + M * K // 8].view(torch.float32)
-    return xq, xr, xd, sb[_align(o1 + M * K // 8):]
-
-
-LAST_I8 = None  # the last compiled int8 GEMM launched (its registers, spills, PTX: diagnostics)
-
-
-def matmul_i8(x: torch.Tensor, w: QWeight, out: torch.Tensor, tu: Tuning,
-              scratch: torch.Tensor, unpack: bool = False, cfg=None, x2: bool = False) -> bool:
-    """out (M, N) = x @ W^T on int8 tensor cores: x quantized per token and 32-block into the
-    scratch (x2: two int8 levels), then `gemm_i8_kernel` (Q4_0 unpacked in registers, or
-    with unpack first into the scratch as int8). False (nothing launched) if the scratch is
-    too small."""
-    N, K = w.shape
-    M = x.numel() // K
-    sb = scratch.view(torch.int8) if scratch.dtype != torch.int8 else scratch
-    unpack = unpack and w.kind == 1
-    if i8_scratch_bytes(M, N, K, unpack, x2) > sb.numel():
-        return False
-    st = tu.i8_scales_t
-    if st and i8_scratch_bytes(M, N, K, unpack, x2) + _align(N * K // 8) > sb.numel():
-        st = False
-    xq, xr, xd, rest = i8_scratch_views(sb, M, K, x2)
-    quantize_rows(x.reshape(M, K), xq, xr, xd, w.kind == 1, x2, tu, xt=st)
-    q, s, _ = w.args()
-    if st:  # the weight's scales as (K/32, N) f32 (per call: an experiment, ~N*K/8 bytes)
-        swt = rest[: N * K // 8].view(torch.float32).view(K // 32, N)
-        swt.copy_(s.t())
-        s, rest = swt, rest[_align(N * K // 8):]
-    if unpack:
-        q = unpack_i8(w, rest, tu)
-    bm, bn, bk, warps, stages, group = cfg or tu.i8_tiles(M, N, K, w.qtype, unpack)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    global LAST_I8
-    LAST_I8 = gemm_i8_kernel[grid](xq, xr, xd, q, s, out, M, N, K, K // 2, K // 32,
-                         NIBBLES=w.kind == 1 and not unpack, X2=x2, BM=bm, BN=bn, BK=bk,
-                         GROUP_M=group, ST=st, num_warps=warps, num_stages=stages)
-    return True
+# removed with the int8 GEMM; program.py's caller goes in the lead's rewrite
+def i8_scratch_bytes(M: int, N: int, K: int, unpack: bool, x2: bool = True) -> int:
+    return 0
 
 
 def matmul(x: torch.Tensor, w: QWeight, out: torch.Tensor, tu: Tuning,
            scratch: torch.Tensor | None = None) -> None:
     """out (M, N) = x (M, K) @ W^T; GEMV when M == 1, tensor-core GEMM otherwise. Given a
-    scratch (fp16, >= N*K) and M >= tu.dense_min_m, the prefill path is `tu.prefill_path`:
-    "dense" dequantizes W into the scratch and runs the dense fp16 GEMM (`dequant_kernel`),
-    "i8" / "i8s" the int8 x int8 GEMM (`matmul_i8`; i8s unpacks Q4_0 to int8 first; a
-    suffix "x2": x as two int8 levels),
-    "inreg" the GEMM with tiles dequantized in registers."""
+    scratch (fp16, >= N*K) and M >= tu.dense_min_m, a quantized W is dequantized into the
+    scratch and the dense fp16 GEMM runs on it (`dequant_kernel`); otherwise the GEMM
+    dequantizes its tiles in registers."""
     M = x.numel() // w.shape[1]
     N, K = w.shape
     q, s, m = w.args()
-    path = "dense"
-    if scratch is not None and w.kind != 0 and M >= tu.dense_min_m:
-        path = tu.prefill_path(M, N, K, w.qtype)
-        if path.startswith("i8") and i8_gemm_ok(w):
-            if matmul_i8(x, w, out, tu, scratch, unpack=path.startswith("i8s"),
-                         x2=path.endswith("x2")):
-                return
-            path = "dense"
     if M == 1:
         bn = tu.gemv_rows(N)
         if w.kind == 1:
@@ -217,7 +129,7 @@ def matmul(x: torch.Tensor, w: QWeight, out: torch.Tensor, tu: Tuning,
         gemv_kernel[(triton.cdiv(N, bn),)](x, q, s, m, out, N, K, *w.strides(), **w.meta(),
                                            BN=bn, BK=bk, num_warps=tu.gemv_warps_for(K))
         return
-    if path != "inreg" and scratch is not None and w.kind != 0 and M >= tu.dense_min_m:
+    if scratch is not None and w.kind != 0 and M >= tu.dense_min_m:
         wd = dequant(w, scratch, tu)
         bm, bn, bk, warps, stages = tu.dense_tiles(M, N, K, w.qtype)
         grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
