@@ -101,16 +101,6 @@ def dequant(w: QWeight, out: torch.Tensor, tu: Tuning) -> torch.Tensor:
     return dst
 
 
-# removed with the int8 GEMM; program.py's caller goes in the lead's rewrite
-def i8_gemm_ok(w: QWeight) -> bool:
-    return False
-
-
-# removed with the int8 GEMM; program.py's caller goes in the lead's rewrite
-def i8_scratch_bytes(M: int, N: int, K: int, unpack: bool, x2: bool = True) -> int:
-    return 0
-
-
 def matmul(x: torch.Tensor, w: QWeight, out: torch.Tensor, tu: Tuning,
            scratch: torch.Tensor | None = None) -> None:
     """out (M, N) = x (M, K) @ W^T; GEMV when M == 1, tensor-core GEMM otherwise. Given a
