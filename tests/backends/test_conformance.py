@@ -28,12 +28,11 @@ cache, per op class and per backend; see the table for why each is what it is.
 
 from __future__ import annotations
 
-import inspect
 import os
 import secrets
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ if os.environ.get("DRIFT_TEST_GPU") != "1":  # Triton on the CPU, read when kern
     os.environ.setdefault("DRIFT_TRITON_CPU", "1")
 
 from drift.backends.base import Backend, weight_stacks
-from drift.backends.cpu import CPU_CAPABILITIES, CPUBackend
+from drift.backends.cpu import CPUBackend
 from drift.formats import quants
 from drift.formats.gguf import open_gguf
 from drift.ir import REGISTRY, Graph, GraphBuilder, Role, storage_name
@@ -77,10 +76,7 @@ class Entry:
 
 
 def _cpu(**kw) -> Backend:
-    # The numpy backend runs every op of the registry through its reference; its default
-    # capabilities name only the fusions its own pipeline makes, so `supports` would refuse the
-    # q8x ops. Naming all fused ops here changes nothing else: the suite compiles without fusion.
-    return CPUBackend(capabilities=replace(CPU_CAPABILITIES, fused_ops=ALL_FUSED), **kw)
+    return CPUBackend(**kw)  # it supports every op of the registry (each runs its reference)
 
 
 def _np_state(b: Backend, name: str) -> np.ndarray:
@@ -98,41 +94,7 @@ def _triton() -> Backend:
 
     if not TritonBackend.available():
         pytest.skip("triton: no GPU and not interpreting")
-    if inspect.isabstract(TritonBackend):
-        return _legacy_triton(TritonBackend)
     return TritonBackend()
-
-
-def _legacy_triton(cls: type) -> Backend:
-    """Until the Triton backend implements the interface (`program`, `capabilities`...): its
-    old `compile(graph)` path behind the interface, for the ops it has kernels for (no fused
-    op). Unused, and to be deleted, once `TritonBackend` is no longer abstract."""
-    from drift.backends.base import HeldBytes
-    from drift.backends.triton.program import TritonProgram
-    from drift.backends.triton.weights import SUPPORTED
-    from drift.passes import Capabilities
-
-    class LegacyTriton(cls):
-        def capabilities(self) -> Capabilities:
-            return Capabilities(alignment=256, fused_ops=frozenset(),
-                                weight_types=frozenset(q.name for q in SUPPORTED))
-
-        def supports(self, op: str) -> bool:  # q8x activations: only inside its own GEMV
-            return op != "quantize_q8" and super().supports(op)
-
-        def load_weights(self, model_file, specs, stacks=()) -> None:
-            cls.load_weights(self, model_file, specs)
-
-        def has_weight(self, name: str) -> bool:
-            return name in self.weights
-
-        def held_bytes(self) -> HeldBytes:
-            return HeldBytes(self.weight_bytes(), self.state_bytes(), 0)
-
-        def program(self, compiled):
-            return TritonProgram(compiled.graph, self)
-
-    return LegacyTriton()
 
 
 def _torch_state(b: Backend, name: str) -> np.ndarray:

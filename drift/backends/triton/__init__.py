@@ -42,7 +42,10 @@ INT8_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q5_0", "Q5_K", "Q6_K"
 def triton_capabilities(int8_dot: bool, warp_size: int = 32) -> Capabilities:
     """What the passes may assume of the Triton kernels on a device (also for `drift compile
     --device cuda` on a machine without one)."""
+    from drift.backends.triton.weights import SUPPORTED
+
     return Capabilities(alignment=16, channel_slices=False, max_object_bytes=0,
+                        weight_types=frozenset(q.name for q in SUPPORTED),
                         quant_planes=False, inplace=True, fused_ops=FUSED_OPS,
                         decode_fused_ops=DECODE_ONLY, int8_dot=int8_dot,
                         int8_weights=INT8_WEIGHTS if int8_dot else frozenset(),

@@ -188,12 +188,17 @@ def norm_quant_kernel(a_ptr, b_ptr, w_ptr, sum_ptr, out_ptr, xq_ptr, xr_ptr, xd_
         acc += x * x
     inv = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / D + eps)
     NB: tl.constexpr = BLOCK // 32
+    if MODE == 1:
+        # the sum is read back, not recomputed: the memory plan may write it over a or b (in
+        # place), and every thread's stores must land before any thread reads them
+        tl.debug_barrier()
     for d0 in range(0, D, BLOCK):
         d = d0 + tl.arange(0, BLOCK)
         m = d < D
-        x = tl.load(a_ptr + d, mask=m, other=0.0).to(tl.float32)
-        if MODE == 1:  # a + b again, not a read-back of sum (other threads stored it)
-            x += tl.load(b_ptr + d, mask=m, other=0.0).to(tl.float32)
+        if MODE == 1:
+            x = tl.load(sum_ptr + d, mask=m, other=0.0).to(tl.float32)
+        else:
+            x = tl.load(a_ptr + d, mask=m, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + d, mask=m, other=0.0).to(tl.float32)
         if UNIT_OFFSET:
             w = w + 1.0

@@ -27,7 +27,7 @@ import torch
 from drift.backends.base import Program
 from drift.backends.triton import launch
 from drift.ir import REGISTRY, Node, Role, storage_name
-from drift.ir.tensor import NUMPY_DTYPES, is_quantized_activation
+from drift.ir.tensor import NUMPY_DTYPES
 from drift.passes import Compiled
 from drift.passes.storage import Q8Blocks
 
@@ -170,7 +170,15 @@ class TritonProgram(Program):
         self.runs += 1
         if not to_host:  # for the device sampler: the buffers stay valid until the next run
             return {o: self.env[o] for o in self.graph.outputs}
-        return {o: self.env[o].float().cpu().numpy().copy() for o in self.graph.outputs}
+        return {o: self._to_host(o) for o in self.graph.outputs}
+
+    def _to_host(self, name: str) -> np.ndarray:
+        """A tensor's logical value on the host, read through its storage."""
+        t = self.env[name]
+        if isinstance(t, Q8View):
+            planes = [p.cpu().numpy() for p in (t.xq, t.xr, t.xd, t.xs)]
+            return self.compiled.storages[name].from_physical(planes)
+        return t.float().cpu().numpy().copy()
 
     def launch_counts(self) -> list[float] | None:
         """Triton launches of each step of one eager call (the current inputs)."""
