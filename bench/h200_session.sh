@@ -66,8 +66,9 @@ bench)
     bench_one .old before "$m"
     bench_one . after "$m"
   done ;;
-tune)
-  timeout 200 python3 -m drift tune /tmp/m/llama-3.1-8b-Q4_0.gguf --budget 150 2>&1 | tail -15
+tune)  # this tree with any-type dense entries, then drift tune on the Q4_K shapes, each benched
+  [[ -n $DENSE_ANY ]] && bench_one . dense-any llama-3.1-8b-Q4_K
+  timeout 240 python3 -m drift tune /tmp/m/llama-3.1-8b-Q4_K.gguf --budget 150 2>&1 | tail -25
   cp ~/.cache/drift/tuned/*.json "$OUT/" 2>/dev/null
-  bench_one . tuned llama-3.1-8b-Q4_0 ;;
+  for m in $MODELS; do bench_one . tuned "$m"; done ;;
 esac

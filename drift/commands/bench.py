@@ -177,6 +177,7 @@ def run_bench(args: argparse.Namespace) -> int:
     res = {
         "model": str(path.name), "arch": cfg.arch, "file_bytes": path.stat().st_size,
         "device": info.describe(), "backend": engine.backend.name,
+        "kernel_table": info.extra.get("kernel_table"),
         "n_prompt": p, "n_gen": n, "repetitions": reps,
         "load_s": load_s, "warmup_s": warm_s,
         f"pp{p}": _stats(pp), f"tg{n}": _stats(tg),
@@ -200,6 +201,8 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"| {path.name} | {size} | {engine.backend.name} | {test} | "
               f"{s['mean']:.2f} ± {s['sd']:.2f} | {s['median']:.2f} |")
     print(f"device: {info.describe()}")
+    if "kernel_table" in info.extra:
+        print(f"kernel table: {info.extra['kernel_table']}")
     print(f"decode: {dc_bytes / 1e9:.3f} GB/token (registry), "
           f"{dc_bytes * tg_med / 1e9:.1f} GB/s at the median", end="")
     if ceilings:

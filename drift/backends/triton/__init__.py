@@ -63,13 +63,16 @@ class TritonBackend(Backend):
     kv_dtype = "f16"
 
     def __init__(self) -> None:
+        from dataclasses import replace
+
         from drift.backends.triton.device import read_device, tune
 
-        self.torch_device, self.info = read_device()
-        self.tuning = tune(self.info)
+        self.torch_device, info = read_device()
+        self.tuning = tune(info)
+        # which measured kernel table runs here, for `drift bench` / `drift tune --show`
+        self.info = replace(info, extra={**info.extra,
+                                         "kernel_table": self.tuning.table_source or "defaults"})
         if os.environ.get("DRIFT_TRITON_INTGEMV") == "0":  # decode on the float GEMV
-            from dataclasses import replace
-
             self.tuning = replace(self.tuning, int_gemv=False)
         self.weights: dict[str, Any] = {}
         self.state: dict[str, Any] = {}

@@ -146,8 +146,13 @@ class Tuning:
     def dense_tiles(self, m: int, n: int, k: int = 0,
                     qtype: str = "") -> tuple[int, int, int, int, int]:
         """(BM, BN, BK, warps, stages) of the dense fp16 GEMM after dequantization: the
-        table's best for this weight shape (measured at M = 512) when M is that large."""
+        table's best for this weight shape (measured at M = 512) when M is that large. The
+        GEMM reads the dequantized fp16 weight whatever its type, so an entry measured for
+        another type of the same shape serves too."""
         hit = self.table.get(f"dense {qtype} {n} {k}")
+        if not hit:
+            hit = next((v for key, v in self.table.items()
+                        if key.startswith("dense ") and key.endswith(f" {n} {k}")), None)
         if hit and m >= 256:
             return tuple(hit)
         bm = self.dense_bm if m > self.dense_bm // 2 else max(16, triton_p2(m))

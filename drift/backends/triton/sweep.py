@@ -44,7 +44,7 @@ from drift.backends.triton.device import (
     table_file,
     user_tuned_dir,
 )
-from drift.backends.triton.weights import QWeight, convert, stack_groups
+from drift.backends.triton.weights import QWeight, convert, stackable
 
 # (rows per program, int32 words of a row per step, warps) of the int8-x GEMV, stages 1
 GEMV_CONFIGS = ((4, 64, 2), (4, 128, 2), (4, 128, 4), (4, 256, 4), (8, 64, 2), (8, 64, 4),
@@ -80,6 +80,27 @@ Shape = tuple[str, int, int]  # (quant type name, N, K)
 # shapes
 
 
+def _stack_groups(path, infos) -> list[list]:
+    """The weight groups the passes stack for this model's decode graph (what the backend
+    loads as one matrix), among `infos`."""
+    from drift.backends.base import weight_stacks
+    from drift.backends.triton import triton_capabilities
+    from drift.formats.gguf import open_gguf
+    from drift.models import build_graph, config_from_gguf
+    from drift.passes import PassContext, run_pipeline
+    from drift.runtime.engine import gguf_dtype
+
+    f = open_gguf(path)
+    cfg = config_from_gguf(f.metadata, {n: t.shape for n, t in f.tensors.items()}, str(path))
+    dtypes = {n: gguf_dtype(t.qtype.name) for n, t in f.tensors.items()}
+    graph = build_graph(cfg, dtypes, 1, min(256, cfg.ctx_train), kv_dtype="f16")
+    lowered = run_pipeline(graph, PassContext(triton_capabilities(True))).graph
+    by_name = {i.name: i for i in infos}
+    groups = [[by_name[n] for n in g] for g in weight_stacks(lowered)
+              if all(n in by_name for n in g)]
+    return [g for g in groups if stackable(g)]
+
+
 def model_shapes(path: str | os.PathLike) -> tuple[list[Shape], list[Shape]]:
     """(decode GEMV shapes, prefill GEMM shapes) of a model file's quantized matmuls, as the
     backend runs them: decode over the stacks, prefill over their members; the token
@@ -92,7 +113,7 @@ def model_shapes(path: str | os.PathLike) -> tuple[list[Shape], list[Shape]]:
     infos = [i for i in infos if i.name != "token_embd.weight" or not has_output]
     infos = [i for i in infos if i.qtype.name not in FLOAT_TYPES]
     stacked: dict[str, list] = {}
-    for group in stack_groups(infos):
+    for group in _stack_groups(path, infos):
         stacked[group[0].name] = group
         for m in group[1:]:
             stacked[m.name] = []
