@@ -99,7 +99,7 @@ class ChatTemplate:
         variables = {}
         for name, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
             token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
-            if token_id is not None and 0 <= token_id < len(tokens):
+            if isinstance(token_id, int) and 0 <= token_id < len(tokens):
                 variables[f"{name}_token"] = tokens[token_id]
         source = metadata.get("tokenizer.chat_template")
         if isinstance(source, str) and source:
