@@ -63,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("expected [MODEL] PROMPT (quote a prompt with spaces)")
     args.model, prompt = (None, args.args[0]) if len(args.args) == 1 else args.args
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = sys.stdin.buffer.read().decode("utf-8", "replace")  # bytes that are not UTF-8
+        # become U+FFFD, as an argument's do (tokenizer.valid_text)
     llm, sampling = _open(args)
     # Like ollama: the file's own template wraps the prompt. A file without one is continued
     # as given (drift's fallback templates are for `drift chat` only: a base model, which is
@@ -102,6 +103,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if llm.chat_template is None:
         raise InvalidArgumentError(f"{llm.engine.path.name} has no chat template; use drift run")
     messages = [{"role": "system", "content": args.system}] if args.system else []
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # a line that is not UTF-8 is still a line
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"drift chat with {llm.engine.path.name} on {llm.engine.backend.name}. "

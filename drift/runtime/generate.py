@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
-from drift.errors import ContextOverflowError, InvalidArgumentError
+from drift.errors import ContextOverflowError, InvalidArgumentError, NumericalError
 from drift.runtime.engine import Engine, common_prefix
-from drift.runtime.sampler import Sampler, SamplerConfig
+from drift.runtime.sampler import Sampler, SamplerConfig, nonfinite_message
 
 
 class TextStream(Protocol):
@@ -96,6 +96,8 @@ def generate_tokens(
             stats.finish_reason = "length"
             return
         token = pick(logits, history)
+        if token < 0:  # a device sampler's answer to logits that are not finite
+            raise NumericalError(nonfinite_message())
         # A GPU runs asynchronously: a step has ended only when its token is on the host, so
         # the prefill and each decode step are timed up to the sampled token.
         now = time.perf_counter()

@@ -28,6 +28,7 @@ from drift.errors import DriftError, ModelFileError, UnsupportedError, quote
 
 # A SentencePiece byte-fallback token, "<0x0A>"; tokenizers' ByteFallback decoder goes by text.
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # llama.cpp's token types (`tokenizer.ggml.token_type`).
 _CONTROL, _USER_DEFINED = 3, 4
@@ -86,6 +87,16 @@ _LLAMA3_FAMILY = frozenset(
 )
 # Architectures whose SentencePiece files transformers converts with GemmaTokenizer.
 _GEMMA_ARCHS = frozenset({"gemma", "gemma2", "gemma3"})
+
+
+def valid_text(text: str) -> str:
+    """`text` with what UTF-8 cannot hold replaced by U+FFFD: lone surrogates, such as the
+    bytes of an invalid UTF-8 argument or file that Python decoded with surrogateescape."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -202,8 +213,10 @@ class Tokenizer:
         With `parse_special=False` control tokens written in the text ("<|im_start|>") are
         tokenized as plain characters, as llama.cpp does for untrusted user text.
         """
+        if not isinstance(text, str):
+            raise TypeError(f"text to encode must be a string, got {type(text).__name__}")
         backend = self._backend if parse_special else self._literal_backend()
-        ids = backend.encode(text, add_special_tokens=False).ids
+        ids = backend.encode(valid_text(text), add_special_tokens=False).ids
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         return ids
