@@ -153,7 +153,11 @@ class Sandbox:
             reader = threading.Thread(target=lambda: reply.append(_read_frame(proc.stdout)),
                                       daemon=True)
             reader.start()
-            reader.join(timeout)
+            try:
+                reader.join(timeout)
+            except BaseException:  # Ctrl-C, an alarm: the child may still be at it
+                self._kill()
+                raise
             if reader.is_alive():
                 self._kill()  # the pipe closes: the reader sees its end and returns
                 reader.join()
