@@ -9,9 +9,12 @@ interrupted or corrupt download never leaves a file that looks like a model.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
+import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -245,8 +248,18 @@ def _hub_download(spec: str) -> Path:
             f"{spec}: fetching from the Hugging Face Hub needs huggingface_hub "
             "(pip install 'drift[hub]')"
         ) from None
+    reason = _hub_unreachable()
     try:
-        return Path(hf_hub_download(repo_id=f"{org}/{repo}", filename=filename))
+        if reason is not None:  # fail fast, unless the Hub's own cache holds the file
+            try:
+                return Path(hf_hub_download(repo_id=f"{org}/{repo}", filename=filename,
+                                            local_files_only=True))
+            except Exception:  # noqa: BLE001 -- not cached (or not valid): say why we stop
+                raise DriftError(f"cannot reach the Hugging Face Hub: {reason}") from None
+        with _quiet("huggingface_hub"):  # its retry log lines; the outcome is our one line
+            return Path(hf_hub_download(repo_id=f"{org}/{repo}", filename=filename))
+    except DriftError:
+        raise
     except HFValidationError as e:
         raise DriftError(f"{spec}: not a Hugging Face Hub file ({_one_line(e)})") from None
     except RepositoryNotFoundError:
@@ -260,6 +273,39 @@ def _hub_download(spec: str) -> Path:
     except Exception as e:  # noqa: BLE001 -- anything else on the way (HTTP, TLS, proxy) is the
         # network's, whatever library raised it
         raise DriftError(f"cannot reach the Hugging Face Hub: {_one_line(e)}") from None
+
+
+HUB_PROBE_S = 3.0  # seconds to connect to the Hub before giving up
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached (a DNS failure, no route, a timeout), or None when a TCP
+    connection opens, or when a proxy or offline mode is set (then the library decides):
+    huggingface_hub itself retries for ~25 s, logging each attempt, before it says so."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+                                        "HF_HUB_OFFLINE")):
+        return None
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+    except OSError as e:
+        return f"{host}: {e.strerror or e or 'timed out'}"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _one_line(error: Exception) -> str:

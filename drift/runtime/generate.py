@@ -34,7 +34,8 @@ class GenerationStats:
     decode_s: float = 0.0
     decode_steps: int = 0  # the steps timed in decode_s (a step that ends on a stop counts)
     ttft_s: float = 0.0  # from the call to the first generated token
-    finish_reason: str | None = None  # "stop" (EOS or stop string) or "length"
+    # "stop" (EOS or stop string), "length" (max_tokens), "context" (the context is full)
+    finish_reason: str | None = None
     token_times: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -117,7 +118,7 @@ def generate_tokens(
             stats.finish_reason = "length"
             return
         if len(history) >= engine.ctx:
-            stats.finish_reason = "length"  # the context is full
+            stats.finish_reason = "context"  # the context is full
             return
         t_step = time.perf_counter()
         logits = engine.forward([token], len(history) - 1, to_host)
