@@ -133,7 +133,10 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from drift.analysis.hardware import DEVICES, device_spec
+    from drift.commands._common import model_file_for_analysis
 
+    if not args.list_devices:
+        model_file_for_analysis(args)  # a short name: the downloaded file, as for `run`
     if args.memory:
         return int(memory_report.run_memory_report(args) or 0)
     if args.list_devices:
