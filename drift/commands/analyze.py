@@ -133,12 +133,15 @@ def _check_output_paths(args: argparse.Namespace) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from drift.analysis.hardware import DEVICES, device_spec
+    from drift.commands._common import model_file_for_analysis
 
     if args.memory:
+        model_file_for_analysis(args)  # a short name: the downloaded file, as for `run`
         return int(memory_report.run_memory_report(args) or 0)
     if args.list_devices:
         return _list_devices(args)
     _check_output_paths(args)
+    model_file_for_analysis(args)  # a short name: the downloaded file, as for `run`
     from drift.analysis import report
     from drift.analysis.cost import model_cost
     from drift.analysis.roofline import estimate_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from drift.commands._common import add_model_arguments
+from drift.commands._common import add_model_arguments, model_file_for_analysis
 from drift.errors import InvalidArgumentError
 
 
@@ -59,6 +59,7 @@ def graphs_for(args: argparse.Namespace) -> dict:
         raise InvalidArgumentError("name a model: a .gguf path, a preset or sd-1.4")
     if is_sd(args.model):
         return sd_graphs()
+    model_file_for_analysis(args)
     _, cfg, dtypes = resolve_llm(args.model, args.quant)
     ctx = args.ctx or min(4096, cfg.ctx_train)
     if not 1 <= args.prompt_len <= ctx:

@@ -34,13 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", "--max-tokens", type=int, default=256, help="tokens to generate")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=40, help="0 = off")
-    p.add_argument("--top-p", type=float, default=0.95, help="1 = off")
-    p.add_argument("--min-p", type=float, default=0.05, help="0 = off")
-    p.add_argument("--repeat-penalty", type=float, default=1.0, help="1 = off")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-n", "--max-tokens", type=int, default=256,
+                   help="tokens to generate (default: %(default)s)")
+    p.add_argument("--temp", type=float, default=0.8,
+                   help="temperature; 0 = greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=40, help="0 = off (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=0.95, help="1 = off (default: %(default)s)")
+    p.add_argument("--min-p", type=float, default=0.05, help="0 = off (default: %(default)s)")
+    p.add_argument("--repeat-penalty", type=float, default=1.0,
+                   help="1 = off (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="default: a random one")
 
 
 def _sampling(args: argparse.Namespace) -> SamplerConfig:
@@ -54,7 +57,7 @@ def _open(args: argparse.Namespace):
     from drift.api import LLM
 
     sampling = _sampling(args)  # bad values fail before minutes of loading
-    llm = LLM(load_engine(args, progress=sys.stderr.isatty()))
+    llm = LLM(load_engine(args, progress=True if sys.stderr.isatty() else "lines"))
     return llm, sampling
 
 
@@ -63,7 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("expected [MODEL] PROMPT (quote a prompt with spaces)")
     args.model, prompt = (None, args.args[0]) if len(args.args) == 1 else args.args
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = sys.stdin.buffer.read().decode("utf-8", "replace")  # bytes that are not UTF-8
+        # become U+FFFD, as an argument's do (tokenizer.valid_text)
     llm, sampling = _open(args)
     # Like ollama: the file's own template wraps the prompt. A file without one is continued
     # as given (drift's fallback templates are for `drift chat` only: a base model, which is
@@ -82,18 +86,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _stream_out(llm, ids: list[int], sampling: SamplerConfig, max_tokens: int,
-                stop: list[str]) -> str:
+                stop: list[str], interruptible: bool = False) -> str:
+    """Stream the answer to stdout; returns it. With `interruptible`, Ctrl-C ends the answer
+    (what was written so far is returned) instead of the program."""
     from drift.runtime.generate import GenerationStats, stream
 
     llm.last_stats = GenerationStats()
     pieces = []
-    for piece in stream(llm.engine, llm.tokenizer, ids, sampling, max_tokens, stop,
-                        llm.tokenizer.stop_ids, llm.last_stats):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-        pieces.append(piece)
+    try:
+        for piece in stream(llm.engine, llm.tokenizer, ids, sampling, max_tokens, stop,
+                            llm.tokenizer.stop_ids, llm.last_stats):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            pieces.append(piece)
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        llm.last_stats.finish_reason = "interrupted"
     sys.stdout.write("\n")
     sys.stdout.flush()
+    if llm.last_stats.finish_reason == "context":
+        print(f"[stopped: the context of {llm.engine.ctx} tokens is full (raise --ctx, up to "
+              f"{llm.engine.config.ctx_train})]", file=sys.stderr)
+    elif llm.last_stats.finish_reason == "interrupted":
+        print("[interrupted]", file=sys.stderr)
     return "".join(pieces)
 
 
@@ -102,6 +118,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if llm.chat_template is None:
         raise InvalidArgumentError(f"{llm.engine.path.name} has no chat template; use drift run")
     messages = [{"role": "system", "content": args.system}] if args.system else []
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # a line that is not UTF-8 is still a line
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"drift chat with {llm.engine.path.name} on {llm.engine.backend.name}. "
@@ -109,7 +127,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     while True:
         if interactive:
             print(">>> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            print("\n(/exit or Ctrl-D leaves)", file=sys.stderr)
+            continue
         if not line:
             break
         text = line.rstrip("\n")
@@ -122,7 +146,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         messages.append({"role": "user", "content": text})
         ids = _fit_history(llm, messages, bool(args.system), args.max_tokens)
-        answer = _stream_out(llm, ids, sampling, args.max_tokens, [])
+        answer = _stream_out(llm, ids, sampling, args.max_tokens, [], interruptible=interactive)
         messages.append({"role": "assistant", "content": answer})
         if interactive:
             print(f"[{llm.last_stats.summary()}]", file=sys.stderr)

@@ -20,7 +20,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from drift.hub import pull
 
     for name in args.names:
-        path = pull(name, progress=sys.stderr.isatty())
+        path = pull(name, progress=True if sys.stderr.isatty() else "lines")
         print(path)
     return 0
 

@@ -70,6 +70,7 @@ _TYPED_DATA: dict[GGMLQuantizationType, type] = {
 _MIN_KV_BYTES = 8 + 4 + 1  # empty key, value type, smallest value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # empty name, n_dims, type, offset
 _MAX_ELEMENTS = 2**63  # ggml counts in int64
+_MAX_BYTES = 2**62  # numpy sizes are signed 64-bit
 # Metadata arrays are vocabularies and merges: 10**6 entries at most in practice. A corrupt
 # count that still fits in a large file would otherwise become a list of billions of objects.
 _MAX_ARRAY = 1 << 24
@@ -302,9 +303,12 @@ class _Header:
             raise UnsupportedError(
                 f"{self.path}: tensor {name}: unknown quant type id {type_id}"
             ) from None
-        if int(np.prod([max(d, 1) for d in dims], dtype=object)) >= _MAX_ELEMENTS:
-            self._corrupt(f"tensor {name}: dimensions {dims} are too large")
         elements, block_bytes = quants.block_shape(qtype)
+        # The product of the non-zero dimensions, in bytes, must fit the address space: numpy
+        # refuses the view of such a shape even when a zero dimension leaves it empty.
+        span = int(np.prod([max(d, 1) for d in dims], dtype=object))
+        if span >= _MAX_ELEMENTS or -(-span // elements) * block_bytes >= _MAX_BYTES:
+            self._corrupt(f"tensor {name}: dimensions {dims} are too large")
         row = dims[0] if dims else 1  # ggml pads missing dimensions with 1
         if row % elements:
             self._corrupt(

@@ -6,10 +6,11 @@ analysis without weights); the shared decoder builder reads nothing else.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from drift.errors import ModelFileError
+from drift.errors import ModelFileError, quote
 
 
 @dataclass(frozen=True)
@@ -72,28 +73,67 @@ class ModelConfig:
         return replace(self, **changes)
 
 
+# Bounds on the sizes a file may declare: far beyond any published model, small enough that
+# arithmetic on them (the expected-tensor list, the KV cache) stays cheap.
+MAX_DIM = 1 << 20  # widths: embedding, FFN, head dim
+MAX_HEADS = 1 << 12
+MAX_POSITIONS = 1 << 24  # context length, sliding window
+MAX_VOCAB = 1 << 24
+
+
 class Metadata:
-    """Typed access to `{arch}.*` keys, naming the key when it is missing or malformed."""
+    """Typed, range-checked access to `{arch}.*` keys: a value of the wrong type, out of its
+    range, NaN or infinite is an error that names the key and the value."""
 
     def __init__(self, md: dict[str, Any], arch: str, source: str = "model"):
         self.md, self.arch, self.source = md, arch, source
 
-    def get(self, key: str, default: Any = None, *, kind: type = int) -> Any:
+    def get(self, key: str, default: Any = None, *, kind: type = int, lo: float | None = None,
+            hi: float | None = None, lo_open: bool = False) -> Any:
+        """The value of `{arch}.{key}` as `kind` (int or float), within [lo, hi] ((lo, hi]
+        with `lo_open`); `default` when absent (None: the key is required)."""
         full = f"{self.arch}.{key}"
         if full not in self.md:
             if default is None:
                 raise ModelFileError(f"{self.source}: missing metadata key {full}")
             return default
-        value = self.md[full]
-        try:
-            return kind(value)
-        except (TypeError, ValueError):
-            raise ModelFileError(f"{self.source}: metadata {full}={value!r} is not {kind.__name__}")
+        return self.check(full, self.md[full], kind=kind, lo=lo, hi=hi, lo_open=lo_open)
+
+    def check(self, full: str, value: Any, *, kind: type = int, lo: float | None = None,
+              hi: float | None = None, lo_open: bool = False) -> Any:
+        bad = f"{self.source}: metadata {full}={quote(value)}"
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ModelFileError(f"{bad} is not an integer")
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ModelFileError(f"{bad} is not a number")
+            value = float(value)
+            if not math.isfinite(value):
+                raise ModelFileError(f"{bad} is not finite")
+        elif not isinstance(value, kind):
+            raise ModelFileError(f"{bad} is not a {kind.__name__}")
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise ModelFileError(f"{bad} is out of range (must be {'>' if lo_open else '>='} {lo})")
+        if hi is not None and value > hi:
+            raise ModelFileError(f"{bad} is out of range (must be <= {hi})")
+        return value
 
     def vocab_size(self) -> int:
         tokens = self.md.get("tokenizer.ggml.tokens")
         if f"{self.arch}.vocab_size" in self.md:
-            return self.get("vocab_size")
-        if tokens is None:
+            return self.get("vocab_size", lo=1, hi=MAX_VOCAB)
+        if not isinstance(tokens, list) or not tokens:
             raise ModelFileError(f"{self.source}: no vocabulary (tokenizer.ggml.tokens)")
         return len(tokens)
+
+
+def count_blocks(tensor_names: set[str]) -> int:
+    """How many transformer blocks the file holds tensors for (`blk.N.*`: the largest N + 1)."""
+    found = -1
+    for name in tensor_names:
+        if name.startswith("blk."):
+            index = name[4:].split(".", 1)[0]
+            if index.isdigit() and len(index) < 8:
+                found = max(found, int(index))
+    return found + 1

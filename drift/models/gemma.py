@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from drift.models import llama
-from drift.models.config import Metadata, ModelConfig
+from drift.models.config import MAX_POSITIONS, Metadata, ModelConfig
 
 ARCHS = ("gemma", "gemma2", "gemma3")
 
@@ -43,13 +43,13 @@ def config_from_metadata(md: dict[str, Any], tensor_names: set[str], source: str
     scale = 1.0 / math.sqrt(base.d_model / base.n_heads if is_27b else base.head_dim)
     cfg = cfg.with_(
         post_norms=True,
-        sliding_window=m.get("attention.sliding_window", 4096),
+        sliding_window=m.get("attention.sliding_window", 4096, lo=1, hi=MAX_POSITIONS),
         swa_layers=swa,
         attn_scale=scale,
     )
     if arch == "gemma2":
         return cfg.with_(
-            attn_softcap=m.get("attn_logit_softcapping", 50.0, kind=float),
-            final_softcap=m.get("final_logit_softcapping", 30.0, kind=float),
+            attn_softcap=m.get("attn_logit_softcapping", 50.0, kind=float, lo=0.0, hi=1e6),
+            final_softcap=m.get("final_logit_softcapping", 30.0, kind=float, lo=0.0, hi=1e6),
         )
     return cfg.with_(qk_norm=True, rope_theta_local=GEMMA3_LOCAL_ROPE_BASE)

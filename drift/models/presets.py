@@ -30,7 +30,8 @@ class Preset:
         return md
 
     def tensor_names(self) -> set[str]:
-        names = set()
+        # The real file's blocks (one name each: the config checks the block count by them)
+        names = {f"blk.{i}.attn_norm.weight" for i in range(self.keys["block_count"])}
         if not self.tied_embeddings:
             names.add("output.weight")
         if self.rope_freqs:

@@ -90,6 +90,9 @@ class Engine:
         positions = np.arange(start, start + len(tokens), dtype=np.int32)
         feeds = {"tokens": ids, "positions": positions}
         program = self.program(len(tokens))
+        # Positions from `start` on are overwritten: forget them first, so that a run that does
+        # not finish (Ctrl-C, an error) never leaves the cache claiming tokens it lost.
+        self.cached_tokens = self.cached_tokens[:start]
         out = program.run(feeds) if to_host else program.run(feeds, to_host=False)
         self.cached_tokens = self.cached_tokens[:start] + list(tokens)
         return out["logits"].reshape(-1)

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
-from drift.errors import ContextOverflowError, InvalidArgumentError
+from drift.errors import ContextOverflowError, InvalidArgumentError, NumericalError
 from drift.runtime.engine import Engine, common_prefix
-from drift.runtime.sampler import Sampler, SamplerConfig
+from drift.runtime.sampler import Sampler, SamplerConfig, nonfinite_message
 
 
 class TextStream(Protocol):
@@ -34,7 +34,8 @@ class GenerationStats:
     decode_s: float = 0.0
     decode_steps: int = 0  # the steps timed in decode_s (a step that ends on a stop counts)
     ttft_s: float = 0.0  # from the call to the first generated token
-    finish_reason: str | None = None  # "stop" (EOS or stop string) or "length"
+    # "stop" (EOS or stop string), "length" (max_tokens), "context" (the context is full)
+    finish_reason: str | None = None
     token_times: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -96,6 +97,8 @@ def generate_tokens(
             stats.finish_reason = "length"
             return
         token = pick(logits, history)
+        if token < 0:  # a device sampler's answer to logits that are not finite
+            raise NumericalError(nonfinite_message())
         # A GPU runs asynchronously: a step has ended only when its token is on the host, so
         # the prefill and each decode step are timed up to the sampled token.
         now = time.perf_counter()
@@ -115,7 +118,7 @@ def generate_tokens(
             stats.finish_reason = "length"
             return
         if len(history) >= engine.ctx:
-            stats.finish_reason = "length"  # the context is full
+            stats.finish_reason = "context"  # the context is full
             return
         t_step = time.perf_counter()
         logits = engine.forward([token], len(history) - 1, to_host)

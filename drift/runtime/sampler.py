@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from drift.errors import InvalidArgumentError
+from drift.errors import InvalidArgumentError, NumericalError
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,16 @@ class SamplerConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+                     "repeat_last_n", "seed"):
+            if isinstance(getattr(self, name), np.generic):  # plain Python values downstream
+                object.__setattr__(self, name, getattr(self, name).item())
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+            _check_type(name, getattr(self, name), (int, float), "a number")
+        for name in ("top_k", "repeat_last_n"):
+            _check_type(name, getattr(self, name), (int,), "an integer")
+        if self.seed is not None:
+            _check_type("seed", self.seed, (int,), "an integer or None")
         checks = [
             (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0"),
             (self.top_k >= 0, "top-k must be >= 0 (0 turns it off)"),
@@ -46,6 +56,12 @@ class SamplerConfig:
         return self.temperature == 0.0
 
 
+def _check_type(name: str, value: object, types: tuple[type, ...], what: str) -> None:
+    # bool is an int to Python, never a sampler value
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r:.40}")
+
+
 GREEDY = SamplerConfig(temperature=0.0)
 
 
@@ -60,7 +76,10 @@ class Sampler:
         if c.repeat_penalty != 1.0 and history and c.repeat_last_n:
             logits = apply_repeat_penalty(logits, history[-c.repeat_last_n :], c.repeat_penalty)
         if c.greedy:
-            return int(np.argmax(logits))
+            best = int(np.argmax(logits))  # a NaN, where there is one
+            check_finite(logits[best])
+            return best
+        check_finite(logits.max())
         if c.top_k in (0, len(logits)) and c.top_p >= 1.0 and c.min_p == 0.0:
             ids, kept = np.arange(len(logits)), logits  # nothing is cut: no order needed
         else:
@@ -68,6 +87,19 @@ class Sampler:
         probs = np.exp((kept - kept.max()) / c.temperature)
         probs /= probs.sum()
         return int(ids[self.rng.choice(len(ids), p=probs)])
+
+
+def check_finite(best: float) -> None:
+    """Stop on logits no token can be drawn from: the largest is NaN (any NaN is), +inf, or
+    -inf (all are). One value is checked: the reduction the sampler does anyway."""
+    if not math.isfinite(best):
+        raise NumericalError(nonfinite_message(float(best)))
+
+
+def nonfinite_message(best: float | None = None) -> str:
+    what = ("NaN" if math.isnan(best) else "infinite") if best is not None else "NaN or infinite"
+    return (f"the model computed {what} logits: its weights are corrupt or its activations "
+            "overflowed; generation stopped")
 
 
 def apply_repeat_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> np.ndarray:

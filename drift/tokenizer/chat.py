@@ -3,25 +3,33 @@
 A template is untrusted code from the model file, so it runs in Jinja's immutable sandbox.
 The environment mirrors transformers' (`utils/chat_template_utils.py`): the same options,
 globals, filters and input clean-up, so a prompt rendered here is the prompt the model saw in
-training and the one `apply_chat_template(..., tokenize=False)` gives.
+training and the one `apply_chat_template(..., tokenize=False)` gives. Unlike transformers,
+compiling and rendering are bounded: they run in a child process (`sandbox.py`) that is
+killed past `TIMEOUT_S` and whose memory is capped, and the output stops at `MAX_CHARS`;
+every failure is one `TemplateError` line.
 
 A file without a template falls back to a small table of well-known formats by architecture.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import pickle
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
 
-import jinja2
-import jinja2.ext
-import jinja2.nodes
 import numpy as np
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from drift.errors import DriftError
+from drift.errors import TemplateError
+
+TIMEOUT_S = 5.0  # seconds a compile or a render may take
+MAX_CHARS = 1 << 22  # characters of output: far beyond any context
+MAX_SOURCE = 1 << 20  # characters of template source
 
 # Google's Gemma 3 instruction format, verbatim from the tokenizer_config.json of its -it models.
 _GEMMA_TEMPLATE = r"""{{ bos_token }}
@@ -85,12 +93,9 @@ class ChatTemplate:
         self.source = source
         self.fallback = fallback  # True: from FALLBACK_TEMPLATES, not from the model file
         self._variables = dict(variables)
-        try:
-            self._template = _environment().from_string(source)
-        except jinja2.TemplateSyntaxError as e:
-            raise DriftError(
-                f"chat template does not compile (line {e.lineno}): {_one_line(e)}"
-            ) from None
+        if len(source) > MAX_SOURCE:
+            raise TemplateError(f"chat template is {len(source)} characters (at most {MAX_SOURCE})")
+        SANDBOX.run(source, None, "chat template")  # compile errors show at load
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> ChatTemplate | None:
@@ -99,7 +104,7 @@ class ChatTemplate:
         variables = {}
         for name, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
             token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
-            if token_id is not None and 0 <= token_id < len(tokens):
+            if isinstance(token_id, int) and 0 <= token_id < len(tokens):
                 variables[f"{name}_token"] = tokens[token_id]
         source = metadata.get("tokenizer.chat_template")
         if isinstance(source, str) and source:
@@ -116,93 +121,101 @@ class ChatTemplate:
             _alias_reasoning({k: _plain(v) for k, v in m.items() if v is not None})
             for m in messages
         ]
-        try:
-            return self._template.render(
-                messages=chat,
-                tools=None,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **self._variables,
-            )
-        except Exception as e:  # noqa: BLE001 -- whatever the file's template code raises
-            raise DriftError(f"chat template failed: {_one_line(e)}") from None
+        context = dict(messages=chat, tools=None, documents=None,
+                       add_generation_prompt=add_generation_prompt, **self._variables)
+        return SANDBOX.run(self.source, context, "chat template")
 
 
-class _GenerationTag(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}` marks assistant text for training masks in
-    transformers; rendering only needs the body."""
+class Sandbox:
+    """The child process templates run in (`sandbox.py`), started on first use and again after
+    it was killed; one request at a time."""
 
-    tags: ClassVar[set[str]] = {"generation"}
+    def __init__(self):
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        atexit.register(self.close)
 
-    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.Scope(body).set_lineno(lineno)
+    def run(self, source: str, context: dict[str, Any] | None, what: str,
+            timeout: float | None = None, max_chars: int | None = None) -> str:
+        """The rendered text (context None: compile only, ""); TemplateError on any failure."""
+        timeout = TIMEOUT_S if timeout is None else timeout
+        request = pickle.dumps({"source": source, "context": context,
+                                "max_chars": MAX_CHARS if max_chars is None else max_chars})
+        with self._lock:
+            proc = self._start()
+            reply: list[bytes | None] = []
+            try:
+                proc.stdin.write(len(request).to_bytes(8, "little") + request)
+                proc.stdin.flush()
+            except OSError:
+                self._kill()
+                raise TemplateError(f"{what}: its sandbox process ended") from None
+            reader = threading.Thread(target=lambda: reply.append(_read_frame(proc.stdout)),
+                                      daemon=True)
+            reader.start()
+            try:
+                reader.join(timeout)
+            except BaseException:  # Ctrl-C, an alarm: the child may still be at it
+                self._kill()
+                raise
+            if reader.is_alive():
+                self._kill()  # the pipe closes: the reader sees its end and returns
+                reader.join()
+                raise TemplateError(f"{what} did not finish in {timeout:g} s (a runaway loop?)")
+            if not reply or reply[0] is None:
+                self._kill()
+                raise TemplateError(f"{what} crashed its sandbox process (out of memory?)")
+        answer = json.loads(reply[0])
+        if "error" in answer:
+            raise TemplateError(f"{what} {answer['error']}")
+        return answer["text"]
+
+    def _start(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            script = Path(__file__).with_name("sandbox.py")
+            self._proc = subprocess.Popen(
+                [sys.executable, "-P", "-s", str(script)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
+        return self._proc
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                pipe.close()
+            self._proc = None
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.stdin.close()  # the child's loop ends
+                self._proc.wait(timeout=1)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            self._kill()
 
 
-class _TemplateDict:
-    """`dict(...)` for templates, without the attribute access a real type object gives."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict:
-        return dict(*args, **kwargs)
-
-    def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
-        return dict.fromkeys(*args, **kwargs)
+def _read_frame(stream) -> bytes | None:
+    head = _read_exactly(stream, 8)
+    return None if head is None else _read_exactly(stream, int.from_bytes(head, "little"))
 
 
-class _TemplateNamespace(jinja2.utils.Namespace):
-    """`namespace(...)` that refuses underscore names, which lead to CPython internals."""
-
-    def __init__(*args: Any, **kwargs: Any):
-        self, args = args[0], args[1:]
-        attrs = dict(*args, **kwargs)
-        for name in attrs:
-            _TemplateNamespace._check_name(name)
-        jinja2.utils.Namespace.__init__(self, attrs)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        _TemplateNamespace._check_name(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
-
-    @staticmethod
-    def _check_name(name: Any) -> None:
-        if isinstance(name, str) and name.startswith("_"):
-            raise jinja2.exceptions.SecurityError(
-                f"chat templates cannot store underscore attributes on a namespace ({name!r})"
-            )
+def _read_exactly(stream, n: int) -> bytes | None:
+    chunks, left = [], n
+    try:
+        while left:
+            chunk = stream.read(left)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            left -= len(chunk)
+    except (OSError, ValueError):  # closed under us by _kill
+        return None
+    return b"".join(chunks)
 
 
-def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(
-    x: Any,
-    ensure_ascii: bool = False,
-    indent: int | None = None,
-    separators: tuple[str, str] | None = None,
-    sort_keys: bool = False,
-) -> str:
-    # Jinja's own tojson escapes HTML characters, which would change the prompt.
-    return json.dumps(
-        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-def _strftime_now(format: str) -> str:
-    return datetime.now().strftime(format)
-
-
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    env.globals["dict"] = _TemplateDict()
-    env.globals["namespace"] = _TemplateNamespace
-    return env
+SANDBOX = Sandbox()
 
 
 def _plain(value: Any) -> Any:
@@ -234,5 +247,3 @@ def _alias_reasoning(message: dict[str, Any]) -> dict[str, Any]:
     return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

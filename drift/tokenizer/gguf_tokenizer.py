@@ -24,10 +24,11 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
-from drift.errors import ModelFileError, UnsupportedError
+from drift.errors import DriftError, ModelFileError, UnsupportedError, quote
 
 # A SentencePiece byte-fallback token, "<0x0A>"; tokenizers' ByteFallback decoder goes by text.
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # llama.cpp's token types (`tokenizer.ggml.token_type`).
 _CONTROL, _USER_DEFINED = 3, 4
@@ -88,6 +89,16 @@ _LLAMA3_FAMILY = frozenset(
 _GEMMA_ARCHS = frozenset({"gemma", "gemma2", "gemma3"})
 
 
+def valid_text(text: str) -> str:
+    """`text` with what UTF-8 cannot hold replaced by U+FFFD: lone surrogates, such as the
+    bytes of an invalid UTF-8 argument or file that Python decoded with surrogateescape."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's map from each byte to a printable character: byte-level vocabularies are spelled
     in this alphabet, so a token that uses any other character must be respelled to be found."""
@@ -136,30 +147,39 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, metadata: dict[str, Any]) -> Tokenizer:
-        """Build the tokenizer a GGUF's `tokenizer.ggml.*` keys describe."""
+        """Build the tokenizer a GGUF's `tokenizer.ggml.*` keys describe; every key is checked
+        for type and range first, so that a bad file fails here with a message naming it."""
         kind = metadata.get("tokenizer.ggml.model")
         tokens = metadata.get("tokenizer.ggml.tokens")
         if not isinstance(kind, str) or not isinstance(tokens, list) or not tokens:
             raise ModelFileError("the GGUF has no tokenizer (tokenizer.ggml.model / .tokens)")
-        types: list[int] = metadata.get("tokenizer.ggml.token_type") or []
+        _check_list(metadata, "tokens", str, len(tokens))
+        types: list[int] = _check_list(metadata, "token_type", int, len(tokens)) or []
         pre = metadata.get("tokenizer.ggml.pre", "default")
-        if kind == "gpt2":
-            backend = _byte_level(tokens, _merges(metadata), pre)
-            default_add_bos = pre in _LLAMA3_FAMILY
-        elif kind == "llama":
-            arch = metadata.get("general.architecture", "")
-            backend = _sentencepiece(metadata, tokens, gemma=arch in _GEMMA_ARCHS)
-            default_add_bos = True  # llama.cpp's default for SentencePiece vocabularies
-        else:
-            raise UnsupportedError(
-                f"tokenizer model {kind!r} is not supported "
-                "(drift reads 'gpt2' byte-level BPE and 'llama' SentencePiece vocabularies)"
-            )
+        if not isinstance(pre, str):
+            raise ModelFileError(f"metadata tokenizer.ggml.pre={quote(pre)} is not a string")
         specials = {
-            key: metadata.get(f"tokenizer.ggml.{key}_token_id")
+            key: _token_id(metadata, f"tokenizer.ggml.{key}_token_id", len(tokens))
             for key in ("bos", "eos", "unknown", "padding", "eot", "eom")
         }
-        _add_special_tokens(backend, tokens, types, kind, specials)
+        try:
+            if kind == "gpt2":
+                backend = _byte_level(tokens, _merges(metadata), pre)
+                default_add_bos = pre in _LLAMA3_FAMILY
+            elif kind == "llama":
+                arch = metadata.get("general.architecture", "")
+                backend = _sentencepiece(metadata, tokens, gemma=arch in _GEMMA_ARCHS)
+                default_add_bos = True  # llama.cpp's default for SentencePiece vocabularies
+            else:
+                raise UnsupportedError(
+                    f"tokenizer model {quote(kind)} is not supported "
+                    "(drift reads 'gpt2' byte-level BPE and 'llama' SentencePiece vocabularies)"
+                )
+            _add_special_tokens(backend, tokens, types, kind, specials)
+        except DriftError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- `tokenizers` refusing what the checks let by
+            raise ModelFileError(f"the GGUF's tokenizer metadata is inconsistent: {e}") from None
         stops = {specials[key] for key in ("eos", "eot", "eom")}
         stops.update(
             i
@@ -193,8 +213,10 @@ class Tokenizer:
         With `parse_special=False` control tokens written in the text ("<|im_start|>") are
         tokenized as plain characters, as llama.cpp does for untrusted user text.
         """
+        if not isinstance(text, str):
+            raise TypeError(f"text to encode must be a string, got {type(text).__name__}")
         backend = self._backend if parse_special else self._literal_backend()
-        ids = backend.encode(text, add_special_tokens=False).ids
+        ids = backend.encode(valid_text(text), add_special_tokens=False).ids
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         return ids
@@ -257,8 +279,52 @@ class IncrementalDecoder:
 
 
 def _merges(metadata: dict[str, Any]) -> list[tuple[str, str]] | None:
-    merges = metadata.get("tokenizer.ggml.merges")
-    return None if merges is None else [tuple(m.split(" ")) for m in merges]  # type: ignore[misc]
+    merges = _check_list(metadata, "merges", str)
+    if merges is None:
+        return None
+    pairs = [m.split(" ") for m in merges]
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or not all(pair):
+            raise ModelFileError(
+                f"metadata tokenizer.ggml.merges[{i}]={quote(merges[i])} is not two tokens "
+                "separated by one space"
+            )
+    return [(a, b) for a, b in pairs]
+
+
+_A = {str: "a string", int: "an integer", float: "a number"}
+
+
+def _check_list(metadata: dict[str, Any], key: str, item: type, length: int | None = None
+                ) -> list | None:
+    """The list at `tokenizer.ggml.{key}` (None when absent), checked: a list of `item`
+    (int: not bool; float: any number), of `length` items when given."""
+    full = f"tokenizer.ggml.{key}"
+    value = metadata.get(full)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ModelFileError(f"metadata {full}={quote(value)} is not an array")
+    if length is not None and len(value) != length:
+        raise ModelFileError(f"metadata {full} has {len(value)} items, the vocabulary {length}")
+    kinds = (int, float) if item is float else (item,)
+    for i, v in enumerate(value):
+        if not isinstance(v, kinds) or isinstance(v, bool):
+            raise ModelFileError(
+                f"metadata {full}[{i}]={quote(v)} is not {_A[item]}"
+            )
+    return value
+
+
+def _token_id(metadata: dict[str, Any], key: str, n_tokens: int) -> int | None:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_tokens:
+        raise ModelFileError(
+            f"metadata {key}={quote(value)} is not a token id (the vocabulary has {n_tokens})"
+        )
+    return value
 
 
 def _byte_level(tokens: list[str], merges: list[tuple[str, str]] | None, pre: str) -> Backend:
@@ -320,7 +386,8 @@ def _sentencepiece(metadata: dict[str, Any], tokens: list[str], gemma: bool) -> 
         if gemma:
             priority = {t: -i for i, t in enumerate(tokens)}
         else:
-            priority = dict(zip(tokens, metadata.get("tokenizer.ggml.scores") or []))
+            scores = _check_list(metadata, "scores", float, len(tokens)) or []
+            priority = dict(zip(tokens, scores))
         merges = derive_merges(vocab, priority)
     unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
     backend = Backend(

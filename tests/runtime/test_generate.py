@@ -101,7 +101,7 @@ def test_utf8_split_across_tokens_never_emits_half_a_character():
 
 def test_generation_stops_when_context_is_full():
     pieces, stats = run([ord("a")] * 100, prompt=range(1, 9), ctx=12, max_tokens=100)
-    assert stats.finish_reason == "length" and len(pieces[0] if len(pieces) == 1 else "".join(pieces)) == 4
+    assert stats.finish_reason == "context" and len(pieces[0] if len(pieces) == 1 else "".join(pieces)) == 4
 
 
 def test_prompt_longer_than_context_raises():

@@ -100,6 +100,11 @@ def select_kernel(keys_ptr, out_ptr, kept_ptr, n_keys, V, top_k, top_p, min_p, i
         score = tl.where(keep, v * inv_temp + gumbel, float("-inf"))
         win = tl.argmax(score, axis=0)
         choice = tl.sum(tl.where(rank == win, idx, 0), axis=0)
+    # The best logit is NaN when any is (NaN keys sort above +inf), -inf when all are: then no
+    # token can be drawn, and -1 tells the host so (runtime/generate.py raises).
+    v_best = tl.sum(tl.where(rank == 0, v, 0.0), axis=0)
+    finite = (v_best == v_best) & (tl.abs(v_best) < float("inf"))
+    choice = tl.where(finite, choice, -1)
     tl.store(out_ptr, choice.to(tl.int32))
     tl.store(kept_ptr + rank, tl.where(keep, idx, -1).to(tl.int32))  # the survivors, for tests
 
