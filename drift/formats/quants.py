@@ -42,6 +42,51 @@ def block_shape(qtype: Q) -> tuple[int, int]:
     return GGML_QUANT_SIZES[qtype]
 
 
+# The GGML block layout of each quant type, written once: its fields in file order, as
+# (name, byte offset, bytes, kind); "scale" fields are per-block factors and offsets, "quant"
+# fields the packed weights. The dequantizers below, the storages of drift/passes/storage.py
+# and the Triton backend's on-device conversion all slice blocks through it (`field`).
+BLOCK_FIELDS: dict[str, tuple[tuple[str, int, int, str], ...]] = {
+    "Q4_0": (("d", 0, 2, "scale"), ("qs", 2, 16, "quant")),
+    "Q4_1": (("d", 0, 2, "scale"), ("m", 2, 2, "scale"), ("qs", 4, 16, "quant")),
+    "Q5_0": (("d", 0, 2, "scale"), ("qh", 2, 4, "quant"), ("qs", 6, 16, "quant")),
+    "Q5_1": (("d", 0, 2, "scale"), ("m", 2, 2, "scale"), ("qh", 4, 4, "quant"),
+             ("qs", 8, 16, "quant")),
+    "Q8_0": (("d", 0, 2, "scale"), ("qs", 2, 32, "quant")),
+    "Q2_K": (("scales", 0, 16, "scale"), ("qs", 16, 64, "quant"), ("d", 80, 2, "scale"),
+             ("dmin", 82, 2, "scale")),
+    "Q3_K": (("hmask", 0, 32, "quant"), ("qs", 32, 64, "quant"), ("scales", 96, 12, "scale"),
+             ("d", 108, 2, "scale")),
+    "Q4_K": (("d", 0, 2, "scale"), ("dmin", 2, 2, "scale"), ("scales", 4, 12, "scale"),
+             ("qs", 16, 128, "quant")),
+    "Q5_K": (("d", 0, 2, "scale"), ("dmin", 2, 2, "scale"), ("scales", 4, 12, "scale"),
+             ("qh", 16, 32, "quant"), ("qs", 48, 128, "quant")),
+    "Q6_K": (("ql", 0, 128, "quant"), ("qh", 128, 64, "quant"), ("scales", 192, 16, "scale"),
+             ("d", 208, 2, "scale")),
+}
+_FIELD_AT = {(q, name): (off, size) for q, fs in BLOCK_FIELDS.items() for name, off, size, _ in fs}
+
+
+def field(b, qtype: str, name: str):
+    """Field `name` of every block: b[..., off:off + size] of (..., bytes per block) blocks
+    (numpy or torch)."""
+    off, size = _FIELD_AT[(qtype, name)]
+    return b[..., off : off + size]
+
+
+def _check_fields() -> None:
+    """Each type's fields are listed in file order and cover its block exactly."""
+    for qtype, fields in BLOCK_FIELDS.items():
+        at = 0
+        for _, off, size, _ in fields:
+            assert off == at, f"{qtype}: fields out of order"
+            at += size
+        assert at == GGML_QUANT_SIZES[Q[qtype]][1], f"{qtype}: fields do not cover the block"
+
+
+_check_fields()
+
+
 def _names(types: frozenset[Q] | set[Q]) -> str:
     return ", ".join(t.name for t in sorted(types))
 
@@ -58,9 +103,9 @@ def check_supported(qtype: Q, tensor_name: str | None = None) -> None:
 # Bit helpers shared by the block decoders.
 
 
-def _f16(b: Blocks, at: int) -> np.ndarray:
-    """The f16 field at byte `at` of every block, as float32 (n, 1)."""
-    return b[:, at : at + 2].view(np.float16).astype(np.float32)
+def _f16(b: Blocks, qtype: str, name: str) -> np.ndarray:
+    """The f16 field `name` of every block, as float32 (n, 1)."""
+    return field(b, qtype, name).view(np.float16).astype(np.float32)
 
 
 def _split(x: np.ndarray, width: int) -> np.ndarray:
@@ -106,40 +151,40 @@ def _dq_q4_0(b: Blocks) -> Values:
     # Q4_0 (32 weights, 18 bytes): [0:2] d f16 | [2:18] qs, 16 bytes.
     # q[e] = nibble (e // 16) of qs[e % 16]   (e < 16: low nibbles, e >= 16: high nibbles)
     # w[e] = d * (q[e] - 8)
-    q = _split(b[:, 2:18], 4).reshape(-1, 32)
-    return _f16(b, 0) * (q.astype(np.float32) - 8)
+    q = _split(field(b, "Q4_0", "qs"), 4).reshape(-1, 32)
+    return _f16(b, "Q4_0", "d") * (q.astype(np.float32) - 8)
 
 
 def _dq_q4_1(b: Blocks) -> Values:
     # Q4_1 (32 weights, 20 bytes): [0:2] d f16 | [2:4] m f16 | [4:20] qs, 16 bytes.
     # q[e] = nibble (e // 16) of qs[e % 16];  w[e] = (d * q[e]) + m
-    q = _split(b[:, 4:20], 4).reshape(-1, 32)
-    return _f16(b, 0) * q.astype(np.float32) + _f16(b, 2)
+    q = _split(field(b, "Q4_1", "qs"), 4).reshape(-1, 32)
+    return _f16(b, "Q4_1", "d") * q.astype(np.float32) + _f16(b, "Q4_1", "m")
 
 
-def _q5(b: Blocks, qh_at: int) -> np.ndarray:
+def _q5(b: Blocks, qtype: str) -> np.ndarray:
     # Shared by Q5_0 / Q5_1: 4 bytes qh (a little-endian uint32: bit e is bit 4 of q[e]), then
     # 16 bytes qs holding the low 4 bits as in Q4_0.
-    low = _split(b[:, qh_at + 4 : qh_at + 20], 4).reshape(-1, 32)
-    high = np.unpackbits(b[:, qh_at : qh_at + 4], axis=-1, bitorder="little")
+    low = _split(field(b, qtype, "qs"), 4).reshape(-1, 32)
+    high = np.unpackbits(field(b, qtype, "qh"), axis=-1, bitorder="little")
     return low | (high << 4)
 
 
 def _dq_q5_0(b: Blocks) -> Values:
     # Q5_0 (32 weights, 22 bytes): [0:2] d f16 | [2:6] qh | [6:22] qs.
     # q[e] = (nibble (e // 16) of qs[e % 16]) | (bit e of qh) << 4;  w[e] = d * (q[e] - 16)
-    return _f16(b, 0) * (_q5(b, 2).astype(np.float32) - 16)
+    return _f16(b, "Q5_0", "d") * (_q5(b, "Q5_0").astype(np.float32) - 16)
 
 
 def _dq_q5_1(b: Blocks) -> Values:
     # Q5_1 (32 weights, 24 bytes): [0:2] d f16 | [2:4] m f16 | [4:8] qh | [8:24] qs.
     # q[e] as in Q5_0;  w[e] = (d * q[e]) + m
-    return _f16(b, 0) * _q5(b, 4).astype(np.float32) + _f16(b, 2)
+    return _f16(b, "Q5_1", "d") * _q5(b, "Q5_1").astype(np.float32) + _f16(b, "Q5_1", "m")
 
 
 def _dq_q8_0(b: Blocks) -> Values:
     # Q8_0 (32 weights, 34 bytes): [0:2] d f16 | [2:34] qs, int8.  w[e] = qs[e] * d
-    return b[:, 2:34].view(np.int8).astype(np.float32) * _f16(b, 0)
+    return field(b, "Q8_0", "qs").view(np.int8).astype(np.float32) * _f16(b, "Q8_0", "d")
 
 
 def _dq_q2_k(b: Blocks) -> Values:
@@ -148,10 +193,11 @@ def _dq_q2_k(b: Blocks) -> Values:
     # min nibble 1 of scales[s].
     # e = h*128 + j*32 + l (h < 2, j < 4, l < 32): q[e] = bits [2j, 2j+2) of qs[h*32 + l]
     # w[e] = (d * scale[s]) * q[e] - (dmin * min[s])
-    sc = b[:, 0:16]
-    dl = (_f16(b, 80) * (sc & 0xF).astype(np.float32))[:, :, None]  # (n, 16, 1)
-    ml = (_f16(b, 82) * (sc >> 4).astype(np.float32))[:, :, None]
-    q = _split(b[:, 16:80].reshape(-1, 2, 32), 2).reshape(-1, 16, 16).astype(np.float32)
+    sc = field(b, "Q2_K", "scales")
+    dl = (_f16(b, "Q2_K", "d") * (sc & 0xF).astype(np.float32))[:, :, None]  # (n, 16, 1)
+    ml = (_f16(b, "Q2_K", "dmin") * (sc >> 4).astype(np.float32))[:, :, None]
+    qs = field(b, "Q2_K", "qs")
+    q = _split(qs.reshape(-1, 2, 32), 2).reshape(-1, 16, 16).astype(np.float32)
     return (dl * q - ml).reshape(-1, 256)
 
 
@@ -163,13 +209,14 @@ def _dq_q3_k(b: Blocks) -> Values:
     # e = h*128 + j*32 + l (h < 2, j < 4, l < 32): low2 = bits [2j, 2j+2) of qs[h*32 + l]
     # hbit = bit (e // 32) of hmask[e % 32];  q[e] = low2 - (0 if hbit else 4)
     # w[e] = (d * scale[e // 16]) * q[e]
-    sc = b[:, 96:108]
+    sc = field(b, "Q3_K", "scales")
     low = _split(sc[:, 0:8], 4).reshape(-1, 16)
     high = _split(sc[:, 8:12], 2).reshape(-1, 16)
     scale = ((low | (high << 4)).astype(np.int8) - 32).astype(np.float32)
-    dl = (_f16(b, 108) * scale)[:, :, None]  # (n, 16, 1)
-    low2 = _split(b[:, 32:96].reshape(-1, 2, 32), 2).reshape(-1, 16, 16).astype(np.int8)
-    hbit = _split(b[:, 0:32], 1).reshape(-1, 16, 16).astype(np.int8)
+    dl = (_f16(b, "Q3_K", "d") * scale)[:, :, None]  # (n, 16, 1)
+    qs = field(b, "Q3_K", "qs")
+    low2 = _split(qs.reshape(-1, 2, 32), 2).reshape(-1, 16, 16).astype(np.int8)
+    hbit = _split(field(b, "Q3_K", "hmask"), 1).reshape(-1, 16, 16).astype(np.int8)
     q = (low2 - ((1 - hbit) << 2)).astype(np.float32)
     return (dl * q).reshape(-1, 256)
 
@@ -190,21 +237,22 @@ def _dq_q4_k(b: Blocks) -> Values:
     # _k_scale_min) | [16:144] qs. 8 sub-blocks of 32 weights, s = e // 32.
     # e = c*64 + k*32 + l (c < 4, k < 2, l < 32): q[e] = nibble k of qs[c*32 + l]
     # w[e] = (d * scale[s]) * q[e] - (dmin * min[s])
-    scale, mins = _k_scale_min(b[:, 4:16])
-    dl = (_f16(b, 0) * scale)[:, :, None]  # (n, 8, 1)
-    ml = (_f16(b, 2) * mins)[:, :, None]
-    q = _split(b[:, 16:144].reshape(-1, 4, 32), 4).reshape(-1, 8, 32).astype(np.float32)
+    scale, mins = _k_scale_min(field(b, "Q4_K", "scales"))
+    dl = (_f16(b, "Q4_K", "d") * scale)[:, :, None]  # (n, 8, 1)
+    ml = (_f16(b, "Q4_K", "dmin") * mins)[:, :, None]
+    qs = field(b, "Q4_K", "qs")
+    q = _split(qs.reshape(-1, 4, 32), 4).reshape(-1, 8, 32).astype(np.float32)
     return (dl * q - ml).reshape(-1, 256)
 
 
 def _dq_q5_k(b: Blocks) -> Values:
     # Q5_K (256 weights, 176 bytes): [0:2] d | [2:4] dmin | [4:16] scales | [16:48] qh |
     # [48:176] qs. As Q4_K, plus a fifth bit: q[e] |= (bit (e // 32) of qh[e % 32]) << 4.
-    scale, mins = _k_scale_min(b[:, 4:16])
-    dl = (_f16(b, 0) * scale)[:, :, None]  # (n, 8, 1)
-    ml = (_f16(b, 2) * mins)[:, :, None]
-    low = _split(b[:, 48:176].reshape(-1, 4, 32), 4).reshape(-1, 8, 32)
-    high = _split(b[:, 16:48], 1)  # (n, 8, 32)
+    scale, mins = _k_scale_min(field(b, "Q5_K", "scales"))
+    dl = (_f16(b, "Q5_K", "d") * scale)[:, :, None]  # (n, 8, 1)
+    ml = (_f16(b, "Q5_K", "dmin") * mins)[:, :, None]
+    low = _split(field(b, "Q5_K", "qs").reshape(-1, 4, 32), 4).reshape(-1, 8, 32)
+    high = _split(field(b, "Q5_K", "qh"), 1)  # (n, 8, 32)
     q = (low | (high << 4)).astype(np.float32)
     return (dl * q - ml).reshape(-1, 256)
 
@@ -216,9 +264,10 @@ def _dq_q6_k(b: Blocks) -> Values:
     #   low4  = nibble (r // 64) of ql[h*64 + r % 64]
     #   high2 = bits [2*(r // 32), +2) of qh[h*32 + r % 32]
     #   q[e] = (low4 | high2 << 4) - 32;  w[e] = (d * scales[s]) * q[e]
-    dl = (_f16(b, 208) * b[:, 192:208].view(np.int8).astype(np.float32))[:, :, None]
-    low = _split(b[:, 0:128].reshape(-1, 2, 64), 4).reshape(-1, 256)
-    high = _split(b[:, 128:192].reshape(-1, 2, 32), 2).reshape(-1, 256)
+    sc = field(b, "Q6_K", "scales").view(np.int8).astype(np.float32)
+    dl = (_f16(b, "Q6_K", "d") * sc)[:, :, None]
+    low = _split(field(b, "Q6_K", "ql").reshape(-1, 2, 64), 4).reshape(-1, 256)
+    high = _split(field(b, "Q6_K", "qh").reshape(-1, 2, 32), 2).reshape(-1, 256)
     q = ((low | (high << 4)).astype(np.int8) - 32).astype(np.float32)
     return (dl * q.reshape(-1, 16, 16)).reshape(-1, 256)
 

@@ -29,6 +29,8 @@ class Capabilities:
         tensors are spread over several objects. 0: no limit.
     quant_planes: quantized weights are converted at load into separate scale and quant
         planes, tiled by `quant_tile_rows` rows, rather than kept as GGUF's interleaved blocks.
+    kernel_planes: quantized weights are converted at load into the GPU kernels' planes
+        (`KernelPlanes`: quants per row, f16 scales and mins per group).
     inplace: an elementwise op may write its output over an input that dies there.
     fused_ops: the fused ops (drift/ir/ops_fused.py, ops_quant.py) the backend has kernels
         for; a fusion rule fires only when its op is here. The default is what the numpy
@@ -50,6 +52,7 @@ class Capabilities:
     max_object_bytes: int = 0
     quant_planes: bool = False
     quant_tile_rows: int = 16
+    kernel_planes: bool = False
     inplace: bool = True
     fused_ops: frozenset[str] = REFERENCE_FUSIONS
     decode_fused_ops: frozenset[str] = frozenset()

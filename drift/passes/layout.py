@@ -2,8 +2,9 @@
 capabilities (`Capabilities`). Kernels address tensors logically; the storage chosen here is
 what their accessors expand into (see `storage.py`).
 
-    weights       quantized: split into tiled scale/quant planes where the backend converts
-                  them at load (`quant_planes`), else GGUF's blocks; plain: a buffer
+    weights       quantized: the GPU kernels' planes (`kernel_planes`), or tiled scale/quant
+                  planes (`quant_planes`), as the backend converts them at load, else GGUF's
+                  blocks; plain: a buffer
     KV cache      a buffer, (C, Hkv, Dh) row-major
     views         a view (reshape, last_row) and its input share memory, so both are plain
                   row-major buffers; so are outputs laid back to back (stacked_matmul)
@@ -47,7 +48,7 @@ def choose_storages(graph: Graph, caps: Capabilities) -> dict[str, Storage]:
             out[t.name] = Q8Blocks(t.shape, t.dtype, a)
         elif t.role == Role.WEIGHT:
             out[t.name] = weight_storage(t.shape, t.dtype, caps.quant_planes,
-                                         caps.quant_tile_rows, a)
+                                         caps.quant_tile_rows, a, caps.kernel_planes)
         elif t.role == Role.KV or t.name in linked or is_quantized(t.dtype):
             out[t.name] = StridedBuffer(t.shape, t.dtype, None, a)
         elif caps.max_object_bytes and t.nbytes > caps.max_object_bytes:

@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from drift.formats.quants import BLOCK_FIELDS
 from drift.ir.ops_quant import QBLOCK, dequantize_planes, quantize_planes
 from drift.ir.tensor import NUMPY_DTYPES, PLAIN_DTYPES, is_quantized
 
@@ -336,39 +337,8 @@ class Q8Blocks(Storage):
 # ---------------------------------------------------------------------------------------------
 # quantized weights
 
-# Fields of each block, in the order GGUF stores them: (name, byte offset, bytes, kind).
-# "scale" fields are per-block factors and offsets, "quant" fields the packed weights.
-BLOCK_FIELDS: dict[str, tuple[tuple[str, int, int, str], ...]] = {
-    "Q4_0": (("d", 0, 2, "scale"), ("qs", 2, 16, "quant")),
-    "Q4_1": (("d", 0, 2, "scale"), ("m", 2, 2, "scale"), ("qs", 4, 16, "quant")),
-    "Q5_0": (("d", 0, 2, "scale"), ("qh", 2, 4, "quant"), ("qs", 6, 16, "quant")),
-    "Q5_1": (("d", 0, 2, "scale"), ("m", 2, 2, "scale"), ("qh", 4, 4, "quant"),
-             ("qs", 8, 16, "quant")),
-    "Q8_0": (("d", 0, 2, "scale"), ("qs", 2, 32, "quant")),
-    "Q2_K": (("scales", 0, 16, "scale"), ("qs", 16, 64, "quant"), ("d", 80, 2, "scale"),
-             ("dmin", 82, 2, "scale")),
-    "Q3_K": (("hmask", 0, 32, "quant"), ("qs", 32, 64, "quant"), ("scales", 96, 12, "scale"),
-             ("d", 108, 2, "scale")),
-    "Q4_K": (("d", 0, 2, "scale"), ("dmin", 2, 2, "scale"), ("scales", 4, 12, "scale"),
-             ("qs", 16, 128, "quant")),
-    "Q5_K": (("d", 0, 2, "scale"), ("dmin", 2, 2, "scale"), ("scales", 4, 12, "scale"),
-             ("qh", 16, 32, "quant"), ("qs", 48, 128, "quant")),
-    "Q6_K": (("ql", 0, 128, "quant"), ("qh", 128, 64, "quant"), ("scales", 192, 16, "scale"),
-             ("d", 208, 2, "scale")),
-}
-
-
-def _check_fields() -> None:
-    """Each table lists a block's fields in file order, covering it exactly: `rows` rebuilds
-    blocks by concatenating the planes in this order."""
-    for qtype, fields in BLOCK_FIELDS.items():
-        at = 0
-        for _, off, size, _ in fields:
-            assert off == at, f"{qtype}: fields out of order"
-            at += size
-        assert at == block_size(qtype)[1], f"{qtype}: fields do not cover the block"
-
-
+# Fields of each block in file order (name, byte offset, bytes, kind): the one table of GGML
+# block layouts, in drift/formats/quants.py.
 def block_size(qtype: str) -> tuple[int, int]:
     """(weights per block, bytes per block)."""
     return GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
@@ -499,13 +469,175 @@ class QuantBlockPlanes(Storage):
         return f"planes[{self.dtype} {names} /{self.tile_rows}]"
 
 
-_check_fields()
+
+
+# The layout of each quant type in the GPU kernels' planes (KernelPlanes): kind 1, 4-bit quants
+# as the file packs them; kind 2, quants widened to int8 (Q5/Q6: 1.6x, 1.45x, 1.23x their
+# bytes). G: weights per scale; P: bytes per nibble run (a run of P bytes holds 2P weights, low
+# nibbles first); OFF: subtracted from a nibble; mins: a per-group additive term.
+#            kind  G   P   OFF  mins
+KERNEL_LAYOUTS = {
+    "Q4_0": (1, 32, 16, 8, False),
+    "Q4_1": (1, 32, 16, 0, True),
+    "Q4_K": (1, 32, 32, 0, True),
+    "Q8_0": (2, 32, 16, 0, False),
+    "Q5_0": (2, 32, 16, 0, False),
+    "Q5_K": (2, 32, 16, 0, True),
+    "Q6_K": (2, 16, 16, 0, False),
+}
+
+
+def _k_scales_mins(b: np.ndarray, qtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K / Q5_K: per 32-weight group d*scale_j and -(dmin*min_j), (N, nb*8) f16."""
+    from drift.formats.quants import _k_scale_min, field
+
+    N, nb, _ = b.shape
+    scale, mins = _k_scale_min(field(b, qtype, "scales").reshape(N * nb, 12))
+    d = field(b, qtype, "d").reshape(-1, 2).view(np.float16).astype(np.float32)
+    dmin = field(b, qtype, "dmin").reshape(-1, 2).view(np.float16).astype(np.float32)
+    return ((d * scale).astype(np.float16).reshape(N, nb * 8),
+            (-(dmin * mins)).astype(np.float16).reshape(N, nb * 8))
+
+
+def kernel_planes_of(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> list[np.ndarray]:
+    """GGUF blocks (N, row bytes) -> [quants, scales(, mins)]: the numpy reference of the
+    conversion a GPU backend runs at load (the Triton backend's `weights.convert` is its fast
+    path, tested against this)."""
+    from drift.formats.quants import field
+
+    N, K = shape
+    E, B = block_size(qtype)
+    b = np.ascontiguousarray(raw, dtype=np.uint8).reshape(N, K // E, B)
+    nb = K // E
+
+    def f16(name: str) -> np.ndarray:
+        return np.ascontiguousarray(field(b, qtype, name)).view(np.float16).reshape(N, nb)
+
+    if qtype in ("Q4_0", "Q4_1"):
+        q = field(b, qtype, "qs").reshape(N, K // 2)
+        return [q, f16("d")] + ([f16("m")] if qtype == "Q4_1" else [])
+    if qtype in ("Q4_K", "Q5_K"):
+        scales, mins = _k_scales_mins(b, qtype)
+        if qtype == "Q4_K":
+            return [field(b, qtype, "qs").reshape(N, K // 2), scales, mins]
+        # e = c*64 + h*32 + l: low4 = nibble h of qs[c*32 + l], bit 4 = bit (2c + h) of qh[l]
+        qs = field(b, qtype, "qs").reshape(N, nb, 4, 32).astype(np.int16)
+        qh = field(b, qtype, "qh").astype(np.int16)
+        e = np.arange(256)
+        c, h, lane = e // 64, (e // 32) % 2, e % 32
+        q = ((qs[:, :, c, lane] >> (4 * h)) & 15) | (((qh[:, :, lane] >> (2 * c + h)) & 1) << 4)
+        return [q.astype(np.int8).reshape(N, K), scales, mins]
+    if qtype == "Q8_0":
+        return [field(b, qtype, "qs").view(np.int8).reshape(N, K), f16("d")]
+    if qtype == "Q5_0":
+        qs = field(b, qtype, "qs")
+        low = np.concatenate([qs & 15, qs >> 4], -1).astype(np.int16)  # (N, nb, 32)
+        qh = field(b, qtype, "qh").astype(np.int16)
+        e = np.arange(32)
+        q = (low | (((qh[:, :, e // 8] >> (e % 8)) & 1) << 4)) - 16
+        return [q.astype(np.int8).reshape(N, K), f16("d")]
+    assert qtype == "Q6_K", qtype
+    # e = h*128 + r: low4 = nibble (r // 64) of ql[h*64 + r % 64]; high2 = bits
+    # [2*(r // 32), +2) of qh[h*32 + r % 32]; q = (low4 | high2 << 4) - 32
+    ql = field(b, qtype, "ql").reshape(N, nb, 2, 64).astype(np.int16)
+    qh = field(b, qtype, "qh").reshape(N, nb, 2, 32).astype(np.int16)
+    r = np.arange(128)
+    q = (((ql[:, :, :, r % 64] >> (4 * (r // 64))) & 15)
+         | (((qh[:, :, :, r % 32] >> (2 * (r // 32))) & 3) << 4)) - 32
+    sc = field(b, qtype, "scales").view(np.int8).astype(np.float32)  # (N, nb, 16)
+    d = np.ascontiguousarray(field(b, qtype, "d")).view(np.float16).astype(np.float32)
+    return [q.astype(np.int8).reshape(N, K), (d * sc).astype(np.float16).reshape(N, nb * 16)]
+
+
+@dataclass(frozen=True)
+class KernelPlanes(Storage):
+    """A quantized (N, K) weight as the GPU kernels read it: the quants of each row in one
+    plane (kind 1: the file's 4-bit bytes, (N, K/2); kind 2: int8, (N, K)), apart from one f16
+    scale per group of G weights (N, K/G) and, for types with a minimum, one f16 additive term
+    per group (N, K/G). Weight (r, c) = scale[r, c // G] * q(r, c) [+ min[r, c // G]], where a
+    kind-1 q(r, c) is nibble (c % 2P >= P) of byte (c // 2P) * P + c % P, less OFF.
+
+    `to_physical` takes the raw GGUF blocks (`kernel_planes_of`, the reference of the load-time
+    conversion); `from_physical` gives the weight's values (the K-quants' scale products are
+    rounded to f16, relative error <= 2^-11). `kernel_meta` is what a kernel template is
+    specialized on (KIND, G, P, OFF, HAS_MIN)."""
+
+    shape: tuple[int, int]
+    dtype: str  # the quant type name
+    align: int = 64
+
+    @property
+    def layout(self) -> tuple[int, int, int, int, bool]:
+        return KERNEL_LAYOUTS[self.dtype]
+
+    def kernel_meta(self) -> dict:
+        kind, g, p, off, mins = self.layout
+        return {"KIND": kind, "P": p, "G": g, "OFF": off, "HAS_MIN": mins}
+
+    def objects(self):
+        kind, g, _, _, mins = self.layout
+        N, K = self.shape
+        shapes = [((N, K // 2), "u8") if kind == 1 else ((N, K), "i8"), ((N, K // g), "f16")]
+        if mins:
+            shapes.append(((N, K // g), "f16"))
+        objs, at = [], 0
+        for shp, dt in shapes:
+            objs.append(PhysicalObject(shp, dt, at))
+            at = align_up(at + objs[-1].nbytes, self.align)
+        return tuple(objs)
+
+    def write(self, objs, x):
+        for obj, plane in zip(objs, kernel_planes_of(np.asarray(x), self.dtype, self.shape)):
+            obj[...] = plane.reshape(obj.shape).view(obj.dtype)
+
+    def from_physical(self, objs):
+        kind, g, p, off, mins = self.layout
+        N, K = self.shape
+        if kind == 1:
+            runs = objs[0].reshape(N, K // (2 * p), p)
+            q = np.concatenate([runs & 15, runs >> 4], axis=-1).reshape(N, K).astype(np.float32)
+            q -= off
+        else:
+            q = objs[0].astype(np.float32)
+        w = q.reshape(N, K // g, g) * objs[1].astype(np.float32)[:, :, None]
+        if mins:
+            w = w + objs[2].astype(np.float32)[:, :, None]
+        return w.reshape(N, K)
+
+    def locate(self, coords):
+        r, c = (np.asarray(k, dtype=np.int64) for k in coords)
+        kind, _, p, _, _ = self.layout
+        K = self.shape[1]
+        if kind == 1:
+            return np.zeros_like(r), r * (K // 2) + (c // (2 * p)) * p + c % p
+        return np.zeros_like(r), r * K + c
+
+    def index_expr(self, coords):
+        r, c = coords
+        kind, g, p, off, _ = self.layout
+        K = self.shape[1]
+        if kind == 1:
+            q = f"({r}) * {K // 2} + ({c}) // {2 * p} * {p} + ({c}) % {p}"
+            out = {"object": "0", "offset": q, "q_shift": f"({c}) % {2 * p} // {p} * 4",
+                   "q_bias": str(off)}
+        else:
+            out = {"object": "0", "offset": f"({r}) * {K} + ({c})"}
+        out["scale"] = f"({r}) * {K // g} + ({c}) // {g}"
+        return out
+
+    def __str__(self) -> str:
+        kind, g, _, _, mins = self.layout
+        q = "nibbles" if kind == 1 else "int8"
+        return f"kernel[{self.dtype} {q} + f16 scales{' + mins' if mins else ''} /{g}]"
 
 
 def weight_storage(shape: tuple[int, ...], dtype: str, planes: bool, tile_rows: int = 16,
-                   align: int = 64) -> Storage:
-    """The storage of a weight: planes or GGUF blocks when quantized, a buffer otherwise."""
+                   align: int = 64, kernel_planes: bool = False) -> Storage:
+    """The storage of a weight: the GPU kernels' planes, tiled block planes or GGUF blocks
+    when quantized, a buffer otherwise."""
     if is_quantized(dtype) and len(shape) == 2:
+        if kernel_planes and dtype in KERNEL_LAYOUTS:
+            return KernelPlanes(tuple(shape), dtype, align)
         if planes and dtype in BLOCK_FIELDS:
             return QuantBlockPlanes(tuple(shape), dtype, tile_rows, align)
         return QuantBlocks(tuple(shape), dtype, align)

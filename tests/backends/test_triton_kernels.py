@@ -317,3 +317,27 @@ def test_rope_kv_decode(mode, n_dims, factors):
     close(kc[p:p + 1], run_reference("rope", [k] + args, attrs)[0], 1e-3)
     close(vc[p:p + 1], v, 1e-3)
     assert not kc[:p].any() and not vc[p + 1:].any()
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q5_0", "Q5_K", "Q6_K"])
+def test_conversion_is_the_kernel_planes_storage(qtype):
+    """The on-device conversion at load (torch) is a fast path of the `KernelPlanes` storage's
+    numpy reference: the same planes, bit for bit, and the kernel constants the storage
+    declares."""
+    from tests.passes.test_storage import _random_blocks
+
+    from drift.passes.storage import KernelPlanes, kernel_planes_of
+
+    rng = np.random.default_rng()
+    E = quants.block_shape(Q[qtype])[0]
+    shape = (int(rng.integers(3, 9)), E * int(rng.integers(1, 4)))
+    raw = _random_blocks(qtype, shape, rng)
+    w = convert(torch.from_numpy(raw).to(DEV), Q[qtype], shape)
+    ref = kernel_planes_of(raw, qtype, shape)
+    got = [t for t in (w.q, w.scales, w.mins) if t is not None]
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        g = g.cpu().numpy()
+        assert g.shape == r.shape and g.dtype.itemsize == r.dtype.itemsize
+        np.testing.assert_array_equal(g.view(r.dtype), r)
+    assert w.meta() == KernelPlanes(shape, qtype).kernel_meta()

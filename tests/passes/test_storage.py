@@ -157,3 +157,58 @@ def test_weight_storage_choice():
     assert isinstance(weight_storage((64, 64), "Q4_0", planes=True), QuantBlockPlanes)
     assert isinstance(weight_storage((64, 64), "Q4_0", planes=False), QuantBlocks)
     assert isinstance(weight_storage((64,), "f32", planes=True), StridedBuffer)
+
+
+# ------------------------------------------------------------------------ GPU kernel planes
+
+KERNEL_TYPES = ["Q4_0", "Q4_1", "Q4_K", "Q8_0", "Q5_0", "Q5_K", "Q6_K"]
+
+
+def _random_blocks(qtype: str, shape, rng) -> np.ndarray:
+    """Valid GGUF blocks of a random (N, K) weight (random bytes where drift cannot quantize
+    the type, with finite f16 scales)."""
+    from gguf import GGMLQuantizationType as Q
+
+    from drift.formats import quants
+    from drift.formats.quants import BLOCK_FIELDS
+
+    x = rng.standard_normal(shape).astype(np.float32)
+    try:
+        return quants.quantize(x, Q[qtype]).reshape(shape[0], -1)
+    except Exception:  # noqa: BLE001  no quantizer for this type: random blocks
+        E, B = block_size(qtype)
+        b = rng.integers(0, 256, (shape[0] * shape[1] // E, B), dtype=np.uint8)
+        for name, off, size, kind in BLOCK_FIELDS[qtype]:
+            if name in ("d", "dmin"):
+                b[:, off : off + 2] = (rng.random((len(b), 1)) * 0.01 + 1e-3).astype(
+                    np.float16).view(np.uint8)
+        return b.reshape(shape[0], -1)
+
+
+@pytest.mark.parametrize("qtype", KERNEL_TYPES)
+def test_kernel_planes_hold_the_weight(qtype):
+    """The GPU kernels' planes, made by the numpy reference of the load-time conversion, give
+    back the file's weights (gguf-py's dequantization): exactly where the planes keep the
+    file's scales, within f16 rounding of the K-quants' scale products."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize as gguf_dequantize
+
+    from drift.passes.storage import KernelPlanes
+
+    rng = np.random.default_rng()
+    E = block_size(qtype)[0]
+    shape = (int(rng.integers(3, 9)), E * int(rng.integers(1, 4)))
+    raw = _random_blocks(qtype, shape, rng)
+    st = KernelPlanes(shape, qtype)
+    objs = st.to_physical(raw)
+    assert [o.shape for o in objs] == [o.shape for o in st.objects()]
+    want = gguf_dequantize(raw, Q[qtype]).reshape(shape)
+    got = st.from_physical(objs)
+    if qtype in ("Q4_K", "Q5_K", "Q6_K"):
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+    else:
+        np.testing.assert_array_equal(got, want)
+    # the accessor: element (r, c)'s quant lives where locate / index_expr say
+    r, c = int(rng.integers(shape[0])), int(rng.integers(shape[1]))
+    _, off = st.locate([np.array(r), np.array(c)])
+    assert int(off) == eval(st.index_expr(["r", "c"])["offset"], {}, {"r": r, "c": c})

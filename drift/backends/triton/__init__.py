@@ -46,7 +46,8 @@ def triton_capabilities(int8_dot: bool, warp_size: int = 32) -> Capabilities:
 
     return Capabilities(alignment=16, channel_slices=False, max_object_bytes=0,
                         weight_types=frozenset(q.name for q in SUPPORTED),
-                        quant_planes=False, inplace=True, fused_ops=FUSED_OPS,
+                        quant_planes=False, kernel_planes=True, inplace=True,
+                        fused_ops=FUSED_OPS,
                         decode_fused_ops=DECODE_ONLY, int8_dot=int8_dot,
                         int8_weights=INT8_WEIGHTS if int8_dot else frozenset(),
                         subgroup_size=warp_size)

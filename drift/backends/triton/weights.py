@@ -1,4 +1,6 @@
-"""GGUF blocks -> the planes the Triton kernels read (see the layout table in `matmul.py`).
+"""GGUF blocks -> the planes the Triton kernels read: the `KernelPlanes` storage of
+drift/passes/storage.py (its `kernel_planes_of` is the numpy reference of this conversion, and
+its KERNEL_LAYOUTS the kind, group, pair and offset each type's kernels are specialized on).
 
 The raw bytes go to the device as they are (uint8, 4.5 bits a weight for Q4_0), and the
 planes are cut from them there with torch, one tensor at a time, so no float copy of a
@@ -32,7 +34,8 @@ from gguf import GGMLQuantizationType as Q
 
 from drift.errors import UnsupportedError
 from drift.formats.gguf import TensorInfo
-from drift.formats.quants import block_shape
+from drift.formats.quants import block_shape, field
+from drift.passes.storage import KERNEL_LAYOUTS
 
 KINDS = {"float": 0, "q4": 1, "q8": 2}
 SUPPORTED = (Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q8_0, Q.Q5_0, Q.Q6_K)
@@ -89,7 +92,10 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
 
 
 def convert(raw: torch.Tensor, qtype: Q, shape: tuple[int, int], name: str = "") -> QWeight:
-    """raw: uint8 (N, row bytes) on the target device -> QWeight."""
+    """raw: uint8 (N, row bytes) on the target device -> QWeight, in the planes of the
+    `KernelPlanes` storage (drift/passes/storage.py; `kernel_planes_of` is the numpy reference
+    this torch conversion is tested against). Blocks are sliced by the one field table
+    (`quants.field`)."""
     N, K = shape
     elements, nbytes = block_shape(qtype)
     if qtype not in SUPPORTED:
@@ -101,61 +107,60 @@ def convert(raw: torch.Tensor, qtype: Q, shape: tuple[int, int], name: str = "")
     if qtype in (Q.F32, Q.F16, Q.BF16):
         dt = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}[qtype]
         return QWeight(shape, 0, raw.contiguous().view(dt), qtype=qtype.name)
+    t = qtype.name
+    kind, group, pair, offset, _ = KERNEL_LAYOUTS[t]
     nb = K // elements
     b = raw.reshape(N, nb, nbytes)
-    if qtype == Q.Q4_0:
-        return QWeight(shape, 1, _own(b[:, :, 2:18].reshape(N, K // 2)),
-                       _f16(b[:, :, 0:2]), None, 32, 16, 8, qtype.name)
-    if qtype == Q.Q4_1:
-        return QWeight(shape, 1, _own(b[:, :, 4:20].reshape(N, K // 2)),
-                       _f16(b[:, :, 0:2]), _f16(b[:, :, 2:4]), 32, 16, 0, qtype.name)
+
+    def planes(q, scales, mins=None) -> QWeight:
+        return QWeight(shape, kind, q, scales, mins, group, pair, offset, t)
+
+    if qtype in (Q.Q4_0, Q.Q4_1):
+        mins = _f16(field(b, t, "m")) if qtype == Q.Q4_1 else None
+        return planes(_own(field(b, t, "qs").reshape(N, K // 2)), _f16(field(b, t, "d")), mins)
     if qtype in (Q.Q4_K, Q.Q5_K):
         # 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed in 12 bytes
-        d = _f16(b[:, :, 0:2]).float()[:, :, None]
-        dmin = _f16(b[:, :, 2:4]).float()[:, :, None]
-        sc = b[:, :, 4:16].to(torch.int32)
+        d = _f16(field(b, t, "d")).float()[:, :, None]
+        dmin = _f16(field(b, t, "dmin")).float()[:, :, None]
+        sc = field(b, t, "scales").to(torch.int32)
         lo4, mid4, hi4 = sc[:, :, 0:4], sc[:, :, 4:8], sc[:, :, 8:12]
         scale = torch.cat([lo4 & 63, (hi4 & 15) | ((lo4 >> 6) << 4)], -1).float()
         mins = torch.cat([mid4 & 63, (hi4 >> 4) | ((mid4 >> 6) << 4)], -1).float()
         scales = (d * scale).half().reshape(N, nb * 8)
         neg_mins = (-(dmin * mins)).half().reshape(N, nb * 8)
         if qtype == Q.Q4_K:
-            return QWeight(shape, 1, _own(b[:, :, 16:144].reshape(N, K // 2)), scales,
-                           neg_mins, 32, 32, 0, qtype.name)
+            return planes(_own(field(b, t, "qs").reshape(N, K // 2)), scales, neg_mins)
         # Q5_K: e = c*64 + h*32 + l (c < 4, h < 2, l < 32): low4 = nibble h of qs[c*32 + l],
         # bit 4 = bit (2c + h) of qh[l]; q in [0, 32), w = d*scale_j * q - dmin*min_j
-        qh = b[:, :, 16:48].to(torch.int16)
-        qs = b[:, :, 48:176].reshape(N, nb, 4, 32).to(torch.int16)
+        qh = field(b, t, "qh").to(torch.int16)
+        qs = field(b, t, "qs").reshape(N, nb, 4, 32).to(torch.int16)
         e = torch.arange(256, device=raw.device)
         c, h, lane = e // 64, (e // 32) % 2, e % 32
         low4 = (qs[:, :, c, lane] >> (4 * h)) & 15
         high = (qh[:, :, lane] >> (2 * c + h)) & 1
-        q = (low4 | (high << 4)).to(torch.int8).reshape(N, K)
-        return QWeight(shape, 2, q, scales, neg_mins, 32, 16, 0, qtype.name)
+        return planes((low4 | (high << 4)).to(torch.int8).reshape(N, K), scales, neg_mins)
     if qtype == Q.Q8_0:
-        return QWeight(shape, 2, _own(b[:, :, 2:34].reshape(N, K)).view(torch.int8),
-                       _f16(b[:, :, 0:2]), None, 32, 16, 0, qtype.name)
+        return planes(_own(field(b, t, "qs").reshape(N, K)).view(torch.int8),
+                      _f16(field(b, t, "d")))
     if qtype == Q.Q5_0:
-        qs = b[:, :, 6:22]
+        qs = field(b, t, "qs")
         low = torch.cat([qs & 15, qs >> 4], -1).to(torch.int16)  # (N, nb, 32)
-        qh = b[:, :, 2:6].to(torch.int16)  # bit e of the little-endian u32 is bit 4 of q[e]
+        qh = field(b, t, "qh").to(torch.int16)  # bit e of the little-endian u32: bit 4 of q[e]
         e = torch.arange(32, device=raw.device)
         hbit = (qh[:, :, e // 8] >> (e % 8)) & 1
         q = (low | (hbit << 4)) - 16
-        return QWeight(shape, 2, q.to(torch.int8).reshape(N, K), _f16(b[:, :, 0:2]), None,
-                       32, 16, 0, qtype.name)
+        return planes(q.to(torch.int8).reshape(N, K), _f16(field(b, t, "d")))
     # Q6_K: e = h*128 + r: low4 = nibble (r // 64) of ql[h*64 + r % 64];
     # high2 = bits [2*(r // 32), +2) of qh[h*32 + r % 32]; q = (low4 | high2 << 4) - 32
-    ql = b[:, :, 0:128].reshape(N, nb, 2, 64).to(torch.int16)
-    qh = b[:, :, 128:192].reshape(N, nb, 2, 32).to(torch.int16)
+    ql = field(b, t, "ql").reshape(N, nb, 2, 64).to(torch.int16)
+    qh = field(b, t, "qh").reshape(N, nb, 2, 32).to(torch.int16)
     r = torch.arange(128, device=raw.device)
     low4 = (ql[:, :, :, r % 64] >> (4 * (r // 64))) & 15
     high2 = (qh[:, :, :, r % 32] >> (2 * (r // 32))) & 3
     q = ((low4 | (high2 << 4)) - 32).to(torch.int8).reshape(N, K)
-    sc = b[:, :, 192:208].contiguous().view(torch.int8).float()  # (N, nb, 16)
-    d = _f16(b[:, :, 208:210]).float()[:, :, None]
-    return QWeight(shape, 2, q, (d * sc).half().reshape(N, nb * 16), None, 16, 16, 0,
-                   qtype.name)
+    sc = field(b, t, "scales").contiguous().view(torch.int8).float()  # (N, nb, 16)
+    d = _f16(field(b, t, "d")).float()[:, :, None]
+    return planes(q, (d * sc).half().reshape(N, nb * 16))
 
 
 SLAB_WEIGHTS = 1 << 25  # weights converted at a time: bounds the temporaries of a big matrix
