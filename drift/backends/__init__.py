@@ -11,9 +11,11 @@ from drift.errors import DeviceError
 # Best first: the default device is the first available.
 BACKENDS: dict[str, str] = {
     "triton": "drift.backends.triton",
+    "webgpu": "drift.backends.webgpu",
+    "opencl": "drift.backends.opencl",
     "cpu": "drift.backends.cpu",
 }
-ALIASES = {"numpy": "cpu", "cuda": "triton"}
+ALIASES = {"numpy": "cpu", "cuda": "triton", "wgpu": "webgpu", "vulkan": "webgpu", "cl": "opencl"}
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -1,0 +1,276 @@
+"""What the portable GPU backends share: weights into planes, accessors bound to the plan,
+one launch per node, one submission per call.
+
+A backend (`webgpu/`, `opencl/`) is a `Runtime` (its API's buffers, compiler and queue) plus
+a renderer; everything here is written once against both:
+
+    load_weights   each weight into the storage its kernels read (quantized: one plane per
+                   block field, `QuantBlockPlanes`), each physical object its own buffer, cut
+                   into chunks where it exceeds the device's largest binding; no float copy
+    program        per node of the passed graph: an accessor per tensor (storage + where its
+                   objects are: the arena at the plan's offsets, the weight or cache buffers),
+                   the op's template rendered, compiled once per distinct source, bound once
+    run            the inputs written, every launch queued, the outputs read: one submission
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from drift.backends.base import Backend, HeldBytes, Program
+from drift.backends.kernels.access import Accessor, Chunk, Obj
+from drift.backends.kernels.quant import DEQUANT
+from drift.backends.kernels.renderer import KernelSource, Param, Renderer
+from drift.backends.kernels.templates import TEMPLATES, kernel_for
+from drift.errors import UnsupportedError
+from drift.formats.gguf import GGUFFile, check_quant_supported
+from drift.ir import Role, TensorSpec, storage_name
+from drift.ir.ops import is_view
+from drift.ir.tensor import is_quantized
+from drift.passes import Capabilities, Compiled
+from drift.passes.storage import Storage, StridedBuffer, align_up, weight_storage
+
+PLAIN_WEIGHTS = ("f32", "f16")
+
+
+def _kind(dtype: str) -> str:
+    """The kind of buffer an object of this element type is bound as."""
+    return dtype if dtype in ("f32", "i32") else "u8"
+
+
+def _unit(kind: str) -> int:
+    return 1 if kind == "u8" else 4
+
+
+class Runtime(ABC):
+    """One API's device: buffers, kernel compilation, launches, submission."""
+
+    renderer: Renderer
+    binding_alignment: int  # a binding's offset into its buffer is a multiple of this
+    max_binding: int  # bytes one binding may span
+    subgroup_size: int = 0
+
+    @abstractmethod
+    def buffer(self, nbytes: int) -> Any:
+        """A zeroed device buffer of at least nbytes (a multiple of 4)."""
+
+    @abstractmethod
+    def write(self, buf: Any, offset: int, data: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def compile(self, k: KernelSource) -> Any:
+        """The compiled kernel (the API caches nothing: callers cache by source)."""
+
+    @abstractmethod
+    def launch(self, kernel: Any, params: Sequence[Param],
+               places: Sequence[tuple[Any, int, int]], groups: int) -> Any:
+        """A launch bound once: `places[i]` = (buffer, offset, bytes) of params[i]."""
+
+    @abstractmethod
+    def run(self, launches: Sequence[Any], writes: Sequence[tuple[Any, int, np.ndarray]],
+            reads: Sequence[tuple[Any, int, int]]) -> list[np.ndarray]:
+        """Write, launch all, read back (uint8 arrays): one submission."""
+
+    def nbytes(self, buf: Any) -> int:
+        return buf.size
+
+
+class GPUBackend(Backend):
+    """A backend over a `Runtime`: subclasses say how to make one (`make_runtime`)."""
+
+    kernel_tile_rows = 1  # quant plane tile: a row's blocks adjacent (the matmul walks K)
+
+    def __init__(self, max_binding_bytes: int | None = None):
+        self.rt: Runtime = self.make_runtime()
+        self.limit = self.rt.max_binding
+        if max_binding_bytes:  # tests: a small limit exercises the split objects cheaply
+            self.limit = min(self.limit, max_binding_bytes)
+        self.align = max(64, self.rt.binding_alignment)
+        self.weights: dict[str, tuple[Storage, list[Obj]]] = {}
+        self.state: dict[str, tuple[Storage, Any]] = {}
+        self.arena: Any = None
+        self._kernels: dict[str, Any] = {}  # source -> compiled kernel
+
+    @abstractmethod
+    def make_runtime(self) -> Runtime: ...
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            alignment=self.align, channel_slices=False,
+            max_object_bytes=self.limit - self.align, quant_planes=True,
+            quant_tile_rows=self.kernel_tile_rows, inplace=True, fused_ops=frozenset(),
+            int8_dot=False, weight_types=frozenset(DEQUANT) | frozenset(PLAIN_WEIGHTS),
+            subgroup_size=self.rt.subgroup_size, max_binding_bytes=self.limit)
+
+    def supports(self, op: str) -> bool:
+        return op in TEMPLATES or is_view(op)
+
+    # -- weights and state
+
+    def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec], stacks=()) -> None:
+        # stacks: no stacked_matmul kernel yet (fused_ops is empty), so nothing to lay out
+        for s in specs:
+            info = model_file.tensors[s.name]
+            check_quant_supported(info)
+            self.load_raw(s.name, s.shape, s.dtype, np.asarray(info.data))
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, a in arrays.items():
+            a = np.asarray(a)
+            dtype = "f16" if a.dtype == np.float16 else "f32"
+            self.load_raw(name, a.shape, dtype, a.astype(np.float16 if dtype == "f16" else np.float32))
+
+    def load_raw(self, name: str, shape: tuple[int, ...], dtype: str, data: np.ndarray) -> None:
+        """A weight as the file stores it (GGUF blocks for quantized types), converted once
+        into its storage's objects on the device."""
+        if is_quantized(dtype) and dtype not in DEQUANT or not is_quantized(dtype) and dtype not in PLAIN_WEIGHTS:
+            raise UnsupportedError(f"{self.name}: weight {name} of type {dtype} is not supported")
+        st = weight_storage(tuple(shape), dtype, True, self.kernel_tile_rows, self.align)
+        objs = []
+        for po, arr in zip(st.objects(), st.to_physical(data)):
+            objs.append(self._upload(np.ascontiguousarray(arr).view(np.uint8).reshape(-1),
+                                     _kind(po.dtype), f"w:{name}:{len(objs)}"))
+        self.weights[name] = (st, objs)
+
+    def _upload(self, raw: np.ndarray, kind: str, label: str) -> Obj:
+        """One physical object: a buffer, or chunks of at most the binding limit."""
+        chunk = raw.nbytes if raw.nbytes <= self.limit else self.limit // 256 * 256
+        chunks = []
+        for k, at in enumerate(range(0, max(raw.nbytes, 1), chunk)):
+            part = raw[at : at + chunk]
+            size = align_up(max(part.nbytes, 4), 4)
+            buf = self.rt.buffer(size)
+            if part.nbytes:
+                self.rt.write(buf, 0, part)
+            chunks.append(Chunk(Param(f"{label}:{k}", kind, False), (buf, 0, size), 0))
+        return Obj(tuple(chunks), chunk // _unit(kind))
+
+    def alloc_state(self, specs: list[TensorSpec]) -> None:
+        for s in specs:
+            if s.name not in self.state:
+                st = StridedBuffer(s.shape, s.dtype, None, self.align)
+                if st.nbytes > self.limit:
+                    raise UnsupportedError(f"{s.name}: a KV cache above one binding "
+                                           f"({self.limit} bytes) is not split yet")
+                self.state[s.name] = (st, self.rt.buffer(align_up(st.nbytes, 4)))
+
+    def has_weight(self, name: str) -> bool:
+        return name in self.weights
+
+    def held_bytes(self) -> HeldBytes:
+        w = sum(c.place[2] for _, objs in self.weights.values() for o in objs for c in o.chunks)
+        s = sum(self.rt.nbytes(b) for _, b in self.state.values())
+        return HeldBytes(w, s, self.rt.nbytes(self.arena) if self.arena is not None else 0)
+
+    def reserve(self, nbytes: int) -> Any:
+        """The one arena every program runs from, grown when a program needs more."""
+        if self.arena is None or self.rt.nbytes(self.arena) < nbytes:
+            self.arena = self.rt.buffer(align_up(max(nbytes, 4), 4))
+        return self.arena
+
+    def kernel(self, k: KernelSource) -> Any:
+        src = self.rt.renderer.render(k)
+        if src not in self._kernels:
+            self._kernels[src] = self.rt.compile(k)
+        return self._kernels[src]
+
+    def program(self, compiled: Compiled) -> GPUProgram:
+        return GPUProgram(compiled, self)
+
+
+class GPUProgram(Program):
+    def __init__(self, compiled: Compiled, backend: GPUBackend):
+        self.compiled, self.graph, self.backend = compiled, compiled.graph, backend
+        self.plan, self.storages = compiled.plan, compiled.storages
+        assert self.plan is not None
+        backend.reserve(self.plan.arena_bytes)
+        for n in self.graph.nodes:
+            if not (is_view(n.op) or backend.supports(n.op)):
+                raise UnsupportedError(f"{backend.name}: no kernel for {n.op}")
+        self._bound: Any = None
+        self.launches: list[Any] = []
+        self.sources: list[KernelSource] = []
+
+    # -- binding
+
+    def _obj(self, buf: Any, off: int, nbytes: int, kind: str, writable: bool,
+             names: dict) -> Obj:
+        a = self.backend.rt.binding_alignment
+        base = off - off % a
+        size = align_up(off + nbytes - base, 4)
+        key = (id(buf), base, size, kind)
+        if key not in names:
+            names[key] = (Param(f"b{len(names)}", kind, writable), (buf, base, size))
+        p, place = names[key]
+        return Obj((Chunk(p, place, (off - base) // _unit(kind)),), 0)
+
+    def _accessor(self, name: str, names: dict) -> Accessor:
+        b = self.backend
+        t = self.graph.tensors[name]
+        if t.role == Role.WEIGHT:
+            st, objs = b.weights[name]
+            # weights' params are named by the kernel: rename them in order of use
+            renamed = []
+            for o in objs:
+                chunks = []
+                for c in o.chunks:
+                    key = (id(c.place[0]), 0, c.place[2], c.param.kind)
+                    if key not in names:
+                        names[key] = (Param(f"b{len(names)}", c.param.kind, False), c.place)
+                    chunks.append(Chunk(names[key][0], c.place, 0))
+                renamed.append(Obj(tuple(chunks), o.chunk))
+            return Accessor(name, t.shape, t.dtype, st, tuple(renamed))
+        if t.role == Role.KV:
+            st, buf = b.state[storage_name(name)]
+            return Accessor(name, t.shape, t.dtype, st,
+                            (self._obj(buf, 0, st.nbytes, _kind(t.dtype), True, names),))
+        st = self.storages[name]
+        base = self.plan.offsets[name]
+        objs = tuple(self._obj(b.arena, base + o.offset, o.nbytes, _kind(o.dtype), True, names)
+                     for o in st.objects())
+        return Accessor(name, t.shape, t.dtype, st, objs)
+
+    def _bind(self) -> None:
+        b = self.backend
+        if self._bound is b.arena:
+            return
+        self.launches, self.sources = [], []
+        for n in self.graph.nodes:
+            if is_view(n.op):
+                continue
+            names: dict = {}
+            acc = {x: self._accessor(x, names) for x in (*n.inputs, *n.outputs)}
+            ks, groups = kernel_for(b.rt.renderer, n, acc)
+            places = {p.name: place for p, place in names.values()}
+            self.launches.append(b.rt.launch(b.kernel(ks), ks.params,
+                                             [places[p.name] for p in ks.params], groups))
+            self.sources.append(ks)
+        self._bound = b.arena
+
+    # -- running
+
+    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, np.ndarray]:
+        self._bind()
+        arena, writes, reads = self.backend.arena, [], []
+        for name in self.graph.inputs:
+            spec, st = self.graph.tensors[name], self.storages[name]
+            x = np.asarray(feeds[name], dtype=np.int32 if spec.dtype == "i32" else np.float32)
+            block = np.zeros(st.nbytes, dtype=np.uint8)
+            st.write(st.bind(block), x.reshape(spec.shape))
+            writes.append((arena, self.plan.offsets[name], block))
+        for name in self.graph.outputs:
+            reads.append((arena, self.plan.offsets[name], self.storages[name].nbytes))
+        got = self.backend.rt.run(self.launches, writes, reads)
+        out = {}
+        for name, raw in zip(self.graph.outputs, got):
+            st = self.storages[name]
+            out[name] = np.array(st.from_physical(st.bind(raw)), copy=True)
+        return out
+
+    def launch_counts(self) -> list[float]:
+        return [0.0 if is_view(n.op) else 1.0 for n in self.graph.nodes]
+

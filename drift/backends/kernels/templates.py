@@ -1,0 +1,323 @@
+"""Kernel templates: one per op, written once for every portable API.
+
+A template takes the renderer, the node, and an `Accessor` per tensor the node touches, and
+returns a `KernelSource` and its number of workgroups. It reads and writes tensors only
+through the accessors (coordinate translation by the storages), spells everything else through
+the renderer, and bakes shapes in as constants: kernels are generated at run time for the
+graph at hand, and identical sources (the same op on every layer) compile once.
+
+    elementwise   one thread per element; a broadcast operand reads coordinate 0 on its
+                  size-1 axes
+    rms_norm      one workgroup per row: strided sum of squares, tree reduction
+    matmul        one workgroup per (output column, tile of up to 8 rows): each thread walks
+                  K with stride WG dequantizing the weight once per element for the tile's
+                  rows, then a tree reduction per row
+    embedding     one thread per output element (quantized tables dequantize the row read)
+    rope          one thread per rotated pair (and one per passed-through element)
+    kv_write      one thread per element written
+    attention     one workgroup per (query, head): q in workgroup memory, scores a tile of keys
+                  at a time, online softmax across tiles, each thread some output dims
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from math import prod
+
+from drift.backends.kernels.access import Accessor
+from drift.backends.kernels.quant import dequant_helper
+from drift.backends.kernels.renderer import Helper, KernelSource, Param, Renderer
+from drift.errors import UnsupportedError
+from drift.ir import Node
+
+WG = 64  # threads per workgroup
+MAX_GROUPS = 65535  # workgroups per dispatch axis (WebGPU's guaranteed limit)
+MATMUL_ROWS = 8  # rows of x a matmul workgroup takes at once
+ATTN_TILE = 256  # keys scored per attention tile
+
+
+class Builder:
+    """Collects a kernel's params (deduplicated: two accessors of one binding share it),
+    helpers and workgroup memory."""
+
+    def __init__(self, r: Renderer, name: str, wg: int = WG):
+        self.r, self.name, self.wg = r, name, wg
+        self.params: dict[str, Param] = {}
+        self.helpers: list[Helper] = []
+        self.shared: list[tuple[str, str, int]] = []
+
+    def use(self, *accs: Accessor) -> None:
+        for a in accs:
+            for p in a.params:
+                prev = self.params.setdefault(p.name, p)
+                if p.writable and not prev.writable:
+                    self.params[p.name] = p
+
+    def weight(self, w: Accessor, row: str, col: str) -> str:
+        """Element (row, col) of a weight, dequantized where it is quantized."""
+        self.use(w)
+        if w.dtype in ("f32", "f16"):
+            return w.load(self.r, row, col)
+        h = dequant_helper(self.r, w, f"dq_{len(self.helpers)}")
+        self.helpers.append(h)
+        return self.r.call(h, row, col)
+
+    def group(self, groups: int) -> list[str]:
+        """The flat workgroup index `grp` (dispatches of more than MAX_GROUPS use 2 axes)."""
+        r = self.r
+        gx = min(groups, MAX_GROUPS)
+        return [r.let("grp", "u32", f"{r.group_id(0)} + {r.group_id(1)} * {gx}"),
+                f"if (grp >= {groups}) {{ return; }}", r.let("lid", "u32", r.local_id())]
+
+    def reduce(self, values: list[str], op: str) -> list[str]:
+        """Tree reduction of each thread's `values[t]` across the workgroup into red[t * WG]
+        (read after the last barrier); `op` is "+" or "max"."""
+        r, wg, rows = self.r, self.wg, len(values)
+        if ("red", "f32", rows * wg) not in self.shared:
+            self.shared.append(("red", "f32", rows * wg))
+        lines = [f"red[{t * wg} + lid] = {v};" for t, v in enumerate(values)] + [r.barrier()]
+        s = wg // 2
+        while s >= 1:
+            upd = []
+            for t in range(rows):
+                a, b = f"red[{t * wg} + lid]", f"red[{t * wg} + lid + {s}]"
+                upd.append(f"{a} = {a} + {b};" if op == "+" else f"{a} = max({a}, {b});")
+            lines += [f"if (lid < {s}) {{ {' '.join(upd)} }}", r.barrier()]
+            s //= 2
+        return lines
+
+    def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
+        return (KernelSource(self.name, list(self.params.values()), self.wg,
+                             "\n    ".join(body), self.shared, self.helpers), groups)
+
+
+def coords_of(flat: str, shape: tuple[int, ...]) -> list[str]:
+    """Row-major coordinates of a flat index over `shape`, as expressions."""
+    out, stride = [], prod(shape)
+    for k, d in enumerate(shape):
+        stride //= d
+        e = f"({flat}) / {stride}" if stride != 1 else f"({flat})"
+        out.append(e if k == 0 else f"{e} % {d}")
+    return out
+
+
+def _threads(b: Builder, n: int) -> tuple[list[str], int]:
+    """One thread per element of n: `i`."""
+    groups = -(-n // b.wg)
+    return b.group(groups) + [b.r.let("i", "u32", f"grp * {b.wg} + lid"),
+                              f"if (i >= {n}) {{ return; }}"], groups
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise
+
+
+def _silu(r: Renderer, x: str) -> str:
+    return f"{x} / ({r.f(1.0)} + {r.fn('exp', '-' + x)})"
+
+
+def _gelu(r: Renderer, x: str) -> str:
+    inner = f"{r.f(math.sqrt(2.0 / math.pi))} * ({x} + {r.f(0.044715)} * {x} * {x} * {x})"
+    return f"{r.f(0.5)} * {x} * ({r.f(1.0)} + {r.fn('tanh', inner)})"
+
+
+def _softcap(r: Renderer, x: str, cap: float) -> str:
+    return f"{r.fn('tanh', x + ' / ' + r.f(cap))} * {r.f(cap)}"
+
+
+UNARY: dict[str, Callable[[Renderer, str, dict], str]] = {
+    "scale": lambda r, x, a: f"{x} * {r.f(a['value'])}",
+    "silu": lambda r, x, a: _silu(r, x),
+    "gelu": lambda r, x, a: _gelu(r, x),
+    "softcap": lambda r, x, a: _softcap(r, x, a["cap"]),
+}
+BINARY: dict[str, Callable[[Renderer, str, str], str]] = {
+    "add": lambda r, x, y: f"{x} + {y}",
+    "mul": lambda r, x, y: f"{x} * {y}",
+    "swiglu": lambda r, g, u: f"{_silu(r, g)} * {u}",
+    "geglu": lambda r, g, u: f"{_gelu(r, g)} * {u}",
+}
+
+
+def elementwise(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    out = acc[n.outputs[0]]
+    b = Builder(r, n.op)
+    ins = [acc[i] for i in n.inputs]
+    b.use(out, *ins)
+    body, groups = _threads(b, prod(out.shape))
+    c = coords_of("i", out.shape)
+    for k, x in enumerate(ins):
+        lead = len(out.shape) - len(x.shape)  # broadcast: trailing axes line up
+        xc = [c[lead + j] if d != 1 else "0" for j, d in enumerate(x.shape)]
+        body.append(r.let(f"x{k}", "f32", x.load(r, *xc)))
+    if n.op in UNARY:
+        v = UNARY[n.op](r, "x0", n.attrs)
+    else:
+        v = BINARY[n.op](r, "x0", "x1")
+    body.append(out.store(r, v, *c))
+    return b.finish(body, groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# model ops
+
+
+def rms_norm(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    x, w, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
+    b = Builder(r, "rms_norm")
+    b.use(x, w, out)
+    D, rows = x.shape[-1], prod(x.shape[:-1])
+    lead = coords_of("grp", x.shape[:-1])
+    wv = w.load(r, "c")
+    if n.attrs.get("unit_offset"):
+        wv = f"({r.f(1.0)} + {wv})"
+    body = b.group(rows) + [r.var("ss", "f32", r.f(0.0)),
+                            f"{r.for_('c', 'lid', str(D), str(b.wg))}",
+                            f"    {r.let('v', 'f32', x.load(r, *lead, 'c'))} ss = ss + v * v;",
+                            "}"]
+    body += b.reduce(["ss"], "+")
+    body += [r.let("inv", "f32", r.fn("rsqrt", f"red[0] / {r.f(D)} + {r.f(n.attrs['eps'])}")),
+             r.for_("c", "lid", str(D), str(b.wg)),
+             "    " + out.store(r, x.load(r, *lead, "c") + f" * inv * {wv}", *lead, "c"),
+             "}"]
+    return b.finish(body, rows)
+
+
+def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    x, w, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
+    b = Builder(r, "matmul")
+    b.use(x, out)
+    K, N, S = x.shape[-1], w.shape[0], prod(x.shape[:-1])
+    T = min(S, MATMUL_ROWS)
+    tiles = -(-S // T)
+    groups = N * tiles
+    body = b.group(groups) + [r.let("col", "u32", f"grp % {N}"),
+                              r.let("s0", "u32", f"grp / {N} * {T}"), r.array("acc", "f32", T),
+                              r.for_("k", "lid", str(K), str(b.wg)),
+                              f"    {r.let('wv', 'f32', b.weight(w, 'col', 'k'))}"]
+    for t in range(T):
+        xv = x.load(r, *coords_of(f"s0 + {t}", x.shape[:-1]), "k")
+        upd = f"acc[{t}] = acc[{t}] + wv * {xv};"
+        body.append(f"    if (s0 + {t} < {S}) {{ {upd} }}" if S % T else f"    {upd}")
+    body.append("}")
+    body += b.reduce([f"acc[{t}]" for t in range(T)], "+")
+    st = out.store(r, f"red[lid * {b.wg}]", *coords_of("s0 + lid", out.shape[:-1]), "col")
+    body.append(f"if (lid < {T} && s0 + lid < {S}) {{ {st} }}")
+    return b.finish(body, groups)
+
+
+def embedding(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    table, ids, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
+    b = Builder(r, "embedding")
+    b.use(ids, out)
+    S, D = out.shape
+    body, groups = _threads(b, S * D)
+    body += [r.let("s", "u32", f"i / {D}"), r.let("c", "u32", f"i % {D}"),
+             r.let("id", "u32", ids.load(r, "s")),
+             out.store(r, b.weight(table, "id", "c"), "s", "c")]
+    return b.finish(body, groups)
+
+
+def kv_write(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    cache, x, pos, out = (acc[i] for i in (*n.inputs, n.outputs[0]))
+    b = Builder(r, "kv_write")
+    b.use(x, pos, out)
+    body, groups = _threads(b, prod(x.shape))
+    s, h, d = coords_of("i", x.shape)
+    body += [r.let("p", "u32", pos.load(r, s)), out.store(r, x.load(r, s, h, d), "p", h, d)]
+    return b.finish(body, groups)
+
+
+def rope(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    x, pos, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
+    ff = acc[n.inputs[2]] if len(n.inputs) == 3 else None
+    a = n.attrs
+    S, H, Dh = x.shape
+    nd = a["n_dims"]
+    half = nd // 2
+    J = Dh - half  # pairs, then the dims past n_dims one by one
+    b = Builder(r, "rope")
+    b.use(x, pos, out, *([ff] if ff else []))
+    body, groups = _threads(b, S * H * J)
+    s, h, j = coords_of("i", (S, H, J))
+    fscale, rest = r.f(a.get("freq_scale", 1.0)), f"j + {half}"
+    ia, ib = ("2 * j", "2 * j + 1") if a["mode"] == "norm" else ("j", f"j + {half}")
+    inv = r.fn("pow", r.f(a["theta"]), f"-{r.cast('f32', '2 * j')} / {r.f(nd)}")
+    if ff is not None:
+        inv = f"{inv} / {ff.load(r, 'j')}"
+    body += [r.let("s", "u32", s), r.let("h", "u32", h), r.let("j", "u32", j),
+             f"if (j < {half}) {{",
+             "    " + r.let("ang", "f32", f"{r.cast('f32', pos.load(r, 's'))} * {fscale} * {inv}"),
+             f"    {r.let('cs', 'f32', r.fn('cos', 'ang'))} {r.let('sn', 'f32', r.fn('sin', 'ang'))}",
+             f"    {r.let('xa', 'f32', x.load(r, 's', 'h', ia))} {r.let('xb', 'f32', x.load(r, 's', 'h', ib))}",
+             f"    {out.store(r, 'xa * cs - xb * sn', 's', 'h', ia)}",
+             f"    {out.store(r, 'xa * sn + xb * cs', 's', 'h', ib)}",
+             f"}} else {{ {out.store(r, x.load(r, 's', 'h', rest), 's', 'h', rest)} }}"]
+    return b.finish(body, groups)
+
+
+def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    q, k, v, pos = (acc[i] for i in n.inputs)
+    out = acc[n.outputs[0]]
+    S, H, Dh = q.shape
+    Hkv, Dv = k.shape[1], v.shape[2]
+    C = k.shape[0]
+    tile = min(C, ATTN_TILE)
+    nd = -(-Dv // WG)
+    window, cap = n.attrs.get("window", 0), n.attrs.get("softcap", 0)
+    b = Builder(r, "attention")
+    b.use(q, k, v, pos, out)
+    b.shared += [("qv", "f32", Dh), ("sc", "f32", tile), ("pv", "u32", 0)]
+    body = b.group(S * H) + [
+        r.let("s", "u32", f"grp / {H}"), r.let("h", "u32", f"grp % {H}"),
+        r.let("kh", "u32", f"h / {H // Hkv}"),
+        f"{r.for_('d', 'lid', str(Dh), str(b.wg))} qv[d] = {q.load(r, 's', 'h', 'd')}; }}",
+        f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
+        r.uniform_let("p", "u32", "pv"),
+        r.let("lo", "u32", r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
+        r.var("m", "f32", r.f(-3e38)), r.var("l", "f32", r.f(0.0)), r.array("o", "f32", nd),
+        f"{r.for_('t0', 'lo', 'p + 1', str(tile))}",
+        f"    {r.let('nk', 'u32', f'min({tile}u, p + 1 - t0)')}",
+        f"    {r.for_('j', 'lid', 'nk', str(b.wg))}",
+        f"        {r.var('qk', 'f32', r.f(0.0))}",
+        f"        {r.for_('d', '0', str(Dh))} qk = qk + qv[d] * {k.load(r, 't0 + j', 'kh', 'd')}; }}",
+        f"        qk = qk * {r.f(n.attrs['scale'])};",
+    ]
+    if cap:
+        body.append(f"        qk = {_softcap(r, 'qk', cap)};")
+    body += ["        sc[j] = qk;", "    }", "    " + r.barrier(),
+             f"    {r.var('mt', 'f32', r.f(-3e38))}",
+             f"    {r.for_('j', 'lid', 'nk', str(b.wg))} mt = max(mt, sc[j]); }}"]
+    body += ["    " + x for x in b.reduce(["mt"], "max")]
+    body += ["    " + r.let("mn", "f32", "max(m, red[0])"),
+             "    " + r.let("corr", "f32", r.fn("exp", "m - mn")),
+             "    l = l * corr;"]
+    body += [f"    o[{e}] = o[{e}] * corr;" for e in range(nd)]
+    body += [f"    {r.for_('j', '0', 'nk')}",
+             f"        {r.let('pj', 'f32', r.fn('exp', 'sc[j] - mn'))} l = l + pj;"]
+    for e in range(nd):
+        d = f"lid + {e * b.wg}"
+        body.append(f"        if ({d} < {Dv}) {{ o[{e}] = o[{e}] + pj * {v.load(r, 't0 + j', 'kh', d)}; }}")
+    body += ["    }", "    m = mn;", "    " + r.barrier(), "}"]
+    for e in range(nd):
+        d = f"lid + {e * b.wg}"
+        body.append(f"if ({d} < {Dv}) {{ {out.store(r, f'o[{e}] / l', 's', 'h', d)} }}")
+    return b.finish(body, S * H)
+
+
+TEMPLATES: dict[str, Callable] = {
+    **{op: elementwise for op in (*UNARY, *BINARY)},
+    "rms_norm": rms_norm,
+    "matmul": matmul,
+    "embedding": embedding,
+    "kv_write": kv_write,
+    "rope": rope,
+    "attention": attention,
+}
+
+
+def kernel_for(r: Renderer, n: Node, acc: dict[str, Accessor]) -> tuple[KernelSource, int]:
+    if n.op not in TEMPLATES:
+        raise UnsupportedError(f"no {r.name} kernel for op {n.op!r}")
+    return TEMPLATES[n.op](r, n, acc)

@@ -1,0 +1,223 @@
+"""The portable GPU backends (WebGPU on lavapipe, OpenCL on PoCL in CI), one parametrized file:
+every op against its numpy reference on awkward shapes, quantized matmuls against gguf-py's
+dequantization in float64, split objects past the binding limit, tiny models of every
+architecture against the plain evaluation, and the reference model against the cpu backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+
+from drift.backends import backend_class
+from drift.ir import GraphBuilder
+from drift.models.decoder import build_graph
+from drift.passes.storage import BLOCK_FIELDS, MultiObject, block_size
+from tests.passes.helpers import run_plain
+from tests.passes.test_model_graphs import KINDS, tiny_config, tiny_weights
+
+APIS = ["webgpu", "opencl"]
+
+
+def _backend(api: str, **kw):
+    cls = backend_class(api)
+    if not cls.available():
+        pytest.skip(f"no {api} device (scripts/test.sh installs lavapipe and PoCL)")
+    return cls(**kw)
+
+
+@pytest.fixture(scope="module", params=APIS)
+def api(request):
+    _backend(request.param)  # skip early when absent
+    return request.param
+
+
+def _run(api, g, weights, feeds, **kw):
+    b = _backend(api, **kw)
+    b.load_arrays(weights)
+    return b.compile(g).run(feeds), b
+
+
+def _check(api, g, weights, feeds, tol=2e-5, **kw):
+    got, b = _run(api, g, weights, feeds, **kw)
+    ref = run_plain(g, weights, feeds)
+    for o in g.outputs:
+        scale = max(1.0, float(np.abs(ref[o]).max()))
+        assert np.abs(got[o] - ref[o]).max() <= tol * scale, o
+    return b
+
+
+rng = np.random.default_rng(7)
+
+
+def _f(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", ["add", "mul", "swiglu", "geglu"])
+def test_binary_and_gated(api, op):
+    b = GraphBuilder(op)
+    x, y = b.input("x", (3, 7, 5), "f32"), b.input("y", (3, 7, 5), "f32")
+    b.output(b.op(op, x, y))
+    _check(api, b.finish(), {}, {"x": _f(3, 7, 5) * 4, "y": _f(3, 7, 5)})
+
+
+def test_broadcast_add_of_a_weight(api):
+    b = GraphBuilder("bias")
+    x = b.input("x", (5, 37), "f32")
+    b.output(b.op("add", x, b.weight("bias", (37,), "f32")))
+    _check(api, b.finish(), {"bias": _f(37)}, {"x": _f(5, 37)})
+
+
+@pytest.mark.parametrize("op,attrs", [("scale", {"value": 0.37}), ("silu", {}), ("gelu", {}),
+                                      ("softcap", {"cap": 3.0})])
+def test_unary(api, op, attrs):
+    b = GraphBuilder(op)
+    x = b.input("x", (11, 13), "f32")
+    b.output(b.op(op, x, **attrs))
+    _check(api, b.finish(), {}, {"x": _f(11, 13) * 30})  # large inputs: tanh/exp extremes
+
+
+@pytest.mark.parametrize("shape,unit", [((5, 37), False), ((3, 5, 19), True)])
+def test_rms_norm(api, shape, unit):
+    b = GraphBuilder("norm")
+    x = b.input("x", shape, "f32")
+    b.output(b.op("rms_norm", x, b.weight("w", shape[-1:], "f32"), eps=1e-5, unit_offset=unit))
+    _check(api, b.finish(), {"w": _f(shape[-1])}, {"x": _f(*shape)})
+
+
+@pytest.mark.parametrize("rows", [1, 5, 11])
+def test_matmul_f32(api, rows):
+    b = GraphBuilder("mm")
+    x = b.input("x", (rows, 37), "f32")
+    b.output(b.op("matmul", x, b.weight("w", (29, 37), "f32")))
+    _check(api, b.finish(), {"w": _f(29, 37)}, {"x": _f(rows, 37)})
+
+
+def _random_blocks(qtype: str, n_rows: int, k: int) -> np.ndarray:
+    """Random GGUF blocks of a type: random bytes, with every f16 scale field a small half."""
+    E, B = block_size(qtype)
+    raw = rng.integers(0, 256, (n_rows, k // E, B), dtype=np.uint8)
+    for name, off, size, _ in BLOCK_FIELDS[qtype]:
+        if name in ("d", "dmin", "m"):
+            h = (rng.standard_normal((n_rows, k // E)) * 0.05).astype(np.float16)
+            raw[..., off : off + 2] = h.view(np.uint8).reshape(n_rows, k // E, 2)
+    return raw.reshape(n_rows, -1)
+
+
+@pytest.mark.parametrize("qtype", sorted(BLOCK_FIELDS))
+def test_quantized_matmul_against_gguf_py(api, qtype):
+    N, K, S = 19, 512, 3
+    blocks = _random_blocks(qtype, N, K)
+    w64 = gguf_dequantize(blocks, GGMLQuantizationType[qtype]).astype(np.float64)  # (N, K)
+    x = _f(S, K)
+    b = GraphBuilder("qmm")
+    b.output(b.op("matmul", b.input("x", (S, K), "f32"), b.weight("w", (N, K), qtype)))
+    be = _backend(api)
+    be.load_raw("w", (N, K), qtype, blocks)
+    got = be.compile(b.finish()).run({"x": x})
+    ref = x.astype(np.float64) @ w64.T
+    assert np.abs(got[b.graph.outputs[0]] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("qtype", ["f32", "Q8_0", "Q4_K"])
+def test_embedding(api, qtype):
+    V, D, S = 41, 256, 6
+    ids = rng.integers(0, V, S).astype(np.int32)
+    b = GraphBuilder("emb")
+    b.output(b.op("embedding", b.weight("t", (V, D), qtype), b.input("ids", (S,), "i32")))
+    be = _backend(api)
+    if qtype == "f32":
+        table = _f(V, D)
+        be.load_arrays({"t": table})
+    else:
+        blocks = _random_blocks(qtype, V, D)
+        be.load_raw("t", (V, D), qtype, blocks)
+        table = gguf_dequantize(blocks, GGMLQuantizationType[qtype])
+    got = be.compile(b.finish()).run({"ids": ids})[b.graph.outputs[0]]
+    np.testing.assert_allclose(got, table[ids], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,n_dims,factors", [("norm", 12, False), ("neox", 8, True),
+                                                 ("neox", 12, False)])
+def test_rope(api, mode, n_dims, factors):
+    S, H, Dh = 3, 5, 12
+    b = GraphBuilder("rope")
+    x, pos = b.input("x", (S, H, Dh), "f32"), b.input("pos", (S,), "i32")
+    extra = [b.weight("ff", (n_dims // 2,), "f32")] if factors else []
+    b.output(b.op("rope", x, pos, *extra, mode=mode, n_dims=n_dims, theta=10000.0,
+                  freq_scale=0.5))
+    w = {"ff": 1.0 + np.abs(_f(n_dims // 2))} if factors else {}
+    _check(api, b.finish(), w, {"x": _f(S, H, Dh), "pos": np.array([0, 7, 40], np.int32)},
+           tol=1e-5)
+
+
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (3, 0.0), (0, 5.0)])
+def test_kv_write_and_attention(api, window, softcap):
+    S, H, Hkv, Dh, Dv, C = 4, 6, 2, 12, 10, 300  # C > the 256-key tile
+    b = GraphBuilder("attn")
+    q = b.input("q", (S, H, Dh), "f32")
+    k, v = b.input("k", (S, Hkv, Dh), "f32"), b.input("v", (S, Hkv, Dv), "f32")
+    pos = b.input("pos", (S,), "i32")
+    kc = b.op("kv_write", b.state("kc", (C, Hkv, Dh), "f32"), k, pos)
+    vc = b.op("kv_write", b.state("vc", (C, Hkv, Dv), "f32"), v, pos)
+    b.output(b.op("attention", q, kc, vc, pos, scale=0.3, window=window, softcap=softcap))
+    g = b.finish()
+    be = _backend(api)
+    prog = be.compile(g)
+    state: dict = {}
+    for start in (0, 4, 290):  # later calls attend over the cache the first ones wrote
+        p = np.arange(start, start + S, dtype=np.int32)
+        feeds = {"q": _f(S, H, Dh), "k": _f(S, Hkv, Dh), "v": _f(S, Hkv, Dv), "pos": p}
+        if start == 290:  # skip ahead: fill the cache rows between on both sides
+            fill = {"q": _f(S, H, Dh), "k": _f(S, Hkv, Dh), "v": _f(S, Hkv, Dv)}
+            for s0 in range(8, 290, S):
+                f2 = dict(fill, pos=np.arange(s0, s0 + S, dtype=np.int32))
+                run_plain(g, {}, f2, state)
+                prog.run(f2)
+        ref = run_plain(g, {}, feeds, state)
+        got = prog.run(feeds)
+        np.testing.assert_allclose(got[g.outputs[0]], ref[g.outputs[0]], rtol=1e-4, atol=1e-5)
+
+
+def test_split_objects_past_the_binding_limit(api):
+    """A 16 KiB binding limit: the weights' planes and the f32 matrix are cut into chunks, the
+    large activations become MultiObject storages (the layout pass), and nothing changes."""
+    S, K, K2, N = 11, 256, 32, 400
+    blocks = _random_blocks("Q4_1", N, K)
+    wf = _f(N, K2) * 0.1
+    b = GraphBuilder("split")
+    x, x2 = b.input("x", (S, K), "f32"), b.input("x2", (S, K2), "f32")
+    h = b.op("matmul", x, b.weight("wq", (N, K), "Q4_1"))  # (S, N): 17600 bytes
+    h2 = b.op("matmul", x2, b.weight("wf", (N, K2), "f32"))
+    b.output(b.op("add", h, h2))
+    g = b.finish()
+    be = _backend(api, max_binding_bytes=16384)
+    be.load_raw("wq", (N, K), "Q4_1", blocks)
+    be.load_arrays({"wf": wf})
+    assert len(be.weights["wf"][1][0].chunks) > 1 and len(be.weights["wq"][1][-1].chunks) > 1
+    prog = be.compile(g)
+    assert any(isinstance(s, MultiObject) for s in prog.storages.values())
+    xv, x2v = _f(S, K), _f(S, K2)
+    wq = gguf_dequantize(blocks, GGMLQuantizationType.Q4_1)
+    ref = xv @ wq.T + x2v @ wf.T
+    got = prog.run({"x": xv, "x2": x2v})[g.outputs[0]]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiny_models_prefill_then_decode(api, kind):
+    cfg = tiny_config(kind)
+    w = tiny_weights(cfg)
+    dtypes = {k: "f32" for k in w}
+    be = _backend(api)
+    be.load_arrays(w)
+    state: dict = {}
+    for S, start in ((5, 0), (1, 5), (1, 6)):
+        g = build_graph(cfg, dtypes, S, 16)
+        feeds = {"tokens": (np.arange(S, dtype=np.int32) * 7 + start) % cfg.vocab_size,
+                 "positions": np.arange(start, start + S, dtype=np.int32)}
+        ref = run_plain(g, w, feeds, state)[g.outputs[0]]
+        got = be.compile(g).run(feeds)[g.outputs[0]]
+        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
