@@ -16,9 +16,8 @@ from drift.backends.kernels.renderer import Helper, Renderer
 
 
 def _prologue(r: Renderer, w: Accessor) -> tuple[list[str], dict[str, str]]:
-    at = w.block_at(r, "row", "col")
-    lines = [r.let("e", "u32", at["element"])]
-    names = {}
+    at = w.block_at(r, "row", "col")  # col: the block's first element
+    lines, names = [], {}
     for name, _, _, _ in w.storage.fields:
         lines.append(r.let(f"o_{name}", "u32", at[name]))
         names[name] = f"o_{name}"
@@ -125,8 +124,9 @@ DEQUANT: dict[str, Callable] = {
 
 
 def dequant_helper(r: Renderer, w: Accessor, name: str) -> Helper:
-    """`f32 name(u32 row, u32 col)`: element (row, col) of the quantized weight `w`."""
+    """`f32 name(u32 row, u32 col, u32 e)`: element (row, col + e) of the quantized weight
+    `w`, col the first element of a block."""
     lines, offsets = _prologue(r, w)
     lines += DEQUANT[w.dtype](r, w, offsets)
-    return Helper(name, "f32", (("row", "u32"), ("col", "u32")), tuple(w.params),
+    return Helper(name, "f32", (("row", "u32"), ("col", "u32"), ("e", "u32")), tuple(w.params),
                   "\n    ".join(lines))

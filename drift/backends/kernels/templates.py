@@ -30,6 +30,7 @@ from drift.backends.kernels.quant import dequant_helper
 from drift.backends.kernels.renderer import Helper, KernelSource, Param, Renderer
 from drift.errors import UnsupportedError
 from drift.ir import Node
+from drift.passes.storage import block_size
 
 WG = 64  # threads per workgroup
 MAX_GROUPS = 65535  # workgroups per dispatch axis (WebGPU's guaranteed limit)
@@ -54,14 +55,16 @@ class Builder:
                 if p.writable and not prev.writable:
                     self.params[p.name] = p
 
-    def weight(self, w: Accessor, row: str, col: str) -> str:
-        """Element (row, col) of a weight, dequantized where it is quantized."""
+    def weight(self, w: Accessor, row: str, col0: str, e: str) -> str:
+        """Element (row, col0 + e) of a weight, dequantized where it is quantized: col0 is
+        the start of the element's block (`block_elements`), e its index there, so that a
+        loop over e keeps the block's scales invariant."""
         self.use(w)
         if w.dtype in ("f32", "f16"):
-            return w.load(self.r, row, col)
-        h = dequant_helper(self.r, w, f"dq_{len(self.helpers)}")
-        self.helpers.append(h)
-        return self.r.call(h, row, col)
+            return w.load(self.r, row, f"{col0} + {e}")
+        if not self.helpers:
+            self.helpers.append(dequant_helper(self.r, w, "dq"))
+        return self.r.call(self.helpers[0], row, col0, e)
 
     def group(self, groups: int) -> list[str]:
         """The flat workgroup index `grp` (dispatches of more than MAX_GROUPS use 2 axes)."""
@@ -87,9 +90,29 @@ class Builder:
             s //= 2
         return lines
 
+    def reduce_segments(self, values: list[str], seg: int) -> list[str]:
+        """Sums of `values[t]` over each run of `seg` adjacent threads (a power of 2), into
+        red[t * WG + the run's first thread]."""
+        r, wg, rows = self.r, self.wg, len(values)
+        if ("red", "f32", rows * wg) not in self.shared:
+            self.shared.append(("red", "f32", rows * wg))
+        lines = [f"red[{t * wg} + lid] = {v};" for t, v in enumerate(values)] + [r.barrier()]
+        s = seg // 2
+        while s >= 1:
+            upd = " ".join(f"red[{t * wg} + lid] = red[{t * wg} + lid] + red[{t * wg} + lid + {s}];"
+                           for t in range(rows))
+            lines += [f"if (lid % {seg} < {s}) {{ {upd} }}", r.barrier()]
+            s //= 2
+        return lines
+
     def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
         return (KernelSource(self.name, list(self.params.values()), self.wg,
                              "\n    ".join(body), self.shared, self.helpers), groups)
+
+
+def block_elements(w: Accessor) -> int:
+    """Weights per block (plain weights: a run of 8 the matmul walks as one)."""
+    return 8 if w.dtype in ("f32", "f16") else block_size(w.dtype)[0]
 
 
 def coords_of(flat: str, shape: tuple[int, ...]) -> list[str]:
@@ -189,21 +212,39 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
     b = Builder(r, "matmul")
     b.use(x, out)
     K, N, S = x.shape[-1], w.shape[0], prod(x.shape[:-1])
+    E = block_elements(w)
+    NB = -(-K // E)  # blocks of a row
+    TK = min(b.wg, 1 << max(0, (NB - 1).bit_length()))  # threads per column: a power of 2
+    CG = b.wg // TK  # columns per workgroup
     T = min(S, MATMUL_ROWS)
-    tiles = -(-S // T)
-    groups = N * tiles
-    body = b.group(groups) + [r.let("col", "u32", f"grp % {N}"),
-                              r.let("s0", "u32", f"grp / {N} * {T}"), r.array("acc", "f32", T),
-                              r.for_("k", "lid", str(K), str(b.wg)),
-                              f"    {r.let('wv', 'f32', b.weight(w, 'col', 'k'))}"]
+    col_groups = -(-N // CG)
+    groups = col_groups * -(-S // T)
+    ragged = K % E != 0  # plain weights only: the last run is cut short
+    body = b.group(groups) + [
+        r.let("kl", "u32", f"lid % {TK}"),
+        r.let("col", "u32", f"grp % {col_groups} * {CG} + lid / {TK}"),
+        r.let("s0", "u32", f"grp / {col_groups} * {T}"), r.array("acc", "f32", T),
+        f"if (col < {N}) {{",
+        f"    {r.for_('blk', 'kl', str(NB), str(TK))}",
+        f"        {r.let('k0', 'u32', f'blk * {E}')}",
+        f"        {r.for_('e', '0', str(E))}",
+    ]
+    inner = [r.let("wv", "f32", b.weight(w, "col", "k0", "e"))]
+    for t in range(T):  # rows past S (the last tile) read row S - 1 and are not stored
+        row = f"min(s0 + {t}, {S - 1}u)" if S % T else f"s0 + {t}"
+        xv = x.load(r, *coords_of(row, x.shape[:-1]), "k0 + e")
+        inner.append(f"acc[{t}] = acc[{t}] + wv * {xv};")
+    if ragged:
+        inner = [f"if (k0 + e < {K}) {{"] + ["    " + x for x in inner] + ["}"]
+    body += ["            " + x for x in inner] + ["        }", "    }", "}"]
+    body += b.reduce_segments([f"acc[{t}]" for t in range(T)], TK)
+    body.append(r.let("rows", "u32", f"{S} - s0"))
     for t in range(T):
-        xv = x.load(r, *coords_of(f"s0 + {t}", x.shape[:-1]), "k")
-        upd = f"acc[{t}] = acc[{t}] + wv * {xv};"
-        body.append(f"    if (s0 + {t} < {S}) {{ {upd} }}" if S % T else f"    {upd}")
-    body.append("}")
-    body += b.reduce([f"acc[{t}]" for t in range(T)], "+")
-    st = out.store(r, f"red[lid * {b.wg}]", *coords_of("s0 + lid", out.shape[:-1]), "col")
-    body.append(f"if (lid < {T} && s0 + lid < {S}) {{ {st} }}")
+        st = out.store(r, f"red[{t * b.wg} + lid]", *coords_of(f"s0 + {t}", out.shape[:-1]), "col")
+        # `t < rows`, not `s0 + t < S`: PoCL 3.1 (LLVM 15) drops every store of the kernel
+        # guarded by the latter (seen with S = 11, T = 8)
+        last = f" && {t} < rows" if S % T else ""
+        body.append(f"if (col < {N} && kl == 0{last}) {{ {st} }}")
     return b.finish(body, groups)
 
 
@@ -215,7 +256,8 @@ def embedding(r: Renderer, n: Node, acc: dict[str, Accessor]):
     body, groups = _threads(b, S * D)
     body += [r.let("s", "u32", f"i / {D}"), r.let("c", "u32", f"i % {D}"),
              r.let("id", "u32", ids.load(r, "s")),
-             out.store(r, b.weight(table, "id", "c"), "s", "c")]
+             r.let("e", "u32", f"c % {block_elements(table)}"),
+             out.store(r, b.weight(table, "id", "c - e", "e"), "s", "c")]
     return b.finish(body, groups)
 
 
