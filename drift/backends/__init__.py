@@ -8,7 +8,8 @@ import importlib
 from drift.backends.base import Backend, DeviceInfo, Program
 from drift.errors import DeviceError
 
-# Best first: the default device is the first available.
+# Best first: the default device is the first available that is not a CPU emulation of a
+# GPU API (lavapipe, PoCL: asked for by name only).
 BACKENDS: dict[str, str] = {
     "triton": "drift.backends.triton",
     "webgpu": "drift.backends.webgpu",
@@ -29,7 +30,8 @@ def backend_class(name: str) -> type[Backend]:
 def best_available() -> str:
     for name in BACKENDS:
         try:
-            if backend_class(name).available():
+            cls = backend_class(name)
+            if cls.available() and not cls.emulated():
                 return name
         except ImportError:
             continue

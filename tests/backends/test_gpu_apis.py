@@ -258,3 +258,14 @@ def test_gemma3_greedy_as_the_cpu_backend(api, gemma3_path):
     tokens, logits = _greedy(gemma3_path, api, 4)
     assert tokens == ref_tokens
     assert np.abs(logits - ref_logits).max() <= 1e-2
+
+
+def test_drift_devices_lists_every_api(api, capsys):
+    from drift.cli import main
+
+    assert main(["devices", "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert any(r["api"] == api and "max_binding" in r for r in rows)
+    assert any(r["api"] == "cpu" for r in rows)

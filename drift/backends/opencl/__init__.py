@@ -117,6 +117,12 @@ class OpenCLBackend(GPUBackend):
         except Exception:  # no pyopencl, no ICD, no platform
             return False
 
+    @classmethod
+    def emulated(cls) -> bool:
+        import pyopencl as cl
+
+        return not _device().type & (cl.device_type.GPU | cl.device_type.ACCELERATOR)
+
     def make_runtime(self) -> Runtime:
         return CLRuntime()
 

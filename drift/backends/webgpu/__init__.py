@@ -8,6 +8,8 @@ mappable buffer in the same command buffer, then mapped.
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -25,24 +27,63 @@ _LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
 
 
 @lru_cache(maxsize=1)
-def _adapter():
+def _gpu():
+    """wgpu's entry point, on the APIs drift targets: Vulkan, Metal, D3D12 (not GL, whose EGL
+    probing only prints errors on a machine without a display)."""
     import wgpu
 
-    return wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    try:
+        from wgpu.backends.wgpu_native.extras import set_instance_extras
+
+        set_instance_extras(backends=["Vulkan", "Metal", "DX12"])
+    except Exception:  # another wgpu build, or the instance exists already: all backends
+        pass
+    return wgpu.gpu
+
+
+@contextmanager
+def _quiet_stderr():
+    """Mesa's Vulkan drivers probe for a Wayland display when the instance starts and print
+    'XDG_RUNTIME_DIR is invalid' on a machine without one: harmless for compute, silenced."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@lru_cache(maxsize=1)
+def _adapter():
+    with _quiet_stderr():
+        return _gpu().request_adapter_sync(power_preference="high-performance")
+
+
+def subgroup_sizes(adapter) -> tuple[int, int]:
+    """(min, max) subgroup lanes the adapter reports (wgpu-py 0.32 spells the keys
+    'stackgroup_*')."""
+    info = adapter.info
+    lo = info.get("subgroup_min_size", info.get("stackgroup_min_size", 0))
+    return lo, info.get("subgroup_max_size", info.get("stackgroup_max_size", lo))
 
 
 def adapters() -> list[dict[str, Any]]:
     """Every WebGPU adapter, with what drift specializes on (`drift devices`)."""
-    import wgpu
-
     out = []
-    for a in wgpu.gpu.enumerate_adapters_sync():
+    with _quiet_stderr():
+        found = _gpu().enumerate_adapters_sync()
+    for a in found:
         info, lim = a.info, a.limits
         out.append({"api": "webgpu", "name": a.summary, "type": info.get("adapter_type", ""),
                     "max_binding": lim["max-storage-buffer-binding-size"],
                     "binding_alignment": lim["min-storage-buffer-offset-alignment"],
                     "workgroup_storage": lim["max-compute-workgroup-storage-size"],
-                    "subgroup": (info.get("subgroup_min_size", 0), info.get("subgroup_max_size", 0)),
+                    "subgroup": subgroup_sizes(a),
                     "shader_f16": "shader-f16" in a.features,
                     "subgroups": "subgroup" in a.features})
     return out
@@ -60,7 +101,8 @@ class WGPURuntime(Runtime):
         self.renderer = WGSLRenderer()
         self.binding_alignment = lim["min-storage-buffer-offset-alignment"]
         self.max_binding = lim["max-storage-buffer-binding-size"]
-        self.subgroup_size = self.adapter.info.get("subgroup_min_size", 0)
+        lo, hi = subgroup_sizes(self.adapter)
+        self.subgroup_size = lo if lo == hi else 0  # a range: not known until a kernel runs
         self._staging: dict[int, Any] = {}
 
     def buffer(self, nbytes: int) -> Any:
@@ -135,6 +177,10 @@ class WebGPUBackend(GPUBackend):
             return _adapter() is not None
         except Exception:  # no wgpu, no driver, no adapter
             return False
+
+    @classmethod
+    def emulated(cls) -> bool:
+        return _adapter().info.get("adapter_type", "") == "CPU"
 
     def make_runtime(self) -> Runtime:
         return WGPURuntime()
