@@ -206,6 +206,25 @@ def test_split_objects_past_the_binding_limit(api):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_lm_head_past_lavapipes_binding_limit(api):
+    """A tied embedding / LM head of vocab 128256 x 288 f32 (148 MB, past lavapipe's 128 MiB
+    storage binding): looked up and multiplied through its chunks."""
+    V, D = 128256, 288
+    table = np.random.default_rng(3).standard_normal((V, D), dtype=np.float32)
+    b = GraphBuilder("head")
+    ids = b.input("ids", (2,), "i32")
+    h = b.op("embedding", b.weight("t", (V, D), "f32"), ids)
+    b.output(b.op("matmul", h, "t"))
+    g = b.finish()
+    be = _backend(api)
+    be.load_arrays({"t": table})
+    if api == "webgpu":
+        assert len(be.weights["t"][1][0].chunks) == 2
+    got = be.compile(g).run({"ids": np.array([5, V - 1], np.int32)})[g.outputs[0]]
+    ref = table[[5, V - 1]] @ table.T
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_tiny_models_prefill_then_decode(api, kind):
     cfg = tiny_config(kind)
