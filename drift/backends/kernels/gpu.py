@@ -75,6 +75,10 @@ class Runtime(ABC):
             reads: Sequence[tuple[Any, int, int]]) -> list[np.ndarray]:
         """Write, launch all, read back (uint8 arrays): one submission."""
 
+    @abstractmethod
+    def sync(self) -> None:
+        """Wait for everything submitted."""
+
     def nbytes(self, buf: Any) -> int:
         return buf.size
 
@@ -181,6 +185,9 @@ class GPUBackend(Backend):
     def program(self, compiled: Compiled) -> GPUProgram:
         return GPUProgram(compiled, self)
 
+    def synchronize(self) -> None:
+        self.rt.sync()
+
 
 class GPUProgram(Program):
     def __init__(self, compiled: Compiled, backend: GPUBackend):
@@ -255,13 +262,7 @@ class GPUProgram(Program):
 
     def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, np.ndarray]:
         self._bind()
-        arena, writes, reads = self.backend.arena, [], []
-        for name in self.graph.inputs:
-            spec, st = self.graph.tensors[name], self.storages[name]
-            x = np.asarray(feeds[name], dtype=np.int32 if spec.dtype == "i32" else np.float32)
-            block = np.zeros(st.nbytes, dtype=np.uint8)
-            st.write(st.bind(block), x.reshape(spec.shape))
-            writes.append((arena, self.plan.offsets[name], block))
+        arena, writes, reads = self.backend.arena, self._writes(feeds), []
         for name in self.graph.outputs:
             reads.append((arena, self.plan.offsets[name], self.storages[name].nbytes))
         got = self.backend.rt.run(self.launches, writes, reads)
@@ -269,6 +270,38 @@ class GPUProgram(Program):
         for name, raw in zip(self.graph.outputs, got):
             st = self.storages[name]
             out[name] = np.array(st.from_physical(st.bind(raw)), copy=True)
+        return out
+
+    def _writes(self, feeds: dict[str, np.ndarray]) -> list[tuple[Any, int, np.ndarray]]:
+        """The inputs, each laid out by its storage, as (arena, offset, bytes). A call always
+        writes the arena first (a graph without inputs writes a dead word): PoCL 3.1 crashes
+        running kernels over sub-buffers of a buffer last touched by a read."""
+        arena, writes = self.backend.arena, []
+        for name in self.graph.inputs:
+            spec, st = self.graph.tensors[name], self.storages[name]
+            x = np.asarray(feeds[name], dtype=np.int32 if spec.dtype == "i32" else np.float32)
+            block = np.zeros(st.nbytes, dtype=np.uint8)
+            st.write(st.bind(block), x.reshape(spec.shape))
+            writes.append((arena, self.plan.offsets[name], block))
+        return writes or [(arena, 0, np.zeros(4, np.uint8))]
+
+    def profile(self, feeds: dict[str, np.ndarray]) -> list[tuple[Any, float]]:
+        """Seconds per node: each launch submitted alone (after the input writes) and waited
+        for, so the sum exceeds a call's time by the submissions."""
+        import time
+
+        self.run(feeds)
+        rt, it, writes = self.backend.rt, iter(self.launches), self._writes(feeds)
+        out = []
+        for n in self.graph.nodes:
+            if is_view(n.op):
+                out.append((n, 0.0))
+                continue
+            launch = next(it)
+            t0 = time.perf_counter()
+            rt.run([launch], writes, [])
+            rt.sync()
+            out.append((n, time.perf_counter() - t0))
         return out
 
     def launch_counts(self) -> list[float]:

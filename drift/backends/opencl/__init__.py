@@ -89,9 +89,9 @@ class CLRuntime(Runtime):
 
     def run(self, launches, writes, reads):
         cl, q = self.cl, self.queue
-        for buf, off, data in writes:  # the host arrays live until the blocking read below
+        for buf, off, data in writes:  # small (token ids, positions): copied at once
             cl.enqueue_copy(q, buf, np.ascontiguousarray(data), dst_offset=off,
-                            is_blocking=False)
+                            is_blocking=True)
         for k, gsize, lsize, _ in launches:
             cl.enqueue_nd_range_kernel(q, k, gsize, lsize)
         out = []
@@ -102,6 +102,9 @@ class CLRuntime(Runtime):
         if not reads:
             q.finish()
         return out
+
+    def sync(self) -> None:
+        self.queue.finish()
 
     def nbytes(self, buf) -> int:
         return buf.size

@@ -104,6 +104,7 @@ class WGPURuntime(Runtime):
         lo, hi = subgroup_sizes(self.adapter)
         self.subgroup_size = lo if lo == hi else 0  # a range: not known until a kernel runs
         self._staging: dict[int, Any] = {}
+        self._fence: Any = None
 
     def buffer(self, nbytes: int) -> Any:
         u = self.wgpu.BufferUsage
@@ -136,6 +137,13 @@ class WGPURuntime(Runtime):
             for i, (buf, off, size) in enumerate(places)])
         gx = min(groups, MAX_GROUPS)
         return pipeline, group, (gx, -(-groups // gx), 1)
+
+    def sync(self) -> None:
+        # reading a word back waits for the queue (wgpu-py 0.32's on_submitted_work_done_sync
+        # fails in its cffi binding)
+        if self._fence is None:
+            self._fence = self.buffer(4)
+        self.device.queue.read_buffer(self._fence, 0, 4)
 
     def _stage(self, nbytes: int) -> Any:
         if nbytes not in self._staging:
