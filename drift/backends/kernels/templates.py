@@ -26,8 +26,8 @@ from collections.abc import Callable
 from math import prod
 
 from drift.backends.kernels.access import Accessor
-from drift.backends.kernels.quant import dequant_helper
-from drift.backends.kernels.renderer import Helper, KernelSource, Param, Renderer
+from drift.backends.kernels.quant import Dequant, dequant
+from drift.backends.kernels.renderer import Helper, KernelSource, Param, Renderer  # noqa: F401
 from drift.errors import UnsupportedError
 from drift.ir import Node
 from drift.passes.storage import block_size
@@ -55,16 +55,14 @@ class Builder:
                 if p.writable and not prev.writable:
                     self.params[p.name] = p
 
-    def weight(self, w: Accessor, row: str, col0: str, e: str) -> str:
-        """Element (row, col0 + e) of a weight, dequantized where it is quantized: col0 is
-        the start of the element's block (`block_elements`), e its index there, so that a
-        loop over e keeps the block's scales invariant."""
+    def weight(self, w: Accessor, row: str, col0: str) -> Dequant:
+        """How to read the block of a weight starting at (row, col0), dequantizing where it
+        is quantized (plain weights: runs of `block_elements`, one "sub-block")."""
         self.use(w)
         if w.dtype in ("f32", "f16"):
-            return w.load(self.r, row, f"{col0} + {e}")
-        if not self.helpers:
-            self.helpers.append(dequant_helper(self.r, w, "dq"))
-        return self.r.call(self.helpers[0], row, col0, e)
+            return Dequant([], block_elements(w), lambda sb: [],
+                           lambda sb, e: ([], w.load(self.r, row, f"{col0} + {e}")))
+        return dequant(self.r, w, row, col0)
 
     def group(self, groups: int) -> list[str]:
         """The flat workgroup index `grp` (dispatches of more than MAX_GROUPS use 2 axes)."""
@@ -227,16 +225,22 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
         f"if (col < {N}) {{",
         f"    {r.for_('blk', 'kl', str(NB), str(TK))}",
         f"        {r.let('k0', 'u32', f'blk * {E}')}",
-        f"        {r.for_('e', '0', str(E))}",
     ]
-    inner = [r.let("wv", "f32", b.weight(w, "col", "k0", "e"))]
+    dq = b.weight(w, "col", "k0")
+    body += ["        " + x for x in dq.block]
+    body += [f"        {r.for_('sb', '0', str(E // dq.sub))}"]
+    body += ["            " + x for x in dq.sub_lines("sb")]
+    body += [f"            {r.for_('e', '0', str(dq.sub))}",
+             f"                {r.let('k', 'u32', f'k0 + sb * {dq.sub} + e')}"]
+    lines, value = dq.element("sb", "e")
+    inner = lines + [r.let("wv", "f32", value)]
     for t in range(T):  # rows past S (the last tile) read row S - 1 and are not stored
         row = f"min(s0 + {t}, {S - 1}u)" if S % T else f"s0 + {t}"
-        xv = x.load(r, *coords_of(row, x.shape[:-1]), "k0 + e")
+        xv = x.load(r, *coords_of(row, x.shape[:-1]), "k")
         inner.append(f"acc[{t}] = acc[{t}] + wv * {xv};")
     if ragged:
-        inner = [f"if (k0 + e < {K}) {{"] + ["    " + x for x in inner] + ["}"]
-    body += ["            " + x for x in inner] + ["        }", "    }", "}"]
+        inner = [f"if (k < {K}) {{"] + ["    " + x for x in inner] + ["}"]
+    body += ["                " + x for x in inner] + ["            }", "        }", "    }", "}"]
     body += b.reduce_segments([f"acc[{t}]" for t in range(T)], TK)
     body.append(r.let("rows", "u32", f"{S} - s0"))
     for t in range(T):
@@ -256,8 +260,12 @@ def embedding(r: Renderer, n: Node, acc: dict[str, Accessor]):
     body, groups = _threads(b, S * D)
     body += [r.let("s", "u32", f"i / {D}"), r.let("c", "u32", f"i % {D}"),
              r.let("id", "u32", ids.load(r, "s")),
-             r.let("e", "u32", f"c % {block_elements(table)}"),
-             out.store(r, b.weight(table, "id", "c - e", "e"), "s", "c")]
+             r.let("c0", "u32", f"c - c % {block_elements(table)}")]
+    dq = b.weight(table, "id", "c0")
+    lines, value = dq.element("sb", "e")
+    body += dq.block + [r.let("sb", "u32", f"c % {block_elements(table)} / {dq.sub}"),
+                        r.let("e", "u32", f"c % {dq.sub}")]
+    body += dq.sub_lines("sb") + lines + [out.store(r, value, "s", "c")]
     return b.finish(body, groups)
 
 
