@@ -87,6 +87,16 @@ def test_rms_norm(api, shape, unit):
     _check(api, b.finish(), {"w": _f(shape[-1])}, {"x": _f(*shape)})
 
 
+def test_add_rms_norm_fused(api):
+    b = GraphBuilder("addnorm")
+    x, y = b.input("x", (3, 5, 37), "f32"), b.input("y", (3, 5, 37), "f32")
+    h = b.op("add", x, y)
+    b.output(b.op("rms_norm", h, b.weight("w", (37,), "f32"), eps=1e-6))
+    b.output(b.op("mul", h, h))
+    be = _check(api, b.finish(), {"w": _f(37)}, {"x": _f(3, 5, 37), "y": _f(3, 5, 37)})
+    assert be.supports("add_rms_norm") and not be.supports("ffn_gate_up")
+
+
 @pytest.mark.parametrize("rows", [1, 5, 11])
 def test_matmul_f32(api, rows):
     b = GraphBuilder("mm")

@@ -28,13 +28,14 @@ from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 from drift.backends.kernels.templates import TEMPLATES, kernel_for
 from drift.errors import UnsupportedError
 from drift.formats.gguf import GGUFFile, check_quant_supported
-from drift.ir import Role, TensorSpec, storage_name
+from drift.ir import REGISTRY, Role, TensorSpec, storage_name
 from drift.ir.ops import is_view
 from drift.ir.tensor import is_quantized
 from drift.passes import Capabilities, Compiled
 from drift.passes.storage import Storage, StridedBuffer, align_up, weight_storage
 
 PLAIN_WEIGHTS = ("f32", "f16")
+FUSED_OPS = frozenset({"add_rms_norm"})  # the fused ops the templates implement
 
 
 def _kind(dtype: str) -> str:
@@ -106,12 +107,12 @@ class GPUBackend(Backend):
         return Capabilities(
             alignment=self.align, channel_slices=False,
             max_object_bytes=self.limit - self.align, quant_planes=True,
-            quant_tile_rows=self.kernel_tile_rows, inplace=True, fused_ops=frozenset(),
+            quant_tile_rows=self.kernel_tile_rows, inplace=True, fused_ops=FUSED_OPS,
             int8_dot=False, weight_types=frozenset(DEQUANT) | frozenset(PLAIN_WEIGHTS),
             subgroup_size=self.rt.subgroup_size, max_binding_bytes=self.limit)
 
     def supports(self, op: str) -> bool:
-        return op in TEMPLATES or is_view(op)
+        return (op in TEMPLATES or is_view(op)) and (not REGISTRY[op].fused or op in FUSED_OPS)
 
     # -- weights and state
 

@@ -8,7 +8,8 @@ graph at hand, and identical sources (the same op on every layer) compile once.
 
     elementwise   one thread per element; a broadcast operand reads coordinate 0 on its
                   size-1 axes
-    rms_norm      one workgroup per row: strided sum of squares, tree reduction
+    rms_norm      one workgroup per row: strided sum of squares, tree reduction (fused
+                  with the residual add before it: add_rms_norm)
     matmul        one workgroup per (output column, tile of up to 8 rows): each thread walks
                   K with stride WG dequantizing the weight once per element for the tile's
                   rows, then a tree reduction per row
@@ -185,17 +186,28 @@ def elementwise(r: Renderer, n: Node, acc: dict[str, Accessor]):
 
 
 def rms_norm(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    x, w, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
-    b = Builder(r, "rms_norm")
-    b.use(x, w, out)
+    """rms_norm(x, w), or add_rms_norm(a, b, w): the sum written first (over a or b in
+    place: each thread reads back only what it wrote), then normed."""
+    fused = n.op == "add_rms_norm"
+    ins = [acc[i] for i in n.inputs]
+    x, w, out = ins[0], ins[-1], acc[n.outputs[-1]]
+    b = Builder(r, n.op)
+    b.use(*ins, *(acc[o] for o in n.outputs))
     D, rows = x.shape[-1], prod(x.shape[:-1])
     lead = coords_of("grp", x.shape[:-1])
     wv = w.load(r, "c")
     if n.attrs.get("unit_offset"):
         wv = f"({r.f(1.0)} + {wv})"
+    if fused:
+        h = acc[n.outputs[0]]
+        value = f"{x.load(r, *lead, 'c')} + {ins[1].load(r, *lead, 'c')}"
+        first = f"{r.let('v', 'f32', value)} {h.store(r, 'v', *lead, 'c')}"
+        x = h  # the second pass reads the sum
+    else:
+        first = r.let("v", "f32", x.load(r, *lead, "c"))
     body = b.group(rows) + [r.var("ss", "f32", r.f(0.0)),
                             f"{r.for_('c', 'lid', str(D), str(b.wg))}",
-                            f"    {r.let('v', 'f32', x.load(r, *lead, 'c'))} ss = ss + v * v;",
+                            f"    {first} ss = ss + v * v;",
                             "}"]
     body += b.reduce(["ss"], "+")
     body += [r.let("inv", "f32", r.fn("rsqrt", f"red[0] / {r.f(D)} + {r.f(n.attrs['eps'])}")),
@@ -359,6 +371,7 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
 TEMPLATES: dict[str, Callable] = {
     **{op: elementwise for op in (*UNARY, *BINARY)},
     "rms_norm": rms_norm,
+    "add_rms_norm": rms_norm,
     "matmul": matmul,
     "embedding": embedding,
     "kv_write": kv_write,

@@ -103,7 +103,7 @@ class WGPURuntime(Runtime):
         self.max_binding = lim["max-storage-buffer-binding-size"]
         lo, hi = subgroup_sizes(self.adapter)
         self.subgroup_size = lo if lo == hi else 0  # a range: not known until a kernel runs
-        self._staging: dict[int, Any] = {}
+        self._staging: dict[tuple[int, int], Any] = {}
         self._fence: Any = None
 
     def buffer(self, nbytes: int) -> Any:
@@ -145,12 +145,14 @@ class WGPURuntime(Runtime):
             self._fence = self.buffer(4)
         self.device.queue.read_buffer(self._fence, 0, 4)
 
-    def _stage(self, nbytes: int) -> Any:
-        if nbytes not in self._staging:
+    def _stage(self, slot: int, nbytes: int) -> Any:
+        """The mappable buffer output `slot` of a call is copied into (one per output)."""
+        key = (slot, nbytes)
+        if key not in self._staging:
             u = self.wgpu.BufferUsage
-            self._staging[nbytes] = self.device.create_buffer(size=nbytes,
-                                                              usage=u.MAP_READ | u.COPY_DST)
-        return self._staging[nbytes]
+            self._staging[key] = self.device.create_buffer(size=nbytes,
+                                                           usage=u.MAP_READ | u.COPY_DST)
+        return self._staging[key]
 
     def run(self, launches, writes, reads):
         for buf, off, data in writes:
@@ -163,8 +165,8 @@ class WGPURuntime(Runtime):
             cpass.dispatch_workgroups(*dims)
         cpass.end()
         staged = []
-        for buf, off, nbytes in reads:
-            st = self._stage(nbytes)
+        for slot, (buf, off, nbytes) in enumerate(reads):
+            st = self._stage(slot, nbytes)
             enc.copy_buffer_to_buffer(buf, off, st, 0, nbytes)
             staged.append(st)
         self.device.queue.submit([enc.finish()])
