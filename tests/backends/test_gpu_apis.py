@@ -298,3 +298,25 @@ def test_drift_devices_lists_every_api(api, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert any(r["api"] == api and "max_binding" in r for r in rows)
     assert any(r["api"] == "cpu" for r in rows)
+
+
+def test_kernels_follow_the_storage_chosen(api):
+    """The same templates over 4-wide channel slices (PHWC4) for the rank-3 activations: only
+    the accessors' coordinate translation changes, and the logits do not."""
+    import dataclasses
+
+    from drift.passes.storage import ChannelSlices4
+
+    cfg = tiny_config("qwen2")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    caps = dataclasses.replace(be.capabilities(), channel_slices=True)
+    be.capabilities = lambda: caps
+    be.load_arrays(w)
+    g = build_graph(cfg, {k: "f32" for k in w}, 3, 16)
+    prog = be.compile(g)
+    assert any(isinstance(s, ChannelSlices4) for s in prog.storages.values())
+    feeds = {"tokens": np.array([3, 1, 4], np.int32), "positions": np.arange(3, dtype=np.int32)}
+    ref = run_plain(g, w, feeds)[g.outputs[0]]
+    got = prog.run(feeds)[g.outputs[0]]
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
