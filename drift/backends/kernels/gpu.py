@@ -30,7 +30,6 @@ from drift.errors import UnsupportedError
 from drift.formats.gguf import GGUFFile, check_quant_supported
 from drift.ir import REGISTRY, Role, TensorSpec, storage_name
 from drift.ir.ops import is_view
-from drift.ir.tensor import is_quantized
 from drift.passes import Capabilities, Compiled
 from drift.passes.storage import Storage, StridedBuffer, align_up, weight_storage
 
@@ -127,12 +126,13 @@ class GPUBackend(Backend):
         for name, a in arrays.items():
             a = np.asarray(a)
             dtype = "f16" if a.dtype == np.float16 else "f32"
-            self.load_raw(name, a.shape, dtype, a.astype(np.float16 if dtype == "f16" else np.float32))
+            self.load_raw(name, a.shape, dtype,
+                          a.astype(np.float16 if dtype == "f16" else np.float32))
 
     def load_raw(self, name: str, shape: tuple[int, ...], dtype: str, data: np.ndarray) -> None:
         """A weight as the file stores it (GGUF blocks for quantized types), converted once
         into its storage's objects on the device."""
-        if is_quantized(dtype) and dtype not in DEQUANT or not is_quantized(dtype) and dtype not in PLAIN_WEIGHTS:
+        if dtype not in DEQUANT and dtype not in PLAIN_WEIGHTS:
             raise UnsupportedError(f"{self.name}: weight {name} of type {dtype} is not supported")
         st = weight_storage(tuple(shape), dtype, True, self.kernel_tile_rows, self.align)
         objs = []

@@ -139,9 +139,9 @@ def _q3_k(r, w, o) -> Dequant:
                 r.let("dl", "f32", f"d * ({r.cast('f32', 'lo | (hi << 4)')} - {r.f(32)})")]
 
     def element(sb, e):
+        qs = _byte(r, w, o, "qs", "ee / 128 * 32 + ee % 32")
         lines = [r.let("ee", "u32", f"{sb} * 16 + {e}"),
-                 r.let("low2", "u32",
-                       f"({_byte(r, w, o, 'qs', 'ee / 128 * 32 + ee % 32')} >> (ee % 128 / 32 * 2)) & 3"),
+                 r.let("low2", "u32", f"({qs} >> (ee % 128 / 32 * 2)) & 3"),
                  r.let("hbit", "u32", f"({_byte(r, w, o, 'hmask', 'ee % 32')} >> (ee / 32)) & 1")]
         return lines, f"dl * ({r.cast('f32', 'low2')} - {r.select('hbit == 1', r.f(0), r.f(4))})"
 

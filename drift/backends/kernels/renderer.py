@@ -15,6 +15,7 @@ language; values are `f32`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 # Kinds of buffer a kernel binds: float32 elements, int32 elements, or raw bytes (quant
 # planes, f16 weights), which WGSL can only hold as u32 words.
@@ -57,8 +58,8 @@ class Renderer:
     """The neutral dialect's spellings. Subclasses fill in the tables and `render`."""
 
     name = "base"
-    types: dict[str, str] = {}  # neutral scalar type -> the language's name
-    functions: dict[str, str] = {}  # neutral math function -> the language's name
+    types: ClassVar[dict[str, str]] = {}  # neutral scalar type -> the language's name
+    functions: ClassVar[dict[str, str]] = {}  # neutral math function -> the language's name
     tanh_clamp = 0.0  # clamp tanh's argument to +-this (0: no clamp): a driver whose tanh
     # overflows to NaN for large arguments
     helpers_take_buffers = False  # helper functions get buffers as arguments (no globals)

@@ -28,7 +28,7 @@ from math import prod
 
 from drift.backends.kernels.access import Accessor
 from drift.backends.kernels.quant import Dequant, dequant
-from drift.backends.kernels.renderer import Helper, KernelSource, Param, Renderer  # noqa: F401
+from drift.backends.kernels.renderer import Helper, KernelSource, Param, Renderer
 from drift.errors import UnsupportedError
 from drift.ir import Node
 from drift.passes.storage import block_size
@@ -282,7 +282,7 @@ def embedding(r: Renderer, n: Node, acc: dict[str, Accessor]):
 
 
 def kv_write(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    cache, x, pos, out = (acc[i] for i in (*n.inputs, n.outputs[0]))
+    _, x, pos, out = (acc[i] for i in (*n.inputs, n.outputs[0]))  # (cache, x, pos) -> cache
     b = Builder(r, "kv_write")
     b.use(x, pos, out)
     body, groups = _threads(b, prod(x.shape))
@@ -311,8 +311,10 @@ def rope(r: Renderer, n: Node, acc: dict[str, Accessor]):
     body += [r.let("s", "u32", s), r.let("h", "u32", h), r.let("j", "u32", j),
              f"if (j < {half}) {{",
              "    " + r.let("ang", "f32", f"{r.cast('f32', pos.load(r, 's'))} * {fscale} * {inv}"),
-             f"    {r.let('cs', 'f32', r.fn('cos', 'ang'))} {r.let('sn', 'f32', r.fn('sin', 'ang'))}",
-             f"    {r.let('xa', 'f32', x.load(r, 's', 'h', ia))} {r.let('xb', 'f32', x.load(r, 's', 'h', ib))}",
+             "    " + r.let("cs", "f32", r.fn("cos", "ang")),
+             "    " + r.let("sn", "f32", r.fn("sin", "ang")),
+             "    " + r.let("xa", "f32", x.load(r, "s", "h", ia)),
+             "    " + r.let("xb", "f32", x.load(r, "s", "h", ib)),
              f"    {out.store(r, 'xa * cs - xb * sn', 's', 'h', ia)}",
              f"    {out.store(r, 'xa * sn + xb * cs', 's', 'h', ib)}",
              f"}} else {{ {out.store(r, x.load(r, 's', 'h', rest), 's', 'h', rest)} }}"]
@@ -337,13 +339,16 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
         f"{r.for_('d', 'lid', str(Dh), str(b.wg))} qv[d] = {q.load(r, 's', 'h', 'd')}; }}",
         f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
         r.uniform_let("p", "u32", "pv"),
-        r.let("lo", "u32", r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
+        r.let("lo", "u32",
+              r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
         r.var("m", "f32", r.f(-3e38)), r.var("l", "f32", r.f(0.0)), r.array("o", "f32", nd),
         f"{r.for_('t0', 'lo', 'p + 1', str(tile))}",
         f"    {r.let('nk', 'u32', f'min({tile}u, p + 1 - t0)')}",
         f"    {r.for_('j', 'lid', 'nk', str(b.wg))}",
         f"        {r.var('qk', 'f32', r.f(0.0))}",
-        f"        {r.for_('d', '0', str(Dh))} qk = qk + qv[d] * {k.load(r, 't0 + j', 'kh', 'd')}; }}",
+        f"        {r.for_('d', '0', str(Dh))}",
+        f"            qk = qk + qv[d] * {k.load(r, 't0 + j', 'kh', 'd')};",
+        "        }",
         f"        qk = qk * {r.f(n.attrs['scale'])};",
     ]
     if cap:
@@ -360,7 +365,8 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
              f"        {r.let('pj', 'f32', r.fn('exp', 'sc[j] - mn'))} l = l + pj;"]
     for e in range(nd):
         d = f"lid + {e * b.wg}"
-        body.append(f"        if ({d} < {Dv}) {{ o[{e}] = o[{e}] + pj * {v.load(r, 't0 + j', 'kh', d)}; }}")
+        vv = v.load(r, "t0 + j", "kh", d)
+        body.append(f"        if ({d} < {Dv}) {{ o[{e}] = o[{e}] + pj * {vv}; }}")
     body += ["    }", "    m = mn;", "    " + r.barrier(), "}"]
     for e in range(nd):
         d = f"lid + {e * b.wg}"

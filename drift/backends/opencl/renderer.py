@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 
 _ELEM = {"f32": "float", "i32": "int", "u8": "uchar"}
@@ -9,8 +11,8 @@ _ELEM = {"f32": "float", "i32": "int", "u8": "uchar"}
 
 class OpenCLRenderer(Renderer):
     name = "opencl"
-    types = {"f32": "float", "u32": "uint", "i32": "int"}
-    functions = {}
+    types: ClassVar[dict[str, str]] = {"f32": "float", "u32": "uint", "i32": "int"}
+    functions: ClassVar[dict[str, str]] = {}
     tanh_clamp = 0.0
     helpers_take_buffers = True  # OpenCL functions see no kernel arguments: pass them
 

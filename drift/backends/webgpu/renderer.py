@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 
 _ELEM = {"f32": "f32", "i32": "i32", "u8": "u32"}  # bytes live in u32 words
@@ -9,8 +11,8 @@ _ELEM = {"f32": "f32", "i32": "i32", "u8": "u32"}  # bytes live in u32 words
 
 class WGSLRenderer(Renderer):
     name = "wgsl"
-    types = {"f32": "f32", "u32": "u32", "i32": "i32"}
-    functions = {"rsqrt": "inverseSqrt"}
+    types: ClassVar[dict[str, str]] = {"f32": "f32", "u32": "u32", "i32": "i32"}
+    functions: ClassVar[dict[str, str]] = {"rsqrt": "inverseSqrt"}
     # Vulkan/Metal drivers may compute tanh as (e^2x - 1) / (e^2x + 1): NaN past x ~ 44
     tanh_clamp = 15.0
     helpers_take_buffers = False  # helpers read bindings as module globals
