@@ -202,6 +202,7 @@ class GPUProgram(Program):
         self._bound: Any = None
         self.launches: list[Any] = []
         self.sources: list[KernelSource] = []
+        self._bind()  # kernels compiled and bound now: a call only writes, launches, reads
 
     # -- binding
 
@@ -243,6 +244,8 @@ class GPUProgram(Program):
         return Accessor(name, t.shape, t.dtype, st, objs)
 
     def _bind(self) -> None:
+        """Render, compile (once per distinct source) and bind every node's kernel to the
+        current arena; again only when the arena has grown since."""
         b = self.backend
         if self._bound is b.arena:
             return
