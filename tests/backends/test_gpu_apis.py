@@ -320,3 +320,27 @@ def test_kernels_follow_the_storage_chosen(api):
     ref = run_plain(g, w, feeds)[g.outputs[0]]
     got = prog.run(feeds)[g.outputs[0]]
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_a_call_is_one_submission_reading_only_the_outputs(api):
+    """Kernels are bound when the program is built; a call writes the inputs, queues every
+    launch and reads the graph outputs back: one `Runtime.run`. Quantized weights are held
+    as their planes, no float copy."""
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    be.load_arrays({k: v for k, v in w.items() if k != "token_embd.weight"})
+    table = _random_blocks("Q4_0", *w["token_embd.weight"].shape)
+    be.load_raw("token_embd.weight", w["token_embd.weight"].shape, "Q4_0", table)
+    dtypes = {k: "f32" for k in w} | {"token_embd.weight": "Q4_0"}
+    prog = be.compile(build_graph(cfg, dtypes, 1, 16))
+    calls = []
+    run = be.rt.run
+    be.rt.run = lambda launches, writes, reads: calls.append((len(launches), reads)) or run(
+        launches, writes, reads)
+    prog.run({"tokens": np.array([3], np.int32), "positions": np.array([0], np.int32)})
+    (n_launches, reads), = calls
+    assert n_launches == sum(n.op not in ("reshape", "last_row") for n in prog.graph.nodes)
+    assert [r[2] for r in reads] == [prog.storages["logits"].nbytes]
+    assert be.stored_dtypes() == {}
+    assert be.held_bytes().weights < sum(v.nbytes for v in w.values())
