@@ -94,7 +94,7 @@ def test_add_rms_norm_fused(api):
     b.output(b.op("rms_norm", h, b.weight("w", (37,), "f32"), eps=1e-6))
     b.output(b.op("mul", h, h))
     be = _check(api, b.finish(), {"w": _f(37)}, {"x": _f(3, 5, 37), "y": _f(3, 5, 37)})
-    assert be.supports("add_rms_norm") and not be.supports("ffn_gate_up")
+    assert be.supports("add_rms_norm") and not be.supports("stacked_matmul")
 
 
 @pytest.mark.parametrize("rows", [1, 5, 11])
@@ -129,6 +129,35 @@ def test_quantized_matmul_against_gguf_py(api, qtype):
     got = be.compile(b.finish()).run({"x": x})
     ref = x.astype(np.float64) @ w64.T
     assert np.abs(got[b.graph.outputs[0]] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("act,bias", [("swiglu", False), ("geglu", True)])
+def test_ffn_gate_up_fused_over_two_quant_types(api, act, bias):
+    """Gate Q4_K and up Q6_K (a Q4_K_M file may mix them), 11 rows (a ragged row tile)."""
+    S, K, F = 11, 512, 37
+    blocks = {"wg": _random_blocks("Q4_K", F, K), "wu": _random_blocks("Q6_K", F, K)}
+    b = GraphBuilder("ffn")
+    x = b.input("x", (S, K), "f32")
+    g = b.op("matmul", x, b.weight("wg", (F, K), "Q4_K"))
+    u = b.op("matmul", x, b.weight("wu", (F, K), "Q6_K"))
+    if bias:
+        g, u = b.op("add", g, b.weight("bg", (F,), "f32")), b.op("add", u, b.weight("bu", (F,), "f32"))
+    b.output(b.op(act, g, u))
+    graph = b.finish()
+    be = _backend(api)
+    for name, qtype in (("wg", "Q4_K"), ("wu", "Q6_K")):
+        be.load_raw(name, (F, K), qtype, blocks[name])
+    weights = {name: gguf_dequantize(blocks[name], GGMLQuantizationType[qtype])
+               for name, qtype in (("wg", "Q4_K"), ("wu", "Q6_K"))}
+    if bias:
+        weights |= {"bg": _f(F), "bu": _f(F)}
+        be.load_arrays({"bg": weights["bg"], "bu": weights["bu"]})
+    prog = be.compile(graph)
+    assert [n.op for n in prog.graph.nodes] == ["ffn_gate_up"]
+    feeds = {"x": _f(S, K) * 0.02}  # random blocks: weights in the tens
+    ref = run_plain(graph, weights, feeds)[graph.outputs[0]]
+    got = prog.run(feeds)[graph.outputs[0]]
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("qtype", ["f32", "Q8_0", "Q4_K"])

@@ -34,7 +34,7 @@ from drift.passes import Capabilities, Compiled
 from drift.passes.storage import Storage, StridedBuffer, align_up, weight_storage
 
 PLAIN_WEIGHTS = ("f32", "f16")
-FUSED_OPS = frozenset({"add_rms_norm"})  # the fused ops the templates implement
+FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up"})  # the fused ops the templates implement
 
 
 def _kind(dtype: str) -> str:

@@ -10,9 +10,10 @@ graph at hand, and identical sources (the same op on every layer) compile once.
                   size-1 axes
     rms_norm      one workgroup per row: strided sum of squares, tree reduction (fused
                   with the residual add before it: add_rms_norm)
-    matmul        one workgroup per (output column, tile of up to 8 rows): each thread walks
-                  K with stride WG dequantizing the weight once per element for the tile's
-                  rows, then a tree reduction per row
+    matmul        one workgroup per (columns, tile of up to 8 rows): each thread walks its
+                  blocks of K dequantizing the weight once per element for the tile's rows,
+                  then a segmented tree reduction; ffn_gate_up: two weights, the gated
+                  activation as epilogue (x read in one kernel, the projections never stored)
     embedding     one thread per output element (quantized tables dequantize the row read)
     rope          one thread per rotated pair (and one per passed-through element)
     kv_write      one thread per element written
@@ -217,50 +218,69 @@ def rms_norm(r: Renderer, n: Node, acc: dict[str, Accessor]):
     return b.finish(body, rows)
 
 
-def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    x, w, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
-    b = Builder(r, "matmul")
-    b.use(x, out)
-    K, N, S = x.shape[-1], w.shape[0], prod(x.shape[:-1])
+def _k_loop(b: Builder, x: Accessor, w: Accessor, accs: str, T: int, S: int, TK: int) -> list[str]:
+    """`accs[t] += w[col, k] * x[s0 + t, k]` over this thread's blocks of the row (every
+    TK-th), the weight read once per element for the T rows."""
+    r, K = b.r, x.shape[-1]
     E = block_elements(w)
-    NB = -(-K // E)  # blocks of a row
+    dq = b.weight(w, "col", "k0")
+    body = [r.for_("blk", "kl", str(-(-K // E)), str(TK)), "    " + r.let("k0", "u32", f"blk * {E}")]
+    body += ["    " + x for x in dq.block]
+    body += ["    " + r.for_("sb", "0", str(E // dq.sub))]
+    body += ["        " + x for x in dq.sub_lines("sb")]
+    body += ["        " + r.for_("e", "0", str(dq.sub)),
+             "            " + r.let("k", "u32", f"k0 + sb * {dq.sub} + e")]
+    lines, value = dq.element("sb", "e")
+    inner = [*lines, r.let("wv", "f32", value)]
+    for t in range(T):  # rows past S (the last tile) read row S - 1 and are not stored
+        row = f"min(s0 + {t}, {S - 1}u)" if S % T else f"s0 + {t}"
+        xv = x.load(r, *coords_of(row, x.shape[:-1]), "k")
+        inner.append(f"{accs}[{t}] = {accs}[{t}] + wv * {xv};")
+    if K % E:  # plain weights only: the last run is cut short
+        inner = [f"if (k < {K}) {{", *("    " + x for x in inner), "}"]
+    return body + ["            " + x for x in inner] + ["        }", "    }", "}"]
+
+
+def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """matmul(x, w), or ffn_gate_up(x, wg, wu [, bg, bu]): each weight's products
+    accumulated in its own pass over the row (one scope each), reduced together, then the
+    gated activation as the epilogue."""
+    gated = n.op == "ffn_gate_up"
+    x, out = acc[n.inputs[0]], acc[n.outputs[0]]
+    ws = [acc[i] for i in n.inputs[1 : 3 if gated else 2]]
+    biases = [acc[i] for i in n.inputs[3:5]] if gated and n.attrs.get("bias") else []
+    b = Builder(r, n.op)
+    b.use(x, out, *biases)
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    NB = -(-K // block_elements(ws[0]))  # blocks of a row
     TK = min(b.wg, 1 << max(0, (NB - 1).bit_length()))  # threads per column: a power of 2
     CG = b.wg // TK  # columns per workgroup
     T = min(S, MATMUL_ROWS)
     col_groups = -(-N // CG)
     groups = col_groups * -(-S // T)
-    ragged = K % E != 0  # plain weights only: the last run is cut short
     body = b.group(groups) + [
         r.let("kl", "u32", f"lid % {TK}"),
         r.let("col", "u32", f"grp % {col_groups} * {CG} + lid / {TK}"),
-        r.let("s0", "u32", f"grp / {col_groups} * {T}"), r.array("acc", "f32", T),
+        r.let("s0", "u32", f"grp / {col_groups} * {T}"),
+        *(r.array(f"acc{i}", "f32", T) for i in range(len(ws))),
         f"if (col < {N}) {{",
-        f"    {r.for_('blk', 'kl', str(NB), str(TK))}",
-        f"        {r.let('k0', 'u32', f'blk * {E}')}",
     ]
-    dq = b.weight(w, "col", "k0")
-    body += ["        " + x for x in dq.block]
-    body += [f"        {r.for_('sb', '0', str(E // dq.sub))}"]
-    body += ["            " + x for x in dq.sub_lines("sb")]
-    body += [f"            {r.for_('e', '0', str(dq.sub))}",
-             f"                {r.let('k', 'u32', f'k0 + sb * {dq.sub} + e')}"]
-    lines, value = dq.element("sb", "e")
-    inner = lines + [r.let("wv", "f32", value)]
-    for t in range(T):  # rows past S (the last tile) read row S - 1 and are not stored
-        row = f"min(s0 + {t}, {S - 1}u)" if S % T else f"s0 + {t}"
-        xv = x.load(r, *coords_of(row, x.shape[:-1]), "k")
-        inner.append(f"acc[{t}] = acc[{t}] + wv * {xv};")
-    if ragged:
-        inner = [f"if (k < {K}) {{"] + ["    " + x for x in inner] + ["}"]
-    body += ["                " + x for x in inner] + ["            }", "        }", "    }", "}"]
-    body += b.reduce_segments([f"acc[{t}]" for t in range(T)], TK)
+    for i, w in enumerate(ws):
+        body += ["    {", *("        " + x for x in _k_loop(b, x, w, f"acc{i}", T, S, TK)), "    }"]
+    body.append("}")
+    body += b.reduce_segments([f"acc{i}[{t}]" for i in range(len(ws)) for t in range(T)], TK)
     body.append(r.let("rows", "u32", f"{S} - s0"))
     for t in range(T):
-        st = out.store(r, f"red[{t * b.wg} + lid]", *coords_of(f"s0 + {t}", out.shape[:-1]), "col")
+        vals = [f"red[{(i * T + t) * b.wg} + lid]" for i in range(len(ws))]
+        if biases:
+            vals = [f"{v} + {bias.load(r, 'col')}" for v, bias in zip(vals, biases)]
+        value = BINARY[n.attrs["act"]](r, "g", "u") if gated else vals[0]
+        pre = f"{r.let('g', 'f32', vals[0])} {r.let('u', 'f32', vals[1])} " if gated else ""
+        st = out.store(r, value, *coords_of(f"s0 + {t}", out.shape[:-1]), "col")
         # `t < rows`, not `s0 + t < S`: PoCL 3.1 (LLVM 15) drops every store of the kernel
         # guarded by the latter (seen with S = 11, T = 8)
         last = f" && {t} < rows" if S % T else ""
-        body.append(f"if (col < {N} && kl == 0{last}) {{ {st} }}")
+        body.append(f"if (col < {N} && kl == 0{last}) {{ {pre}{st} }}")
     return b.finish(body, groups)
 
 
@@ -379,6 +399,7 @@ TEMPLATES: dict[str, Callable] = {
     "rms_norm": rms_norm,
     "add_rms_norm": rms_norm,
     "matmul": matmul,
+    "ffn_gate_up": matmul,
     "embedding": embedding,
     "kv_write": kv_write,
     "rope": rope,
