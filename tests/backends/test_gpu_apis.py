@@ -245,6 +245,7 @@ def test_split_objects_past_the_binding_limit(api):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_lm_head_past_lavapipes_binding_limit(api):
     """A tied embedding / LM head of vocab 128256 x 288 f32 (148 MB, past lavapipe's 128 MiB
     storage binding): looked up and multiplied through its chunks."""
@@ -302,6 +303,7 @@ def smollm2_cpu(smollm2_path):
     return _greedy(smollm2_path, "cpu", 32)
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_32_tokens_as_the_cpu_backend(api, smollm2_path, smollm2_cpu):
     ref_tokens, ref_logits = smollm2_cpu
     tokens, logits = _greedy(smollm2_path, api, 32)
@@ -309,6 +311,7 @@ def test_smollm2_greedy_32_tokens_as_the_cpu_backend(api, smollm2_path, smollm2_
     assert np.abs(logits - ref_logits).max() <= 1e-2
 
 
+@pytest.mark.slow
 def test_gemma3_greedy_as_the_cpu_backend(api, gemma3_path):
     """Q4_K, Q5_0, Q6_K and Q8_0 weights; the 262144 x 640 Q8_0 embedding's quant plane
     (168 MB) is past lavapipe's 128 MiB binding, so it runs as chunks there."""
