@@ -141,7 +141,8 @@ def test_ffn_gate_up_fused_over_two_quant_types(api, act, bias):
     g = b.op("matmul", x, b.weight("wg", (F, K), "Q4_K"))
     u = b.op("matmul", x, b.weight("wu", (F, K), "Q6_K"))
     if bias:
-        g, u = b.op("add", g, b.weight("bg", (F,), "f32")), b.op("add", u, b.weight("bu", (F,), "f32"))
+        g = b.op("add", g, b.weight("bg", (F,), "f32"))
+        u = b.op("add", u, b.weight("bu", (F,), "f32"))
     b.output(b.op(act, g, u))
     graph = b.finish()
     be = _backend(api)

@@ -29,7 +29,7 @@ from math import prod
 
 from drift.backends.kernels.access import Accessor
 from drift.backends.kernels.quant import Dequant, dequant
-from drift.backends.kernels.renderer import Helper, KernelSource, Param, Renderer
+from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 from drift.errors import UnsupportedError
 from drift.ir import Node
 from drift.passes.storage import block_size
@@ -41,13 +41,12 @@ ATTN_TILE = 256  # keys scored per attention tile
 
 
 class Builder:
-    """Collects a kernel's params (deduplicated: two accessors of one binding share it),
-    helpers and workgroup memory."""
+    """Collects a kernel's params (deduplicated: two accessors of one binding share it) and
+    workgroup memory."""
 
     def __init__(self, r: Renderer, name: str, wg: int = WG):
         self.r, self.name, self.wg = r, name, wg
         self.params: dict[str, Param] = {}
-        self.helpers: list[Helper] = []
         self.shared: list[tuple[str, str, int]] = []
 
     def use(self, *accs: Accessor) -> None:
@@ -73,41 +72,29 @@ class Builder:
         return [r.let("grp", "u32", f"{r.group_id(0)} + {r.group_id(1)} * {gx}"),
                 f"if (grp >= {groups}) {{ return; }}", r.let("lid", "u32", r.local_id())]
 
-    def reduce(self, values: list[str], op: str) -> list[str]:
-        """Tree reduction of each thread's `values[t]` across the workgroup into red[t * WG]
-        (read after the last barrier); `op` is "+" or "max"."""
+    def reduce(self, values: list[str], op: str = "+", seg: int = 0) -> list[str]:
+        """Tree reduction ("+" or "max") of each thread's `values[t]` over runs of `seg`
+        adjacent threads (a power of 2; default the workgroup), into red[t * WG + the run's
+        first thread], readable after the last barrier."""
         r, wg, rows = self.r, self.wg, len(values)
-        if ("red", "f32", rows * wg) not in self.shared:
-            self.shared.append(("red", "f32", rows * wg))
-        lines = [f"red[{t * wg} + lid] = {v};" for t, v in enumerate(values)] + [r.barrier()]
-        s = wg // 2
-        while s >= 1:
-            upd = []
-            for t in range(rows):
-                a, b = f"red[{t * wg} + lid]", f"red[{t * wg} + lid + {s}]"
-                upd.append(f"{a} = {a} + {b};" if op == "+" else f"{a} = max({a}, {b});")
-            lines += [f"if (lid < {s}) {{ {' '.join(upd)} }}", r.barrier()]
-            s //= 2
-        return lines
-
-    def reduce_segments(self, values: list[str], seg: int) -> list[str]:
-        """Sums of `values[t]` over each run of `seg` adjacent threads (a power of 2), into
-        red[t * WG + the run's first thread]."""
-        r, wg, rows = self.r, self.wg, len(values)
+        seg = seg or wg
         if ("red", "f32", rows * wg) not in self.shared:
             self.shared.append(("red", "f32", rows * wg))
         lines = [f"red[{t * wg} + lid] = {v};" for t, v in enumerate(values)] + [r.barrier()]
         s = seg // 2
         while s >= 1:
-            upd = " ".join(f"red[{t * wg} + lid] = red[{t * wg} + lid] + red[{t * wg} + lid + {s}];"
-                           for t in range(rows))
-            lines += [f"if (lid % {seg} < {s}) {{ {upd} }}", r.barrier()]
+            upd = []
+            for t in range(rows):
+                a, b = f"red[{t * wg} + lid]", f"red[{t * wg} + lid + {s}]"
+                upd.append(f"{a} = {a} + {b};" if op == "+" else f"{a} = max({a}, {b});")
+            cond = f"lid < {s}" if seg == wg else f"lid % {seg} < {s}"
+            lines += [f"if ({cond}) {{ {' '.join(upd)} }}", r.barrier()]
             s //= 2
         return lines
 
     def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
         return (KernelSource(self.name, list(self.params.values()), self.wg,
-                             "\n    ".join(body), self.shared, self.helpers), groups)
+                             "\n    ".join(body), self.shared), groups)
 
 
 def block_elements(w: Accessor) -> int:
@@ -224,7 +211,8 @@ def _k_loop(b: Builder, x: Accessor, w: Accessor, accs: str, T: int, S: int, TK:
     r, K = b.r, x.shape[-1]
     E = block_elements(w)
     dq = b.weight(w, "col", "k0")
-    body = [r.for_("blk", "kl", str(-(-K // E)), str(TK)), "    " + r.let("k0", "u32", f"blk * {E}")]
+    body = [r.for_("blk", "kl", str(-(-K // E)), str(TK)),
+            "    " + r.let("k0", "u32", f"blk * {E}")]
     body += ["    " + x for x in dq.block]
     body += ["    " + r.for_("sb", "0", str(E // dq.sub))]
     body += ["        " + x for x in dq.sub_lines("sb")]
@@ -268,7 +256,7 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
     for i, w in enumerate(ws):
         body += ["    {", *("        " + x for x in _k_loop(b, x, w, f"acc{i}", T, S, TK)), "    }"]
     body.append("}")
-    body += b.reduce_segments([f"acc{i}[{t}]" for i in range(len(ws)) for t in range(T)], TK)
+    body += b.reduce([f"acc{i}[{t}]" for i in range(len(ws)) for t in range(T)], "+", TK)
     body.append(r.let("rows", "u32", f"{S} - s0"))
     for t in range(T):
         vals = [f"red[{(i * T + t) * b.wg} + lid]" for i in range(len(ws))]
