@@ -377,3 +377,30 @@ def test_a_call_is_one_submission_reading_only_the_outputs(api):
     assert [r[2] for r in reads] == [prog.storages["logits"].nbytes]
     assert be.stored_dtypes() == {}
     assert be.held_bytes().weights < sum(v.nbytes for v in w.values())
+
+
+def test_greedy_sampling_on_the_device(api):
+    """argmax in the step's own submission (4 bytes back), chunked prefill included: the
+    tokens of host sampling, first maximum on ties."""
+    from drift.runtime.sampler import GREEDY, SamplerConfig
+
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    be.load_arrays(w)
+    assert be.sampler(SamplerConfig(temperature=0.7)) is None
+    pick = be.sampler(GREEDY)
+    dtypes = {k: "f32" for k in w}
+    for S, start in ((5, 0), (1, 5), (1, 6)):
+        prog = be.compile(build_graph(cfg, dtypes, S, 16))
+        feeds = {"tokens": np.arange(S, dtype=np.int32) + 2,
+                 "positions": np.arange(start, start + S, dtype=np.int32)}
+        host = prog.run(feeds)["logits"].reshape(-1)  # the cache rows rewritten alike
+        dev = prog.run(feeds, to_host=False)["logits"].reshape(-1)
+        assert pick(dev, []) == int(np.argmax(host))
+    b = GraphBuilder("ties")
+    b.output(b.op("scale", b.input("x", (1, 1000), "f32"), value=1.0))
+    prog = be.compile(b.finish())
+    x = np.zeros((1, 1000), np.float32)
+    x[0, [417, 733]] = 5.0
+    assert pick(prog.run({"x": x}, to_host=False)[prog.graph.outputs[0]], []) == 417

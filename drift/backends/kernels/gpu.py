@@ -25,7 +25,7 @@ from drift.backends.base import Backend, HeldBytes, Program
 from drift.backends.kernels.access import Accessor, Chunk, Obj
 from drift.backends.kernels.quant import DEQUANT
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
-from drift.backends.kernels.templates import TEMPLATES, kernel_for
+from drift.backends.kernels.templates import TEMPLATES, argmax, kernel_for
 from drift.errors import UnsupportedError
 from drift.formats.gguf import GGUFFile, check_quant_supported
 from drift.ir import REGISTRY, Role, TensorSpec, storage_name
@@ -98,6 +98,7 @@ class GPUBackend(Backend):
         self.state: dict[str, tuple[Storage, Any]] = {}
         self.arena: Any = None
         self._kernels: dict[str, Any] = {}  # source -> compiled kernel
+        self.pending: tuple[GPUProgram, list] | None = None  # a call not yet submitted
 
     @abstractmethod
     def make_runtime(self) -> Runtime: ...
@@ -187,7 +188,22 @@ class GPUBackend(Backend):
         return GPUProgram(compiled, self)
 
     def synchronize(self) -> None:
+        self.flush()
         self.rt.sync()
+
+    def flush(self) -> None:
+        """Submit the call `run(feeds, to_host=False)` left for the sampler, if any."""
+        if self.pending is not None:
+            prog, writes = self.pending
+            self.pending = None
+            self.rt.run(prog.launches, writes, [])
+
+    def sampler(self, config) -> GreedySampler | None:
+        """Greedy sampling on the device (the argmax joins the step's submission; only the
+        token id comes back). Other configurations sample on the host."""
+        if config.greedy and config.repeat_penalty == 1.0:
+            return GreedySampler(self)
+        return None
 
 
 class GPUProgram(Program):
@@ -264,8 +280,14 @@ class GPUProgram(Program):
 
     # -- running
 
-    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, Any]:
+        """The outputs on the host; with `to_host=False`, `DeviceOutput`s: the call is held
+        back until the sampler adds its kernel (or anything else runs first)."""
         self._bind()
+        self.backend.flush()
+        if not to_host:
+            self.backend.pending = (self, self._writes(feeds))
+            return {name: DeviceOutput(self, name) for name in self.graph.outputs}
         arena, writes, reads = self.backend.arena, self._writes(feeds), []
         for name in self.graph.outputs:
             reads.append((arena, self.plan.offsets[name], self.storages[name].nbytes))
@@ -311,3 +333,51 @@ class GPUProgram(Program):
     def launch_counts(self) -> list[float]:
         return [0.0 if is_view(n.op) else 1.0 for n in self.graph.nodes]
 
+
+
+class DeviceOutput:
+    """An output left on the device (`run(feeds, to_host=False)`), valid until the next call."""
+
+    def __init__(self, program: GPUProgram, name: str):
+        self.program, self.name = program, name
+
+    def reshape(self, *shape) -> DeviceOutput:
+        return self  # where it is, as it is: only the sampler reads it
+
+    def __array__(self, dtype=None, copy=None):
+        b = self.program.backend
+        b.flush()
+        st = self.program.storages[self.name]
+        (raw,) = b.rt.run([], [], [(b.arena, self.program.plan.offsets[self.name], st.nbytes)])
+        x = np.array(st.from_physical(st.bind(raw)), copy=True).reshape(-1)
+        return x if dtype is None else x.astype(dtype)
+
+
+class GreedySampler:
+    """argmax(logits) on the device: the pending call's launches, then the argmax kernel,
+    submitted together; 4 bytes read back."""
+
+    def __init__(self, backend: GPUBackend):
+        self.backend = backend
+        self.token = backend.rt.buffer(4)
+        self._launches: dict[tuple[int, str], Any] = {}
+
+    def __call__(self, logits: DeviceOutput, history=()) -> int:
+        b, prog = self.backend, logits.program
+        key = (id(prog), logits.name)
+        if key not in self._launches or prog._bound is not b.arena:
+            names: dict = {}
+            x = prog._accessor(logits.name, names)
+            out = Accessor("token", (1,), "i32", StridedBuffer((1,), "i32"),
+                           (prog._obj(self.token, 0, 4, "i32", True, names),))
+            ks, groups = argmax(b.rt.renderer, x, out)
+            places = {p.name: place for p, place in names.values()}
+            self._launches[key] = b.rt.launch(b.kernel(ks), ks.params,
+                                              [places[p.name] for p in ks.params], groups)
+        if b.pending is None or b.pending[0] is not prog:
+            # already computed (sampled twice): on the host, rather than run a kernel without
+            # writing the arena first (PoCL, see GPUProgram._writes)
+            return int(np.argmax(np.asarray(logits)))
+        writes, b.pending = b.pending[1], None
+        (raw,) = b.rt.run([*prog.launches, self._launches[key]], writes, [(self.token, 0, 4)])
+        return int(raw.view(np.int32)[0])

@@ -382,6 +382,34 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
     return b.finish(body, S * H)
 
 
+def argmax(r: Renderer, x: Accessor, out: Accessor) -> tuple[KernelSource, int]:
+    """Greedy sampling on the device: the index of the first maximum of a (1, V) or (V,)
+    tensor into out[0] (i32), by one workgroup: strided (value, index) maxima, then a tree
+    keeping the lower index on ties (numpy's argmax)."""
+    b = Builder(r, "argmax")
+    b.use(x, out)
+    V = x.shape[-1]
+    lead = ["0"] * (len(x.shape) - 1)
+    b.shared += [("red", "f32", b.wg), ("redi", "u32", b.wg)]
+    body = [r.let("lid", "u32", r.local_id()), r.var("best", "f32", r.f(-3e38)),
+            r.var("bi", "u32", "0"),
+            r.for_("i", "lid", str(V), str(b.wg)),
+            f"    {r.let('v', 'f32', x.load(r, *lead, 'i'))}",
+            "    if (v > best) { best = v; bi = i; }",
+            "}", "red[lid] = best;", "redi[lid] = bi;", r.barrier()]
+    s = b.wg // 2
+    while s >= 1:
+        body += [f"if (lid < {s}) {{",
+                 f"    {r.let('ov', 'f32', f'red[lid + {s}]')} "
+                 f"{r.let('oi', 'u32', f'redi[lid + {s}]')}",
+                 "    if (ov > red[lid] || (ov == red[lid] && oi < redi[lid])) "
+                 "{ red[lid] = ov; redi[lid] = oi; }",
+                 "}", r.barrier()]
+        s //= 2
+    body.append(f"if (lid == 0) {{ {out.store(r, r.cast('i32', 'redi[0]'), '0')} }}")
+    return b.finish(body, 1)
+
+
 TEMPLATES: dict[str, Callable] = {
     **{op: elementwise for op in (*UNARY, *BINARY)},
     "rms_norm": rms_norm,
