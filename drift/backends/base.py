@@ -97,6 +97,12 @@ class Backend(ABC):
     def available(cls) -> bool:
         """Whether this machine can run the backend (library importable, device present)."""
 
+    @classmethod
+    def emulated(cls) -> bool:
+        """Whether the device found is a CPU implementation of a GPU API (lavapipe, PoCL):
+        the `auto` device passes over it (the numpy backend is faster there)."""
+        return False
+
     @abstractmethod
     def device(self) -> DeviceInfo: ...
 

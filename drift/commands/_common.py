@@ -13,7 +13,8 @@ def add_model_arguments(p: argparse.ArgumentParser, positional: bool = True) -> 
                        help="a .gguf path, a short name (smollm2-135m, gemma3-270m) or "
                             "org/repo/file.gguf; default smollm2-135m")
     p.add_argument("--device", default="auto",
-                   help="backend: cpu, cuda (triton), ... (default: auto, the best one found)")
+                   help="backend: cpu, cuda (triton), webgpu, opencl (default: auto, the best "
+                        "one found)")
     p.add_argument("--ctx", type=int, default=None,
                    help="context size in tokens (default: min(4096, the model's))")
 

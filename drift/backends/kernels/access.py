@@ -1,0 +1,133 @@
+"""Accessors: how a template reads and writes a logical tensor.
+
+A template never indexes a buffer itself. It asks the tensor's `Accessor` for element
+(i, j, ...) and gets back an expression, built from the tensor's storage's `index_expr`
+(coordinate translation, `drift/passes/storage.py`): which physical object, which offset in
+it. A `MultiObject` tensor becomes a choice between its objects, a physical object larger
+than one binding (a big weight plane) a choice between its chunks, an object bound at an
+offset the API cannot bind at a shift added to every index. Quantized weights expose their
+block planes to the dequantizers of `quant.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from drift.backends.kernels.renderer import Param, Renderer, c_index
+from drift.passes.storage import QuantBlockPlanes, Storage
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One binding of (part of) a physical object: `place` is the backend's (buffer, byte
+    offset, bytes), `shift` the units between the binding's start and the object's."""
+
+    param: Param
+    place: Any
+    shift: int
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A physical object: one binding, or several of `chunk` units each (units are elements
+    of f32/i32 objects, bytes of byte objects)."""
+
+    chunks: tuple[Chunk, ...]
+    chunk: int  # units per chunk (only read when there are several)
+
+    @property
+    def kind(self) -> str:
+        return self.chunks[0].param.kind
+
+    def _pick(self, r: Renderer, unit: str, read) -> str:
+        if len(self.chunks) == 1:
+            c = self.chunks[0]
+            return read(c.param, f"{c.shift} + ({unit})" if c.shift else unit)
+        # the last chunk is the default: a chain of choices on the unit's chunk number
+        expr = read(self.chunks[-1].param, f"({unit}) - {self.chunk * (len(self.chunks) - 1)}")
+        for k in range(len(self.chunks) - 2, -1, -1):
+            here = read(self.chunks[k].param, f"({unit}) - {self.chunk * k}" if k else unit)
+            expr = r.select(f"({unit}) < {self.chunk * (k + 1)}", here, expr)
+        return expr
+
+    def load(self, r: Renderer, index: str) -> str:
+        return self._pick(r, index, r.load)
+
+    def u8(self, r: Renderer, offset: str) -> str:
+        return self._pick(r, offset, r.load_u8)
+
+    def f16(self, r: Renderer, offset: str) -> str:
+        return self._pick(r, offset, r.load_f16)
+
+    def store(self, r: Renderer, index: str, value: str) -> str:
+        if len(self.chunks) == 1:
+            c = self.chunks[0]
+            return r.store(c.param, f"{c.shift} + ({index})" if c.shift else index, value)
+        parts = []
+        for k, c in enumerate(self.chunks):
+            cond = f"({index}) < {self.chunk * (k + 1)}" if k < len(self.chunks) - 1 else ""
+            st = r.store(c.param, f"({index}) - {self.chunk * k}", value)
+            head = ("if" if k == 0 else "else if") + f" ({cond})" if cond else "else"
+            parts.append(f"{head} {{ {st} }}")
+        return " ".join(parts)
+
+    @property
+    def params(self) -> list[Param]:
+        return [c.param for c in self.chunks]
+
+
+@dataclass(frozen=True)
+class Accessor:
+    """A logical tensor of `shape` in `storage`, its physical objects bound as `objs`."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    storage: Storage
+    objs: tuple[Obj, ...]
+
+    @property
+    def params(self) -> list[Param]:
+        return [p for o in self.objs for p in o.params]
+
+    def _where(self, coords) -> dict[str, str]:
+        coords = [c if c.isidentifier() or c.isdigit() else f"({c})" for c in coords]
+        return {k: c_index(v) for k, v in self.storage.index_expr(coords).items()}
+
+    def load(self, r: Renderer, *coords: str) -> str:
+        """Element `coords` as f32 (i32 tensors: as u32)."""
+        w = self._where(coords)
+        if self.dtype == "f16":  # a plain f16 weight: halves in a byte object
+            reads = [o.f16(r, f"2 * ({w['offset']})") for o in self.objs]
+        else:
+            reads = [o.load(r, w["offset"]) for o in self.objs]
+        if self.dtype == "i32":
+            reads = [r.cast("u32", x) for x in reads]
+        return self._choose(r, w["object"], reads)
+
+    def store(self, r: Renderer, value: str, *coords: str) -> str:
+        w = self._where(coords)
+        if len(self.objs) == 1:
+            return self.objs[0].store(r, w["offset"], value)
+        parts = []
+        for k, o in enumerate(self.objs):
+            head = "if" if k == 0 else "else if"
+            parts.append(f"{head} (({w['object']}) == {k}) {{ {o.store(r, w['offset'], value)} }}")
+        return " ".join(parts)
+
+    def _choose(self, r: Renderer, obj: str, reads: list[str]) -> str:
+        expr = reads[-1]
+        for k in range(len(reads) - 2, -1, -1):
+            expr = r.select(f"({obj}) == {k}", reads[k], expr)
+        return expr
+
+    # -- quantized weights: the planes of a QuantBlockPlanes storage, by field name
+    def plane(self, field: str) -> Obj:
+        assert isinstance(self.storage, QuantBlockPlanes)
+        names = [f[0] for f in self.storage.fields]
+        return self.objs[names.index(field)]
+
+    def block_at(self, r: Renderer, row: str, col: str) -> dict[str, str]:
+        """Byte offsets of element (row, col)'s block in every plane, and 'element'."""
+        return self._where((row, col))

@@ -1,0 +1,383 @@
+"""What the portable GPU backends share: weights into planes, accessors bound to the plan,
+one launch per node, one submission per call.
+
+A backend (`webgpu/`, `opencl/`) is a `Runtime` (its API's buffers, compiler and queue) plus
+a renderer; everything here is written once against both:
+
+    load_weights   each weight into the storage its kernels read (quantized: one plane per
+                   block field, `QuantBlockPlanes`), each physical object its own buffer, cut
+                   into chunks where it exceeds the device's largest binding; no float copy
+    program        per node of the passed graph: an accessor per tensor (storage + where its
+                   objects are: the arena at the plan's offsets, the weight or cache buffers),
+                   the op's template rendered, compiled once per distinct source, bound once
+    run            the inputs written, every launch queued, the outputs read: one submission
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from drift.backends.base import Backend, HeldBytes, Program
+from drift.backends.kernels.access import Accessor, Chunk, Obj
+from drift.backends.kernels.quant import DEQUANT
+from drift.backends.kernels.renderer import KernelSource, Param, Renderer
+from drift.backends.kernels.templates import TEMPLATES, argmax, kernel_for
+from drift.errors import UnsupportedError
+from drift.formats.gguf import GGUFFile, check_quant_supported
+from drift.ir import REGISTRY, Role, TensorSpec, storage_name
+from drift.ir.ops import is_view
+from drift.passes import Capabilities, Compiled
+from drift.passes.storage import Storage, StridedBuffer, align_up, weight_storage
+
+PLAIN_WEIGHTS = ("f32", "f16")
+FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up"})  # the fused ops the templates implement
+
+
+def _kind(dtype: str) -> str:
+    """The kind of buffer an object of this element type is bound as."""
+    return dtype if dtype in ("f32", "i32") else "u8"
+
+
+def _unit(kind: str) -> int:
+    return 1 if kind == "u8" else 4
+
+
+class Runtime(ABC):
+    """One API's device: buffers, kernel compilation, launches, submission."""
+
+    renderer: Renderer
+    binding_alignment: int  # a binding's offset into its buffer is a multiple of this
+    max_binding: int  # bytes one binding may span
+    subgroup_size: int = 0
+
+    @abstractmethod
+    def buffer(self, nbytes: int) -> Any:
+        """A zeroed device buffer of at least nbytes (a multiple of 4)."""
+
+    @abstractmethod
+    def write(self, buf: Any, offset: int, data: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def compile(self, k: KernelSource) -> Any:
+        """The compiled kernel (the API caches nothing: callers cache by source)."""
+
+    @abstractmethod
+    def launch(self, kernel: Any, params: Sequence[Param],
+               places: Sequence[tuple[Any, int, int]], groups: int) -> Any:
+        """A launch bound once: `places[i]` = (buffer, offset, bytes) of params[i]."""
+
+    @abstractmethod
+    def run(self, launches: Sequence[Any], writes: Sequence[tuple[Any, int, np.ndarray]],
+            reads: Sequence[tuple[Any, int, int]]) -> list[np.ndarray]:
+        """Write, launch all, read back (uint8 arrays): one submission."""
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Wait for everything submitted."""
+
+    def nbytes(self, buf: Any) -> int:
+        return buf.size
+
+
+class GPUBackend(Backend):
+    """A backend over a `Runtime`: subclasses say how to make one (`make_runtime`)."""
+
+    kernel_tile_rows = 1  # quant plane tile: a row's blocks adjacent (the matmul walks K)
+
+    def __init__(self, max_binding_bytes: int | None = None):
+        self.rt: Runtime = self.make_runtime()
+        self.limit = self.rt.max_binding
+        if max_binding_bytes:  # tests: a small limit exercises the split objects cheaply
+            self.limit = min(self.limit, max_binding_bytes)
+        self.align = max(64, self.rt.binding_alignment)
+        self.weights: dict[str, tuple[Storage, list[Obj]]] = {}
+        self.state: dict[str, tuple[Storage, Any]] = {}
+        self.arena: Any = None
+        self._kernels: dict[str, Any] = {}  # source -> compiled kernel
+        self.pending: tuple[GPUProgram, list] | None = None  # a call not yet submitted
+
+    @abstractmethod
+    def make_runtime(self) -> Runtime: ...
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            alignment=self.align, channel_slices=False,
+            max_object_bytes=self.limit - self.align, quant_planes=True,
+            quant_tile_rows=self.kernel_tile_rows, inplace=True, fused_ops=FUSED_OPS,
+            int8_dot=False, weight_types=frozenset(DEQUANT) | frozenset(PLAIN_WEIGHTS),
+            subgroup_size=self.rt.subgroup_size, max_binding_bytes=self.limit)
+
+    def supports(self, op: str) -> bool:
+        return (op in TEMPLATES or is_view(op)) and (not REGISTRY[op].fused or op in FUSED_OPS)
+
+    # -- weights and state
+
+    def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec], stacks=()) -> None:
+        # stacks: no stacked_matmul kernel yet (fused_ops is empty), so nothing to lay out
+        for s in specs:
+            info = model_file.tensors[s.name]
+            check_quant_supported(info)
+            self.load_raw(s.name, s.shape, s.dtype, np.asarray(info.data))
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, a in arrays.items():
+            a = np.asarray(a)
+            dtype = "f16" if a.dtype == np.float16 else "f32"
+            self.load_raw(name, a.shape, dtype,
+                          a.astype(np.float16 if dtype == "f16" else np.float32))
+
+    def load_raw(self, name: str, shape: tuple[int, ...], dtype: str, data: np.ndarray) -> None:
+        """A weight as the file stores it (GGUF blocks for quantized types), converted once
+        into its storage's objects on the device."""
+        if dtype not in DEQUANT and dtype not in PLAIN_WEIGHTS:
+            raise UnsupportedError(f"{self.name}: weight {name} of type {dtype} is not supported")
+        st = weight_storage(tuple(shape), dtype, True, self.kernel_tile_rows, self.align)
+        objs = []
+        for po, arr in zip(st.objects(), st.to_physical(data)):
+            objs.append(self._upload(np.ascontiguousarray(arr).view(np.uint8).reshape(-1),
+                                     _kind(po.dtype), f"w:{name}:{len(objs)}"))
+        self.weights[name] = (st, objs)
+
+    def _upload(self, raw: np.ndarray, kind: str, label: str) -> Obj:
+        """One physical object: a buffer, or chunks of at most the binding limit."""
+        chunk = raw.nbytes if raw.nbytes <= self.limit else self.limit // 256 * 256
+        chunks = []
+        for k, at in enumerate(range(0, max(raw.nbytes, 1), chunk)):
+            part = raw[at : at + chunk]
+            size = align_up(max(part.nbytes, 4), 4)
+            buf = self.rt.buffer(size)
+            if part.nbytes:
+                self.rt.write(buf, 0, part)
+            chunks.append(Chunk(Param(f"{label}:{k}", kind, False), (buf, 0, size), 0))
+        return Obj(tuple(chunks), chunk // _unit(kind))
+
+    def alloc_state(self, specs: list[TensorSpec]) -> None:
+        for s in specs:
+            if s.name not in self.state:
+                st = StridedBuffer(s.shape, s.dtype, None, self.align)
+                if st.nbytes > self.limit:
+                    raise UnsupportedError(f"{s.name}: a KV cache above one binding "
+                                           f"({self.limit} bytes) is not split yet")
+                self.state[s.name] = (st, self.rt.buffer(align_up(st.nbytes, 4)))
+
+    def has_weight(self, name: str) -> bool:
+        return name in self.weights
+
+    def held_bytes(self) -> HeldBytes:
+        w = sum(c.place[2] for _, objs in self.weights.values() for o in objs for c in o.chunks)
+        s = sum(self.rt.nbytes(b) for _, b in self.state.values())
+        return HeldBytes(w, s, self.rt.nbytes(self.arena) if self.arena is not None else 0)
+
+    def reserve(self, nbytes: int) -> Any:
+        """The one arena every program runs from, grown when a program needs more."""
+        if self.arena is None or self.rt.nbytes(self.arena) < nbytes:
+            self.arena = self.rt.buffer(align_up(max(nbytes, 4), 4))
+        return self.arena
+
+    def kernel(self, k: KernelSource) -> Any:
+        src = self.rt.renderer.render(k)
+        if src not in self._kernels:
+            self._kernels[src] = self.rt.compile(k)
+        return self._kernels[src]
+
+    def program(self, compiled: Compiled) -> GPUProgram:
+        return GPUProgram(compiled, self)
+
+    def synchronize(self) -> None:
+        self.flush()
+        self.rt.sync()
+
+    def flush(self) -> None:
+        """Submit the call `run(feeds, to_host=False)` left for the sampler, if any."""
+        if self.pending is not None:
+            prog, writes = self.pending
+            self.pending = None
+            self.rt.run(prog.launches, writes, [])
+
+    def sampler(self, config) -> GreedySampler | None:
+        """Greedy sampling on the device (the argmax joins the step's submission; only the
+        token id comes back). Other configurations sample on the host."""
+        if config.greedy and config.repeat_penalty == 1.0:
+            return GreedySampler(self)
+        return None
+
+
+class GPUProgram(Program):
+    def __init__(self, compiled: Compiled, backend: GPUBackend):
+        self.compiled, self.graph, self.backend = compiled, compiled.graph, backend
+        self.plan, self.storages = compiled.plan, compiled.storages
+        assert self.plan is not None
+        backend.reserve(self.plan.arena_bytes)
+        for n in self.graph.nodes:
+            if not (is_view(n.op) or backend.supports(n.op)):
+                raise UnsupportedError(f"{backend.name}: no kernel for {n.op}")
+        self._bound: Any = None
+        self.launches: list[Any] = []
+        self.sources: list[KernelSource] = []
+        self._bind()  # kernels compiled and bound now: a call only writes, launches, reads
+
+    # -- binding
+
+    def _obj(self, buf: Any, off: int, nbytes: int, kind: str, writable: bool,
+             names: dict) -> Obj:
+        a = self.backend.rt.binding_alignment
+        base = off - off % a
+        size = align_up(off + nbytes - base, 4)
+        key = (id(buf), base, size, kind)
+        if key not in names:
+            names[key] = (Param(f"b{len(names)}", kind, writable), (buf, base, size))
+        p, place = names[key]
+        return Obj((Chunk(p, place, (off - base) // _unit(kind)),), 0)
+
+    def _accessor(self, name: str, names: dict) -> Accessor:
+        b = self.backend
+        t = self.graph.tensors[name]
+        if t.role == Role.WEIGHT:
+            st, objs = b.weights[name]
+            # weights' params are named by the kernel: rename them in order of use
+            renamed = []
+            for o in objs:
+                chunks = []
+                for c in o.chunks:
+                    key = (id(c.place[0]), 0, c.place[2], c.param.kind)
+                    if key not in names:
+                        names[key] = (Param(f"b{len(names)}", c.param.kind, False), c.place)
+                    chunks.append(Chunk(names[key][0], c.place, 0))
+                renamed.append(Obj(tuple(chunks), o.chunk))
+            return Accessor(name, t.shape, t.dtype, st, tuple(renamed))
+        if t.role == Role.KV:
+            st, buf = b.state[storage_name(name)]
+            return Accessor(name, t.shape, t.dtype, st,
+                            (self._obj(buf, 0, st.nbytes, _kind(t.dtype), True, names),))
+        st = self.storages[name]
+        base = self.plan.offsets[name]
+        objs = tuple(self._obj(b.arena, base + o.offset, o.nbytes, _kind(o.dtype), True, names)
+                     for o in st.objects())
+        return Accessor(name, t.shape, t.dtype, st, objs)
+
+    def _bind(self) -> None:
+        """Render, compile (once per distinct source) and bind every node's kernel to the
+        current arena; again only when the arena has grown since."""
+        b = self.backend
+        if self._bound is b.arena:
+            return
+        self.launches, self.sources = [], []
+        for n in self.graph.nodes:
+            if is_view(n.op):
+                continue
+            names: dict = {}
+            acc = {x: self._accessor(x, names) for x in (*n.inputs, *n.outputs)}
+            ks, groups = kernel_for(b.rt.renderer, n, acc)
+            places = {p.name: place for p, place in names.values()}
+            self.launches.append(b.rt.launch(b.kernel(ks), ks.params,
+                                             [places[p.name] for p in ks.params], groups))
+            self.sources.append(ks)
+        self._bound = b.arena
+
+    # -- running
+
+    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, Any]:
+        """The outputs on the host; with `to_host=False`, `DeviceOutput`s: the call is held
+        back until the sampler adds its kernel (or anything else runs first)."""
+        self._bind()
+        self.backend.flush()
+        if not to_host:
+            self.backend.pending = (self, self._writes(feeds))
+            return {name: DeviceOutput(self, name) for name in self.graph.outputs}
+        arena, writes, reads = self.backend.arena, self._writes(feeds), []
+        for name in self.graph.outputs:
+            reads.append((arena, self.plan.offsets[name], self.storages[name].nbytes))
+        got = self.backend.rt.run(self.launches, writes, reads)
+        out = {}
+        for name, raw in zip(self.graph.outputs, got):
+            st = self.storages[name]
+            out[name] = np.array(st.from_physical(st.bind(raw)), copy=True)
+        return out
+
+    def _writes(self, feeds: dict[str, np.ndarray]) -> list[tuple[Any, int, np.ndarray]]:
+        """The inputs, each laid out by its storage, as (arena, offset, bytes). A call always
+        writes the arena first (a graph without inputs writes a dead word): PoCL 3.1 crashes
+        running kernels over sub-buffers of a buffer last touched by a read."""
+        arena, writes = self.backend.arena, []
+        for name in self.graph.inputs:
+            spec, st = self.graph.tensors[name], self.storages[name]
+            x = np.asarray(feeds[name], dtype=np.int32 if spec.dtype == "i32" else np.float32)
+            block = np.zeros(st.nbytes, dtype=np.uint8)
+            st.write(st.bind(block), x.reshape(spec.shape))
+            writes.append((arena, self.plan.offsets[name], block))
+        return writes or [(arena, 0, np.zeros(4, np.uint8))]
+
+    def profile(self, feeds: dict[str, np.ndarray]) -> list[tuple[Any, float]]:
+        """Seconds per node: each launch submitted alone (after the input writes) and waited
+        for, so the sum exceeds a call's time by the submissions."""
+        import time
+
+        self.run(feeds)
+        rt, it, writes = self.backend.rt, iter(self.launches), self._writes(feeds)
+        out = []
+        for n in self.graph.nodes:
+            if is_view(n.op):
+                out.append((n, 0.0))
+                continue
+            launch = next(it)
+            t0 = time.perf_counter()
+            rt.run([launch], writes, [])
+            rt.sync()
+            out.append((n, time.perf_counter() - t0))
+        return out
+
+    def launch_counts(self) -> list[float]:
+        return [0.0 if is_view(n.op) else 1.0 for n in self.graph.nodes]
+
+
+
+class DeviceOutput:
+    """An output left on the device (`run(feeds, to_host=False)`), valid until the next call."""
+
+    def __init__(self, program: GPUProgram, name: str):
+        self.program, self.name = program, name
+
+    def reshape(self, *shape) -> DeviceOutput:
+        return self  # where it is, as it is: only the sampler reads it
+
+    def __array__(self, dtype=None, copy=None):
+        b = self.program.backend
+        b.flush()
+        st = self.program.storages[self.name]
+        (raw,) = b.rt.run([], [], [(b.arena, self.program.plan.offsets[self.name], st.nbytes)])
+        x = np.array(st.from_physical(st.bind(raw)), copy=True).reshape(-1)
+        return x if dtype is None else x.astype(dtype)
+
+
+class GreedySampler:
+    """argmax(logits) on the device: the pending call's launches, then the argmax kernel,
+    submitted together; 4 bytes read back."""
+
+    def __init__(self, backend: GPUBackend):
+        self.backend = backend
+        self.token = backend.rt.buffer(4)
+        self._launches: dict[tuple[int, str], Any] = {}
+
+    def __call__(self, logits: DeviceOutput, history=()) -> int:
+        b, prog = self.backend, logits.program
+        key = (id(prog), logits.name)
+        if key not in self._launches or prog._bound is not b.arena:
+            names: dict = {}
+            x = prog._accessor(logits.name, names)
+            out = Accessor("token", (1,), "i32", StridedBuffer((1,), "i32"),
+                           (prog._obj(self.token, 0, 4, "i32", True, names),))
+            ks, groups = argmax(b.rt.renderer, x, out)
+            places = {p.name: place for p, place in names.values()}
+            self._launches[key] = b.rt.launch(b.kernel(ks), ks.params,
+                                              [places[p.name] for p in ks.params], groups)
+        if b.pending is None or b.pending[0] is not prog:
+            # already computed (sampled twice): on the host, rather than run a kernel without
+            # writing the arena first (PoCL, see GPUProgram._writes)
+            return int(np.argmax(np.asarray(logits)))
+        writes, b.pending = b.pending[1], None
+        (raw,) = b.rt.run([*prog.launches, self._launches[key]], writes, [(self.token, 0, 4)])
+        return int(raw.view(np.int32)[0])

@@ -1,0 +1,170 @@
+"""Dequantizers: the elements of a quantized weight, read from its block planes.
+
+Written from the layout comments of `drift/formats/quants.py` (the executable specification;
+the tests compare against gguf-py), against the planes `QuantBlockPlanes` converts the GGUF
+blocks into at load. A dequantizer comes in three parts, so that a loop over a block's
+elements reads each scale once (the compilers behind lavapipe do not hoist them):
+
+    block     statements once per block: its f16 factors (d, m, dmin)
+    sub       sub-block size (the run of elements one scale covers) and the statements
+              once per sub-block `sb`: that sub-block's scale and min
+    element   (statements, f32 expression) for element `e` of sub-block `sb`
+
+Plane offsets of the block holding (row, col0) come from the storage's `index_expr` (the
+accessor's coordinate translation), bound to `o_<field>` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drift.backends.kernels.access import Accessor
+from drift.backends.kernels.renderer import Renderer
+
+
+@dataclass(frozen=True)
+class Dequant:
+    block: list[str]
+    sub: int
+    sub_lines: Callable[[str], list[str]]  # sb -> statements
+    element: Callable[[str, str], tuple[list[str], str]]  # (sb, e) -> (statements, value)
+
+
+def _offsets(r: Renderer, w: Accessor, row: str, col0: str) -> tuple[list[str], dict[str, str]]:
+    at = w.block_at(r, row, col0)
+    lines, names = [], {}
+    for name, _, _, _ in w.storage.fields:
+        lines.append(r.let(f"o_{name}", "u32", at[name]))
+        names[name] = f"o_{name}"
+    return lines, names
+
+
+def _byte(r: Renderer, w: Accessor, o: dict, field: str, at: str) -> str:
+    return w.plane(field).u8(r, f"{o[field]} + {at}")
+
+
+def _half(r: Renderer, w: Accessor, o: dict, field: str) -> str:
+    return w.plane(field).f16(r, o[field])
+
+
+def _q4(r, w, o, with_min: bool, high: bool, bias: int) -> Dequant:
+    # Q4_0/Q4_1/Q5_0/Q5_1: q[e] = nibble (e // 16) of qs[e % 16] (| bit e of qh << 4)
+    block = [r.let("d", "f32", _half(r, w, o, "d"))]
+    if with_min:
+        block.append(r.let("mb", "f32", _half(r, w, o, "m")))
+
+    def element(sb, e):
+        q = f"(({_byte(r, w, o, 'qs', f'{e} % 16')} >> ({e} / 16 * 4)) & 15)"
+        if high:
+            q = f"({q} | ((({_byte(r, w, o, 'qh', f'{e} / 8')} >> ({e} % 8)) & 1) << 4))"
+        qf = r.cast("f32", q)
+        return [], f"d * {qf} + mb" if with_min else f"d * ({qf} - {r.f(bias)})"
+
+    return Dequant(block, 32, lambda sb: [], element)
+
+
+def _q8_0(r, w, o) -> Dequant:
+    block = [r.let("d", "f32", _half(r, w, o, "d"))]
+    return Dequant(block, 32, lambda sb: [],
+                   lambda sb, e: ([], f"{r.i8(_byte(r, w, o, 'qs', e))} * d"))
+
+
+def _q45_k(r, w, o, five: bool) -> Dequant:
+    # Q4_K/Q5_K: 8 sub-blocks of 32; six-bit scale and min of sub-block sb (quants._k_scale_min)
+    block = [r.let("d", "f32", _half(r, w, o, "d")), r.let("dmin", "f32", _half(r, w, o, "dmin"))]
+
+    def b(i: str) -> str:
+        return _byte(r, w, o, "scales", i)
+
+    def sub_lines(sb):
+        return [r.let("j", "u32", f"{sb} % 4"),
+                r.var("sc", "u32", f"{b('j')} & 63"), r.var("mn", "u32", f"{b('j + 4')} & 63"),
+                f"if ({sb} >= 4) {{ sc = ({b('j + 8')} & 15) | (({b('j')} >> 6) << 4); "
+                f"mn = ({b('j + 8')} >> 4) | (({b('j + 4')} >> 6) << 4); }}",
+                r.let("dl", "f32", f"d * {r.cast('f32', 'sc')}"),
+                r.let("ml", "f32", f"dmin * {r.cast('f32', 'mn')}")]
+
+    def element(sb, e):
+        q = f"(({_byte(r, w, o, 'qs', f'{sb} / 2 * 32 + {e}')} >> ({sb} % 2 * 4)) & 15)"
+        if five:
+            q = f"({q} | ((({_byte(r, w, o, 'qh', e)} >> {sb}) & 1) << 4))"
+        return [], f"dl * {r.cast('f32', q)} - ml"
+
+    return Dequant(block, 32, sub_lines, element)
+
+
+def _q6_k(r, w, o) -> Dequant:
+    # 16 sub-blocks of 16, int8 scales; e' = sb*16 + e = h*128 + rr
+    block = [r.let("d", "f32", _half(r, w, o, "d"))]
+
+    def sub_lines(sb):
+        return [r.let("dl", "f32", f"d * {r.i8(_byte(r, w, o, 'scales', sb))}")]
+
+    def element(sb, e):
+        lines = [r.let("ee", "u32", f"{sb} * 16 + {e}"), r.let("rr", "u32", "ee % 128")]
+        low = _byte(r, w, o, "ql", "ee / 128 * 64 + ee % 64")
+        high = _byte(r, w, o, "qh", "ee / 128 * 32 + ee % 32")
+        q = f"(({low} >> (rr / 64 * 4)) & 15) | ((({high} >> (rr / 32 * 2)) & 3) << 4)"
+        return lines, f"dl * ({r.cast('f32', q)} - {r.f(32)})"
+
+    return Dequant(block, 16, sub_lines, element)
+
+
+def _q2_k(r, w, o) -> Dequant:
+    block = [r.let("d", "f32", _half(r, w, o, "d")), r.let("dmin", "f32", _half(r, w, o, "dmin"))]
+
+    def sub_lines(sb):
+        return [r.let("sc", "u32", _byte(r, w, o, "scales", sb)),
+                r.let("dl", "f32", f"d * {r.cast('f32', 'sc & 15')}"),
+                r.let("ml", "f32", f"dmin * {r.cast('f32', 'sc >> 4')}")]
+
+    def element(sb, e):
+        lines = [r.let("ee", "u32", f"{sb} * 16 + {e}")]
+        q = f"({_byte(r, w, o, 'qs', 'ee / 128 * 32 + ee % 32')} >> (ee % 128 / 32 * 2)) & 3"
+        return lines, f"dl * {r.cast('f32', q)} - ml"
+
+    return Dequant(block, 16, sub_lines, element)
+
+
+def _q3_k(r, w, o) -> Dequant:
+    block = [r.let("d", "f32", _half(r, w, o, "d"))]
+
+    def b(i: str) -> str:
+        return _byte(r, w, o, "scales", i)
+
+    def sub_lines(sb):
+        return [r.let("lo", "u32", f"({b(f'{sb} % 8')} >> ({sb} / 8 * 4)) & 15"),
+                r.let("hi", "u32", f"({b(f'8 + {sb} % 4')} >> ({sb} / 4 * 2)) & 3"),
+                r.let("dl", "f32", f"d * ({r.cast('f32', 'lo | (hi << 4)')} - {r.f(32)})")]
+
+    def element(sb, e):
+        qs = _byte(r, w, o, "qs", "ee / 128 * 32 + ee % 32")
+        lines = [r.let("ee", "u32", f"{sb} * 16 + {e}"),
+                 r.let("low2", "u32", f"({qs} >> (ee % 128 / 32 * 2)) & 3"),
+                 r.let("hbit", "u32", f"({_byte(r, w, o, 'hmask', 'ee % 32')} >> (ee / 32)) & 1")]
+        return lines, f"dl * ({r.cast('f32', 'low2')} - {r.select('hbit == 1', r.f(0), r.f(4))})"
+
+    return Dequant(block, 16, sub_lines, element)
+
+
+DEQUANT: dict[str, Callable] = {
+    "Q4_0": lambda r, w, o: _q4(r, w, o, False, False, 8),
+    "Q4_1": lambda r, w, o: _q4(r, w, o, True, False, 0),
+    "Q5_0": lambda r, w, o: _q4(r, w, o, False, True, 16),
+    "Q5_1": lambda r, w, o: _q4(r, w, o, True, True, 0),
+    "Q8_0": _q8_0,
+    "Q2_K": _q2_k,
+    "Q3_K": _q3_k,
+    "Q4_K": lambda r, w, o: _q45_k(r, w, o, False),
+    "Q5_K": lambda r, w, o: _q45_k(r, w, o, True),
+    "Q6_K": _q6_k,
+}
+
+
+def dequant(r: Renderer, w: Accessor, row: str, col0: str) -> Dequant:
+    """The parts of the block of quantized weight `w` that starts at (row, col0); the
+    plane offsets lead the block statements."""
+    lines, offsets = _offsets(r, w, row, col0)
+    d = DEQUANT[w.dtype](r, w, offsets)
+    return Dequant(lines + d.block, d.sub, d.sub_lines, d.element)

@@ -1,0 +1,150 @@
+"""The renderer base: the small shared layer every kernel template is written against.
+
+A template (`templates.py`) writes a kernel as statements in a neutral C-like dialect that
+WGSL and OpenCL C share (`a + b`, `x[i]`, `if (c) { }`, assignments), and asks the renderer for
+everything the two languages spell differently: declarations, casts, literals, math functions,
+thread ids, workgroup memory, barriers, byte and half loads, helper functions that touch
+buffers. A renderer is a table of those spellings plus `render`, which assembles the module
+(bindings, workgroup memory, helpers, entry point). A backend quirk is an entry here
+(`tanh_clamp`, `helpers_take_buffers`, `uniform_load`), never an `if` in a template.
+
+Index arithmetic is unsigned 32-bit throughout (`u32`), so literals need no suffix in either
+language; values are `f32`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+# Kinds of buffer a kernel binds: float32 elements, int32 elements, or raw bytes (quant
+# planes, f16 weights), which WGSL can only hold as u32 words.
+KINDS = ("f32", "i32", "u8")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One buffer argument of a kernel."""
+
+    name: str
+    kind: str  # one of KINDS
+    writable: bool
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A function of the kernel's module: `args` are (name, type) scalars; `buffers` the
+    params its body reads (a WGSL helper reads them as module globals, an OpenCL one takes
+    them as pointer arguments)."""
+
+    name: str
+    ret: str
+    args: tuple[tuple[str, str], ...]
+    buffers: tuple[Param, ...]
+    body: str
+
+
+@dataclass
+class KernelSource:
+    name: str
+    params: list[Param]
+    workgroup: int
+    body: str
+    shared: list[tuple[str, str, int]] = field(default_factory=list)  # (name, type, length)
+    helpers: list[Helper] = field(default_factory=list)
+
+
+class Renderer:
+    """The neutral dialect's spellings. Subclasses fill in the tables and `render`."""
+
+    name = "base"
+    types: ClassVar[dict[str, str]] = {}  # neutral scalar type -> the language's name
+    functions: ClassVar[dict[str, str]] = {}  # neutral math function -> the language's name
+    tanh_clamp = 0.0  # clamp tanh's argument to +-this (0: no clamp): a driver whose tanh
+    # overflows to NaN for large arguments
+    helpers_take_buffers = False  # helper functions get buffers as arguments (no globals)
+
+    # -- declarations and expressions
+    def var(self, name: str, ty: str, init: str) -> str:
+        raise NotImplementedError
+
+    def let(self, name: str, ty: str, init: str) -> str:
+        raise NotImplementedError
+
+    def array(self, name: str, ty: str, n: int) -> str:
+        """A private array, zero-initialised."""
+        raise NotImplementedError
+
+    def cast(self, ty: str, x: str) -> str:
+        raise NotImplementedError
+
+    def f(self, x: float) -> str:
+        """A float literal."""
+        raise NotImplementedError
+
+    def select(self, cond: str, a: str, b: str) -> str:
+        """cond ? a : b (both sides may be evaluated)."""
+        raise NotImplementedError
+
+    def fn(self, name: str, *args: str) -> str:
+        if name == "tanh" and self.tanh_clamp:
+            c = self.f(self.tanh_clamp)
+            return f"{self.functions.get('tanh', 'tanh')}(clamp({args[0]}, -{c}, {c}))"
+        return f"{self.functions.get(name, name)}({', '.join(args)})"
+
+    def for_(self, var: str, start: str, stop: str, step: str = "1") -> str:
+        """The head of a counting loop `for var in range(start, stop, step)`, ending in `{`."""
+        raise NotImplementedError
+
+    # -- threads and workgroups
+    def local_id(self) -> str:
+        raise NotImplementedError
+
+    def group_id(self, axis: int) -> str:
+        raise NotImplementedError
+
+    def barrier(self) -> str:
+        raise NotImplementedError
+
+    def uniform_let(self, name: str, ty: str, shared: str) -> str:
+        """`name` = a workgroup variable, after a barrier, as a value the language knows is
+        uniform across the workgroup: what a loop bound around a barrier must be."""
+        raise NotImplementedError
+
+    # -- memory
+    def load(self, p: Param, index: str) -> str:
+        """Element `index` of an f32 or i32 buffer."""
+        return f"{p.name}[{index}]"
+
+    def store(self, p: Param, index: str, value: str) -> str:
+        return f"{p.name}[{index}] = {value};"
+
+    def load_u8(self, p: Param, offset: str) -> str:
+        """Byte `offset` of a byte buffer, as u32."""
+        raise NotImplementedError
+
+    def load_f16(self, p: Param, offset: str) -> str:
+        """The IEEE half at (even) byte `offset` of a byte buffer, as f32."""
+        raise NotImplementedError
+
+    def load_u32(self, p: Param, offset: str) -> str:
+        """The little-endian u32 at byte `offset` (a multiple of 4) of a byte buffer."""
+        raise NotImplementedError
+
+    def i8(self, byte: str) -> str:
+        """A u32 holding a byte, read as a signed byte, as f32."""
+        raise NotImplementedError
+
+    # -- helpers
+    def call(self, h: Helper, *args: str) -> str:
+        bufs = [p.name for p in h.buffers] if self.helpers_take_buffers else []
+        return f"{h.name}({', '.join(bufs + list(args))})"
+
+    def render(self, k: KernelSource) -> str:
+        raise NotImplementedError
+
+
+def c_index(expr: str) -> str:
+    """An `index_expr` (Python syntax) in C/WGSL syntax: its operands are non-negative, so
+    floor division is plain division."""
+    return expr.replace("//", "/")

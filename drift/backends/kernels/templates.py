@@ -1,0 +1,429 @@
+"""Kernel templates: one per op, written once for every portable API.
+
+A template takes the renderer, the node, and an `Accessor` per tensor the node touches, and
+returns a `KernelSource` and its number of workgroups. It reads and writes tensors only
+through the accessors (coordinate translation by the storages), spells everything else through
+the renderer, and bakes shapes in as constants: kernels are generated at run time for the
+graph at hand, and identical sources (the same op on every layer) compile once.
+
+    elementwise   one thread per element; a broadcast operand reads coordinate 0 on its
+                  size-1 axes
+    rms_norm      one workgroup per row: strided sum of squares, tree reduction (fused
+                  with the residual add before it: add_rms_norm)
+    matmul        one workgroup per (columns, tile of up to 8 rows): each thread walks its
+                  blocks of K dequantizing the weight once per element for the tile's rows,
+                  then a segmented tree reduction; ffn_gate_up: two weights, the gated
+                  activation as epilogue (x read in one kernel, the projections never stored)
+    embedding     one thread per output element (quantized tables dequantize the row read)
+    rope          one thread per rotated pair (and one per passed-through element)
+    kv_write      one thread per element written
+    attention     one workgroup per (query, head): q in workgroup memory, scores a tile of keys
+                  at a time, online softmax across tiles, each thread some output dims
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from math import prod
+
+from drift.backends.kernels.access import Accessor
+from drift.backends.kernels.quant import Dequant, dequant
+from drift.backends.kernels.renderer import KernelSource, Param, Renderer
+from drift.errors import UnsupportedError
+from drift.ir import Node
+from drift.passes.storage import block_size
+
+WG = 64  # threads per workgroup
+MAX_GROUPS = 65535  # workgroups per dispatch axis (WebGPU's guaranteed limit)
+MATMUL_ROWS = 8  # rows of x a matmul workgroup takes at once
+ATTN_TILE = 256  # keys scored per attention tile
+
+
+class Builder:
+    """Collects a kernel's params (deduplicated: two accessors of one binding share it) and
+    workgroup memory."""
+
+    def __init__(self, r: Renderer, name: str, wg: int = WG):
+        self.r, self.name, self.wg = r, name, wg
+        self.params: dict[str, Param] = {}
+        self.shared: list[tuple[str, str, int]] = []
+
+    def use(self, *accs: Accessor) -> None:
+        for a in accs:
+            for p in a.params:
+                prev = self.params.setdefault(p.name, p)
+                if p.writable and not prev.writable:
+                    self.params[p.name] = p
+
+    def weight(self, w: Accessor, row: str, col0: str) -> Dequant:
+        """How to read the block of a weight starting at (row, col0), dequantizing where it
+        is quantized (plain weights: runs of `block_elements`, one "sub-block")."""
+        self.use(w)
+        if w.dtype in ("f32", "f16"):
+            return Dequant([], block_elements(w), lambda sb: [],
+                           lambda sb, e: ([], w.load(self.r, row, f"{col0} + {e}")))
+        return dequant(self.r, w, row, col0)
+
+    def group(self, groups: int) -> list[str]:
+        """The flat workgroup index `grp` (dispatches of more than MAX_GROUPS use 2 axes)."""
+        r = self.r
+        gx = min(groups, MAX_GROUPS)
+        return [r.let("grp", "u32", f"{r.group_id(0)} + {r.group_id(1)} * {gx}"),
+                f"if (grp >= {groups}) {{ return; }}", r.let("lid", "u32", r.local_id())]
+
+    def reduce(self, values: list[str], op: str = "+", seg: int = 0) -> list[str]:
+        """Tree reduction ("+" or "max") of each thread's `values[t]` over runs of `seg`
+        adjacent threads (a power of 2; default the workgroup), into red[t * WG + the run's
+        first thread], readable after the last barrier."""
+        r, wg, rows = self.r, self.wg, len(values)
+        seg = seg or wg
+        if ("red", "f32", rows * wg) not in self.shared:
+            self.shared.append(("red", "f32", rows * wg))
+        lines = [f"red[{t * wg} + lid] = {v};" for t, v in enumerate(values)] + [r.barrier()]
+        s = seg // 2
+        while s >= 1:
+            upd = []
+            for t in range(rows):
+                a, b = f"red[{t * wg} + lid]", f"red[{t * wg} + lid + {s}]"
+                upd.append(f"{a} = {a} + {b};" if op == "+" else f"{a} = max({a}, {b});")
+            cond = f"lid < {s}" if seg == wg else f"lid % {seg} < {s}"
+            lines += [f"if ({cond}) {{ {' '.join(upd)} }}", r.barrier()]
+            s //= 2
+        return lines
+
+    def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
+        return (KernelSource(self.name, list(self.params.values()), self.wg,
+                             "\n    ".join(body), self.shared), groups)
+
+
+def block_elements(w: Accessor) -> int:
+    """Weights per block (plain weights: a run of 8 the matmul walks as one)."""
+    return 8 if w.dtype in ("f32", "f16") else block_size(w.dtype)[0]
+
+
+def coords_of(flat: str, shape: tuple[int, ...]) -> list[str]:
+    """Row-major coordinates of a flat index over `shape`, as expressions."""
+    out, stride = [], prod(shape)
+    for k, d in enumerate(shape):
+        stride //= d
+        e = f"({flat}) / {stride}" if stride != 1 else f"({flat})"
+        out.append(e if k == 0 else f"{e} % {d}")
+    return out
+
+
+def _threads(b: Builder, n: int) -> tuple[list[str], int]:
+    """One thread per element of n: `i`."""
+    groups = -(-n // b.wg)
+    return b.group(groups) + [b.r.let("i", "u32", f"grp * {b.wg} + lid"),
+                              f"if (i >= {n}) {{ return; }}"], groups
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise
+
+
+def _silu(r: Renderer, x: str) -> str:
+    return f"{x} / ({r.f(1.0)} + {r.fn('exp', '-' + x)})"
+
+
+def _gelu(r: Renderer, x: str) -> str:
+    inner = f"{r.f(math.sqrt(2.0 / math.pi))} * ({x} + {r.f(0.044715)} * {x} * {x} * {x})"
+    return f"{r.f(0.5)} * {x} * ({r.f(1.0)} + {r.fn('tanh', inner)})"
+
+
+def _softcap(r: Renderer, x: str, cap: float) -> str:
+    return f"{r.fn('tanh', x + ' / ' + r.f(cap))} * {r.f(cap)}"
+
+
+UNARY: dict[str, Callable[[Renderer, str, dict], str]] = {
+    "scale": lambda r, x, a: f"{x} * {r.f(a['value'])}",
+    "silu": lambda r, x, a: _silu(r, x),
+    "gelu": lambda r, x, a: _gelu(r, x),
+    "softcap": lambda r, x, a: _softcap(r, x, a["cap"]),
+}
+BINARY: dict[str, Callable[[Renderer, str, str], str]] = {
+    "add": lambda r, x, y: f"{x} + {y}",
+    "mul": lambda r, x, y: f"{x} * {y}",
+    "swiglu": lambda r, g, u: f"{_silu(r, g)} * {u}",
+    "geglu": lambda r, g, u: f"{_gelu(r, g)} * {u}",
+}
+
+
+def elementwise(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    out = acc[n.outputs[0]]
+    b = Builder(r, n.op)
+    ins = [acc[i] for i in n.inputs]
+    b.use(out, *ins)
+    body, groups = _threads(b, prod(out.shape))
+    c = coords_of("i", out.shape)
+    for k, x in enumerate(ins):
+        lead = len(out.shape) - len(x.shape)  # broadcast: trailing axes line up
+        xc = [c[lead + j] if d != 1 else "0" for j, d in enumerate(x.shape)]
+        body.append(r.let(f"x{k}", "f32", x.load(r, *xc)))
+    if n.op in UNARY:
+        v = UNARY[n.op](r, "x0", n.attrs)
+    else:
+        v = BINARY[n.op](r, "x0", "x1")
+    body.append(out.store(r, v, *c))
+    return b.finish(body, groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# model ops
+
+
+def rms_norm(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """rms_norm(x, w), or add_rms_norm(a, b, w): the sum written first (over a or b in
+    place: each thread reads back only what it wrote), then normed."""
+    fused = n.op == "add_rms_norm"
+    ins = [acc[i] for i in n.inputs]
+    x, w, out = ins[0], ins[-1], acc[n.outputs[-1]]
+    b = Builder(r, n.op)
+    b.use(*ins, *(acc[o] for o in n.outputs))
+    D, rows = x.shape[-1], prod(x.shape[:-1])
+    lead = coords_of("grp", x.shape[:-1])
+    wv = w.load(r, "c")
+    if n.attrs.get("unit_offset"):
+        wv = f"({r.f(1.0)} + {wv})"
+    if fused:
+        h = acc[n.outputs[0]]
+        value = f"{x.load(r, *lead, 'c')} + {ins[1].load(r, *lead, 'c')}"
+        first = f"{r.let('v', 'f32', value)} {h.store(r, 'v', *lead, 'c')}"
+        x = h  # the second pass reads the sum
+    else:
+        first = r.let("v", "f32", x.load(r, *lead, "c"))
+    body = b.group(rows) + [r.var("ss", "f32", r.f(0.0)),
+                            f"{r.for_('c', 'lid', str(D), str(b.wg))}",
+                            f"    {first} ss = ss + v * v;",
+                            "}"]
+    body += b.reduce(["ss"], "+")
+    body += [r.let("inv", "f32", r.fn("rsqrt", f"red[0] / {r.f(D)} + {r.f(n.attrs['eps'])}")),
+             r.for_("c", "lid", str(D), str(b.wg)),
+             "    " + out.store(r, x.load(r, *lead, "c") + f" * inv * {wv}", *lead, "c"),
+             "}"]
+    return b.finish(body, rows)
+
+
+def _k_loop(b: Builder, x: Accessor, w: Accessor, accs: str, T: int, S: int, TK: int) -> list[str]:
+    """`accs[t] += w[col, k] * x[s0 + t, k]` over this thread's blocks of the row (every
+    TK-th), the weight read once per element for the T rows."""
+    r, K = b.r, x.shape[-1]
+    E = block_elements(w)
+    dq = b.weight(w, "col", "k0")
+    body = [r.for_("blk", "kl", str(-(-K // E)), str(TK)),
+            "    " + r.let("k0", "u32", f"blk * {E}")]
+    body += ["    " + x for x in dq.block]
+    body += ["    " + r.for_("sb", "0", str(E // dq.sub))]
+    body += ["        " + x for x in dq.sub_lines("sb")]
+    body += ["        " + r.for_("e", "0", str(dq.sub)),
+             "            " + r.let("k", "u32", f"k0 + sb * {dq.sub} + e")]
+    lines, value = dq.element("sb", "e")
+    inner = [*lines, r.let("wv", "f32", value)]
+    for t in range(T):  # rows past S (the last tile) read row S - 1 and are not stored
+        row = f"min(s0 + {t}, {S - 1}u)" if S % T else f"s0 + {t}"
+        xv = x.load(r, *coords_of(row, x.shape[:-1]), "k")
+        inner.append(f"{accs}[{t}] = {accs}[{t}] + wv * {xv};")
+    if K % E:  # plain weights only: the last run is cut short
+        inner = [f"if (k < {K}) {{", *("    " + x for x in inner), "}"]
+    return body + ["            " + x for x in inner] + ["        }", "    }", "}"]
+
+
+def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """matmul(x, w), or ffn_gate_up(x, wg, wu [, bg, bu]): each weight's products
+    accumulated in its own pass over the row (one scope each), reduced together, then the
+    gated activation as the epilogue."""
+    gated = n.op == "ffn_gate_up"
+    x, out = acc[n.inputs[0]], acc[n.outputs[0]]
+    ws = [acc[i] for i in n.inputs[1 : 3 if gated else 2]]
+    biases = [acc[i] for i in n.inputs[3:5]] if gated and n.attrs.get("bias") else []
+    b = Builder(r, n.op)
+    b.use(x, out, *biases)
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    NB = -(-K // block_elements(ws[0]))  # blocks of a row
+    TK = min(b.wg, 1 << max(0, (NB - 1).bit_length()))  # threads per column: a power of 2
+    CG = b.wg // TK  # columns per workgroup
+    T = min(S, MATMUL_ROWS)
+    col_groups = -(-N // CG)
+    groups = col_groups * -(-S // T)
+    body = b.group(groups) + [
+        r.let("kl", "u32", f"lid % {TK}"),
+        r.let("col", "u32", f"grp % {col_groups} * {CG} + lid / {TK}"),
+        r.let("s0", "u32", f"grp / {col_groups} * {T}"),
+        *(r.array(f"acc{i}", "f32", T) for i in range(len(ws))),
+        f"if (col < {N}) {{",
+    ]
+    for i, w in enumerate(ws):
+        body += ["    {", *("        " + x for x in _k_loop(b, x, w, f"acc{i}", T, S, TK)), "    }"]
+    body.append("}")
+    body += b.reduce([f"acc{i}[{t}]" for i in range(len(ws)) for t in range(T)], "+", TK)
+    body.append(r.let("rows", "u32", f"{S} - s0"))
+    for t in range(T):
+        vals = [f"red[{(i * T + t) * b.wg} + lid]" for i in range(len(ws))]
+        if biases:
+            vals = [f"{v} + {bias.load(r, 'col')}" for v, bias in zip(vals, biases)]
+        value = BINARY[n.attrs["act"]](r, "g", "u") if gated else vals[0]
+        pre = f"{r.let('g', 'f32', vals[0])} {r.let('u', 'f32', vals[1])} " if gated else ""
+        st = out.store(r, value, *coords_of(f"s0 + {t}", out.shape[:-1]), "col")
+        # `t < rows`, not `s0 + t < S`: PoCL 3.1 (LLVM 15) drops every store of the kernel
+        # guarded by the latter (seen with S = 11, T = 8)
+        last = f" && {t} < rows" if S % T else ""
+        body.append(f"if (col < {N} && kl == 0{last}) {{ {pre}{st} }}")
+    return b.finish(body, groups)
+
+
+def embedding(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    table, ids, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
+    b = Builder(r, "embedding")
+    b.use(ids, out)
+    S, D = out.shape
+    body, groups = _threads(b, S * D)
+    body += [r.let("s", "u32", f"i / {D}"), r.let("c", "u32", f"i % {D}"),
+             r.let("id", "u32", ids.load(r, "s")),
+             r.let("c0", "u32", f"c - c % {block_elements(table)}")]
+    dq = b.weight(table, "id", "c0")
+    lines, value = dq.element("sb", "e")
+    body += dq.block + [r.let("sb", "u32", f"c % {block_elements(table)} / {dq.sub}"),
+                        r.let("e", "u32", f"c % {dq.sub}")]
+    body += dq.sub_lines("sb") + lines + [out.store(r, value, "s", "c")]
+    return b.finish(body, groups)
+
+
+def kv_write(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    _, x, pos, out = (acc[i] for i in (*n.inputs, n.outputs[0]))  # (cache, x, pos) -> cache
+    b = Builder(r, "kv_write")
+    b.use(x, pos, out)
+    body, groups = _threads(b, prod(x.shape))
+    s, h, d = coords_of("i", x.shape)
+    body += [r.let("p", "u32", pos.load(r, s)), out.store(r, x.load(r, s, h, d), "p", h, d)]
+    return b.finish(body, groups)
+
+
+def rope(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    x, pos, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
+    ff = acc[n.inputs[2]] if len(n.inputs) == 3 else None
+    a = n.attrs
+    S, H, Dh = x.shape
+    nd = a["n_dims"]
+    half = nd // 2
+    J = Dh - half  # pairs, then the dims past n_dims one by one
+    b = Builder(r, "rope")
+    b.use(x, pos, out, *([ff] if ff else []))
+    body, groups = _threads(b, S * H * J)
+    s, h, j = coords_of("i", (S, H, J))
+    fscale, rest = r.f(a.get("freq_scale", 1.0)), f"j + {half}"
+    ia, ib = ("2 * j", "2 * j + 1") if a["mode"] == "norm" else ("j", f"j + {half}")
+    inv = r.fn("pow", r.f(a["theta"]), f"-{r.cast('f32', '2 * j')} / {r.f(nd)}")
+    if ff is not None:
+        inv = f"{inv} / {ff.load(r, 'j')}"
+    body += [r.let("s", "u32", s), r.let("h", "u32", h), r.let("j", "u32", j),
+             f"if (j < {half}) {{",
+             "    " + r.let("ang", "f32", f"{r.cast('f32', pos.load(r, 's'))} * {fscale} * {inv}"),
+             "    " + r.let("cs", "f32", r.fn("cos", "ang")),
+             "    " + r.let("sn", "f32", r.fn("sin", "ang")),
+             "    " + r.let("xa", "f32", x.load(r, "s", "h", ia)),
+             "    " + r.let("xb", "f32", x.load(r, "s", "h", ib)),
+             f"    {out.store(r, 'xa * cs - xb * sn', 's', 'h', ia)}",
+             f"    {out.store(r, 'xa * sn + xb * cs', 's', 'h', ib)}",
+             f"}} else {{ {out.store(r, x.load(r, 's', 'h', rest), 's', 'h', rest)} }}"]
+    return b.finish(body, groups)
+
+
+def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    q, k, v, pos = (acc[i] for i in n.inputs)
+    out = acc[n.outputs[0]]
+    S, H, Dh = q.shape
+    Hkv, Dv = k.shape[1], v.shape[2]
+    C = k.shape[0]
+    tile = min(C, ATTN_TILE)
+    nd = -(-Dv // WG)
+    window, cap = n.attrs.get("window", 0), n.attrs.get("softcap", 0)
+    b = Builder(r, "attention")
+    b.use(q, k, v, pos, out)
+    b.shared += [("qv", "f32", Dh), ("sc", "f32", tile), ("pv", "u32", 0)]
+    body = b.group(S * H) + [
+        r.let("s", "u32", f"grp / {H}"), r.let("h", "u32", f"grp % {H}"),
+        r.let("kh", "u32", f"h / {H // Hkv}"),
+        f"{r.for_('d', 'lid', str(Dh), str(b.wg))} qv[d] = {q.load(r, 's', 'h', 'd')}; }}",
+        f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
+        r.uniform_let("p", "u32", "pv"),
+        r.let("lo", "u32",
+              r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
+        r.var("m", "f32", r.f(-3e38)), r.var("l", "f32", r.f(0.0)), r.array("o", "f32", nd),
+        f"{r.for_('t0', 'lo', 'p + 1', str(tile))}",
+        f"    {r.let('nk', 'u32', f'min({tile}u, p + 1 - t0)')}",
+        f"    {r.for_('j', 'lid', 'nk', str(b.wg))}",
+        f"        {r.var('qk', 'f32', r.f(0.0))}",
+        f"        {r.for_('d', '0', str(Dh))}",
+        f"            qk = qk + qv[d] * {k.load(r, 't0 + j', 'kh', 'd')};",
+        "        }",
+        f"        qk = qk * {r.f(n.attrs['scale'])};",
+    ]
+    if cap:
+        body.append(f"        qk = {_softcap(r, 'qk', cap)};")
+    body += ["        sc[j] = qk;", "    }", "    " + r.barrier(),
+             f"    {r.var('mt', 'f32', r.f(-3e38))}",
+             f"    {r.for_('j', 'lid', 'nk', str(b.wg))} mt = max(mt, sc[j]); }}"]
+    body += ["    " + x for x in b.reduce(["mt"], "max")]
+    body += ["    " + r.let("mn", "f32", "max(m, red[0])"),
+             "    " + r.let("corr", "f32", r.fn("exp", "m - mn")),
+             "    l = l * corr;"]
+    body += [f"    o[{e}] = o[{e}] * corr;" for e in range(nd)]
+    body += [f"    {r.for_('j', '0', 'nk')}",
+             f"        {r.let('pj', 'f32', r.fn('exp', 'sc[j] - mn'))} l = l + pj;"]
+    for e in range(nd):
+        d = f"lid + {e * b.wg}"
+        vv = v.load(r, "t0 + j", "kh", d)
+        body.append(f"        if ({d} < {Dv}) {{ o[{e}] = o[{e}] + pj * {vv}; }}")
+    body += ["    }", "    m = mn;", "    " + r.barrier(), "}"]
+    for e in range(nd):
+        d = f"lid + {e * b.wg}"
+        body.append(f"if ({d} < {Dv}) {{ {out.store(r, f'o[{e}] / l', 's', 'h', d)} }}")
+    return b.finish(body, S * H)
+
+
+def argmax(r: Renderer, x: Accessor, out: Accessor) -> tuple[KernelSource, int]:
+    """Greedy sampling on the device: the index of the first maximum of a (1, V) or (V,)
+    tensor into out[0] (i32), by one workgroup: strided (value, index) maxima, then a tree
+    keeping the lower index on ties (numpy's argmax)."""
+    b = Builder(r, "argmax")
+    b.use(x, out)
+    V = x.shape[-1]
+    lead = ["0"] * (len(x.shape) - 1)
+    b.shared += [("red", "f32", b.wg), ("redi", "u32", b.wg)]
+    body = [r.let("lid", "u32", r.local_id()), r.var("best", "f32", r.f(-3e38)),
+            r.var("bi", "u32", "0"),
+            r.for_("i", "lid", str(V), str(b.wg)),
+            f"    {r.let('v', 'f32', x.load(r, *lead, 'i'))}",
+            "    if (v > best) { best = v; bi = i; }",
+            "}", "red[lid] = best;", "redi[lid] = bi;", r.barrier()]
+    s = b.wg // 2
+    while s >= 1:
+        body += [f"if (lid < {s}) {{",
+                 f"    {r.let('ov', 'f32', f'red[lid + {s}]')} "
+                 f"{r.let('oi', 'u32', f'redi[lid + {s}]')}",
+                 "    if (ov > red[lid] || (ov == red[lid] && oi < redi[lid])) "
+                 "{ red[lid] = ov; redi[lid] = oi; }",
+                 "}", r.barrier()]
+        s //= 2
+    body.append(f"if (lid == 0) {{ {out.store(r, r.cast('i32', 'redi[0]'), '0')} }}")
+    return b.finish(body, 1)
+
+
+TEMPLATES: dict[str, Callable] = {
+    **{op: elementwise for op in (*UNARY, *BINARY)},
+    "rms_norm": rms_norm,
+    "add_rms_norm": rms_norm,
+    "matmul": matmul,
+    "ffn_gate_up": matmul,
+    "embedding": embedding,
+    "kv_write": kv_write,
+    "rope": rope,
+    "attention": attention,
+}
+
+
+def kernel_for(r: Renderer, n: Node, acc: dict[str, Accessor]) -> tuple[KernelSource, int]:
+    if n.op not in TEMPLATES:
+        raise UnsupportedError(f"no {r.name} kernel for op {n.op!r}")
+    return TEMPLATES[n.op](r, n, acc)

@@ -1,0 +1,139 @@
+"""The OpenCL backend, on pyopencl (NVIDIA, AMD, Intel, Adreno, Mali; PoCL without a GPU).
+
+Kernels are the shared templates (`backends/kernels/`) rendered as OpenCL C. Each tensor
+argument is a sub-buffer of the arena (or a weight/cache buffer), set once when the program
+is bound; a call enqueues the input copies, every kernel and the output copies on one queue
+and waits once, on the last read.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from drift.backends.base import DeviceInfo
+from drift.backends.kernels.gpu import GPUBackend, Runtime
+from drift.backends.kernels.renderer import KernelSource
+from drift.backends.kernels.templates import MAX_GROUPS
+from drift.backends.opencl.renderer import OpenCLRenderer
+
+
+@lru_cache(maxsize=1)
+def _device():
+    import pyopencl as cl
+
+    devs = [d for p in cl.get_platforms() for d in p.get_devices()]
+    if not devs:
+        return None
+    gpus = [d for d in devs if d.type & cl.device_type.GPU]
+    return (gpus or devs)[0]
+
+
+def adapters() -> list[dict[str, Any]]:
+    """Every OpenCL device, with what drift specializes on (`drift devices`)."""
+    import pyopencl as cl
+
+    out = []
+    for p in cl.get_platforms():
+        for d in p.get_devices():
+            ext = d.extensions.split()
+            out.append({"api": "opencl", "name": f"{p.name} / {d.name}",
+                        "type": cl.device_type.to_string(d.type), "version": d.version,
+                        "compute_units": d.max_compute_units, "memory": d.global_mem_size,
+                        "max_binding": d.max_mem_alloc_size,
+                        "binding_alignment": d.mem_base_addr_align // 8,
+                        "workgroup_storage": d.local_mem_size,
+                        "fp16": "cl_khr_fp16" in ext,
+                        "int8_dot": "cl_khr_integer_dot_product" in ext,
+                        "subgroups": "cl_khr_subgroups" in ext})
+    return out
+
+
+class CLRuntime(Runtime):
+    def __init__(self):
+        import pyopencl as cl
+
+        self.cl = cl
+        self.dev = _device()
+        self.ctx = cl.Context([self.dev])
+        self.queue = cl.CommandQueue(self.ctx)
+        self.renderer = OpenCLRenderer()
+        self.binding_alignment = max(4, self.dev.mem_base_addr_align // 8)
+        self.max_binding = self.dev.max_mem_alloc_size
+        self._keep: list[np.ndarray] = []
+
+    def buffer(self, nbytes: int) -> Any:
+        buf = self.cl.Buffer(self.ctx, self.cl.mem_flags.READ_WRITE, max(4, nbytes))
+        self.cl.enqueue_fill_buffer(self.queue, buf, np.zeros(1, np.uint8), 0, max(4, nbytes))
+        return buf
+
+    def write(self, buf, offset, data):
+        self.cl.enqueue_copy(self.queue, buf, np.ascontiguousarray(data), dst_offset=offset,
+                             is_blocking=True)
+
+    def compile(self, k: KernelSource) -> Any:
+        return self.cl.Program(self.ctx, self.renderer.render(k)).build(), k.workgroup
+
+    def launch(self, kernel, params, places, groups):
+        program, wg = kernel
+        k = self.cl.Kernel(program, "main_k")
+        args = []
+        for buf, off, size in places:
+            whole = off == 0 and size >= buf.size
+            args.append(buf if whole else buf.get_sub_region(off, min(size, buf.size - off)))
+        k.set_args(*args)
+        gx = min(groups, MAX_GROUPS)
+        return k, (gx * wg, -(-groups // gx)), (wg, 1), args
+
+    def run(self, launches, writes, reads):
+        cl, q = self.cl, self.queue
+        for buf, off, data in writes:  # small (token ids, positions): copied at once
+            cl.enqueue_copy(q, buf, np.ascontiguousarray(data), dst_offset=off,
+                            is_blocking=True)
+        for k, gsize, lsize, _ in launches:
+            cl.enqueue_nd_range_kernel(q, k, gsize, lsize)
+        out = []
+        for i, (buf, off, nbytes) in enumerate(reads):
+            host = np.empty(nbytes, dtype=np.uint8)
+            cl.enqueue_copy(q, host, buf, src_offset=off, is_blocking=i == len(reads) - 1)
+            out.append(host)
+        if not reads:
+            q.finish()
+        return out
+
+    def sync(self) -> None:
+        self.queue.finish()
+
+    def nbytes(self, buf) -> int:
+        return buf.size
+
+
+class OpenCLBackend(GPUBackend):
+    name = "opencl"
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            return _device() is not None
+        except Exception:  # no pyopencl, no ICD, no platform
+            return False
+
+    @classmethod
+    def emulated(cls) -> bool:
+        import pyopencl as cl
+
+        return not _device().type & (cl.device_type.GPU | cl.device_type.ACCELERATOR)
+
+    def make_runtime(self) -> Runtime:
+        return CLRuntime()
+
+    def device(self) -> DeviceInfo:
+        d = self.rt.dev
+        kind = "gpu" if d.type & self.rt.cl.device_type.GPU else "cpu"
+        return DeviceInfo("opencl", d.name, kind, d.global_mem_size, d.max_compute_units,
+                          {"version": d.version, "max_binding": self.rt.max_binding})
+
+
+BACKEND = OpenCLBackend

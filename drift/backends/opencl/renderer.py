@@ -1,0 +1,80 @@
+"""OpenCL C: the renderer table for OpenCL (pyopencl: NVIDIA, AMD, Intel, Adreno, Mali, PoCL)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from drift.backends.kernels.renderer import KernelSource, Param, Renderer
+
+_ELEM = {"f32": "float", "i32": "int", "u8": "uchar"}
+
+
+class OpenCLRenderer(Renderer):
+    name = "opencl"
+    types: ClassVar[dict[str, str]] = {"f32": "float", "u32": "uint", "i32": "int"}
+    functions: ClassVar[dict[str, str]] = {}
+    tanh_clamp = 0.0
+    helpers_take_buffers = True  # OpenCL functions see no kernel arguments: pass them
+
+    def var(self, name, ty, init):
+        return f"{self.types[ty]} {name} = {init};"
+
+    def let(self, name, ty, init):
+        return f"const {self.types[ty]} {name} = {init};"
+
+    def array(self, name, ty, n):
+        return f"{self.types[ty]} {name}[{n}] = {{0}};"
+
+    def cast(self, ty, x):
+        return f"(({self.types[ty]})({x}))"
+
+    def f(self, x):
+        return repr(float(x)) + "f"
+
+    def select(self, cond, a, b):
+        return f"(({cond}) ? ({a}) : ({b}))"
+
+    def for_(self, var, start, stop, step="1"):
+        return f"for (uint {var} = {start}; {var} < {stop}; {var} += {step}) {{"
+
+    def local_id(self):
+        return "(uint)get_local_id(0)"
+
+    def group_id(self, axis):
+        return f"(uint)get_group_id({axis})"
+
+    def barrier(self):
+        return "barrier(CLK_LOCAL_MEM_FENCE);"
+
+    def uniform_let(self, name, ty, shared):
+        return f"barrier(CLK_LOCAL_MEM_FENCE); const {self.types[ty]} {name} = {shared};"
+
+    def load_u8(self, p: Param, offset):
+        return f"((uint){p.name}[{offset}])"
+
+    def load_f16(self, p: Param, offset):
+        # vload_half needs no cl_khr_fp16: halves are converted on load
+        return f"vload_half(({offset}) / 2, (__global const half*){p.name})"
+
+    def load_u32(self, p: Param, offset):
+        return f"(*(__global const uint*)({p.name} + ({offset})))"
+
+    def i8(self, byte):
+        return f"((float)(char)({byte}))"
+
+    def _param(self, p: Param) -> str:
+        const = "" if p.writable else "const "
+        return f"__global {const}{_ELEM[p.kind]}* {p.name}"
+
+    def render(self, k: KernelSource) -> str:
+        out = []
+        for h in k.helpers:
+            args = [self._param(p) for p in h.buffers]
+            args += [f"{self.types[t]} {a}" for a, t in h.args]
+            out.append(f"{self.types[h.ret]} {h.name}({', '.join(args)}) {{\n    {h.body}\n}}")
+        params = ", ".join(self._param(p) for p in k.params)
+        shared = "".join(f"\n    __local {self.types[ty]} {name}{f'[{n}]' if n else ''};"
+                         for name, ty, n in k.shared)
+        out.append(f"__kernel __attribute__((reqd_work_group_size({k.workgroup}, 1, 1)))\n"
+                   f"void main_k({params}) {{{shared}\n    {k.body}\n}}")
+        return "\n".join(out) + "\n"

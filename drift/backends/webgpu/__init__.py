@@ -1,0 +1,206 @@
+"""The WebGPU backend, on wgpu-py (Vulkan, Metal, D3D12; Mesa's lavapipe without a GPU).
+
+Kernels are the shared templates (`backends/kernels/`) rendered as WGSL. A decode step is one
+command buffer: the inputs written with `queue.write_buffer`, one compute pass of every
+dispatch (bind groups built once, when the program is bound), the outputs copied into a
+mappable buffer in the same command buffer, then mapped.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from drift.backends.base import DeviceInfo
+from drift.backends.kernels.gpu import GPUBackend, Runtime
+from drift.backends.kernels.renderer import KernelSource
+from drift.backends.kernels.templates import MAX_GROUPS
+from drift.backends.webgpu.renderer import WGSLRenderer
+
+# The limits drift asks the device for (WebGPU's defaults are lower than most adapters').
+_LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
+           "max-storage-buffers-per-shader-stage", "max-compute-workgroup-storage-size")
+
+
+@lru_cache(maxsize=1)
+def _gpu():
+    """wgpu's entry point, on the APIs drift targets: Vulkan, Metal, D3D12 (not GL, whose EGL
+    probing only prints errors on a machine without a display)."""
+    import wgpu
+
+    try:
+        from wgpu.backends.wgpu_native.extras import set_instance_extras
+
+        set_instance_extras(backends=["Vulkan", "Metal", "DX12"])
+    except Exception:  # another wgpu build, or the instance exists already: all backends
+        pass
+    return wgpu.gpu
+
+
+@contextmanager
+def _quiet_stderr():
+    """Mesa's Vulkan drivers probe for a Wayland display when the instance starts and print
+    'XDG_RUNTIME_DIR is invalid' on a machine without one: harmless for compute, silenced."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@lru_cache(maxsize=1)
+def _adapter():
+    with _quiet_stderr():
+        return _gpu().request_adapter_sync(power_preference="high-performance")
+
+
+def subgroup_sizes(adapter) -> tuple[int, int]:
+    """(min, max) subgroup lanes the adapter reports (wgpu-py 0.32 spells the keys
+    'stackgroup_*')."""
+    info = adapter.info
+    lo = info.get("subgroup_min_size", info.get("stackgroup_min_size", 0))
+    return lo, info.get("subgroup_max_size", info.get("stackgroup_max_size", lo))
+
+
+def adapters() -> list[dict[str, Any]]:
+    """Every WebGPU adapter, with what drift specializes on (`drift devices`)."""
+    out = []
+    with _quiet_stderr():
+        found = _gpu().enumerate_adapters_sync()
+    for a in found:
+        info, lim = a.info, a.limits
+        out.append({"api": "webgpu", "name": a.summary, "type": info.get("adapter_type", ""),
+                    "max_binding": lim["max-storage-buffer-binding-size"],
+                    "binding_alignment": lim["min-storage-buffer-offset-alignment"],
+                    "workgroup_storage": lim["max-compute-workgroup-storage-size"],
+                    "subgroup": subgroup_sizes(a),
+                    "shader_f16": "shader-f16" in a.features,
+                    "subgroups": "subgroup" in a.features})
+    return out
+
+
+class WGPURuntime(Runtime):
+    def __init__(self):
+        import wgpu
+
+        self.wgpu = wgpu
+        self.adapter = _adapter()
+        lim = self.adapter.limits
+        self.device = self.adapter.request_device_sync(
+            required_limits={k: lim[k] for k in _LIMITS})
+        self.renderer = WGSLRenderer()
+        self.binding_alignment = lim["min-storage-buffer-offset-alignment"]
+        self.max_binding = lim["max-storage-buffer-binding-size"]
+        lo, hi = subgroup_sizes(self.adapter)
+        self.subgroup_size = lo if lo == hi else 0  # a range: not known until a kernel runs
+        self._staging: dict[tuple[int, int], Any] = {}
+        self._fence: Any = None
+
+    def buffer(self, nbytes: int) -> Any:
+        u = self.wgpu.BufferUsage
+        return self.device.create_buffer(size=max(4, nbytes),
+                                         usage=u.STORAGE | u.COPY_DST | u.COPY_SRC)
+
+    def write(self, buf, offset, data):
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        if raw.nbytes % 4:  # copies are whole words
+            raw = np.concatenate([raw, np.zeros(4 - raw.nbytes % 4, np.uint8)])
+        self.device.queue.write_buffer(buf, offset, raw)
+
+    def compile(self, k: KernelSource) -> Any:
+        src = self.renderer.render(k)
+        module = self.device.create_shader_module(code=src)
+        bt = self.wgpu.BufferBindingType
+        layout = self.device.create_bind_group_layout(entries=[
+            {"binding": i, "visibility": self.wgpu.ShaderStage.COMPUTE,
+             "buffer": {"type": bt.storage if p.writable else bt.read_only_storage}}
+            for i, p in enumerate(k.params)])
+        pipeline = self.device.create_compute_pipeline(
+            layout=self.device.create_pipeline_layout(bind_group_layouts=[layout]),
+            compute={"module": module, "entry_point": "main"})
+        return pipeline, layout
+
+    def launch(self, kernel, params, places, groups):
+        pipeline, layout = kernel
+        group = self.device.create_bind_group(layout=layout, entries=[
+            {"binding": i, "resource": {"buffer": buf, "offset": off, "size": size}}
+            for i, (buf, off, size) in enumerate(places)])
+        gx = min(groups, MAX_GROUPS)
+        return pipeline, group, (gx, -(-groups // gx), 1)
+
+    def sync(self) -> None:
+        # reading a word back waits for the queue (wgpu-py 0.32's on_submitted_work_done_sync
+        # fails in its cffi binding)
+        if self._fence is None:
+            self._fence = self.buffer(4)
+        self.device.queue.read_buffer(self._fence, 0, 4)
+
+    def _stage(self, slot: int, nbytes: int) -> Any:
+        """The mappable buffer output `slot` of a call is copied into (one per output)."""
+        key = (slot, nbytes)
+        if key not in self._staging:
+            u = self.wgpu.BufferUsage
+            self._staging[key] = self.device.create_buffer(size=nbytes,
+                                                           usage=u.MAP_READ | u.COPY_DST)
+        return self._staging[key]
+
+    def run(self, launches, writes, reads):
+        for buf, off, data in writes:
+            self.write(buf, off, data)
+        enc = self.device.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        for pipeline, group, dims in launches:
+            cpass.set_pipeline(pipeline)
+            cpass.set_bind_group(0, group)
+            cpass.dispatch_workgroups(*dims)
+        cpass.end()
+        staged = []
+        for slot, (buf, off, nbytes) in enumerate(reads):
+            st = self._stage(slot, nbytes)
+            enc.copy_buffer_to_buffer(buf, off, st, 0, nbytes)
+            staged.append(st)
+        self.device.queue.submit([enc.finish()])
+        out = []
+        for st in staged:
+            st.map_sync(mode=self.wgpu.MapMode.READ)
+            out.append(np.frombuffer(st.read_mapped(), dtype=np.uint8).copy())
+            st.unmap()
+        return out
+
+
+class WebGPUBackend(GPUBackend):
+    name = "webgpu"
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            return _adapter() is not None
+        except Exception:  # no wgpu, no driver, no adapter
+            return False
+
+    @classmethod
+    def emulated(cls) -> bool:
+        return _adapter().info.get("adapter_type", "") == "CPU"
+
+    def make_runtime(self) -> Runtime:
+        return WGPURuntime()
+
+    def device(self) -> DeviceInfo:
+        a = self.rt.adapter
+        kind = "cpu" if a.info.get("adapter_type", "") == "CPU" else "gpu"
+        return DeviceInfo("webgpu", a.summary, kind, 0, 0,
+                          {"max_binding": self.rt.max_binding,
+                           "features": sorted(str(f) for f in a.features)})
+
+
+BACKEND = WebGPUBackend

@@ -1,0 +1,406 @@
+"""The portable GPU backends (WebGPU on lavapipe, OpenCL on PoCL in CI), one parametrized file:
+every op against its numpy reference on awkward shapes, quantized matmuls against gguf-py's
+dequantization in float64, split objects past the binding limit, tiny models of every
+architecture against the plain evaluation, and the reference model against the cpu backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+
+from drift.backends import backend_class
+from drift.ir import GraphBuilder
+from drift.models.decoder import build_graph
+from drift.passes.storage import BLOCK_FIELDS, MultiObject, block_size
+from tests.passes.helpers import run_plain
+from tests.passes.test_model_graphs import KINDS, tiny_config, tiny_weights
+
+APIS = ["webgpu", "opencl"]
+
+
+def _backend(api: str, **kw):
+    cls = backend_class(api)
+    if not cls.available():
+        pytest.skip(f"no {api} device (scripts/test.sh installs lavapipe and PoCL)")
+    return cls(**kw)
+
+
+@pytest.fixture(scope="module", params=APIS)
+def api(request):
+    _backend(request.param)  # skip early when absent
+    return request.param
+
+
+def _run(api, g, weights, feeds, **kw):
+    b = _backend(api, **kw)
+    b.load_arrays(weights)
+    return b.compile(g).run(feeds), b
+
+
+def _check(api, g, weights, feeds, tol=2e-5, **kw):
+    got, b = _run(api, g, weights, feeds, **kw)
+    ref = run_plain(g, weights, feeds)
+    for o in g.outputs:
+        scale = max(1.0, float(np.abs(ref[o]).max()))
+        assert np.abs(got[o] - ref[o]).max() <= tol * scale, o
+    return b
+
+
+rng = np.random.default_rng(7)
+
+
+def _f(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", ["add", "mul", "swiglu", "geglu"])
+def test_binary_and_gated(api, op):
+    b = GraphBuilder(op)
+    x, y = b.input("x", (3, 7, 5), "f32"), b.input("y", (3, 7, 5), "f32")
+    b.output(b.op(op, x, y))
+    _check(api, b.finish(), {}, {"x": _f(3, 7, 5) * 4, "y": _f(3, 7, 5)})
+
+
+def test_broadcast_add_of_a_weight(api):
+    b = GraphBuilder("bias")
+    x = b.input("x", (5, 37), "f32")
+    b.output(b.op("add", x, b.weight("bias", (37,), "f32")))
+    _check(api, b.finish(), {"bias": _f(37)}, {"x": _f(5, 37)})
+
+
+@pytest.mark.parametrize("op,attrs", [("scale", {"value": 0.37}), ("silu", {}), ("gelu", {}),
+                                      ("softcap", {"cap": 3.0})])
+def test_unary(api, op, attrs):
+    b = GraphBuilder(op)
+    x = b.input("x", (11, 13), "f32")
+    b.output(b.op(op, x, **attrs))
+    _check(api, b.finish(), {}, {"x": _f(11, 13) * 30})  # large inputs: tanh/exp extremes
+
+
+@pytest.mark.parametrize("shape,unit", [((5, 37), False), ((3, 5, 19), True)])
+def test_rms_norm(api, shape, unit):
+    b = GraphBuilder("norm")
+    x = b.input("x", shape, "f32")
+    b.output(b.op("rms_norm", x, b.weight("w", shape[-1:], "f32"), eps=1e-5, unit_offset=unit))
+    _check(api, b.finish(), {"w": _f(shape[-1])}, {"x": _f(*shape)})
+
+
+def test_add_rms_norm_fused(api):
+    b = GraphBuilder("addnorm")
+    x, y = b.input("x", (3, 5, 37), "f32"), b.input("y", (3, 5, 37), "f32")
+    h = b.op("add", x, y)
+    b.output(b.op("rms_norm", h, b.weight("w", (37,), "f32"), eps=1e-6))
+    b.output(b.op("mul", h, h))
+    be = _check(api, b.finish(), {"w": _f(37)}, {"x": _f(3, 5, 37), "y": _f(3, 5, 37)})
+    assert be.supports("add_rms_norm") and not be.supports("stacked_matmul")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 11])
+def test_matmul_f32(api, rows):
+    b = GraphBuilder("mm")
+    x = b.input("x", (rows, 37), "f32")
+    b.output(b.op("matmul", x, b.weight("w", (29, 37), "f32")))
+    _check(api, b.finish(), {"w": _f(29, 37)}, {"x": _f(rows, 37)})
+
+
+def _random_blocks(qtype: str, n_rows: int, k: int) -> np.ndarray:
+    """Random GGUF blocks of a type: random bytes, with every f16 scale field a small half."""
+    E, B = block_size(qtype)
+    raw = rng.integers(0, 256, (n_rows, k // E, B), dtype=np.uint8)
+    for name, off, size, _ in BLOCK_FIELDS[qtype]:
+        if name in ("d", "dmin", "m"):
+            h = (rng.standard_normal((n_rows, k // E)) * 0.05).astype(np.float16)
+            raw[..., off : off + 2] = h.view(np.uint8).reshape(n_rows, k // E, 2)
+    return raw.reshape(n_rows, -1)
+
+
+@pytest.mark.parametrize("qtype", sorted(BLOCK_FIELDS))
+def test_quantized_matmul_against_gguf_py(api, qtype):
+    N, K, S = 19, 512, 3
+    blocks = _random_blocks(qtype, N, K)
+    w64 = gguf_dequantize(blocks, GGMLQuantizationType[qtype]).astype(np.float64)  # (N, K)
+    x = _f(S, K)
+    b = GraphBuilder("qmm")
+    b.output(b.op("matmul", b.input("x", (S, K), "f32"), b.weight("w", (N, K), qtype)))
+    be = _backend(api)
+    be.load_raw("w", (N, K), qtype, blocks)
+    got = be.compile(b.finish()).run({"x": x})
+    ref = x.astype(np.float64) @ w64.T
+    assert np.abs(got[b.graph.outputs[0]] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("act,bias", [("swiglu", False), ("geglu", True)])
+def test_ffn_gate_up_fused_over_two_quant_types(api, act, bias):
+    """Gate Q4_K and up Q6_K (a Q4_K_M file may mix them), 11 rows (a ragged row tile)."""
+    S, K, F = 11, 512, 37
+    blocks = {"wg": _random_blocks("Q4_K", F, K), "wu": _random_blocks("Q6_K", F, K)}
+    b = GraphBuilder("ffn")
+    x = b.input("x", (S, K), "f32")
+    g = b.op("matmul", x, b.weight("wg", (F, K), "Q4_K"))
+    u = b.op("matmul", x, b.weight("wu", (F, K), "Q6_K"))
+    if bias:
+        g = b.op("add", g, b.weight("bg", (F,), "f32"))
+        u = b.op("add", u, b.weight("bu", (F,), "f32"))
+    b.output(b.op(act, g, u))
+    graph = b.finish()
+    be = _backend(api)
+    for name, qtype in (("wg", "Q4_K"), ("wu", "Q6_K")):
+        be.load_raw(name, (F, K), qtype, blocks[name])
+    weights = {name: gguf_dequantize(blocks[name], GGMLQuantizationType[qtype])
+               for name, qtype in (("wg", "Q4_K"), ("wu", "Q6_K"))}
+    if bias:
+        weights |= {"bg": _f(F), "bu": _f(F)}
+        be.load_arrays({"bg": weights["bg"], "bu": weights["bu"]})
+    prog = be.compile(graph)
+    assert [n.op for n in prog.graph.nodes] == ["ffn_gate_up"]
+    feeds = {"x": _f(S, K) * 0.02}  # random blocks: weights in the tens
+    ref = run_plain(graph, weights, feeds)[graph.outputs[0]]
+    got = prog.run(feeds)[graph.outputs[0]]
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("qtype", ["f32", "Q8_0", "Q4_K"])
+def test_embedding(api, qtype):
+    V, D, S = 41, 256, 6
+    ids = rng.integers(0, V, S).astype(np.int32)
+    b = GraphBuilder("emb")
+    b.output(b.op("embedding", b.weight("t", (V, D), qtype), b.input("ids", (S,), "i32")))
+    be = _backend(api)
+    if qtype == "f32":
+        table = _f(V, D)
+        be.load_arrays({"t": table})
+    else:
+        blocks = _random_blocks(qtype, V, D)
+        be.load_raw("t", (V, D), qtype, blocks)
+        table = gguf_dequantize(blocks, GGMLQuantizationType[qtype])
+    got = be.compile(b.finish()).run({"ids": ids})[b.graph.outputs[0]]
+    np.testing.assert_allclose(got, table[ids], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,n_dims,factors", [("norm", 12, False), ("neox", 8, True),
+                                                 ("neox", 12, False)])
+def test_rope(api, mode, n_dims, factors):
+    S, H, Dh = 3, 5, 12
+    b = GraphBuilder("rope")
+    x, pos = b.input("x", (S, H, Dh), "f32"), b.input("pos", (S,), "i32")
+    extra = [b.weight("ff", (n_dims // 2,), "f32")] if factors else []
+    b.output(b.op("rope", x, pos, *extra, mode=mode, n_dims=n_dims, theta=10000.0,
+                  freq_scale=0.5))
+    w = {"ff": 1.0 + np.abs(_f(n_dims // 2))} if factors else {}
+    _check(api, b.finish(), w, {"x": _f(S, H, Dh), "pos": np.array([0, 7, 40], np.int32)},
+           tol=1e-5)
+
+
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (3, 0.0), (0, 5.0)])
+def test_kv_write_and_attention(api, window, softcap):
+    S, H, Hkv, Dh, Dv, C = 4, 6, 2, 12, 10, 300  # C > the 256-key tile
+    b = GraphBuilder("attn")
+    q = b.input("q", (S, H, Dh), "f32")
+    k, v = b.input("k", (S, Hkv, Dh), "f32"), b.input("v", (S, Hkv, Dv), "f32")
+    pos = b.input("pos", (S,), "i32")
+    kc = b.op("kv_write", b.state("kc", (C, Hkv, Dh), "f32"), k, pos)
+    vc = b.op("kv_write", b.state("vc", (C, Hkv, Dv), "f32"), v, pos)
+    b.output(b.op("attention", q, kc, vc, pos, scale=0.3, window=window, softcap=softcap))
+    g = b.finish()
+    be = _backend(api)
+    prog = be.compile(g)
+    state: dict = {}
+    for start in (0, 4, 290):  # later calls attend over the cache the first ones wrote
+        p = np.arange(start, start + S, dtype=np.int32)
+        feeds = {"q": _f(S, H, Dh), "k": _f(S, Hkv, Dh), "v": _f(S, Hkv, Dv), "pos": p}
+        if start == 290:  # skip ahead: fill the cache rows between on both sides
+            fill = {"q": _f(S, H, Dh), "k": _f(S, Hkv, Dh), "v": _f(S, Hkv, Dv)}
+            for s0 in range(8, 290, S):
+                f2 = dict(fill, pos=np.arange(s0, s0 + S, dtype=np.int32))
+                run_plain(g, {}, f2, state)
+                prog.run(f2)
+        ref = run_plain(g, {}, feeds, state)
+        got = prog.run(feeds)
+        np.testing.assert_allclose(got[g.outputs[0]], ref[g.outputs[0]], rtol=1e-4, atol=1e-5)
+
+
+def test_split_objects_past_the_binding_limit(api):
+    """A 16 KiB binding limit: the weights' planes and the f32 matrix are cut into chunks, the
+    large activations become MultiObject storages (the layout pass), and nothing changes."""
+    S, K, K2, N = 11, 256, 32, 400
+    blocks = _random_blocks("Q4_1", N, K)
+    wf = _f(N, K2) * 0.1
+    b = GraphBuilder("split")
+    x, x2 = b.input("x", (S, K), "f32"), b.input("x2", (S, K2), "f32")
+    h = b.op("matmul", x, b.weight("wq", (N, K), "Q4_1"))  # (S, N): 17600 bytes
+    h2 = b.op("matmul", x2, b.weight("wf", (N, K2), "f32"))
+    b.output(b.op("add", h, h2))
+    g = b.finish()
+    be = _backend(api, max_binding_bytes=16384)
+    be.load_raw("wq", (N, K), "Q4_1", blocks)
+    be.load_arrays({"wf": wf})
+    assert len(be.weights["wf"][1][0].chunks) > 1 and len(be.weights["wq"][1][-1].chunks) > 1
+    prog = be.compile(g)
+    assert any(isinstance(s, MultiObject) for s in prog.storages.values())
+    xv, x2v = _f(S, K), _f(S, K2)
+    wq = gguf_dequantize(blocks, GGMLQuantizationType.Q4_1)
+    ref = xv @ wq.T + x2v @ wf.T
+    got = prog.run({"x": xv, "x2": x2v})[g.outputs[0]]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_lm_head_past_lavapipes_binding_limit(api):
+    """A tied embedding / LM head of vocab 128256 x 288 f32 (148 MB, past lavapipe's 128 MiB
+    storage binding): looked up and multiplied through its chunks."""
+    V, D = 128256, 288
+    table = np.random.default_rng(3).standard_normal((V, D), dtype=np.float32)
+    b = GraphBuilder("head")
+    ids = b.input("ids", (2,), "i32")
+    h = b.op("embedding", b.weight("t", (V, D), "f32"), ids)
+    b.output(b.op("matmul", h, "t"))
+    g = b.finish()
+    be = _backend(api)
+    be.load_arrays({"t": table})
+    if api == "webgpu":
+        assert len(be.weights["t"][1][0].chunks) == 2
+    got = be.compile(g).run({"ids": np.array([5, V - 1], np.int32)})[g.outputs[0]]
+    ref = table[[5, V - 1]] @ table.T
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiny_models_prefill_then_decode(api, kind):
+    cfg = tiny_config(kind)
+    w = tiny_weights(cfg)
+    dtypes = {k: "f32" for k in w}
+    be = _backend(api)
+    be.load_arrays(w)
+    state: dict = {}
+    for S, start in ((5, 0), (1, 5), (1, 6)):
+        g = build_graph(cfg, dtypes, S, 16)
+        feeds = {"tokens": (np.arange(S, dtype=np.int32) * 7 + start) % cfg.vocab_size,
+                 "positions": np.arange(start, start + S, dtype=np.int32)}
+        ref = run_plain(g, w, feeds, state)[g.outputs[0]]
+        got = be.compile(g).run(feeds)[g.outputs[0]]
+        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+PROMPT = [1, 504, 3575, 282, 4649, 314]  # token ids: the reference is the cpu backend
+
+
+def _greedy(path, device, n):
+    from drift.runtime.engine import Engine
+
+    e = Engine(path, device=device, ctx=64)
+    logits = e.prefill(PROMPT)
+    tokens, all_logits = [], [logits]
+    for i in range(n):
+        tokens.append(int(np.argmax(logits)))
+        logits = e.forward([tokens[-1]], len(PROMPT) + i)
+        all_logits.append(logits)
+    return tokens, np.stack(all_logits)
+
+
+@pytest.fixture(scope="module")
+def smollm2_cpu(smollm2_path):
+    return _greedy(smollm2_path, "cpu", 32)
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_32_tokens_as_the_cpu_backend(api, smollm2_path, smollm2_cpu):
+    ref_tokens, ref_logits = smollm2_cpu
+    tokens, logits = _greedy(smollm2_path, api, 32)
+    assert tokens == ref_tokens
+    assert np.abs(logits - ref_logits).max() <= 1e-2
+
+
+@pytest.mark.slow
+def test_gemma3_greedy_as_the_cpu_backend(api, gemma3_path):
+    """Q4_K, Q5_0, Q6_K and Q8_0 weights; the 262144 x 640 Q8_0 embedding's quant plane
+    (168 MB) is past lavapipe's 128 MiB binding, so it runs as chunks there."""
+    ref_tokens, ref_logits = _greedy(gemma3_path, "cpu", 4)
+    tokens, logits = _greedy(gemma3_path, api, 4)
+    assert tokens == ref_tokens
+    assert np.abs(logits - ref_logits).max() <= 1e-2
+
+
+def test_drift_devices_lists_every_api(api, capsys):
+    from drift.cli import main
+
+    assert main(["devices", "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert any(r["api"] == api and "max_binding" in r for r in rows)
+    assert any(r["api"] == "cpu" for r in rows)
+
+
+def test_kernels_follow_the_storage_chosen(api):
+    """The same templates over 4-wide channel slices (PHWC4) for the rank-3 activations: only
+    the accessors' coordinate translation changes, and the logits do not."""
+    import dataclasses
+
+    from drift.passes.storage import ChannelSlices4
+
+    cfg = tiny_config("qwen2")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    caps = dataclasses.replace(be.capabilities(), channel_slices=True)
+    be.capabilities = lambda: caps
+    be.load_arrays(w)
+    g = build_graph(cfg, {k: "f32" for k in w}, 3, 16)
+    prog = be.compile(g)
+    assert any(isinstance(s, ChannelSlices4) for s in prog.storages.values())
+    feeds = {"tokens": np.array([3, 1, 4], np.int32), "positions": np.arange(3, dtype=np.int32)}
+    ref = run_plain(g, w, feeds)[g.outputs[0]]
+    got = prog.run(feeds)[g.outputs[0]]
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_a_call_is_one_submission_reading_only_the_outputs(api):
+    """Kernels are bound when the program is built; a call writes the inputs, queues every
+    launch and reads the graph outputs back: one `Runtime.run`. Quantized weights are held
+    as their planes, no float copy."""
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    be.load_arrays({k: v for k, v in w.items() if k != "token_embd.weight"})
+    table = _random_blocks("Q4_0", *w["token_embd.weight"].shape)
+    be.load_raw("token_embd.weight", w["token_embd.weight"].shape, "Q4_0", table)
+    dtypes = {k: "f32" for k in w} | {"token_embd.weight": "Q4_0"}
+    prog = be.compile(build_graph(cfg, dtypes, 1, 16))
+    calls = []
+    run = be.rt.run
+    be.rt.run = lambda launches, writes, reads: calls.append((len(launches), reads)) or run(
+        launches, writes, reads)
+    prog.run({"tokens": np.array([3], np.int32), "positions": np.array([0], np.int32)})
+    (n_launches, reads), = calls
+    assert n_launches == sum(n.op not in ("reshape", "last_row") for n in prog.graph.nodes)
+    assert [r[2] for r in reads] == [prog.storages["logits"].nbytes]
+    assert be.stored_dtypes() == {}
+    assert be.held_bytes().weights < sum(v.nbytes for v in w.values())
+
+
+def test_greedy_sampling_on_the_device(api):
+    """argmax in the step's own submission (4 bytes back), chunked prefill included: the
+    tokens of host sampling, first maximum on ties."""
+    from drift.runtime.sampler import GREEDY, SamplerConfig
+
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    be.load_arrays(w)
+    assert be.sampler(SamplerConfig(temperature=0.7)) is None
+    pick = be.sampler(GREEDY)
+    dtypes = {k: "f32" for k in w}
+    for S, start in ((5, 0), (1, 5), (1, 6)):
+        prog = be.compile(build_graph(cfg, dtypes, S, 16))
+        feeds = {"tokens": np.arange(S, dtype=np.int32) + 2,
+                 "positions": np.arange(start, start + S, dtype=np.int32)}
+        host = prog.run(feeds)["logits"].reshape(-1)  # the cache rows rewritten alike
+        dev = prog.run(feeds, to_host=False)["logits"].reshape(-1)
+        assert pick(dev, []) == int(np.argmax(host))
+    b = GraphBuilder("ties")
+    b.output(b.op("scale", b.input("x", (1, 1000), "f32"), value=1.0))
+    prog = be.compile(b.finish())
+    x = np.zeros((1, 1000), np.float32)
+    x[0, [417, 733]] = 5.0
+    assert pick(prog.run({"x": x}, to_host=False)[prog.graph.outputs[0]], []) == 417
