@@ -48,6 +48,7 @@ if os.environ.get("DRIFT_TEST_GPU") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from drift.backends.base import Backend, weight_stacks
+from drift.runtime.engine import gguf_dtype
 from drift.backends.cpu import CPUBackend
 from drift.formats import quants
 from drift.formats.gguf import open_gguf
@@ -116,6 +117,38 @@ def _triton_kv() -> str:
     return TritonBackend.kv_dtype
 
 
+def _portable(name: str):
+    """The webgpu / opencl backend (lavapipe and PoCL in CI), if its API and a driver exist."""
+
+    def make() -> Backend:
+        from drift.backends import backend_class
+
+        try:
+            cls = backend_class(name)
+        except ImportError as e:
+            pytest.skip(f"{name}: {e}")
+        if not cls.available():
+            pytest.skip(f"{name}: no adapter or driver on this machine")
+        return cls()
+
+    return make
+
+
+def _gpu_state(b: Backend, name: str) -> np.ndarray:
+    st, buf = b.state[name]
+    (raw,) = b.rt.run([], [], [(buf, 0, st.nbytes)])
+    return np.array(st.from_physical(st.bind(np.asarray(raw, dtype=np.uint8))), copy=True)
+
+
+def _gpu_write(b: Backend, name: str, value: np.ndarray) -> None:
+    st, buf = b.state[name]
+    objs = st.to_physical(np.asarray(value))
+    block = np.zeros(st.nbytes, dtype=np.uint8)
+    for o, arr in zip(st.objects(), objs):
+        block[o.offset : o.offset + o.nbytes] = np.ascontiguousarray(arr).view(np.uint8).ravel()
+    b.rt.write(buf, 0, block)
+
+
 CONFORMANCE_BACKENDS: dict[str, Entry] = {
     # weights dequantized to float32 at load (a small model)
     "cpu": Entry(_cpu, _np_state, _np_write, lambda: CPUBackend.kv_dtype),
@@ -123,6 +156,8 @@ CONFORMANCE_BACKENDS: dict[str, Entry] = {
     "cpu-planes": Entry(lambda: _cpu(dequant_budget=0), _np_state, _np_write,
                         lambda: CPUBackend.kv_dtype),
     "triton": Entry(_triton, _torch_state, _torch_write, _triton_kv, small=True),
+    "webgpu": Entry(_portable("webgpu"), _gpu_state, _gpu_write, lambda: "f32", small=True),
+    "opencl": Entry(_portable("opencl"), _gpu_state, _gpu_write, lambda: "f32", small=True),
 }
 
 
@@ -149,6 +184,13 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "triton": {"default": 1e-4, "matmul": 1e-4, "matmul_prefill": 2e-3, "attention": 2e-3,
                "rope": 1e-3, "kv": 1e-3, "q8": 2e-4,
                "Q4_K": 4e-3, "Q5_K": 4e-3, "Q6_K": 4e-3, "Q2_K": 4e-3, "Q3_K": 4e-3},
+    # WebGPU / OpenCL: f32 everywhere (activations, KV cache, dequantized weights, the same
+    # arithmetic as the reference in another summation order); transcendental functions of
+    # the drivers (exp, tanh: WGSL's tanh is clamped by the renderer) are a few ulp off.
+    "webgpu": {"default": 1e-5, "matmul": 2e-5, "attention": 2e-5, "rope": 1e-4, "kv": 1e-5,
+               "q8": 1e-4},
+    "opencl": {"default": 1e-5, "matmul": 2e-5, "attention": 2e-5, "rope": 1e-4, "kv": 1e-5,
+               "q8": 1e-4},
 }
 
 
@@ -213,7 +255,8 @@ class Maker:
           ) -> str:
         value = (self.rng.standard_normal(shape) * scale + offset).astype(np.float32)
         self.weights[name] = (value, qtype)
-        return self.b.weight(name, tuple(shape), qtype)
+        # the IR names plain types in lower case, quant types by their GGML name (as the engine)
+        return self.b.weight(name, tuple(shape), gguf_dtype(qtype))
 
     def norm_w(self, name: str, D: int) -> str:
         return self.w(name, (D,), "F32", 0.3, 1.0)
