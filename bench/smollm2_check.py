@@ -1,4 +1,4 @@
-"""Greedy tokens of a model on the triton backend against the numpy backend.
+"""Greedy tokens of a model on other backends (triton by default) against the numpy backend.
 
     python bench/smollm2_check.py MODEL.gguf [--prompt-tokens 1,2,3] [--steps 8]
 
@@ -22,14 +22,16 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--text", default="The capital of France is")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--devices", default="triton",
+                    help="backends compared with the numpy one, comma-separated")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from drift.backends.triton import TritonBackend
     from drift.runtime.engine import Engine
 
+    names = [d for d in args.devices.split(",") if d]
     cpu = Engine(args.model, device="cpu", ctx=256)
-    tri = Engine(args.model, backend=TritonBackend(), ctx=256)
+    engines = {"cpu": cpu} | {d: Engine(args.model, device=d, ctx=256) for d in names}
     vocab = cpu.file.metadata.get("tokenizer.ggml.tokens", [])
     index = {t: i for i, t in enumerate(vocab)}
     # Whole words looked up in the vocabulary (GPT-2 byte-level: a leading space is "Ġ"):
@@ -40,33 +42,35 @@ def main() -> int:
         prompt = [index[p] for p in pieces]
     else:
         prompt = [int(i) % cpu.config.vocab_size for i in (17, 1000, 2000, 3000, 4000)]
-    rows = []
-    out = {"cpu": [], "triton": []}
-    logits = {}
+    out = {n: [] for n in engines}
+    errs = {d: [] for d in names}
     t0 = time.perf_counter()
-    for name, eng in (("cpu", cpu), ("triton", tri)):
-        logits[name] = [eng.prefill(prompt)]
+    logits = {n: eng.prefill(prompt) for n, eng in engines.items()}
     for step in range(args.steps):
-        for name, eng in (("cpu", cpu), ("triton", tri)):
-            out[name].append(int(np.argmax(logits[name][-1])))
-        a, b = logits["cpu"][-1], logits["triton"][-1]
-        err = float(np.linalg.norm(a - b) / np.linalg.norm(a))
-        rows.append((step, out["cpu"][-1], out["triton"][-1], err))
-        print(f"step {step}: cpu {out['cpu'][-1]} triton {out['triton'][-1]} "
-              f"logits rel diff {err:.2e}", flush=True)
+        for n in engines:
+            out[n].append(int(np.argmax(logits[n])))
+        a = logits["cpu"]
+        for d in names:
+            errs[d].append(float(np.linalg.norm(a - logits[d]) / np.linalg.norm(a)))
+        print(f"step {step}: " + " ".join(f"{n} {out[n][-1]}" for n in engines)
+              + " | rel diff " + " ".join(f"{d} {errs[d][-1]:.2e}" for d in names), flush=True)
         if step + 1 < args.steps:
-            for name, eng in (("cpu", cpu), ("triton", tri)):
-                # both continue from the numpy backend's token, so one flip does not cascade
-                logits[name].append(eng.forward([out["cpu"][-1]], len(prompt) + step))
-    same = out["cpu"] == out["triton"]
-    print(f"max logits rel diff over {len(rows)} steps: {max(r[3] for r in rows):.2e}")
+            for n, eng in engines.items():
+                # every backend continues from the numpy backend's token: no cascade of a flip
+                logits[n] = np.asarray(eng.forward([out["cpu"][-1]], len(prompt) + step))
+    same = {d: out[d] == out["cpu"] for d in names}
     text = "".join(vocab[i] for i in out["cpu"]).replace("Ġ", " ") if vocab else ""
-    print(f"prompt {prompt}\ncpu    {out['cpu']} {text!r}\ntriton {out['triton']}\n"
-          f"same greedy tokens: {same}; {time.perf_counter() - t0:.1f} s")
+    print(f"prompt {prompt}")
+    for n in engines:
+        print(f"{n:7s}{out[n]}" + (f" {text!r}" if n == "cpu" else ""))
+    for d in names:
+        print(f"{d}: max logits rel diff over {args.steps} steps: {max(errs[d]):.2e}; "
+              f"same greedy tokens: {same[d]}")
+    print(f"{time.perf_counter() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"prompt": prompt, "rows": rows, "same": same}, f)
-    return 0 if same else 1
+            json.dump({"prompt": prompt, "tokens": out, "errors": errs, "same": same}, f)
+    return 0 if all(same.values()) else 1
 
 
 if __name__ == "__main__":

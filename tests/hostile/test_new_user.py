@@ -26,7 +26,7 @@ def test_full_context_is_the_finish_reason_and_said_on_stderr(tmp_path: Path) ->
     llm.generate("hello", max_tokens=100, temperature=0.0, stream=False)
     assert llm.last_stats.finish_reason == "context"
     proc = subprocess.run([sys.executable, "-m", "drift", "run", str(path), "--device", "cpu",
-                           "--ctx", "12", "-n", "100", "--raw", "-q", "hello"],
+                           "--ctx", "12", "-n", "100", "--temp", "0", "--raw", "-q", "hello"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "context of 12 tokens is full" in proc.stderr, proc.stderr
 
