@@ -62,7 +62,7 @@ def expose_ffn_activations(graph: Graph) -> Graph:
         if name in rename:
             t = TensorSpec(rename[name], t.shape, t.dtype, Role.OUTPUT)
         tensors[t.name] = t
-    r = lambda names: tuple(rename.get(x, x) for x in names)  # noqa: E731
+    r = lambda names: tuple(rename.get(x, x) for x in names)
     nodes = [Node(n.op, r(n.inputs), r(n.outputs), n.attrs) for n in graph.nodes]
     out = Graph(graph.name, tensors, nodes, list(graph.inputs),
                 list(r(graph.outputs)) + list(rename.values()), dict(graph.meta))

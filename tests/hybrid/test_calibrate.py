@@ -9,9 +9,16 @@ import pytest
 
 from drift.cli import main
 from drift.formats.writer import write_random
-from drift.hybrid.calibrate import (SPARSITIES, ActivationEngine, Calibration, act_name,
-                                    calibrate, calibration_path, expose_ffn_activations,
-                                    statistics)
+from drift.hybrid.calibrate import (
+    SPARSITIES,
+    ActivationEngine,
+    Calibration,
+    act_name,
+    calibrate,
+    calibration_path,
+    expose_ffn_activations,
+    statistics,
+)
 from drift.ir import REGISTRY, Role
 from drift.models import build_graph
 from drift.models.presets import Preset, _llama

@@ -12,7 +12,7 @@ from drift.hybrid.placement import ffn_neuron_bytes, solve_placement
 
 def _brute(masses, cost, budget, minimum, sync):
     best = 0.0
-    L = len(masses)
+    len(masses)
     for picks in itertools.product(*[range(1 << m.size) for m in masses]):
         value, used = 0.0, 0.0
         ok = True
