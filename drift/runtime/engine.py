@@ -59,27 +59,31 @@ class Engine:
         decode = self.backend.lower(self.graph(1)).graph
         self.backend.load_weights(self.file, self.graph(1).by_role(Role.WEIGHT),
                                   weight_stacks(decode))
-        self._programs: OrderedDict[int, Program] = OrderedDict()
+        self._programs: OrderedDict[tuple[int, bool], Program] = OrderedDict()
         self.cached_tokens: list[int] = []  # tokens whose K/V are in the cache, in order
         self.load_seconds = time.perf_counter() - t0
 
-    def graph(self, n_tokens: int) -> Graph:
+    def graph(self, n_tokens: int, all_logits: bool = False) -> Graph:
+        """The graph of one call over `n_tokens` tokens; with `all_logits` it returns every
+        position's logits (S, V), not only the last one's (perplexity)."""
         return build_graph(self.config, self.weight_dtypes, n_tokens, self.ctx,
-                           kv_dtype=self.backend.kv_dtype)
+                           kv_dtype=self.backend.kv_dtype, all_logits=all_logits)
 
-    def program(self, n_tokens: int) -> Program:
-        if n_tokens in self._programs:
-            self._programs.move_to_end(n_tokens)
-            return self._programs[n_tokens]
-        program = self.backend.compile(self.graph(n_tokens))
-        self._programs[n_tokens] = program
+    def program(self, n_tokens: int, all_logits: bool = False) -> Program:
+        key = (n_tokens, all_logits)
+        if key in self._programs:
+            self._programs.move_to_end(key)
+            return self._programs[key]
+        program = self.backend.compile(self.graph(n_tokens, all_logits))
+        self._programs[key] = program
         if len(self._programs) > MAX_PROGRAMS:
             self._programs.popitem(last=False)
         return program
 
-    def forward(self, tokens: list[int], start: int, to_host: bool = True) -> np.ndarray:
-        """Run `tokens` at positions start.. and return the last position's logits (V,): a
-        numpy array, or with `to_host=False` the backend's own tensor (for its sampler)."""
+    def run(self, tokens: list[int], start: int, to_host: bool = True,
+            all_logits: bool = False) -> dict:
+        """Run `tokens` at positions start.. and return every output of the program (by
+        name), the cache updated. `forward` is this for the logits."""
         if start + len(tokens) > self.ctx:
             raise ContextOverflowError(
                 f"{start + len(tokens)} tokens do not fit the context of {self.ctx}"
@@ -89,13 +93,21 @@ class Engine:
             raise InvalidArgumentError(f"token id out of range [0, {self.config.vocab_size})")
         positions = np.arange(start, start + len(tokens), dtype=np.int32)
         feeds = {"tokens": ids, "positions": positions}
-        program = self.program(len(tokens))
+        program = self.program(len(tokens), all_logits)
         # Positions from `start` on are overwritten: forget them first, so that a run that does
         # not finish (Ctrl-C, an error) never leaves the cache claiming tokens it lost.
         self.cached_tokens = self.cached_tokens[:start]
         out = program.run(feeds) if to_host else program.run(feeds, to_host=False)
         self.cached_tokens = self.cached_tokens[:start] + list(tokens)
-        return out["logits"].reshape(-1)
+        return out
+
+    def forward(self, tokens: list[int], start: int, to_host: bool = True,
+                all_logits: bool = False) -> np.ndarray:
+        """Run `tokens` at positions start.. and return the last position's logits (V,), or
+        with `all_logits` every position's (S, V): a numpy array, or with `to_host=False` the
+        backend's own tensor (for its sampler)."""
+        logits = self.run(tokens, start, to_host, all_logits)["logits"]
+        return logits if all_logits else logits.reshape(-1)
 
     def prefill(self, tokens: list[int], to_host: bool = True) -> np.ndarray:
         """Bring the cache to hold `tokens`, computing only what is not already there; return
