@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The portable GPU APIs on the H200 machine (issue 9): NVIDIA's Vulkan driver under wgpu and
+# NVIDIA's OpenCL ICD under pyopencl, next to the Triton backend, on drift make-random files.
+# ../shared/GPU-APIS.md says how the drivers are reached there.
+# run(command="bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+set -o pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+mkdir -p /tmp/icd && echo /usr/local/nvidia/lib64/libnvidia-opencl.so.1 > /tmp/icd/nvidia.icd
+export OCL_ICD_VENDORS=/tmp/icd
+mkdir -p /tmp/parts; for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
+[[ -n $CHUNK_ONLY ]] && { ls -la /tmp/parts; exit 0; }
+if [[ -n $CHECK ]]; then  # greedy 32 tokens on the reference models: cpu, cuda, webgpu, opencl
+  cat /tmp/parts/{1,2,3,4,5,6} > /tmp/all && head -c 98362432 /tmp/all > /tmp/m/smollm2.gguf &&
+    tail -c +98362433 /tmp/all > /tmp/m/gemma3.gguf && rm /tmp/all
+  sha256sum /tmp/m/*.gguf | head -2
+  for m in smollm2 gemma3; do timeout 300 python3 bench/smollm2_check.py /tmp/m/$m.gguf --steps 32 --devices cuda,webgpu,opencl 2>&1 | tail -7 | tee "$OUT/check4-$m.txt"; done
+  exit
+fi
+for m in "llama-3.2-1b Q4_0" "llama-3.1-8b Q4_0"; do
+  set -- $m; python3 -m drift make-random $1 $2 /tmp/m/$1-$2.gguf 2>/dev/null | tail -1
+done
+timeout 60 python3 -m drift devices 2>&1 | tee "$OUT/devices.txt"
+for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+  for dev in webgpu opencl; do
+    timeout ${BENCH_TIMEOUT:-200} python3 -m drift bench /tmp/m/$m.gguf -p 512 -n 128 -r 5 \
+      --device $dev --no-ceilings > "$OUT/bench-$dev-$m.txt" 2>&1; echo "rc=$? $dev $m"
+    grep -E "^\| |memory|device|Error|error" "$OUT/bench-$dev-$m.txt" | head -8
+  done
+done
