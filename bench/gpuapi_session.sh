@@ -2,9 +2,14 @@
 # The portable GPU APIs on the H200 machine (issue 9): NVIDIA's Vulkan driver under wgpu and
 # NVIDIA's OpenCL ICD under pyopencl, next to the Triton backend, on drift make-random files.
 # ../shared/GPU-APIS.md says how the drivers are reached there.
-# run(command="bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+# run(command="bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])             # bench
+# run(command="CHUNK_ONLY=1 bash bench/gpuapi_session.sh", carry=[".chunkN"])      # N = 1..5
+# run(command="CHECK=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl", ".chunk6"])
+#   the reference models (six 58 MiB chunks) greedy on cpu, cuda, webgpu and opencl
 set -o pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
+for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
+[[ -n $CHUNK_ONLY ]] && { ls -la /tmp/parts; exit 0; }
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
@@ -12,8 +17,6 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 mkdir -p /tmp/icd && echo /usr/local/nvidia/lib64/libnvidia-opencl.so.1 > /tmp/icd/nvidia.icd
 export OCL_ICD_VENDORS=/tmp/icd
-mkdir -p /tmp/parts; for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
-[[ -n $CHUNK_ONLY ]] && { ls -la /tmp/parts; exit 0; }
 if [[ -n $CHECK ]]; then  # greedy 32 tokens on the reference models: cpu, cuda, webgpu, opencl
   cat /tmp/parts/{1,2,3,4,5,6} > /tmp/all && head -c 98362432 /tmp/all > /tmp/m/smollm2.gguf &&
     tail -c +98362433 /tmp/all > /tmp/m/gemma3.gguf && rm /tmp/all
