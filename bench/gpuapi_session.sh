@@ -21,7 +21,7 @@ if [[ -n $CHECK ]]; then  # greedy 32 tokens on the reference models: cpu, cuda,
   cat /tmp/parts/{1,2,3,4,5,6} > /tmp/all && head -c 98362432 /tmp/all > /tmp/m/smollm2.gguf &&
     tail -c +98362433 /tmp/all > /tmp/m/gemma3.gguf && rm /tmp/all
   sha256sum /tmp/m/*.gguf | head -2
-  for m in smollm2 gemma3; do timeout 300 python3 bench/smollm2_check.py /tmp/m/$m.gguf --steps 32 --devices cuda,webgpu,opencl 2>&1 | tail -7 | tee "$OUT/check4-$m.txt"; done
+  for m in smollm2 gemma3; do timeout 300 python3 bench/smollm2_check.py /tmp/m/$m.gguf --steps 32 --devices cuda,webgpu,opencl 2>&1 | tail -10 | tee "$OUT/check4-$m.txt"; done
   exit
 fi
 for m in "llama-3.2-1b Q4_0" "llama-3.1-8b Q4_0"; do
