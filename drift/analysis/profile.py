@@ -43,6 +43,7 @@ from drift.errors import UnsupportedError
 from drift.ir import Graph, Node, Role, run_reference
 from drift.ir.tensor import NUMPY_DTYPES
 
+
 def reference_walk(program: Any, feeds: dict[str, np.ndarray]) -> list[tuple[Node, float]]:
     """Run a CPU program's graph node by node, timing each reference call."""
     graph, backend = program.graph, program.backend

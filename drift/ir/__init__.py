@@ -21,5 +21,8 @@ __all__ = [
     "storage_name",
 ]
 
-from drift.ir import ops_diffusion, ops_fused  # noqa: F401  (register their ops)
-from drift.ir import ops_quant  # noqa: F401,E402  (register its ops)
+from drift.ir import (  # noqa: F401  (register their ops)
+    ops_diffusion,
+    ops_fused,
+    ops_quant,
+)

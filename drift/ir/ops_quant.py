@@ -17,7 +17,8 @@ kernels do it; a matmul on a q8x input is a plain matmul on these values.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
