@@ -35,11 +35,14 @@ def capabilities_for(device: str | None):
     a generic GPU's (images with 4-wide texels, quantized weights converted to planes)."""
     from dataclasses import replace
 
-    from drift.backends import ALIASES, backend_class
+    from drift.backends import ALIASES, BACKENDS, backend_class
     from drift.backends.cpu import CPU_CAPABILITIES
     from drift.passes.memory_report import REPORT_CAPS
 
     name = ALIASES.get(device, device)
+    if name not in (None, "auto", "gpu") and name not in BACKENDS:
+        raise InvalidArgumentError(
+            f"--device {device!r}: one of auto, gpu (a generic GPU), {', '.join(BACKENDS)}")
     if name in (None, "auto", "cpu"):
         return CPU_CAPABILITIES
     if name == "triton":

@@ -42,9 +42,9 @@ class Capabilities:
         blocks (the quantize pass).
     int8_weights: weight types the backend's int8-x GEMV reads.
     weight_types: weight types the backend's kernels read at all (empty: any).
-    subgroup_size: lanes of a subgroup / warp / wavefront (0: unknown).
-    max_binding_bytes: the largest buffer one kernel argument may bind (WebGPU guarantees
-        128 MiB); 0: no limit.
+    subgroup_size: lanes of a subgroup / warp / wavefront (0: unknown); recorded for kernel
+        variants, read by no pass yet. (The largest binding is `max_object_bytes`: a tensor
+        above it is split into several objects.)
     """
 
     alignment: int = 64
@@ -60,7 +60,6 @@ class Capabilities:
     int8_weights: frozenset[str] = frozenset()
     weight_types: frozenset[str] = frozenset()
     subgroup_size: int = 0
-    max_binding_bytes: int = 0
 
     def fuses(self, op: str, n_tokens: int) -> bool:
         """Whether a rule making `op` may fire in a graph of `n_tokens` tokens."""

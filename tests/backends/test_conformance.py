@@ -48,7 +48,6 @@ if os.environ.get("DRIFT_TEST_GPU") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from drift.backends.base import Backend, weight_stacks
-from drift.runtime.engine import gguf_dtype
 from drift.backends.cpu import CPUBackend
 from drift.formats import quants
 from drift.formats.gguf import open_gguf
@@ -57,9 +56,9 @@ from drift.ir.ops_fused import make_program
 from drift.ir.tensor import NUMPY_DTYPES
 from drift.passes import PassContext, run_pipeline
 from drift.passes.storage import BLOCK_FIELDS
+from drift.runtime.engine import gguf_dtype
 
 SEED = int(os.environ.get("DRIFT_CONFORMANCE_SEED") or secrets.randbits(32))
-ALL_FUSED = frozenset(name for name, d in REGISTRY.items() if d.fused)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_attention(S, H, Hkv, Dh, window, softcap):
     v = r.standard_normal((C, Hkv, Dh)).astype(np.float16)
     attrs = {"scale": 1 / np.sqrt(Dh), "window": window, "softcap": softcap}
     out = poisoned(q.shape)
-    qx = launch.QuantizedX(H * Dh, DEV) if S == 1 else None  # decode: quantized output too
+    qx = launch.QuantizedX.alloc(H * Dh, DEV) if S == 1 else None  # decode: quantized output too
     launch.attention(t(q), t(k), t(v), t(pos), out, attrs, TU, qx=qx)
     ref = run_reference("attention", [q, k, v, pos], attrs)[0]
     close(out, ref, 3e-3)  # q and p go through fp16 tensor cores
@@ -213,7 +213,7 @@ def test_gemv_int8_x(qtype, x2):
     w, deq = make_weight(qtype, N, K, seed=11)
     x = rng(12).standard_normal((1, K)).astype(np.float32)
     tu = replace(TU, qgemv_bn=8, qgemv_bw=16, x2=x2)
-    qx = launch.QuantizedX(K, DEV)
+    qx = launch.QuantizedX.alloc(K, DEV)
     launch.quantize_x(t(x), qx, tu)
     # the quantized blocks themselves: |x - dx * xq| <= dx / 2
     xq = qx.xq.cpu().numpy().astype(np.float64).reshape(-1, 32)
@@ -234,7 +234,7 @@ def test_gemv_int8_x(qtype, x2):
 def test_quantize_x_zero_block():
     x = rng(13).standard_normal(96).astype(np.float32)
     x[32:64] = 0.0
-    qx = launch.QuantizedX(96, DEV)
+    qx = launch.QuantizedX.alloc(96, DEV)
     launch.quantize_x(t(x), qx, TU)
     assert qx.xd.cpu().numpy()[1] == 0 and not qx.xq.cpu().numpy()[32:64].any()
 
@@ -266,7 +266,7 @@ def test_norm_quant(mode):
     uo = mode.endswith("unit_offset")
     s = poisoned((D,)) if b is not None else None
     out = poisoned((D,))
-    qx = launch.QuantizedX(D, DEV)
+    qx = launch.QuantizedX.alloc(D, DEV)
     # blocks of 64: the row loop runs several times and ends on a partial block
     launch.norm_quant(t(a), t(b) if b is not None else None, t(w), s, out, qx, 1e-5, uo,
                       replace(TU, norm_block=64))
@@ -287,7 +287,7 @@ def test_swiglu_quant(op):
     g = (r.standard_normal(D) * 2).astype(np.float32)
     u = r.standard_normal(D).astype(np.float32)
     out = poisoned((D,))
-    qx = launch.QuantizedX(D, DEV)
+    qx = launch.QuantizedX.alloc(D, DEV)
     launch.swiglu_quant(t(g), t(u), out, qx, op == "geglu", TU)
     ref = run_reference(op, [g, u], {})[0]
     close(out, ref, 1e-5)

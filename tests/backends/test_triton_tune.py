@@ -211,3 +211,22 @@ def test_drift_tune_command(tmp_path, monkeypatch, capsys):
     assert "qgemv Q4_0 300 64" in table["best"] and "dense Q4_0 300 64" in table["best"]
     assert main(["tune", "--show"]) == 0
     assert main(["tune", "--budget", "0"]) != 0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["tune", "--budget", "0"], "--budget must be > 0"),
+    (["tune", "--budget", "nan"], "--budget must be > 0"),
+    (["tune", "--budget", "5"], "found none"),  # no GPU here, and not interpreting
+])
+def test_tune_bad_input_is_one_line(argv, says, monkeypatch, capsys):
+    from drift.cli import main as drift_main
+
+    monkeypatch.delenv("DRIFT_TRITON_CPU", raising=False)
+    if says == "found none":
+        from drift.backends.triton import TritonBackend
+
+        if TritonBackend.available():
+            pytest.skip("a GPU is present: drift tune would measure it")
+    assert drift_main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err

@@ -160,3 +160,9 @@ def test_compile_sd_without_fusion(tmp_path, capsys):
     assert drift_main(["compile", "sd-1.4", "--no-fuse", "--device", "gpu"]) == 0
     out = capsys.readouterr().out
     assert "skipped" in out and "vae_decoder" in out
+
+
+def test_compile_refuses_an_unknown_device(capsys):
+    assert drift_main(["compile", "smollm2-135m", "--device", "tpu9"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device 'tpu9'" in err[0], err

@@ -109,7 +109,7 @@ class GPUBackend(Backend):
             max_object_bytes=self.limit - self.align, quant_planes=True,
             quant_tile_rows=self.kernel_tile_rows, inplace=True, fused_ops=FUSED_OPS,
             int8_dot=False, weight_types=frozenset(DEQUANT) | frozenset(PLAIN_WEIGHTS),
-            subgroup_size=self.rt.subgroup_size, max_binding_bytes=self.limit)
+            subgroup_size=self.rt.subgroup_size)
 
     def supports(self, op: str) -> bool:
         return (op in TEMPLATES or is_view(op)) and (not REGISTRY[op].fused or op in FUSED_OPS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -46,19 +47,23 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 _p2 = triton.next_power_of_2
 
 
+@dataclass
 class QuantizedX:
-    """x (K,) as int8 blocks of 32 (xq), their scales (xd) and dx * sum(xq) (xs): the input of
-    `gemv_q8x`. One per program, sized for the longest K, reused by every decode matmul."""
+    """x (K,) as int8 blocks of 32: the two levels xq and xr (the remainder, X2), the scales
+    xd and xd * the block's sum of levels xs: the planes of a q8x tensor (drift/passes/
+    storage.py `Q8Blocks`), which the quantizing kernels write and `gemv_q8x` reads. A program
+    binds them as views of its arena; `alloc` makes stand-alone ones (the sweep, tests)."""
 
-    def __init__(self, K: int, device):
-        self.xq = torch.empty(K, dtype=torch.int8, device=device)
-        self.xr = torch.empty(K, dtype=torch.int8, device=device)  # the remainder (X2)
-        self.xd = torch.empty(K // XBLOCK, dtype=torch.float32, device=device)
-        self.xs = torch.empty_like(self.xd)
+    xq: torch.Tensor
+    xr: torch.Tensor
+    xd: torch.Tensor
+    xs: torch.Tensor
 
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.xq.numel() + 8 * self.xd.numel()
+    @classmethod
+    def alloc(cls, K: int, device) -> QuantizedX:
+        xd = torch.empty(K // XBLOCK, dtype=torch.float32, device=device)
+        return cls(torch.empty(K, dtype=torch.int8, device=device),
+                   torch.empty(K, dtype=torch.int8, device=device), xd, torch.empty_like(xd))
 
 
 def int_gemv_ok(x_numel: int, w: QWeight) -> bool:
@@ -138,10 +143,11 @@ def norm_quant(a: torch.Tensor, b: torch.Tensor | None, w: torch.Tensor, sum_out
                qx: QuantizedX | None, eps: float, unit_offset: bool, tu: Tuning) -> None:
     """One row: [sum = a + b;] out = rms_norm(sum or a) * w [and out quantized into qx]."""
     D = w.numel()
-    q = qx or QuantizedX(32, a.device)
+    # without quantization the block pointers are never dereferenced (QUANT is constexpr)
+    planes = (qx.xq, qx.xr, qx.xd, qx.xs) if qx is not None else (out,) * 4
     blk = min(_p2(D), tu.norm_block)
     norm_quant_kernel[(1,)](a, b if b is not None else a, w, sum_out if sum_out is not None else out,
-                            out, q.xq, q.xr, q.xd, q.xs, D, float(eps), MODE=int(b is not None),
+                            out, *planes, D, float(eps), MODE=int(b is not None),
                             UNIT_OFFSET=bool(unit_offset), QUANT=qx is not None, X2=tu.x2,
                             BLOCK=blk, num_warps=tu.norm_warps)
 

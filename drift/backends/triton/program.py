@@ -18,7 +18,6 @@ their int8 blocks (no later kernel reads it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 
 from drift.backends.base import Program
 from drift.backends.triton import launch
+from drift.backends.triton.launch import QuantizedX
 from drift.ir import REGISTRY, Node, Role, storage_name
 from drift.ir.tensor import NUMPY_DTYPES
 from drift.passes import Compiled
@@ -34,17 +34,6 @@ from drift.passes.storage import Q8Blocks
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
                 "i32": torch.int32, "f64": torch.float64, "i8": torch.int8, "u8": torch.uint8}
 ELEMENTWISE = ("add", "mul", "scale", "silu", "gelu", "swiglu", "geglu", "softcap")
-
-
-@dataclass
-class Q8View:
-    """A q8x tensor's planes (drift/passes/storage.py `Q8Blocks`) as views of the arena: what
-    the quantizing kernels write and `gemv_q8x` reads (the fields of `launch.QuantizedX`)."""
-
-    xq: torch.Tensor
-    xr: torch.Tensor
-    xd: torch.Tensor
-    xs: torch.Tensor
 
 
 class TritonProgram(Program):
@@ -82,7 +71,7 @@ class TritonProgram(Program):
             if isinstance(st, Q8Blocks):
                 planes = [self._view(off + o.offset, o.nbytes, o.dtype, o.shape)
                           for o in st.objects()]
-                self.env[name] = Q8View(*planes)
+                self.env[name] = QuantizedX(*planes)
             else:
                 assert st.linear, f"{name}: the Triton kernels read row-major buffers ({st})"
                 self.env[name] = self._view(off, spec.nbytes, spec.dtype, spec.shape)
@@ -99,7 +88,7 @@ class TritonProgram(Program):
         out = {}
         for name in self.plan.offsets:
             t = self.env[name]
-            out[name] = (t.xq if isinstance(t, Q8View) else t).data_ptr() - base
+            out[name] = (t.xq if isinstance(t, QuantizedX) else t).data_ptr() - base
         return out
 
     def _decode_attention_scratch(self):
@@ -175,7 +164,7 @@ class TritonProgram(Program):
     def _to_host(self, name: str) -> np.ndarray:
         """A tensor's logical value on the host, read through its storage."""
         t = self.env[name]
-        if isinstance(t, Q8View):
+        if isinstance(t, QuantizedX):
             planes = [p.cpu().numpy() for p in (t.xq, t.xr, t.xd, t.xs)]
             return self.compiled.storages[name].from_physical(planes)
         return t.float().cpu().numpy().copy()
@@ -268,7 +257,7 @@ def _gemv_or_gemm(p: TritonProgram, x, w, out) -> Callable[[], None]:
     """One matmul: the int8-x GEMV when x is q8x blocks, the float GEMV for one row, the GEMM
     (dequantize + dense for quantized weights at >= dense_min_m rows) otherwise."""
     tu, sc = p.tu, p.scratch_fp16
-    if isinstance(x, Q8View):
+    if isinstance(x, QuantizedX):
         return lambda: launch.gemv_q8x(x, w, out, tu)
     return lambda: launch.matmul(x, w, out, tu, sc)
 
@@ -294,7 +283,7 @@ def _lower_stacked_matmul(p, n):
     x, ws = p.env[n.inputs[0]], [p.env[w] for w in n.inputs[1 : 1 + k]]
     outs = [p.env[o] for o in n.outputs]
     base = getattr(ws[0], "base", None)
-    one_row = isinstance(x, Q8View) or x.numel() == ws[0].shape[1]
+    one_row = isinstance(x, QuantizedX) or x.numel() == ws[0].shape[1]
     stacked = (one_row and base is not None and all(w.base is base for w in ws)
                and [w.row0 for w in ws] == list(np.cumsum([0] + [w.shape[0] for w in ws[:-1]]))
                and sum(w.shape[0] for w in ws) == base.shape[0] and _adjacent(outs))

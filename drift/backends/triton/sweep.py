@@ -272,7 +272,7 @@ class Sweep:
             copies.append(random_weight(qtype, N, K, self.dev, self.gen))
         x = torch.randn(1, K, device=self.dev, generator=self.gen)
         out = torch.empty(1, N, device=self.dev)
-        qx = launch.QuantizedX(K, self.dev)
+        qx = launch.QuantizedX.alloc(K, self.dev)
         launch.quantize_x(x, qx, self.tu)
         tried: dict[tuple, float] = {}
 
