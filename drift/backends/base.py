@@ -19,9 +19,10 @@ result to `program`, which binds kernels to the plan's arena offsets.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -91,6 +92,12 @@ class Program(ABC):
 class Backend(ABC):
     name: ClassVar[str]
     kv_dtype: ClassVar[str] = "f32"  # element type of the KV cache it keeps
+    # Kernels of another device for ops this backend has none for, by op: called with the
+    # node and its activation inputs as host arrays, returning its outputs (hybrid execution
+    # sets them: drift/hybrid/backend.py); the Triton program binds such a node as a host
+    # call (drift/backends/triton/program.py, `HostCall`).
+    host_ops: Mapping[str, Callable[[Any, dict[str, np.ndarray]], list[np.ndarray]]] = (
+        MappingProxyType({}))
 
     @classmethod
     @abstractmethod

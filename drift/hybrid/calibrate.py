@@ -49,14 +49,23 @@ def act_name(layer: int) -> str:
     return f"ffn_act.{layer}"
 
 
+def gate_name(layer: int) -> str:
+    return f"ffn_gate.{layer}"
+
+
 def expose_ffn_activations(graph: Graph) -> Graph:
-    """`graph` with the i-th gated activation's output named `ffn_act.{i}` and returned."""
+    """`graph` with the i-th gated activation's output named `ffn_act.{i}` and its gate
+    projection's output `ffn_gate.{i}`, both returned (acts first, then gates)."""
     rename: dict[str, str] = {}
+    gates: dict[str, str] = {}
     for n in graph.nodes:
         if n.op in GATED_ACTS:
+            gates[n.inputs[0]] = gate_name(len(rename))
             rename[n.outputs[0]] = act_name(len(rename))
     if not rename:
         raise InvalidArgumentError(f"{graph.name}: no gated FFN (swiglu/geglu) to calibrate")
+    order = list(rename.values()) + list(gates.values())
+    rename.update(gates)
     tensors = {}
     for name, t in graph.tensors.items():
         if name in rename:
@@ -65,7 +74,7 @@ def expose_ffn_activations(graph: Graph) -> Graph:
     r = lambda names: tuple(rename.get(x, x) for x in names)
     nodes = [Node(n.op, r(n.inputs), r(n.outputs), n.attrs) for n in graph.nodes]
     out = Graph(graph.name, tensors, nodes, list(graph.inputs),
-                list(r(graph.outputs)) + list(rename.values()), dict(graph.meta))
+                list(r(graph.outputs)) + order, dict(graph.meta))
     out.validate()
     return out
 
@@ -78,12 +87,22 @@ class ActivationEngine(Engine):
 
     def ffn_activations(self, tokens: list[int], start: int = 0) -> list[np.ndarray]:
         """Per layer, m (len(tokens), F) of `tokens` at positions start.. (the cache as run)."""
+        return self.ffn_activity(tokens, start)[0]
+
+    def ffn_activity(self, tokens: list[int], start: int = 0
+                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per layer, m and act(gate) (len(tokens), F) of `tokens` at positions start..."""
+        from drift.ir.ops_hybrid import ACTS
+
+        act = ACTS[self.config.ffn_act]
+        L = self.config.n_layers
         parts = []
         for s in range(0, len(tokens), PREFILL_CHUNK):
             out = self.run(tokens[s : s + PREFILL_CHUNK], start + s)
-            parts.append([np.asarray(out[act_name(i)], np.float32)
-                          for i in range(self.config.n_layers)])
-        return [np.concatenate([p[i] for p in parts]) for i in range(self.config.n_layers)]
+            parts.append([np.asarray(out[act_name(i)], np.float32) for i in range(L)]
+                         + [act(np.asarray(out[gate_name(i)], np.float32)) for i in range(L)])
+        cat = [np.concatenate([p[i] for p in parts]) for i in range(2 * L)]
+        return cat[:L], cat[L:]
 
 
 @dataclass
@@ -94,6 +113,9 @@ class Calibration:
     sparsities: np.ndarray  # (K,)
     n_tokens: int
     meta: dict[str, str] = field(default_factory=dict)  # model, sha256, source
+    # (L, K): the sparsities' quantiles of |act(gate)|, what the CPU's skip test reads (it
+    # knows the gate before it reads up); None in files from before it was recorded
+    gate_thresholds: np.ndarray | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -102,6 +124,8 @@ class Calibration:
         np.savez(tmp, mean_abs=self.mean_abs, active_frac=self.active_frac,
                  thresholds=self.thresholds, sparsities=self.sparsities,
                  n_tokens=np.int64(self.n_tokens),
+                 **({} if self.gate_thresholds is None
+                    else {"gate_thresholds": self.gate_thresholds}),
                  meta_keys=np.array(list(self.meta), dtype=str),
                  meta_values=np.array(list(self.meta.values()), dtype=str))
         os.replace(tmp, path)
@@ -113,13 +137,15 @@ class Calibration:
             z = np.load(path)
             return cls(z["mean_abs"], z["active_frac"], z["thresholds"], z["sparsities"],
                        int(z["n_tokens"]), dict(zip(z["meta_keys"].tolist(),
-                                                    z["meta_values"].tolist())))
+                                                    z["meta_values"].tolist())),
+                       z["gate_thresholds"] if "gate_thresholds" in z.files else None)
         except (OSError, KeyError, ValueError) as e:
             raise ModelFileError(f"{path}: not a drift calibration file ({e})") from None
 
 
-def statistics(acts: list[np.ndarray], sparsities=SPARSITIES) -> Calibration:
-    """The statistics of per-layer activations m (N, F)."""
+def statistics(acts: list[np.ndarray], sparsities=SPARSITIES,
+               gates: list[np.ndarray] | None = None) -> Calibration:
+    """The statistics of per-layer activations m (N, F) (and of act(gate), given)."""
     s = np.asarray(sparsities, dtype=np.float64)
     L, F = len(acts), acts[0].shape[1]
     mean_abs = np.empty((L, F), np.float32)
@@ -131,7 +157,12 @@ def statistics(acts: list[np.ndarray], sparsities=SPARSITIES) -> Calibration:
         thresholds[i] = np.quantile(a, s, method="inverted_cdf")
         for k, t in enumerate(thresholds[i]):
             active[i, :, k] = (a > t).mean(axis=0)
-    return Calibration(mean_abs, active, thresholds, s, int(acts[0].shape[0]))
+    gate_t = None
+    if gates is not None:
+        gate_t = np.stack([np.quantile(np.abs(g), s, method="inverted_cdf")
+                           for g in gates]).astype(np.float32)
+    return Calibration(mean_abs, active, thresholds, s, int(acts[0].shape[0]),
+                       gate_thresholds=gate_t)
 
 
 def default_text() -> str:
@@ -153,15 +184,17 @@ def calibrate(engine: ActivationEngine, ids: list[int], n_tokens: int, window: i
     ids = ids[:n_tokens]
     if not ids:
         raise InvalidArgumentError("the calibration text has no tokens")
-    per_layer: list[list[np.ndarray]] = [[] for _ in range(engine.config.n_layers)]
+    L = engine.config.n_layers
+    per_layer: list[list[np.ndarray]] = [[] for _ in range(2 * L)]
     for s in range(0, len(ids), step):
         chunk = ids[s : s + step]
-        acts = engine.ffn_activations(lead + chunk, 0)
-        for i, m in enumerate(acts):
+        acts, gates = engine.ffn_activity(lead + chunk, 0)
+        for i, m in enumerate(acts + gates):
             per_layer[i].append(m[len(lead):])
         if progress:
             progress(s + len(chunk), len(ids))
-    return statistics([np.concatenate(p) for p in per_layer], sparsities)
+    cat = [np.concatenate(p) for p in per_layer]
+    return statistics(cat[:L], sparsities, gates=cat[L:])
 
 
 def calibration_path(model_path: str | os.PathLike) -> Path:

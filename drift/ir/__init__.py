@@ -24,5 +24,6 @@ __all__ = [
 from drift.ir import (  # noqa: F401  (register their ops)
     ops_diffusion,
     ops_fused,
+    ops_hybrid,
     ops_quant,
 )

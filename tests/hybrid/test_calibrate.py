@@ -65,7 +65,7 @@ def _numpy_ffn_acts(engine: ActivationEngine, tokens: list[int]) -> list[np.ndar
 def test_exposed_graph_returns_each_layer(tiny):
     engine = ActivationEngine(tiny, device="cpu", ctx=32)
     g = expose_ffn_activations(build_graph(engine.config, engine.weight_dtypes, 5, 32))
-    assert g.outputs[1:] == [act_name(0), act_name(1)]
+    assert g.outputs[1:] == [act_name(0), act_name(1), "ffn_gate.0", "ffn_gate.1"]
     acts = engine.ffn_activations(list(range(1, 6)))
     assert [a.shape for a in acts] == [(5, 96), (5, 96)]
 

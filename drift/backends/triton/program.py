@@ -10,6 +10,13 @@ fixed addresses; on CUDA that list is captured once as a CUDA graph (after a fir
 that compiles the kernels) and replayed on every later call, the inputs copied into their
 arena slots first.
 
+A node the backend has no kernel for but `backend.host_ops` names (hybrid execution: an FFN's
+cold neurons, `ffn_cold`) is a host call (`HostCall`): its activation inputs are copied to
+pinned host memory right after their producers ran (a D2H copy and an event on the stream),
+the GPU goes on with the nodes after it that do not need it, the host kernel runs at the
+node's place, and its outputs are copied back into their arena slots. The CUDA graph is then
+one graph per run of launches between host calls.
+
 Two kinds of memory live outside the arena, as kernel workspaces (`scratch_bytes`): the split-K
 partials of decode attention, and the f32 row the fused quantizing kernels also write next to
 their int8 blocks (no later kernel reads it).
@@ -55,7 +62,10 @@ class TritonProgram(Program):
         self.scratch_decode = self._decode_attention_scratch()
         self.row = self._row_scratch()
         self.scratch_fp16 = self._prefill_scratch()
-        self.steps: list[Callable[[], None]] = [self._bind(n) for n in self.graph.nodes]
+        self.host_calls: dict[int, HostCall] = {}
+        self.steps: list[Callable[[], None]] = [self._bind(n, i)
+                                                for i, n in enumerate(self.graph.nodes)]
+        self.schedule = self._schedule()
         self.cuda_graph = None
         self.runs = 0
 
@@ -76,8 +86,9 @@ class TritonProgram(Program):
                 assert st.linear, f"{name}: the Triton kernels read row-major buffers ({st})"
                 self.env[name] = self._view(off, spec.nbytes, spec.dtype, spec.shape)
         for t in g.tensors.values():
-            if t.role == Role.WEIGHT:
-                self.env[t.name] = self.backend.weights[t.name]
+            if t.role == Role.WEIGHT:  # a host call's weights live with its kernel
+                if t.name in self.backend.weights:
+                    self.env[t.name] = self.backend.weights[t.name]
             elif t.role == Role.KV:  # updates in place: every version is the cache itself
                 self.env[t.name] = self.backend.state[storage_name(t.name)]
 
@@ -130,17 +141,46 @@ class TritonProgram(Program):
 
     # -- launches: one bound step per node
 
-    def _bind(self, n: Node) -> Callable[[], None]:
+    def _bind(self, n: Node, index: int) -> Callable[[], None]:
         if REGISTRY[n.op].view:
             return lambda: None
         lower = LOWERINGS.get(n.op)
         if lower is None:
-            raise NotImplementedError(f"triton backend: no kernel for op {n.op!r}")
+            host = self.backend.host_ops.get(n.op)
+            if host is None:
+                raise NotImplementedError(f"triton backend: no kernel for op {n.op!r}")
+            call = HostCall(self, n, host)
+            self.host_calls[index] = call
+            return call.eager
         return lower(self, n)
 
+    def _schedule(self) -> list:
+        """The call in order: runs of GPU launches (lists of steps) and host-call phases
+        (`send` right after the last producer of the call's inputs, `receive` at its node)."""
+        producer = {o: i for i, n in enumerate(self.graph.nodes) for o in n.outputs}
+        sends: dict[int, list[HostCall]] = {}
+        for i, call in self.host_calls.items():
+            after = max((producer.get(x, -1) for x in call.input_names), default=-1)
+            sends.setdefault(after, []).append(call)
+        out: list = [[]]
+        for call in sends.get(-1, []):
+            out += [call.send, []]
+        for i, step in enumerate(self.steps):
+            if i in self.host_calls:
+                out += [self.host_calls[i].receive, []]
+            else:
+                out[-1].append(step)
+            for call in sends.get(i, []):
+                out += [call.send, []]
+        return [item for item in out if item != []]
+
     def _launch_all(self) -> None:
-        for step in self.steps:
-            step()
+        for item in self.schedule:
+            if isinstance(item, list):
+                for step in item:
+                    step()
+            else:
+                item()
 
     def _feed(self, feeds: dict[str, np.ndarray]) -> None:
         for name in self.graph.inputs:
@@ -151,7 +191,8 @@ class TritonProgram(Program):
     def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict:
         self._feed(feeds)
         if self.cuda_graph is not None:
-            self.cuda_graph.replay()
+            for item in self.cuda_graph:
+                item() if callable(item) else item.replay()
         else:
             self._launch_all()
             if self.backend.cuda_graphs and self.runs == 0:
@@ -187,13 +228,14 @@ class TritonProgram(Program):
         """Per node, seconds of its launches (CUDA events inside one captured graph, after a
         warm run; on the interpreter, wall time per step)."""
         self._feed(feeds)
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or self.host_calls:  # host calls: not in one graph
             import time
 
             out = []
             for node, step in zip(self.graph.nodes, self.steps):
                 t0 = time.perf_counter()
                 step()
+                self.backend.synchronize()
                 out.append((node, time.perf_counter() - t0))
             return out
         if self.runs == 0:
@@ -230,13 +272,59 @@ class TritonProgram(Program):
                 for a, b in pairwise(ev[calib:])]
 
     def _capture(self) -> None:
-        """Record the launches (already compiled by the eager run) as one CUDA graph."""
+        """Record the launches (already compiled by the eager run) as CUDA graphs: one, or one
+        per run of launches between host calls (which stay host code)."""
         torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._launch_all()
+        replay: list = []
+        for item in self.schedule:
+            if not isinstance(item, list):
+                replay.append(item)
+                continue
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for step in item:
+                    step()
+            replay.append(graph)
         torch.cuda.synchronize(self.device)
-        self.cuda_graph = graph
+        self.cuda_graph = replay
+
+
+class HostCall:
+    """A node run by a host kernel (`backend.host_ops[op](node, inputs) -> outputs`, numpy
+    arrays) inside a GPU program: inputs out after their producers, outputs back at the node."""
+
+    def __init__(self, p: TritonProgram, n: Node, kernel):
+        g = p.graph
+        self.node, self.kernel, self.device = n, kernel, p.device
+        self.input_names = [x for x in n.inputs if g.tensors[x].role != Role.WEIGHT]
+        self.inputs = [p.env[x] for x in self.input_names]
+        self.outputs = [p.env[o] for o in n.outputs]
+        if any(isinstance(t, QuantizedX) for t in self.inputs + self.outputs):
+            raise NotImplementedError(f"{n.op}: a host call takes plain tensors")
+        pin = p.device.type == "cuda"
+        self.host_in = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in self.inputs]
+        self.host_out = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
+                         for t in self.outputs]
+        self.event = torch.cuda.Event() if pin else None
+
+    def send(self) -> None:
+        for h, t in zip(self.host_in, self.inputs):
+            h.copy_(t, non_blocking=True)
+        if self.event is not None:
+            self.event.record()
+
+    def receive(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()  # the inputs only: later GPU work may still be running
+        arrays = {name: h.numpy() for name, h in zip(self.input_names, self.host_in)}
+        results = self.kernel(self.node, arrays)
+        for h, r, t in zip(self.host_out, results, self.outputs):
+            np.copyto(h.numpy(), np.asarray(r).reshape(h.shape), casting="same_kind")
+            t.copy_(h, non_blocking=True)
+
+    def eager(self) -> None:
+        self.send()
+        self.receive()
 
 
 # ---------------------------------------------------------------------------------------------

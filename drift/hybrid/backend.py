@@ -1,0 +1,257 @@
+"""Hybrid execution: one model over a GPU backend and the CPU, split by a `HybridPlan`.
+
+`HybridBackend` is a Backend made of two: the GPU backend it wraps, which compiles and runs
+the split graph (`split_ffn`) through its own passes, and the CPU kernels of `ffn_cold`
+(`ColdFFN`, drift/hybrid/cpu_kernels.py), which it hands the GPU backend as a host op. The
+weights are loaded from the split view of the file (`SplitModelFile`): the GPU gets every
+tensor but the cold ones (attention, norms, embeddings, LM head, KV cache, hot neurons), the
+CPU the cold neurons' planes. Nothing of the model is written twice: the graph is the
+model's, the passes are the GPU backend's, the only hybrid code is the split, the CPU kernel
+and this glue.
+
+A GPU backend that has a kernel for `ffn_cold` (the numpy backend runs its reference) gets
+the cold weights too and runs everything itself: that is how the split's graph and weights
+are tested against the dense model without a GPU.
+
+`plan_for_budget` turns a GPU memory budget into a plan: what must be on the GPU first
+(every weight outside the FFNs, the KV cache, a margin for activations), then FFN neurons
+for the rest, placed by the MILP (`placement.py`) on a calibration's statistics, or spread
+evenly over the layers without one.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from drift.backends.base import Backend, DeviceInfo, HeldBytes, Program
+from drift.errors import InvalidArgumentError
+from drift.hybrid.cpu_kernels import ColdFFN, RowPlanes
+from drift.hybrid.split import DOWN_BLOCK, HybridPlan, SplitModelFile, cold, hot, split_ffn
+from drift.ir import Graph, TensorSpec
+from drift.passes import Capabilities, Compiled
+
+ACTIVATION_MARGIN = 256 * 2**20  # left of the budget for the arenas and the CUDA context
+_FFN = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.weight$")
+
+
+class HybridBackend(Backend):
+    name = "hybrid"
+
+    def __init__(self, gpu: Backend, plan: HybridPlan):
+        self.gpu, self.plan = gpu, plan
+        self.kv_dtype = gpu.kv_dtype  # type: ignore[misc]  (the GPU's cache)
+        self.cold: dict[int, ColdFFN] = {}  # layer -> its CPU kernel
+        self.cpu_runs_cold = not gpu.supports("ffn_cold")
+        if self.cpu_runs_cold:
+            gpu.host_ops = {"ffn_cold": self._run_cold}
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
+
+    def device(self) -> DeviceInfo:
+        info = self.gpu.device()
+        return replace(info, backend=f"{info.backend}+cpu",
+                       extra={**info.extra, "hybrid": self.plan.describe()})
+
+    def capabilities(self) -> Capabilities:
+        return self.gpu.capabilities()
+
+    def supports(self, op: str) -> bool:
+        return op == "ffn_cold" or self.gpu.supports(op)
+
+    # -- weights: the split view of the file
+
+    def load_weights(self, model_file, specs: list[TensorSpec], stacks=()) -> None:
+        split = SplitModelFile(model_file, self.plan)
+        gpu_specs: list[TensorSpec] = []
+        cold_layers = set()
+        for s in specs:
+            m = _FFN.match(s.name)
+            if m is None or self.plan.is_dense_gpu(int(m.group(1))):
+                gpu_specs.append(s)
+                continue
+            layer, part = int(m.group(1)), m.group(2)
+            k = self.plan.n_gpu[layer]
+            if k and part == "down":  # (D, k): the hot columns, re-quantized
+                gpu_specs.append(TensorSpec(hot(layer, part), (s.shape[0], k), "Q8_0", s.role))
+            elif k:  # (k, D): the hot rows, as stored
+                gpu_specs.append(TensorSpec(hot(layer, part), (k, s.shape[1]), s.dtype, s.role))
+            cold_layers.add(layer)
+        if not self.cpu_runs_cold:  # the GPU backend runs ffn_cold itself: it holds all
+            for layer in sorted(cold_layers):
+                for part in ("gate", "up", "down_t"):
+                    info = split.tensors[cold(layer, part)]
+                    gpu_specs.append(TensorSpec(info.name, info.shape, info.qtype.name,
+                                                specs[0].role))
+        self.gpu.load_weights(split, gpu_specs, stacks)
+        if self.cpu_runs_cold:
+            for layer in sorted(cold_layers):
+                planes = []
+                for part in ("gate", "up", "down_t"):
+                    info = split.tensors[cold(layer, part)]
+                    planes.append(RowPlanes.from_blocks(np.asarray(info.data), info.qtype.name,
+                                                        info.shape))
+                act = "geglu" if _is_geglu(model_file) else "swiglu"
+                self.cold[layer] = ColdFFN(*planes, act, self.plan.thresholds[layer])
+
+    def has_weight(self, name: str) -> bool:
+        if self.gpu.has_weight(name):
+            return True
+        parts = name.split(".")
+        return (self.cpu_runs_cold and name.endswith(".cold") and len(parts) == 4
+                and int(parts[1]) in self.cold)
+
+    def alloc_state(self, specs: list[TensorSpec]) -> None:
+        self.gpu.alloc_state(specs)
+
+    def held_bytes(self) -> HeldBytes:
+        """What the GPU holds (the CPU's share is `cpu_bytes`)."""
+        return self.gpu.held_bytes()
+
+    def cpu_bytes(self) -> int:
+        return sum(c.nbytes for c in self.cold.values())
+
+    def stored_dtypes(self) -> dict[str, str]:
+        return self.gpu.stored_dtypes()
+
+    # -- compiling and running: the GPU backend's, on the split graph
+
+    def lower(self, graph: Graph, dump_dir=None) -> Compiled:
+        return self.gpu.lower(split_ffn(graph, self.plan), dump_dir)
+
+    def program(self, compiled: Compiled) -> Program:
+        return self.gpu.program(compiled)
+
+    def _run_cold(self, node, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        layer = int(node.inputs[1].split(".")[1])
+        return [self.cold[layer](inputs[node.inputs[0]])]
+
+    def sampler(self, config):
+        return self.gpu.sampler(config)
+
+    def synchronize(self) -> None:
+        self.gpu.synchronize()
+
+    def launch_counter(self):
+        return self.gpu.launch_counter()
+
+    def active_fraction(self) -> float:
+        """Of the cold neurons, the fraction the last call computed in full (all layers)."""
+        total = sum(c.n for c in self.cold.values())
+        return sum(c.last_active for c in self.cold.values()) / total if total else 0.0
+
+
+def _is_geglu(model_file) -> bool:
+    from drift.models import config_from_gguf
+
+    cfg = config_from_gguf(model_file.metadata, {n: t.shape for n, t in model_file.tensors.items()},
+                           "model")
+    return cfg.ffn_act == "geglu"
+
+
+# ---------------------------------------------------------------------------------------------
+# the budget
+
+
+def neuron_gpu_bytes(model_file, layer: int) -> float:
+    """GPU bytes of one hot neuron: its gate and up rows at the file's types, its down column
+    as Q8_0."""
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as Q
+
+    total = 0.0
+    for part in ("gate", "up"):
+        info = model_file.tensors[f"blk.{layer}.ffn_{part}.weight"]
+        block, size = GGML_QUANT_SIZES[info.qtype]
+        total += info.shape[1] * size / block
+    D = model_file.tensors[f"blk.{layer}.ffn_down.weight"].shape[0]
+    block, size = GGML_QUANT_SIZES[Q.Q8_0]
+    return total + D * size / block
+
+
+def fixed_gpu_bytes(model_file, config, ctx: int, kv_dtype: str) -> int:
+    """What the GPU holds whatever the split: every weight outside the FFNs, the KV cache."""
+    weights = sum(t.nbytes for n, t in model_file.tensors.items() if not _FFN.match(n))
+    per = 2 if kv_dtype == "f16" else 4
+    kv = config.n_layers * ctx * config.n_kv_heads * (config.head_dim + config.v_head_dim) * per
+    return int(weights + kv)
+
+
+def ffn_bytes(model_file) -> int:
+    return sum(t.nbytes for n, t in model_file.tensors.items() if _FFN.match(n))
+
+
+def plan_for_budget(model_file, config, budget: int, ctx: int, kv_dtype: str,
+                    calibration=None, sparsity: float | None = None,
+                    layers: bool = False) -> HybridPlan:
+    """The plan that fits `budget` GPU bytes. sparsity: the CPU skips a cold neuron whose
+    |act(gate)| is under the calibration's quantile for it (None or 0: dense). layers: the
+    layer-offload baseline (whole FFNs, first layers on the GPU) instead of neurons."""
+    L, F = config.n_layers, config.d_ff
+    fixed = fixed_gpu_bytes(model_file, config, ctx, kv_dtype) + ACTIVATION_MARGIN
+    room = budget - fixed
+    if room < 0:
+        raise InvalidArgumentError(
+            f"--gpu-mem {budget / 2**30:.2f} GiB is below what the GPU must hold besides the "
+            f"FFNs ({fixed / 2**30:.2f} GiB: attention, embeddings, LM head, KV cache at --ctx "
+            f"{ctx}, activations)")
+    thresholds = np.zeros(L)
+    if sparsity:
+        if calibration is None:
+            raise InvalidArgumentError("--sparsity needs a calibration: run `drift calibrate "
+                                       "MODEL` first")
+        thresholds = _gate_thresholds(calibration, sparsity, L, F)
+    if layers:
+        per_layer = [sum(model_file.tensors[f"blk.{l}.ffn_{p}.weight"].nbytes
+                         for p in ("gate", "up", "down")) for l in range(L)]
+        n = int(np.searchsorted(np.cumsum(per_layer), room, side="right"))
+        return HybridPlan.layer_offload(L, F, n)
+    cost = np.array([neuron_gpu_bytes(model_file, l) for l in range(L)])
+    if room >= ffn_bytes(model_file):  # everything fits: dense, the file's own weights
+        return HybridPlan.uniform(L, F, F, thresholds)
+    if calibration is None:
+        k = int(room / cost.sum()) // DOWN_BLOCK * DOWN_BLOCK
+        return HybridPlan.uniform(L, F, min(k, F), thresholds)
+    from drift.hybrid.placement import solve_placement
+
+    if calibration.mean_abs.shape != (L, F):
+        raise InvalidArgumentError(f"the calibration is of {calibration.mean_abs.shape} "
+                                   f"neurons; this model has ({L}, {F})")
+    # hotness: how often a neuron is active at the sparsity the CPU skips at (its mean
+    # |act(gate) * up| when dense)
+    if sparsity:
+        k_index = int(np.argmin(np.abs(calibration.sparsities - sparsity)))
+        mass = calibration.active_frac[:, :, k_index]
+    else:
+        mass = calibration.mean_abs
+    placed = solve_placement(list(mass), cost, room, min_neurons=DOWN_BLOCK, gap=1e-3,
+                             time_limit=20)
+    n_gpu = []
+    for l in range(L):
+        k = int(placed.n_gpu[l])
+        n_gpu.append(k if k == F else k // DOWN_BLOCK * DOWN_BLOCK)
+    return HybridPlan(F, tuple(n_gpu), tuple(np.asarray(o) for o in placed.order),
+                      tuple(float(t) for t in thresholds))
+
+
+def _gate_thresholds(calibration, sparsity: float, L: int, F: int) -> np.ndarray:
+    if not 0 < sparsity < 1:
+        raise InvalidArgumentError(f"--sparsity must be in (0, 1), got {sparsity}")
+    g = calibration.gate_thresholds
+    if g is None:
+        raise InvalidArgumentError("the calibration predates gate thresholds: run "
+                                   "`drift calibrate MODEL` again")
+    s = np.asarray(calibration.sparsities, dtype=np.float64)
+    if g.shape != (L, len(s)):
+        raise InvalidArgumentError(f"the calibration is of {g.shape[0]} layers; the model "
+                                   f"has {L}")
+    out = np.array([np.interp(sparsity, s, g[l]) for l in range(L)])
+    if sparsity < s[0] or sparsity > s[-1]:
+        print(f"drift: --sparsity {sparsity} is outside the calibrated "
+              f"{s[0]}..{s[-1]}: using the nearest", file=sys.stderr)
+    return out

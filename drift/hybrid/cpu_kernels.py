@@ -1,0 +1,242 @@
+"""The CPU kernels of hybrid execution: a cold FFN from quantized blocks (`cold_ffn.c`).
+
+`cold_ffn.c` is compiled at first use with the system's C compiler (`cc -O3 -march=native
+-fopenmp`, into `$DRIFT_HOME/kernels/`, keyed by the source's and compiler's hash) and called
+through ctypes, which releases the GIL. Without a compiler, `ColdFFN` computes the same thing
+with numpy (one clear warning, correct but slow).
+
+Weights are held as planes converted once at load: the packed quants as they are in the file
+(nibbles or int8) and float32 scales (and minimums), so the dot products read nothing else.
+Gate and up rows of types other than Q4_0, Q4_1 and Q8_0 are re-quantized to Q8_0 at load (a
+K-quant's sub-block scales do not fit the block-of-32 loop; Q8_0 keeps them within ~0.4 % of
+a block's largest weight). The down projection's cold columns come already transposed and
+re-quantized to Q8_0 rows by the split (`drift/hybrid/split.py`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from drift.formats import quants
+
+SOURCE = Path(__file__).with_name("cold_ffn.c")
+KINDS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}  # the weight types the C loop reads as they are
+ACTIVATIONS = ("swiglu", "geglu")
+
+_lib = None
+_lib_lock = threading.Lock()
+_lib_error: str | None = None
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def _build(cc: str, out: Path) -> None:
+    base = [cc, "-O3", "-shared", "-fPIC", "-o", str(out), str(SOURCE)]
+    tries = [base + ["-march=native", "-fopenmp"], base + ["-march=native"], base]
+    err = ""
+    for cmd in tries:  # OpenMP or -march=native may be missing (macOS clang): fewer flags
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        err = r.stderr.strip().splitlines()[-1:] or [""]
+    raise OSError(f"{cc} failed: {err[0]}")
+
+
+def library():
+    """The compiled kernels (ctypes), or None where they cannot be built here."""
+    global _lib, _lib_error
+    with _lib_lock:
+        if _lib is not None or _lib_error is not None:
+            return _lib
+        if os.environ.get("DRIFT_CPU_KERNELS") == "numpy":
+            _lib_error = "DRIFT_CPU_KERNELS=numpy"
+            return None
+        cc = _compiler()
+        if cc is None:
+            _lib_error = "no C compiler (cc, gcc or clang) found"
+            print(f"drift: hybrid CPU kernels run on numpy: {_lib_error}", file=sys.stderr)
+            return None
+        from drift.hub import models_dir
+
+        key = hashlib.sha256(SOURCE.read_bytes() + cc.encode()
+                             + os.uname().machine.encode()).hexdigest()[:16]
+        path = models_dir().parent / "kernels" / f"cold_ffn-{key}.so"
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                _build(cc, tmp)
+                os.replace(tmp, path)
+            lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            _lib_error = str(e)
+            print(f"drift: hybrid CPU kernels run on numpy: {e}", file=sys.stderr)
+            return None
+        p = ctypes.c_void_p
+        i = ctypes.c_int
+        lib.quantize_x.argtypes = [p, i, i, p, p, p]
+        lib.gemv_rows.argtypes = [i, p, p, p, i, p, i, p, p, p, i, p]
+        lib.axpy_rows_q8.argtypes = [p, p, i, p, i, p, i, p]
+        lib.n_threads.restype = i
+        _lib = lib
+        return lib
+
+
+def _ptr(a: np.ndarray | None):
+    return None if a is None else a.ctypes.data
+
+
+@dataclass
+class RowPlanes:
+    """A (R, K) weight as the C loop reads it: `qs` the packed quants of each row (nibbles,
+    (R, K/2) uint8, or int8 (R, K)), `d` the block scales and `m` the block minimums (Q4_1),
+    float32 (R, K/32)."""
+
+    kind: str
+    qs: np.ndarray
+    d: np.ndarray
+    m: np.ndarray | None
+    K: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.qs.nbytes + self.d.nbytes + (0 if self.m is None else self.m.nbytes)
+
+    @classmethod
+    def from_blocks(cls, raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> RowPlanes:
+        """From a GGUF tensor's stored rows (R, row bytes)."""
+        R, K = shape
+        if qtype not in KINDS:  # a K-quant, Q5, F16...: re-quantized to Q8_0 rows
+            from gguf import GGMLQuantizationType as Q
+
+            w = quants.dequantize(raw, Q[qtype], shape)
+            raw, qtype = quants.quantize(w, Q.Q8_0), "Q8_0"
+        blocks = np.ascontiguousarray(raw).reshape(R, K // 32, -1)
+        flat = blocks.reshape(-1, blocks.shape[-1])
+
+        def scale(name):
+            return quants.field(flat, qtype, name).copy().view(np.float16).astype(
+                np.float32).reshape(R, K // 32)
+
+        qs = np.ascontiguousarray(quants.field(flat, qtype, "qs")).reshape(R, -1)
+        if qtype == "Q8_0":
+            qs = qs.view(np.int8)
+        return cls(qtype, qs, scale("d"), scale("m") if qtype == "Q4_1" else None, K)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 weights these planes hold (the numpy path, tests)."""
+        R, K = self.qs.shape[0], self.K
+        d = np.repeat(self.d, 32, axis=1)
+        if self.kind == "Q8_0":
+            return self.qs.astype(np.float32) * d
+        b = self.qs.reshape(R, K // 32, 16)
+        q = np.concatenate([b & 15, b >> 4], axis=-1).reshape(R, K).astype(np.float32)
+        if self.kind == "Q4_0":
+            return d * (q - 8)
+        return d * q + np.repeat(self.m, 32, axis=1)
+
+
+def _act(kind: str, g: np.ndarray) -> np.ndarray:
+    from drift.ir import REGISTRY
+
+    return REGISTRY["silu" if kind == "swiglu" else "gelu"].reference([g], {})[0]
+
+
+class ColdFFN:
+    """One layer's cold neurons on the CPU: gate and up rows, and the down projection's
+    columns as Q8_0 rows (transposed). `__call__(x)` returns their part of down(act(gate x) *
+    up x), the neurons whose |act(gate x)| is at most `threshold` skipped (CATS): their up
+    row and down row are never read."""
+
+    def __init__(self, gate: RowPlanes, up: RowPlanes, down_t: RowPlanes, act: str,
+                 threshold: float):
+        if down_t.kind != "Q8_0":
+            raise ValueError("the transposed down projection is held as Q8_0 rows")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"no cold FFN kernel for activation {act!r}")
+        self.gate, self.up, self.down_t, self.act = gate, up, down_t, act
+        self.threshold = float(threshold)
+        self.n, self.D = gate.qs.shape[0], gate.K
+        self.last_active = 0  # neurons computed in full on the last call (all tokens)
+        self._float = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.gate.nbytes + self.up.nbytes + self.down_t.nbytes
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, self.D)
+        lib = library()
+        return self._native(lib, x) if lib is not None else self._numpy(x)
+
+    def _native(self, lib, x: np.ndarray) -> np.ndarray:
+        S, D, n = x.shape[0], self.D, self.n
+        xq = np.empty((S, D), np.int8)
+        xd = np.empty((S, D // 32), np.float32)
+        xs = np.empty((S, D // 32), np.float32)
+        lib.quantize_x(_ptr(x), S, D, _ptr(xq), _ptr(xd), _ptr(xs))
+        qx = (_ptr(xq), _ptr(xd), _ptr(xs))
+
+        def gemv(w: RowPlanes, rows: np.ndarray | None, count: int) -> np.ndarray:
+            out = np.empty((S, count), np.float32)
+            lib.gemv_rows(KINDS[w.kind], _ptr(w.qs), _ptr(w.d), _ptr(w.m), D, _ptr(rows),
+                          count, *qx, S, _ptr(out))
+            return out
+
+        a = _act(self.act, gemv(self.gate, None, n))
+        keep = np.abs(a) > self.threshold if self.threshold > 0 else None
+        if keep is None:
+            rows, h = None, a * gemv(self.up, None, n)
+            count = n
+        else:  # the union over the call's tokens; a token's inactive neurons weigh 0
+            rows = np.flatnonzero(keep.any(axis=0)).astype(np.int32)
+            count = rows.size
+            h = np.where(keep[:, rows], a[:, rows], 0) * gemv(self.up, rows, count)
+            h = np.ascontiguousarray(h, dtype=np.float32)
+        self.last_active = count
+        y = np.empty((S, D), np.float32)
+        if count:
+            lib.axpy_rows_q8(_ptr(self.down_t.qs), _ptr(self.down_t.d), D, _ptr(rows), count,
+                             _ptr(h), S, _ptr(y))
+        else:
+            y[:] = 0
+        return y
+
+    def _numpy(self, x: np.ndarray) -> np.ndarray:
+        """The same arithmetic without the compiled loop: x quantized to int8 blocks, the
+        weights dequantized once and kept."""
+        from drift.ir.ops_quant import QBLOCK
+
+        if self._float is None:
+            self._float = tuple(w.dequantize() for w in (self.gate, self.up, self.down_t))
+        wg, wu, wd = self._float
+        b = x.reshape(x.shape[0], -1, QBLOCK)
+        amax = np.abs(b).max(axis=-1, keepdims=True)
+        inv = np.where(amax > 0, 127 / np.maximum(amax, 1e-30), 0).astype(np.float32)
+        t = b * inv
+        q = np.trunc(t + np.where(t >= 0, 0.5, -0.5))
+        xq = (q * (amax / 127)).reshape(x.shape).astype(np.float32)
+        a = _act(self.act, xq @ wg.T)
+        h = a * (xq @ wu.T)
+        if self.threshold > 0:
+            keep = np.abs(a) > self.threshold
+            h = np.where(keep, h, 0)
+            self.last_active = int(keep.any(axis=0).sum())
+        else:
+            self.last_active = self.n
+        return (h @ wd).astype(np.float32)

@@ -1,0 +1,50 @@
+"""The op hybrid execution adds: an FFN's cold neurons, computed where its weights live.
+
+    y = ffn_cold(x, gate, up, down_t)       attrs: act (swiglu, geglu), threshold
+
+x (S, D); gate and up (F', D) hold the cold neurons' rows, down_t (F', D) their down columns
+transposed (so that a neuron's whole down contribution is one row). Neuron j contributes
+act(gate_j . x) * (up_j . x) * down_t[j] when |act(gate_j . x)| > threshold, nothing otherwise
+(CATS: a calibrated magnitude threshold, since SwiGLU is not exactly sparse); threshold 0 keeps
+every neuron, and then y is the dense FFN restricted to these neurons. The split pass
+(`drift/hybrid/split.py`) writes it next to the GPU's hot part; no GPU backend runs it: the
+hybrid runtime calls the CPU kernel for it (`drift/hybrid/cpu_kernels.py`), and the numpy
+backend runs this reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drift.ir.ops import Cost, _matmul_t, gelu_tanh, register, silu
+
+ACTS = {"swiglu": silu, "geglu": gelu_tanh}
+
+
+@register("ffn_cold")
+class FFNCold:
+    @staticmethod
+    def infer(inputs, attrs):
+        x, gate, up, down_t = inputs
+        assert gate.shape == up.shape == down_t.shape and gate.shape[1] == x.shape[-1], (
+            f"ffn_cold: x {x.shape}, gate {gate.shape}, up {up.shape}, down_t {down_t.shape}")
+        assert attrs["act"] in ACTS, f"ffn_cold: act {attrs['act']!r}"
+        return [(x.shape, x.dtype)]
+
+    @staticmethod
+    def reference(inputs, attrs):
+        x, gate, up, down_t = inputs
+        a = ACTS[attrs["act"]](_matmul_t(x, gate))
+        h = a * _matmul_t(x, up)
+        if attrs["threshold"] > 0:
+            h = np.where(np.abs(a) > attrs["threshold"], h, 0)
+        if hasattr(down_t, "rows"):  # kept quantized (the numpy backend past its budget)
+            down_t = down_t.rows(np.arange(down_t.shape[0]))
+        return [(h @ np.asarray(down_t)).astype(x.dtype, copy=False)]
+
+    @staticmethod
+    def cost(inputs, outputs, attrs, kv_len):
+        x, gate, _, _ = inputs
+        S = int(np.prod(x.shape[:-1]))
+        return Cost(6 * S * gate.shape[0] * gate.shape[1], tuple(t.nbytes for t in inputs),
+                    tuple(t.nbytes for t in outputs))
