@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from drift.commands._common import add_hybrid_arguments, engine_options
 from drift.errors import DriftError, InvalidArgumentError
 from drift.passes import memory_report
 
@@ -80,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "each next to its roofline prediction.")
     pr.add_argument("model", nargs="?", default=None, help="a .gguf file or a model name")
     pr.add_argument("--device", default="auto", help="backend: cpu, cuda, ...")
+    add_hybrid_arguments(pr)
     pr.add_argument("--ctx", type=int, default=None,
                     help="KV cache size (default prompt-len + decode-tokens)")
     pr.add_argument("--prompt-len", type=int, default=32, help="prefill tokens (default 32)")
@@ -287,7 +289,7 @@ def _open_engine(args: argparse.Namespace):
     if args.model and os.path.exists(args.model):
         from drift.runtime.engine import Engine
 
-        return Engine(args.model, device=args.device, ctx=args.ctx)
+        return Engine(args.model, device=args.device, ctx=args.ctx, **engine_options(args))
     if args.model in PRESETS and not args.model.endswith(".gguf"):
         try:
             import drift.hub  # noqa: F401  (a short name the hub may fetch)

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from drift.commands._common import add_hybrid_arguments, engine_options
 from drift.errors import InvalidArgumentError
 
 
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (tg)")
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("--device", default="auto", help="backend: cpu, cuda (triton), ...")
+    add_hybrid_arguments(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-ceilings", action="store_true",
                    help="no MBU/MFU (and no probe of the device's ceilings)")
@@ -138,7 +140,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("-p, -n and -r must be >= 1")
     path = resolve_model(args.model)
     t0 = time.perf_counter()
-    engine = Engine(path, device=args.device, ctx=max(p, n) + 1)
+    engine = Engine(path, device=args.device, ctx=max(p, n) + 1, **engine_options(args))
     load_s = time.perf_counter() - t0
     cfg = engine.config
     rng = np.random.default_rng(0)
@@ -185,6 +187,10 @@ def run_bench(args: argparse.Namespace) -> int:
         "prefill_flops": pf_flops, "prefill_bytes": pf_bytes,
         "memory": memory,
     }
+    hybrid = getattr(engine.backend, "plan", None)
+    if hybrid is not None:
+        res["hybrid"] = {"plan": hybrid.describe(), "cpu_bytes": engine.backend.cpu_bytes(),
+                         "cold_active_fraction": engine.backend.active_fraction()}
     tg_med, pp_med = statistics.median(tg), statistics.median(pp)
     if ceilings:
         res["ceilings"] = ceilings
@@ -217,4 +223,8 @@ def run_bench(args: argparse.Namespace) -> int:
     mem = res["memory"]
     line = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items())
     print(f"memory: {line}")
+    if hybrid is not None:
+        h = res["hybrid"]
+        print(f"hybrid: {h['plan']}; CPU holds {h['cpu_bytes'] / 2**20:.0f} MiB; last decode "
+              f"computed {100 * h['cold_active_fraction']:.1f}% of the cold neurons")
     return 0

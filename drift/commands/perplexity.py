@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from drift.commands._common import add_hybrid_arguments, engine_options
 from drift.errors import InvalidArgumentError
 
 DEFAULT_PPL_CTX = 512
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, default=None,
                    help="window advance in tokens (default: ctx/2)")
     p.add_argument("--device", default="auto", help="backend (default: auto)")
+    add_hybrid_arguments(p)
     p.set_defaults(func=cmd_perplexity)
 
 
@@ -68,7 +70,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     ids = Tokenizer.from_gguf(f.metadata).encode(text, parse_special=False)
     if len(ids) < 2:
         raise InvalidArgumentError(f"--text {args.text}: {len(ids)} token(s); perplexity needs >= 2")
-    engine = Engine(path, device=args.device, ctx=ctx)
+    engine = Engine(path, device=args.device, ctx=ctx, **engine_options(args))
     console = Console(stderr=True)
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:

@@ -239,6 +239,25 @@ def plan_for_budget(model_file, config, budget: int, ctx: int, kv_dtype: str,
                       tuple(float(t) for t in thresholds))
 
 
+def hybrid_backend(gpu: Backend, model_file, path, config, ctx: int, gpu_mem: int | None,
+                   sparsity: float, offload: str) -> Backend:
+    """`gpu` wrapped to run within `gpu_mem` bytes (None: what it has free, less a tenth),
+    with the calibration of `path` where `drift calibrate` saved one. Prints the split."""
+    from drift.hybrid.calibrate import Calibration, calibration_path
+
+    if gpu_mem is None:
+        free = getattr(gpu, "free_memory", None)
+        gpu_mem = int(0.9 * free()) if free else gpu.device().memory_bytes
+    cal_path = calibration_path(path)
+    calibration = Calibration.load(cal_path) if cal_path.exists() else None
+    plan = plan_for_budget(model_file, config, gpu_mem, ctx, gpu.kv_dtype, calibration,
+                           sparsity or None, layers=offload == "layers")
+    where = "calibrated" if calibration is not None else "no calibration: even split"
+    print(f"[hybrid: --gpu-mem {gpu_mem / 2**30:.2f} GiB: {plan.describe()}; {where}]",
+          file=sys.stderr)
+    return HybridBackend(gpu, plan)
+
+
 def _gate_thresholds(calibration, sparsity: float, L: int, F: int) -> np.ndarray:
     if not 0 < sparsity < 1:
         raise InvalidArgumentError(f"--sparsity must be in (0, 1), got {sparsity}")

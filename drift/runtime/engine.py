@@ -38,6 +38,9 @@ class Engine:
         device: str | None = None,
         ctx: int | None = None,
         backend: Backend | None = None,
+        gpu_mem: int | None = None,
+        sparsity: float = 0.0,
+        offload: str = "neurons",
     ):
         t0 = time.perf_counter()
         self.path = Path(path)
@@ -54,6 +57,11 @@ class Engine:
             )
         self.weight_dtypes = {n: gguf_dtype(t.qtype.name) for n, t in self.file.tensors.items()}
         self.backend = backend or create_backend(device)
+        if gpu_mem is not None or sparsity or self._does_not_fit():
+            from drift.hybrid.backend import hybrid_backend
+
+            self.backend = hybrid_backend(self.backend, self.file, self.path, self.config,
+                                          self.ctx, gpu_mem, sparsity, offload)
         # The decode graph after the passes says which weights its kernels read together
         # (stacked matmuls): the backend lays those out side by side as it loads them.
         decode = self.backend.lower(self.graph(1)).graph
@@ -62,6 +70,17 @@ class Engine:
         self._programs: OrderedDict[tuple[int, bool], Program] = OrderedDict()
         self.cached_tokens: list[int] = []  # tokens whose K/V are in the cache, in order
         self.load_seconds = time.perf_counter() - t0
+
+    def _does_not_fit(self) -> bool:
+        """Whether the model is larger than what the GPU has free (then it runs hybrid)."""
+        free = getattr(self.backend, "free_memory", None)
+        if free is None or self.backend.device().kind != "gpu":
+            return False
+        from drift.hybrid.backend import ACTIVATION_MARGIN, ffn_bytes, fixed_gpu_bytes
+
+        need = (fixed_gpu_bytes(self.file, self.config, self.ctx, self.backend.kv_dtype)
+                + ffn_bytes(self.file) + ACTIVATION_MARGIN)
+        return need > free()
 
     def graph(self, n_tokens: int, all_logits: bool = False) -> Graph:
         """The graph of one call over `n_tokens` tokens; with `all_logits` it returns every

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Hybrid CPU-GPU execution on the H200 machine (issue 10): Llama-3.1-8B Q4_0 (drift
+# make-random shapes) within a GPU memory budget, neuron placement against drift's own layer
+# offload, next to llama.cpp's -ngl 16 / -ngl 24 (../shared/ANCHORS.md).
+# run(command="STEP=cal bash bench/hybrid_session.sh", carry=[".whl"])     make the file, calibrate
+# run(command="STEP=bench CONFIGS='2.05G:layers:0 ...' bash bench/hybrid_session.sh", carry=[".whl"])
+#   each config is BUDGET:OFFLOAD:SPARSITY (drift bench --gpu-mem --offload --sparsity)
+set -o pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 DRIFT_HOME=/tmp/drift-home
+M=/tmp/m/llama-3.1-8b-Q4_0.gguf
+[[ -f $M ]] || python3 -m drift make-random llama-3.1-8b Q4_0 $M 2>&1 | tail -1
+echo "cpus $(nproc); $(lscpu | grep 'Model name')"
+if [[ $STEP == cal ]]; then
+  # thresholds of |act(gate)| for the random file (no real hotness: they set the sparsity)
+  timeout 400 python3 -m drift calibrate $M --tokens ${TOKENS:-256} --ctx 256 --device cuda \
+    2>&1 | tail -6 | tee "$OUT/calibrate.txt"
+  exit
+fi
+for cfg in ${CONFIGS:-"2.05G:layers:0 2.05G:neurons:0.9"}; do
+  IFS=: read -r mem off sp <<< "$cfg"
+  f="$OUT/bench-$mem-$off-$sp.txt"
+  timeout ${BENCH_TIMEOUT:-240} python3 -m drift bench $M -p ${P:-512} -n ${N:-32} -r ${R:-2} \
+    --gpu-mem $mem --offload $off --sparsity $sp --no-ceilings > "$f" 2>&1
+  echo "rc=$? $cfg"; grep -E "^\| |memory|hybrid|Error|error" "$f" | head -8
+done
