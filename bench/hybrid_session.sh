@@ -2,6 +2,7 @@
 # Hybrid CPU-GPU execution on the H200 machine (issue 10): Llama-3.1-8B Q4_0 (drift
 # make-random shapes) within a GPU memory budget, neuron placement against drift's own layer
 # offload, next to llama.cpp's -ngl 16 / -ngl 24 (../shared/ANCHORS.md).
+# run(command="STEP=kernels bash bench/hybrid_session.sh", carry=[".whl"]) the CPU kernels alone
 # run(command="STEP=cal bash bench/hybrid_session.sh", carry=[".whl"])     make the file, calibrate
 # run(command="STEP=bench CONFIGS='2.05G:layers:0 ...' bash bench/hybrid_session.sh", carry=[".whl"])
 #   each config is BUDGET:OFFLOAD:SPARSITY (drift bench --gpu-mem --offload --sparsity)
@@ -11,8 +12,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 DRIFT_HOME=/tmp/drift-home
 M=/tmp/m/llama-3.1-8b-Q4_0.gguf
-[[ -f $M ]] || python3 -m drift make-random llama-3.1-8b Q4_0 $M 2>&1 | tail -1
 echo "cpus $(nproc); $(lscpu | grep 'Model name')"
+if [[ $STEP == kernels ]]; then  # the CPU kernels alone, at 16 and 8 OpenMP threads
+  for t in 16 8; do OMP_NUM_THREADS=$t python3 bench/hybrid_kernels.py 2>&1 | tee -a "$OUT/kernels.txt"; done
+  exit
+fi
+[[ -f $M ]] || python3 -m drift make-random llama-3.1-8b Q4_0 $M 2>&1 | tail -1
 if [[ $STEP == cal ]]; then
   # thresholds of |act(gate)| for the random file (no real hotness: they set the sparsity)
   timeout 400 python3 -m drift calibrate $M --tokens ${TOKENS:-256} --ctx 256 --device cuda \

@@ -169,7 +169,10 @@ def run_bench(args: argparse.Namespace) -> int:
         engine.forward([1], i)
     warm_s = time.perf_counter() - t_w
     pp = [p / prefill() for _ in range(reps)]
+    cold_s = getattr(engine.backend, "cold_seconds", None)
     tg = [n / generate() for _ in range(reps)]
+    if cold_s is not None:  # hybrid: the CPU kernels' share of decode
+        cold_ms_per_token = (engine.backend.cold_seconds - cold_s) * 1e3 / (n * reps)
 
     pf_flops, pf_bytes = graph_cost(stage_graph(engine, p), p)
     dc_flops, dc_bytes = graph_cost(stage_graph(engine, 1), n // 2)  # the middle of the run
@@ -190,7 +193,8 @@ def run_bench(args: argparse.Namespace) -> int:
     hybrid = getattr(engine.backend, "plan", None)
     if hybrid is not None:
         res["hybrid"] = {"plan": hybrid.describe(), "cpu_bytes": engine.backend.cpu_bytes(),
-                         "cold_active_fraction": engine.backend.active_fraction()}
+                         "cold_active_fraction": engine.backend.active_fraction(),
+                         "cpu_ms_per_decode_token": cold_ms_per_token}
     tg_med, pp_med = statistics.median(tg), statistics.median(pp)
     if ceilings:
         res["ceilings"] = ceilings
@@ -226,5 +230,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if hybrid is not None:
         h = res["hybrid"]
         print(f"hybrid: {h['plan']}; CPU holds {h['cpu_bytes'] / 2**20:.0f} MiB; last decode "
-              f"computed {100 * h['cold_active_fraction']:.1f}% of the cold neurons")
+              f"computed {100 * h['cold_active_fraction']:.1f}% of the cold neurons; CPU "
+              f"kernels {h['cpu_ms_per_decode_token']:.2f} ms of "
+              f"{1e3 / statistics.median(tg):.2f} ms per decode token")
     return 0

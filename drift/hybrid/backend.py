@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -30,7 +31,14 @@ import numpy as np
 from drift.backends.base import Backend, DeviceInfo, HeldBytes, Program
 from drift.errors import InvalidArgumentError
 from drift.hybrid.cpu_kernels import ColdFFN, RowPlanes
-from drift.hybrid.split import DOWN_BLOCK, HybridPlan, SplitModelFile, cold, hot, split_ffn
+from drift.hybrid.split import (
+    DOWN_BLOCK,
+    HybridPlan,
+    SplitModelFile,
+    cold_weights,
+    hot,
+    split_ffn,
+)
 from drift.ir import Graph, TensorSpec
 from drift.passes import Capabilities, Compiled
 
@@ -45,6 +53,9 @@ class HybridBackend(Backend):
         self.gpu, self.plan = gpu, plan
         self.kv_dtype = gpu.kv_dtype  # type: ignore[misc]  (the GPU's cache)
         self.cold: dict[int, ColdFFN] = {}  # layer -> its CPU kernel
+        self.cold_seconds = 0.0  # wall time in the CPU kernels (bench reports it per token)
+        self.cold_calls = 0
+        self._cold_names: set[str] = set()
         self.cpu_runs_cold = not gpu.supports("ffn_cold")
         if self.cpu_runs_cold:
             gpu.host_ops = {"ffn_cold": self._run_cold}
@@ -82,29 +93,27 @@ class HybridBackend(Backend):
             elif k:  # (k, D): the hot rows, as stored
                 gpu_specs.append(TensorSpec(hot(layer, part), (k, s.shape[1]), s.dtype, s.role))
             cold_layers.add(layer)
+        role = specs[0].role
+        cold_specs = [TensorSpec(n, split.tensors[n].shape, split.tensors[n].qtype.name, role)
+                      for layer in sorted(cold_layers) for n in cold_weights(self.plan, layer)[:3]]
         if not self.cpu_runs_cold:  # the GPU backend runs ffn_cold itself: it holds all
-            for layer in sorted(cold_layers):
-                for part in ("gate", "up", "down_t"):
-                    info = split.tensors[cold(layer, part)]
-                    gpu_specs.append(TensorSpec(info.name, info.shape, info.qtype.name,
-                                                specs[0].role))
+            gpu_specs += cold_specs
         self.gpu.load_weights(split, gpu_specs, stacks)
         if self.cpu_runs_cold:
+            act = "geglu" if _is_geglu(model_file) else "swiglu"
             for layer in sorted(cold_layers):
+                *names, down_rows = cold_weights(self.plan, layer)
                 planes = []
-                for part in ("gate", "up", "down_t"):
-                    info = split.tensors[cold(layer, part)]
+                for name in names:
+                    info = split.tensors[name]
                     planes.append(RowPlanes.from_blocks(np.asarray(info.data), info.qtype.name,
                                                         info.shape))
-                act = "geglu" if _is_geglu(model_file) else "swiglu"
-                self.cold[layer] = ColdFFN(*planes, act, self.plan.thresholds[layer])
+                self.cold[layer] = ColdFFN(*planes, act, self.plan.thresholds[layer],
+                                           down_rows=down_rows)
+                self._cold_names.update(names)
 
     def has_weight(self, name: str) -> bool:
-        if self.gpu.has_weight(name):
-            return True
-        parts = name.split(".")
-        return (self.cpu_runs_cold and name.endswith(".cold") and len(parts) == 4
-                and int(parts[1]) in self.cold)
+        return self.gpu.has_weight(name) or name in self._cold_names
 
     def alloc_state(self, specs: list[TensorSpec]) -> None:
         self.gpu.alloc_state(specs)
@@ -129,7 +138,11 @@ class HybridBackend(Backend):
 
     def _run_cold(self, node, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         layer = int(node.inputs[1].split(".")[1])
-        return [self.cold[layer](inputs[node.inputs[0]])]
+        t0 = time.perf_counter()
+        y = self.cold[layer](inputs[node.inputs[0]])
+        self.cold_seconds += time.perf_counter() - t0
+        self.cold_calls += 1
+        return [y]
 
     def sampler(self, config):
         return self.gpu.sampler(config)

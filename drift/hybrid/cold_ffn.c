@@ -11,16 +11,31 @@
  *   Q4_1  w = d q + m
  *   Q8_0  w = d q                  q int8
  *
- * with d (and m) already float32 planes (converted once at load), so the inner loop only
- * reads the packed quants. Rows of the down projection are stored transposed (a cold
+ * with d (and m) half-precision planes split out of the blocks at load (the packed quants
+ * stay as they are), so the inner loop reads no more bytes than the file holds. Rows of the down projection are stored transposed (a cold
  * neuron's down column is one Q8_0 row of D), so the down product of the active neurons is
  * an axpy over rows: y += h_j * down_t[j].
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
+
+static inline float f16(uint16_t h) { /* IEEE half -> float */
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, bits;
+    if (e == 0) { /* zero or subnormal */
+        if (m == 0) bits = s;
+        else { e = 113; while (!(m & 1024)) { m <<= 1; e--; } bits = s | (e << 23) | ((m & 1023) << 13); }
+    } else if (e == 31) bits = s | 0x7f800000 | (m << 13);
+    else bits = s | ((e + 112) << 23) | (m << 13);
+    float f; memcpy(&f, &bits, 4); return f;
+#endif
+}
 
 enum { KIND_Q4_0 = 0, KIND_Q4_1 = 1, KIND_Q8_0 = 2 };
 
@@ -68,41 +83,54 @@ static inline __m256i nibbles(const uint8_t *qs) { /* 16 bytes -> 32 values 0..1
 }
 #endif
 
-/* one weight row (nb blocks) . one quantized x row */
-static inline float row_dot(int kind, const uint8_t *qs, const float *d, const float *m,
+#if defined(__AVX2__)
+/* block b of a weight row times block b of x: 8 int32 lanes summing to the integer dot */
+static inline __m256i block_dot(int kind, const uint8_t *qs, int b, const int8_t *xq) {
+    __m256i y = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
+    if (kind == KIND_Q8_0)
+        return dot_i8(_mm256_loadu_si256((const __m256i *)(qs + b * 32)), y);
+    if (kind == KIND_Q4_0)
+        return dot_i8(_mm256_sub_epi8(nibbles(qs + b * 16), _mm256_set1_epi8(8)), y);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(qs + b * 16), y),
+                             _mm256_set1_epi16(1));
+}
+#endif
+
+/* one weight row (nb blocks) . one quantized x row; two accumulators, so that consecutive
+ * blocks' multiply-adds do not wait on each other */
+static inline float row_dot(int kind, const uint8_t *qs, const uint16_t *d, const uint16_t *m,
                             int nb, const int8_t *xq, const float *xd, const float *xs) {
 #if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float extra = 0.f;
-    for (int b = 0; b < nb; b++) {
-        __m256i y = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
-        __m256i p;
-        if (kind == KIND_Q8_0) {
-            p = dot_i8(_mm256_loadu_si256((const __m256i *)(qs + b * 32)), y);
-        } else if (kind == KIND_Q4_0) {
-            p = dot_i8(_mm256_sub_epi8(nibbles(qs + b * 16), _mm256_set1_epi8(8)), y);
-        } else { /* Q4_1: unsigned quants, the minimum times sum(x) added after */
-            p = _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(qs + b * 16), y),
-                                  _mm256_set1_epi16(1));
-            extra += m[b] * xs[b];
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b] * xd[b]), _mm256_cvtepi32_ps(p), acc);
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(d[b]) * xd[b]),
+                               _mm256_cvtepi32_ps(block_dot(kind, qs, b, xq)), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(d[b + 1]) * xd[b + 1]),
+                               _mm256_cvtepi32_ps(block_dot(kind, qs, b + 1, xq)), acc1);
     }
-    return hsum8(acc) + extra;
+    if (b < nb)
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(d[b]) * xd[b]),
+                               _mm256_cvtepi32_ps(block_dot(kind, qs, b, xq)), acc0);
+    if (kind == KIND_Q4_1) /* unsigned quants: the minimum times sum(x), added after */
+        for (int c = 0; c < nb; c++) extra += f16(m[c]) * xs[c];
+    return hsum8(_mm256_add_ps(acc0, acc1)) + extra;
 #else
     float total = 0.f;
     for (int b = 0; b < nb; b++) {
         const int8_t *y = xq + b * 32;
         int acc = 0;
+        float db = f16(d[b]);
         if (kind == KIND_Q8_0) {
             const int8_t *q = (const int8_t *)qs + b * 32;
             for (int i = 0; i < 32; i++) acc += q[i] * y[i];
-            total += d[b] * xd[b] * (float)acc;
+            total += db * xd[b] * (float)acc;
         } else {
             const uint8_t *q = qs + b * 16;
             for (int i = 0; i < 16; i++) acc += (q[i] & 15) * y[i] + (q[i] >> 4) * y[i + 16];
-            if (kind == KIND_Q4_0) total += d[b] * (xd[b] * (float)acc - 8.f * xs[b]);
-            else total += d[b] * xd[b] * (float)acc + m[b] * xs[b];
+            if (kind == KIND_Q4_0) total += db * (xd[b] * (float)acc - 8.f * xs[b]);
+            else total += db * xd[b] * (float)acc + f16(m[b]) * xs[b];
         }
     }
     return total;
@@ -110,8 +138,8 @@ static inline float row_dot(int kind, const uint8_t *qs, const float *d, const f
 }
 
 /* out[s, i] = W[rows[i]] . x[s] for i < n (rows NULL: row i), W (R, K) in `kind` planes:
- * qs (R, K/2) or (R, K) bytes, d and m (R, K/32). out (S, n). */
-void gemv_rows(int kind, const uint8_t *qs, const float *d, const float *m, int K,
+ * qs (R, K/2) or (R, K) bytes, d and m (R, K/32) f16. out (S, n). */
+void gemv_rows(int kind, const uint8_t *qs, const uint16_t *d, const uint16_t *m, int K,
                const int32_t *rows, int n, const int8_t *xq, const float *xd, const float *xs,
                int S, float *out) {
     int nb = K / 32;
@@ -127,39 +155,165 @@ void gemv_rows(int kind, const uint8_t *qs, const float *d, const float *m, int 
 }
 
 /* y[s] = sum_i h[s, i] * W[rows[i]] over Q8_0 rows of K (the transposed down projection):
- * qs (R, K) int8, d (R, K/32). h (S, n), y (S, K), overwritten. Each thread owns a slice of
- * y's columns (CHUNK blocks, in L1 throughout) and streams that slice of every active row. */
-#define CHUNK 8
-void axpy_rows_q8(const int8_t *qs, const float *d, int K, const int32_t *rows, int n,
-                  const float *h, int S, float *y) {
-    int nb = K / 32, n_chunks = (nb + CHUNK - 1) / CHUNK;
-    memset(y, 0, sizeof(float) * (size_t)S * K);
-    #pragma omp parallel for schedule(static)
-    for (int c = 0; c < n_chunks; c++) {
-        int b0 = c * CHUNK, b1 = b0 + CHUNK < nb ? b0 + CHUNK : nb;
-        for (int i = 0; i < n; i++) {
+ * qs (R, K) int8, d (R, K/32) f16. h (S, n), y (S, K), overwritten. Each thread streams
+ * whole rows of its share of the active neurons into its own accumulator (L1/L2), then the
+ * accumulators are summed. */
+void axpy_rows_q8(const int8_t *qs, const uint16_t *d, int K, const int32_t *rows, int n,
+                  const float *h, int S, float *y, float *work, int n_work) {
+    int nb = K / 32;
+    memset(work, 0, sizeof(float) * (size_t)n_work * S * K);
+    #pragma omp parallel num_threads(n_work)
+    {
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        extern int omp_get_thread_num(void);
+        extern int omp_get_num_threads(void);
+        t = omp_get_thread_num(); nt = omp_get_num_threads();
+#endif
+        float *acc = work + (size_t)t * S * K;
+        int i0 = (int)((int64_t)n * t / nt), i1 = (int)((int64_t)n * (t + 1) / nt);
+        for (int i = i0; i < i1; i++) {
             int64_t r = rows ? rows[i] : i;
+            const int8_t *q = qs + r * K;
             for (int s = 0; s < S; s++) {
                 float hi = h[(int64_t)s * n + i];
                 if (hi == 0.f) continue;
-                for (int b = b0; b < b1; b++) {
-                    const int8_t *q = qs + r * K + b * 32;
-                    float f = hi * d[r * nb + b];
-                    float *out = y + (int64_t)s * K + b * 32;
+                float *out = acc + (int64_t)s * K;
+                for (int b = 0; b < nb; b++) {
+                    float f = hi * f16(d[r * nb + b]);
 #if defined(__AVX2__)
                     __m256 vf = _mm256_set1_ps(f);
                     for (int e = 0; e < 32; e += 8) {
                         __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                            _mm_loadl_epi64((const __m128i *)(q + e))));
-                        _mm256_storeu_ps(out + e, _mm256_fmadd_ps(vf, w, _mm256_loadu_ps(out + e)));
+                            _mm_loadl_epi64((const __m128i *)(q + b * 32 + e))));
+                        _mm256_storeu_ps(out + b * 32 + e,
+                                         _mm256_fmadd_ps(vf, w, _mm256_loadu_ps(out + b * 32 + e)));
                     }
 #else
-                    for (int e = 0; e < 32; e++) out[e] += f * (float)q[e];
+                    for (int e = 0; e < 32; e++) out[b * 32 + e] += f * (float)q[b * 32 + e];
 #endif
                 }
             }
         }
     }
+    int64_t total = (int64_t)S * K;
+    #pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < total; j++) {
+        float v = 0.f;
+        for (int t = 0; t < n_work; t++) v += work[(size_t)t * total + j];
+        y[j] = v;
+    }
+}
+
+static void quantize_row(const float *v, int K, int8_t *q, float *xd, float *xs) {
+    for (int b = 0; b < K / 32; b++) {
+        float amax = 0.f;
+        for (int i = 0; i < 32; i++) { float a = fabsf(v[b * 32 + i]); amax = a > amax ? a : amax; }
+        float d = amax / 127.f, inv = amax > 0 ? 127.f / amax : 0.f;
+        int sum = 0;
+        for (int i = 0; i < 32; i++) {
+            float t = v[b * 32 + i] * inv;
+            int r = (int)(t + (t >= 0 ? 0.5f : -0.5f));
+            q[b * 32 + i] = (int8_t)r;
+            sum += r;
+        }
+        xd[b] = d;
+        xs[b] = d * (float)sum;
+    }
+}
+
+static inline float activation(int act, float g) {
+    if (act == 0) return g / (1.f + expf(-g)); /* silu (SwiGLU) */
+    return 0.5f * g * (1.f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))); /* gelu */
+}
+
+typedef struct { int kind; const uint8_t *qs; const uint16_t *d, *m; } planes_t;
+
+/* One token through a layer's cold neurons, in one parallel region (no fork/join between
+ * the steps, a barrier each):
+ *   a = act(gate . x) for all F neurons; keep those with |a| > threshold (all if 0);
+ *   h = a * (up . x) for the kept; y = down^T h.
+ * down_rows: down is (F, D) Q8_0 rows (axpy over the kept rows, per-thread accumulators in
+ * `work` (n_work * D)); else (D, F) rows of the file (h quantized, a GEMV). scratch: F floats
+ * a, F ints rows, F floats h, F + 2F/32 bytes/floats for quantized h. Returns the kept count. */
+int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, int D, int F,
+                   const float *x, float threshold, int act, float *a, int32_t *rows, float *h,
+                   int8_t *hq, float *hd, float *hs, float *work, int n_work, float *y) {
+    int8_t xq[D];
+    float xd[D / 32], xs[D / 32];
+    quantize_row(x, D, xq, xd, xs);
+    int nbD = D / 32, nbF = F / 32;
+    int64_t rbD_g = gate->kind == KIND_Q8_0 ? D : D / 2, rbD_u = up->kind == KIND_Q8_0 ? D : D / 2;
+    int count = 0;
+    #pragma omp parallel num_threads(n_work)
+    {
+        #pragma omp for schedule(static)
+        for (int j = 0; j < F; j++)
+            a[j] = activation(act, row_dot(gate->kind, gate->qs + j * rbD_g, gate->d + (int64_t)j * nbD,
+                                           gate->m ? gate->m + (int64_t)j * nbD : 0, nbD, xq, xd, xs));
+        #pragma omp single
+        {
+            if (threshold > 0) {
+                for (int j = 0; j < F; j++)
+                    if (fabsf(a[j]) > threshold) rows[count++] = j;
+            } else {
+                for (int j = 0; j < F; j++) rows[j] = j;
+                count = F;
+            }
+        }
+        #pragma omp for schedule(static)
+        for (int i = 0; i < count; i++) {
+            int64_t j = rows[i];
+            h[i] = a[j] * row_dot(up->kind, up->qs + j * rbD_u, up->d + j * nbD,
+                                  up->m ? up->m + j * nbD : 0, nbD, xq, xd, xs);
+        }
+        if (!down_rows) { /* dense: y = down . h over the file's (D, F) rows */
+            #pragma omp single
+            quantize_row(h, F, hq, hd, hs);
+            int64_t rbF = down->kind == KIND_Q8_0 ? F : F / 2;
+            #pragma omp for schedule(static)
+            for (int r = 0; r < D; r++)
+                y[r] = row_dot(down->kind, down->qs + r * rbF, down->d + (int64_t)r * nbF,
+                               down->m ? down->m + (int64_t)r * nbF : 0, nbF, hq, hd, hs);
+        } else {
+            int t = 0, nt = 1;
+#ifdef _OPENMP
+            extern int omp_get_thread_num(void);
+            extern int omp_get_num_threads(void);
+            t = omp_get_thread_num(); nt = omp_get_num_threads();
+#endif
+            float *acc = work + (size_t)t * D;
+            memset(acc, 0, sizeof(float) * D);
+            int i0 = (int)((int64_t)count * t / nt), i1 = (int)((int64_t)count * (t + 1) / nt);
+            const int8_t *dq = (const int8_t *)down->qs;
+            for (int i = i0; i < i1; i++) {
+                int64_t r = rows[i];
+                const int8_t *q = dq + r * D;
+                for (int b = 0; b < nbD; b++) {
+                    float f = h[i] * f16(down->d[r * nbD + b]);
+#if defined(__AVX2__)
+                    __m256 vf = _mm256_set1_ps(f);
+                    for (int e = 0; e < 32; e += 8) {
+                        __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                            _mm_loadl_epi64((const __m128i *)(q + b * 32 + e))));
+                        _mm256_storeu_ps(acc + b * 32 + e,
+                                         _mm256_fmadd_ps(vf, w, _mm256_loadu_ps(acc + b * 32 + e)));
+                    }
+#else
+                    for (int e = 0; e < 32; e++) acc[b * 32 + e] += f * (float)q[b * 32 + e];
+#endif
+                }
+            }
+            #pragma omp barrier
+            #pragma omp for schedule(static)
+            for (int c = 0; c < D; c++) {
+                float v = 0.f;
+                for (int u = 0; u < nt; u++) v += work[(size_t)u * D + c];
+                y[c] = v;
+            }
+        }
+    }
+    return count;
 }
 
 int n_threads(void) {

@@ -50,7 +50,7 @@ def _build(cc: str, out: Path) -> None:
     tries = [base + ["-march=native", "-fopenmp"], base + ["-march=native"], base]
     err = ""
     for cmd in tries:  # OpenMP or -march=native may be missing (macOS clang): fewer flags
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if r.returncode == 0:
             return
         err = r.stderr.strip().splitlines()[-1:] or [""]
@@ -91,7 +91,10 @@ def library():
         i = ctypes.c_int
         lib.quantize_x.argtypes = [p, i, i, p, p, p]
         lib.gemv_rows.argtypes = [i, p, p, p, i, p, i, p, p, p, i, p]
-        lib.axpy_rows_q8.argtypes = [p, p, i, p, i, p, i, p]
+        lib.axpy_rows_q8.argtypes = [p, p, i, p, i, p, i, p, p, i]
+        lib.ffn_cold_token.argtypes = [p, p, p, i, i, i, p, ctypes.c_float, i, p, p, p,
+                                       p, p, p, p, i, p]
+        lib.ffn_cold_token.restype = i
         lib.n_threads.restype = i
         _lib = lib
         return lib
@@ -101,11 +104,16 @@ def _ptr(a: np.ndarray | None):
     return None if a is None else a.ctypes.data
 
 
+class _Planes(ctypes.Structure):  # planes_t of cold_ffn.c
+    _fields_ = [("kind", ctypes.c_int), ("qs", ctypes.c_void_p), ("d", ctypes.c_void_p),
+                ("m", ctypes.c_void_p)]
+
+
 @dataclass
 class RowPlanes:
     """A (R, K) weight as the C loop reads it: `qs` the packed quants of each row (nibbles,
     (R, K/2) uint8, or int8 (R, K)), `d` the block scales and `m` the block minimums (Q4_1),
-    float32 (R, K/32)."""
+    IEEE half bits (R, K/32) uint16, as the file stores them."""
 
     kind: str
     qs: np.ndarray
@@ -129,9 +137,9 @@ class RowPlanes:
         blocks = np.ascontiguousarray(raw).reshape(R, K // 32, -1)
         flat = blocks.reshape(-1, blocks.shape[-1])
 
-        def scale(name):
-            return quants.field(flat, qtype, name).copy().view(np.float16).astype(
-                np.float32).reshape(R, K // 32)
+        def scale(name):  # f16 as stored, split out of the blocks (the kernel widens them)
+            return np.ascontiguousarray(quants.field(flat, qtype, name)).view(
+                np.uint16).reshape(R, K // 32)
 
         qs = np.ascontiguousarray(quants.field(flat, qtype, "qs")).reshape(R, -1)
         if qtype == "Q8_0":
@@ -141,14 +149,14 @@ class RowPlanes:
     def dequantize(self) -> np.ndarray:
         """The float32 weights these planes hold (the numpy path, tests)."""
         R, K = self.qs.shape[0], self.K
-        d = np.repeat(self.d, 32, axis=1)
+        d = np.repeat(self.d.view(np.float16).astype(np.float32), 32, axis=1)
         if self.kind == "Q8_0":
             return self.qs.astype(np.float32) * d
         b = self.qs.reshape(R, K // 32, 16)
         q = np.concatenate([b & 15, b >> 4], axis=-1).reshape(R, K).astype(np.float32)
         if self.kind == "Q4_0":
             return d * (q - 8)
-        return d * q + np.repeat(self.m, 32, axis=1)
+        return d * q + np.repeat(self.m.view(np.float16).astype(np.float32), 32, axis=1)
 
 
 def _act(kind: str, g: np.ndarray) -> np.ndarray:
@@ -158,44 +166,77 @@ def _act(kind: str, g: np.ndarray) -> np.ndarray:
 
 
 class ColdFFN:
-    """One layer's cold neurons on the CPU: gate and up rows, and the down projection's
-    columns as Q8_0 rows (transposed). `__call__(x)` returns their part of down(act(gate x) *
-    up x), the neurons whose |act(gate x)| is at most `threshold` skipped (CATS): their up
-    row and down row are never read."""
+    """One layer's cold neurons on the CPU: gate and up rows, and the down projection either
+    as the neurons' columns in Q8_0 rows (`down_rows`, transposed: what skipping needs) or as
+    the file's own (D, F') rows (dense: a GEMV on the quantized h, no re-quantization).
+    `__call__(x)` returns their part of down(act(gate x) * up x), the neurons whose
+    |act(gate x)| is at most `threshold` skipped (CATS): their up row and down row are never
+    read."""
 
-    def __init__(self, gate: RowPlanes, up: RowPlanes, down_t: RowPlanes, act: str,
-                 threshold: float):
-        if down_t.kind != "Q8_0":
+    def __init__(self, gate: RowPlanes, up: RowPlanes, down: RowPlanes, act: str,
+                 threshold: float, down_rows: bool = True):
+        if down_rows and down.kind != "Q8_0":
             raise ValueError("the transposed down projection is held as Q8_0 rows")
+        if not down_rows and threshold > 0:
+            raise ValueError("skipping needs the down projection as rows per neuron")
         if act not in ACTIVATIONS:
             raise ValueError(f"no cold FFN kernel for activation {act!r}")
-        self.gate, self.up, self.down_t, self.act = gate, up, down_t, act
+        self.gate, self.up, self.down, self.act = gate, up, down, act
+        self.down_rows = down_rows
         self.threshold = float(threshold)
+        self._work = None  # the per-thread accumulators of the down axpy
         self.n, self.D = gate.qs.shape[0], gate.K
         self.last_active = 0  # neurons computed in full on the last call (all tokens)
         self._float = None
 
     @property
     def nbytes(self) -> int:
-        return self.gate.nbytes + self.up.nbytes + self.down_t.nbytes
+        return self.gate.nbytes + self.up.nbytes + self.down.nbytes
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, self.D)
         lib = library()
-        return self._native(lib, x) if lib is not None else self._numpy(x)
+        if lib is None:
+            return self._numpy(x)
+        return self._token(lib, x) if x.shape[0] == 1 else self._native(lib, x)
+
+    def _token(self, lib, x: np.ndarray) -> np.ndarray:
+        """One token (decode): every step in one call and one parallel region."""
+        if getattr(self, "_scratch", None) is None:
+            n, D, F32 = self.n, self.D, np.float32
+            threads = lib.n_threads()
+            self._structs = [_Planes(KINDS[w.kind], _ptr(w.qs), _ptr(w.d), _ptr(w.m))
+                             for w in (self.gate, self.up, self.down)]
+            hq = -(-n // 32) * 32
+            self._scratch = (np.empty(n, F32), np.empty(n, np.int32), np.zeros(hq, F32),
+                             np.empty(hq, np.int8), np.empty(hq // 32, F32),
+                             np.empty(hq // 32, F32), np.empty(threads * D, F32), threads)
+        a, rows, h, hq, hd, hs, work, threads = self._scratch
+        y = np.empty((1, self.D), np.float32)
+        g, u, d = (ctypes.byref(st) for st in self._structs)
+        count = lib.ffn_cold_token(g, u, d, int(self.down_rows), self.D, self.n, _ptr(x),
+                                   self.threshold, 0 if self.act == "swiglu" else 1, _ptr(a),
+                                   _ptr(rows), _ptr(h), _ptr(hq), _ptr(hd), _ptr(hs),
+                                   _ptr(work), threads, _ptr(y))
+        self.last_active = count
+        return y
 
     def _native(self, lib, x: np.ndarray) -> np.ndarray:
         S, D, n = x.shape[0], self.D, self.n
-        xq = np.empty((S, D), np.int8)
-        xd = np.empty((S, D // 32), np.float32)
-        xs = np.empty((S, D // 32), np.float32)
-        lib.quantize_x(_ptr(x), S, D, _ptr(xq), _ptr(xd), _ptr(xs))
-        qx = (_ptr(xq), _ptr(xd), _ptr(xs))
 
-        def gemv(w: RowPlanes, rows: np.ndarray | None, count: int) -> np.ndarray:
+        def quantized(v: np.ndarray):
+            K = v.shape[1]
+            q = (np.empty((S, K), np.int8), np.empty((S, K // 32), np.float32),
+                 np.empty((S, K // 32), np.float32))
+            lib.quantize_x(_ptr(v), S, K, *(_ptr(a) for a in q))
+            return q
+
+        qx = quantized(x)
+
+        def gemv(w: RowPlanes, rows: np.ndarray | None, count: int, q=qx) -> np.ndarray:
             out = np.empty((S, count), np.float32)
-            lib.gemv_rows(KINDS[w.kind], _ptr(w.qs), _ptr(w.d), _ptr(w.m), D, _ptr(rows),
-                          count, *qx, S, _ptr(out))
+            lib.gemv_rows(KINDS[w.kind], _ptr(w.qs), _ptr(w.d), _ptr(w.m), w.K, _ptr(rows),
+                          count, *(_ptr(a) for a in q), S, _ptr(out))
             return out
 
         a = _act(self.act, gemv(self.gate, None, n))
@@ -209,12 +250,17 @@ class ColdFFN:
             h = np.where(keep[:, rows], a[:, rows], 0) * gemv(self.up, rows, count)
             h = np.ascontiguousarray(h, dtype=np.float32)
         self.last_active = count
+        if not self.down_rows:  # dense: down's own rows over h, quantized like x
+            return gemv(self.down, None, D, quantized(np.ascontiguousarray(h, np.float32)))
         y = np.empty((S, D), np.float32)
-        if count:
-            lib.axpy_rows_q8(_ptr(self.down_t.qs), _ptr(self.down_t.d), D, _ptr(rows), count,
-                             _ptr(h), S, _ptr(y))
-        else:
+        if not count:
             y[:] = 0
+            return y
+        threads = lib.n_threads()
+        if self._work is None or self._work.size < threads * S * D:
+            self._work = np.empty(threads * S * D, np.float32)
+        lib.axpy_rows_q8(_ptr(self.down.qs), _ptr(self.down.d), D, _ptr(rows), count,
+                         _ptr(h), S, _ptr(y), _ptr(self._work), threads)
         return y
 
     def _numpy(self, x: np.ndarray) -> np.ndarray:
@@ -223,8 +269,10 @@ class ColdFFN:
         from drift.ir.ops_quant import QBLOCK
 
         if self._float is None:
-            self._float = tuple(w.dequantize() for w in (self.gate, self.up, self.down_t))
+            self._float = tuple(w.dequantize() for w in (self.gate, self.up, self.down))
         wg, wu, wd = self._float
+        if not self.down_rows:
+            wd = wd.T  # (D, F') -> (F', D)
         b = x.reshape(x.shape[0], -1, QBLOCK)
         amax = np.abs(b).max(axis=-1, keepdims=True)
         inv = np.where(amax > 0, 127 / np.maximum(amax, 1e-30), 0).astype(np.float32)

@@ -8,7 +8,8 @@ it, and nothing else changes:
   `matmul(., down)` become the same four ops over the hot weights, plus
   `ffn_cold(x, gate.cold, up.cold, down_t.cold)` (drift/ir/ops_hybrid.py), added to the hot
   result. A layer wholly on the GPU is left as it is (so a plan covering everything is
-  exactly dense); a layer wholly on the CPU is just the `ffn_cold`. The GPU backend compiles
+  exactly dense); a layer wholly on the CPU is just the `ffn_cold`, over the file's own
+  tensors when it computes every neuron (the layer-offload baseline reads what the file holds). The GPU backend compiles
   the result with its own passes (the hot ops fuse as the dense ones do) and binds `ffn_cold`
   to the CPU kernel (`drift/hybrid/backend.py`).
 - the weights (`SplitModelFile`): the model file plus the derived tensors those names refer
@@ -105,6 +106,14 @@ class HybridPlan:
                 f"{self.n_layers - full - none} split, {none} on the CPU; CPU {skip})")
 
 
+def cold_weights(plan: HybridPlan, layer: int) -> tuple[str, str, str, bool]:
+    """The weights a layer's `ffn_cold` reads, and whether its down is rows per neuron: a layer
+    wholly on the CPU and dense reads the file's own three tensors, as stored."""
+    if plan.n_gpu[layer] == 0 and plan.thresholds[layer] == 0:
+        return weight(layer, "gate"), weight(layer, "up"), weight(layer, "down"), False
+    return cold(layer, "gate"), cold(layer, "up"), cold(layer, "down_t"), True
+
+
 def _ffn_nodes(graph: Graph) -> dict[int, tuple[int, int, int, int]]:
     """Per layer, the indices of its gate matmul, up matmul, gated activation and down matmul."""
     producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs}
@@ -145,12 +154,14 @@ def split_ffn(graph: Graph, plan: HybridPlan) -> Graph:
         out = down_n.outputs[0]
         dtype = {p: graph.tensors[weight(layer, p)].dtype for p in ("gate", "up")}
         Fc = plan.n_ffn - k
-        for p in ("gate", "up"):
-            tensors[cold(layer, p)] = TensorSpec(cold(layer, p), (Fc, D), dtype[p], Role.WEIGHT)
-        tensors[cold(layer, "down_t")] = TensorSpec(cold(layer, "down_t"), (Fc, D), "Q8_0",
-                                                    Role.WEIGHT)
-        cold_args = (x, cold(layer, "gate"), cold(layer, "up"), cold(layer, "down_t"))
-        attrs = {"act": act_n.op, "threshold": float(plan.thresholds[layer])}
+        wg, wu, wd, down_rows = cold_weights(plan, layer)
+        if down_rows:
+            for name, p in ((wg, "gate"), (wu, "up")):
+                tensors[name] = TensorSpec(name, (Fc, D), dtype[p], Role.WEIGHT)
+            tensors[wd] = TensorSpec(wd, (Fc, D), "Q8_0", Role.WEIGHT)
+        cold_args = (x, wg, wu, wd)
+        attrs = {"act": act_n.op, "threshold": float(plan.thresholds[layer]),
+                 "down_rows": down_rows}
         if k == 0:
             replace[dn] = [Node("ffn_cold", cold_args, (out,), attrs)]
         else:
@@ -231,7 +242,8 @@ class SplitModelFile:
         releases the GIL): about a second per 8B layer on one."""
         from concurrent.futures import ThreadPoolExecutor
 
-        layers = [l for l in range(self.plan.n_layers) if not self.plan.is_dense_gpu(l)]
+        layers = [l for l in range(self.plan.n_layers) if not self.plan.is_dense_gpu(l)
+                  and (self.plan.n_gpu[l] or cold_weights(self.plan, l)[3])]
         workers = max(1, min(len(layers), os.cpu_count() or 1, 16))
         with ThreadPoolExecutor(workers) as pool:
             self._down = dict(zip(layers, pool.map(self._split_down, layers)))

@@ -1,9 +1,10 @@
 """The op hybrid execution adds: an FFN's cold neurons, computed where its weights live.
 
-    y = ffn_cold(x, gate, up, down_t)       attrs: act (swiglu, geglu), threshold
+    y = ffn_cold(x, gate, up, down)       attrs: act (swiglu, geglu), threshold, down_rows
 
-x (S, D); gate and up (F', D) hold the cold neurons' rows, down_t (F', D) their down columns
-transposed (so that a neuron's whole down contribution is one row). Neuron j contributes
+x (S, D); gate and up (F', D) hold the cold neurons' rows; down holds their down columns
+transposed, (F', D), a neuron's whole down contribution one row (`down_rows`, what skipping
+needs), or as the file stores them, (D, F') (a layer wholly on the CPU, dense). Neuron j contributes
 act(gate_j . x) * (up_j . x) * down_t[j] when |act(gate_j . x)| > threshold, nothing otherwise
 (CATS: a calibrated magnitude threshold, since SwiGLU is not exactly sparse); threshold 0 keeps
 every neuron, and then y is the dense FFN restricted to these neurons. The split pass
@@ -25,22 +26,25 @@ ACTS = {"swiglu": silu, "geglu": gelu_tanh}
 class FFNCold:
     @staticmethod
     def infer(inputs, attrs):
-        x, gate, up, down_t = inputs
-        assert gate.shape == up.shape == down_t.shape and gate.shape[1] == x.shape[-1], (
-            f"ffn_cold: x {x.shape}, gate {gate.shape}, up {up.shape}, down_t {down_t.shape}")
+        x, gate, up, down = inputs
+        down_shape = down.shape if attrs.get("down_rows", True) else down.shape[::-1]
+        assert gate.shape == up.shape == down_shape and gate.shape[1] == x.shape[-1], (
+            f"ffn_cold: x {x.shape}, gate {gate.shape}, up {up.shape}, down {down.shape}")
         assert attrs["act"] in ACTS, f"ffn_cold: act {attrs['act']!r}"
         return [(x.shape, x.dtype)]
 
     @staticmethod
     def reference(inputs, attrs):
-        x, gate, up, down_t = inputs
+        x, gate, up, down = inputs
         a = ACTS[attrs["act"]](_matmul_t(x, gate))
         h = a * _matmul_t(x, up)
         if attrs["threshold"] > 0:
             h = np.where(np.abs(a) > attrs["threshold"], h, 0)
-        if hasattr(down_t, "rows"):  # kept quantized (the numpy backend past its budget)
-            down_t = down_t.rows(np.arange(down_t.shape[0]))
-        return [(h @ np.asarray(down_t)).astype(x.dtype, copy=False)]
+        if not attrs.get("down_rows", True):
+            return [_matmul_t(h, down).astype(x.dtype, copy=False)]
+        if hasattr(down, "rows"):  # kept quantized (the numpy backend past its budget)
+            down = down.rows(np.arange(down.shape[0]))
+        return [(h @ np.asarray(down)).astype(x.dtype, copy=False)]
 
     @staticmethod
     def cost(inputs, outputs, attrs, kv_len):

@@ -1,0 +1,66 @@
+"""The hybrid CPU kernels alone (drift/hybrid/cold_ffn.c), on this machine's memory: one
+decode token through the cold FFNs of `--layers` layers of Llama-3.1-8B shapes (D 4096, F'
+cold neurons, Q4_0 gate/up, Q8_0 transposed down), layers visited in turn as a decode does, so
+the weights stream from DRAM, not from cache.
+
+    python bench/hybrid_kernels.py [--layers 32] [--cold 9000] [--sparsity 0 0.7 0.9]
+    OMP_NUM_THREADS=8 python bench/hybrid_kernels.py ...     (threads: OpenMP's)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    from gguf import GGMLQuantizationType as Q
+
+    from drift.formats import quants
+    from drift.hybrid.cpu_kernels import ColdFFN, RowPlanes, library
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--cold", type=int, default=9000, help="cold neurons per layer")
+    ap.add_argument("--dim", type=int, default=4096)
+    ap.add_argument("--sparsity", type=float, nargs="*", default=[0.0, 0.7, 0.9])
+    ap.add_argument("--tokens", type=int, default=8)
+    a = ap.parse_args()
+    lib = library()
+    assert lib is not None, "the C kernels did not build"
+    rng = np.random.default_rng(0)
+    D, F = a.dim, a.cold
+    base = rng.standard_normal((F, D)).astype(np.float32) * 0.02
+    raw4, raw8 = quants.quantize(base, Q.Q4_0), quants.quantize(base, Q.Q8_0)
+    layers = []
+    for _ in range(a.layers):  # distinct copies: each layer's bytes come from DRAM
+        g = RowPlanes.from_blocks(raw4.copy(), "Q4_0", (F, D))
+        u = RowPlanes.from_blocks(raw4[::-1].copy(), "Q4_0", (F, D))
+        d = RowPlanes.from_blocks(raw8.copy(), "Q8_0", (F, D))
+        layers.append(ColdFFN(g, u, d, "swiglu", 0.0))
+    x = rng.standard_normal((1, D)).astype(np.float32)
+    gate = base @ x[0]
+    act = np.abs(gate / (1 + np.exp(-gate)))
+    print(f"threads {lib.n_threads()}; {a.layers} layers x {F} cold neurons, "
+          f"{sum(f.nbytes for f in layers) / 1e9:.2f} GB of planes")
+    for s in a.sparsity:
+        thr = float(np.quantile(act, s)) if s > 0 else 0.0
+        for f in layers:
+            f.threshold = thr
+        ts = []
+        for _ in range(a.tokens + 1):
+            t0 = time.perf_counter()
+            for f in layers:
+                f(x)
+            ts.append(time.perf_counter() - t0)
+        t = float(np.median(ts[1:]))
+        kept = layers[0].last_active / F
+        nbytes = sum(f.gate.nbytes + kept * (f.up.nbytes + f.down.nbytes) for f in layers)
+        print(f"sparsity {s:.1f}: {t * 1e3:7.2f} ms per token, {1e3 * t / a.layers:.3f} ms per "
+              f"layer, {kept:.1%} kept, {nbytes / 1e9:.3f} GB read, {nbytes / t / 1e9:.1f} GB/s")
+
+
+if __name__ == "__main__":
+    main()
