@@ -129,3 +129,19 @@ def test_command_bad_input(tiny, tmp_path, capsys):
     assert main(["calibrate", str(tiny), "--text", str(tmp_path / "none.txt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "no such file" in err[1]
+
+
+def test_gate_thresholds_are_quantiles_of_act_gate(tmp_path):
+    """What the CPU's skip test reads: per layer, the sparsities' quantiles of |act(gate)|,
+    kept through save and load."""
+    rng = np.random.default_rng()
+    acts = [rng.standard_normal((120, 32)).astype(np.float32) for _ in range(2)]
+    gates = [rng.standard_normal((120, 32)).astype(np.float32) for _ in range(2)]
+    cal = statistics(acts, gates=gates)
+    for i, g in enumerate(gates):
+        for k, s in enumerate(SPARSITIES):
+            t = cal.gate_thresholds[i, k]
+            assert abs((np.abs(g) <= t).mean() - s) <= 1 / g.size
+    back = Calibration.load(cal.save(tmp_path / "c.npz"))
+    np.testing.assert_array_equal(back.gate_thresholds, cal.gate_thresholds)
+    assert statistics(acts).gate_thresholds is None

@@ -1,0 +1,269 @@
+"""Hybrid execution: the split against the dense model, the CPU kernels against numpy and
+gguf-py, the budget, and bad input.
+
+- a plan that puts every neuron on the GPU is exactly the dense model (same logits, bit for
+  bit), on the numpy backend and on Triton (its interpreter here);
+- with skipping off, any split (random counts per layer, random neuron orders) is the dense
+  model within rounding: the only numerical change is down re-quantized to Q8_0 (and, on
+  Triton, x quantized to int8 blocks for the CPU's dot products);
+- the C kernel against the same arithmetic in numpy, and its planes against gguf-py;
+- the split graph through the Triton pipeline: the hot part fuses as the dense FFN does, and
+  the cold part is a host call whose inputs leave right after their producer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("DRIFT_TEST_GPU") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from gguf import GGMLQuantizationType as Q
+from gguf import quants as gguf_quants
+
+from drift.backends.cpu import CPUBackend
+from drift.cli import main
+from drift.errors import InvalidArgumentError
+from drift.formats import quants
+from drift.formats.writer import write_random
+from drift.hybrid.backend import HybridBackend, ffn_bytes, plan_for_budget
+from drift.hybrid.cpu_kernels import ColdFFN, RowPlanes, library
+from drift.hybrid.split import HybridPlan, split_ffn
+from drift.ir import run_reference
+from drift.models import build_graph
+from drift.models.presets import Preset, _llama
+from drift.runtime.engine import Engine
+
+TINY = {
+    "llama-q4_0": (Preset("tiny-llama", "llama", _llama(2, 64, 4, 2, 96, ctx=128), 300,
+                          False, True), "Q4_0"),
+    "llama-q4_1": (Preset("tiny-llama", "llama", _llama(2, 64, 4, 2, 128, ctx=128), 300,
+                          False, True), "Q4_1"),
+    "gemma2-q4_k": (Preset("tiny-gemma2", "gemma2",  # GeGLU; K-quant rows re-quantized
+                           _llama(2, 256, 2, 1, 256, head_dim=32, ctx=128, theta=10000.0)
+                           | {"attention.sliding_window": 4, "attn_logit_softcapping": 50.0,
+                              "final_logit_softcapping": 0.0}, 300, True), "Q4_K"),
+}
+PROMPT = [5, 17, 260, 3, 99, 42, 7]
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def model(request, tmp_path_factory):
+    preset, qtype = TINY[request.param]
+    path = tmp_path_factory.mktemp("hybrid") / f"{request.param}.gguf"
+    return write_random(preset, qtype, path, seed=3, workers=1)
+
+
+def _run(engine: Engine, steps: int = 3) -> list[np.ndarray]:
+    logits = [engine.prefill(PROMPT)]
+    for i in range(steps):
+        logits.append(engine.forward([int(np.argmax(logits[-1]))], len(PROMPT) + i))
+    return logits
+
+
+def _random_plan(engine: Engine, rng, threshold: float = 0.0) -> HybridPlan:
+    L, F = engine.config.n_layers, engine.config.d_ff
+    counts = rng.choice(np.arange(0, F, 32), size=L)
+    counts[rng.integers(L)] = 0  # a layer wholly on the CPU
+    return HybridPlan(F, tuple(int(k) for k in counts),
+                      tuple(rng.permutation(F) for _ in range(L)), (threshold,) * L)
+
+
+def _triton():
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    from drift.backends.triton import TritonBackend
+
+    return TritonBackend()
+
+
+@pytest.mark.parametrize("gpu", ["cpu", "triton"])
+def test_all_on_gpu_is_exactly_dense(model, gpu):
+    make = CPUBackend if gpu == "cpu" else _triton
+    dense = _run(Engine(model, backend=make(), ctx=32))
+    e = Engine(model, backend=make(), ctx=32)
+    plan = HybridPlan.uniform(e.config.n_layers, e.config.d_ff, e.config.d_ff)
+    hybrid = _run(Engine(model, backend=HybridBackend(make(), plan), ctx=32))
+    for a, b in zip(dense, hybrid):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("gpu", ["cpu", "triton"])
+def test_any_split_without_skipping_is_dense_within_rounding(model, gpu):
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    rng = np.random.default_rng(seed)
+    make = CPUBackend if gpu == "cpu" else _triton
+    dense = _run(Engine(model, backend=make(), ctx=32))
+    e = Engine(model, backend=make(), ctx=32)
+    plan = _random_plan(e, rng)
+    backend = HybridBackend(make(), plan)
+    hybrid = _run(Engine(model, backend=backend, ctx=32))
+    assert backend.cpu_runs_cold == (gpu == "triton")
+    for a, b in zip(dense, hybrid):
+        err = np.abs(a - b).max() / np.abs(a).max()
+        assert err < 2e-2, f"seed {seed}: plan {plan.n_gpu}: relative error {err:.2e}"
+    assert [int(np.argmax(x)) for x in dense[1:]] == [int(np.argmax(x)) for x in hybrid[1:]]
+
+
+def test_skipping_on_triton_matches_the_numpy_reference(model):
+    """With a threshold, the CPU kernel's choice of neurons and its sums against the graph's
+    reference interpretation (ffn_cold's numpy reference on the numpy backend): decode logits
+    within the tolerance of int8 x (a neuron within rounding of the threshold may flip)."""
+    rng = np.random.default_rng(7)
+    e = Engine(model, device="cpu", ctx=32)
+    plan = _random_plan(e, rng, threshold=0.05)
+    ref = _run(Engine(model, backend=HybridBackend(CPUBackend(), plan), ctx=32))
+    got = _run(Engine(model, backend=HybridBackend(_triton(), plan), ctx=32))
+    for a, b in zip(ref, got):
+        assert np.abs(a - b).max() / np.abs(a).max() < 5e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# the CPU kernels
+
+
+def _weights(rng, shape, qtype):
+    w = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+    return quants.quantize(w, Q[qtype])
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
+def test_row_planes_hold_what_gguf_py_decodes(qtype):
+    rng = np.random.default_rng()
+    raw = _weights(rng, (40, 256), qtype)
+    planes = RowPlanes.from_blocks(raw, qtype, (40, 256))
+    ref = gguf_quants.dequantize(raw, Q[qtype]).reshape(40, 256)
+    if qtype in ("Q4_0", "Q4_1", "Q8_0"):
+        np.testing.assert_array_equal(planes.dequantize(), ref)
+    else:  # re-quantized to Q8_0 rows: within half a level of each block's largest weight
+        # (and the f16 rounding of the block's scale: 127 levels * 2^-11 of a level)
+        step = np.abs(ref.reshape(40, -1, 32)).max(axis=-1, keepdims=True) / 127
+        assert np.all(np.abs(planes.dequantize().reshape(40, -1, 32) - ref.reshape(40, -1, 32))
+                      <= (0.5 + 127 * 2**-11) * step + 1e-7)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("tokens", [1, 3])
+@pytest.mark.parametrize("down_rows", [True, False])
+def test_cold_ffn_kernel_against_numpy(qtype, tokens, down_rows):
+    if library() is None:
+        pytest.skip("no C compiler here")
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    rng = np.random.default_rng(seed)
+    F, D = 160, 128
+    gate = RowPlanes.from_blocks(_weights(rng, (F, D), qtype), qtype, (F, D))
+    up = RowPlanes.from_blocks(_weights(rng, (F, D), qtype), qtype, (F, D))
+    if down_rows:
+        down = RowPlanes.from_blocks(_weights(rng, (F, D), "Q8_0"), "Q8_0", (F, D))
+    else:
+        down = RowPlanes.from_blocks(_weights(rng, (D, F), qtype), qtype, (D, F))
+    x = rng.standard_normal((tokens, D)).astype(np.float32)
+    thresholds = [0.0, 0.02] if down_rows else [0.0]
+    for act in ("swiglu", "geglu"):
+        for t in thresholds:
+            native = ColdFFN(gate, up, down, act, t, down_rows)(x)
+            ffn = ColdFFN(gate, up, down, act, t, down_rows)
+            reference = ffn._numpy(x)
+            err = np.abs(native - reference).max() / np.abs(reference).max()
+            # the dense down GEMV quantizes h to int8 blocks too (numpy keeps it float)
+            assert err < (1e-4 if down_rows else 2e-2), f"seed {seed}: {act} t={t}: {err:.2e}"
+
+
+def test_cold_ffn_numpy_path_is_the_op_reference():
+    """`ColdFFN._numpy` (the fallback without a compiler) is the ffn_cold op's reference on
+    x as its int8 blocks."""
+    rng = np.random.default_rng()
+    F, D = 96, 64
+    raws = [_weights(rng, (F, D), "Q8_0") for _ in range(3)]
+    planes = [RowPlanes.from_blocks(r, "Q8_0", (F, D)) for r in raws]
+    x = rng.standard_normal((2, D)).astype(np.float32)
+    ffn = ColdFFN(*planes, "swiglu", 0.01)
+    got = ffn._numpy(x)
+    b = x.reshape(2, -1, 32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    t = b * (127 / amax)
+    xq = (np.trunc(t + np.where(t >= 0, 0.5, -0.5)) * amax / 127).reshape(2, D)
+    w = [quants.dequantize(r, Q.Q8_0, (F, D)) for r in raws]
+    (ref,) = run_reference("ffn_cold", [xq.astype(np.float32), *w],
+                           {"act": "swiglu", "threshold": 0.01, "down_rows": True})
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the graph and the program
+
+
+def test_split_graph_fuses_the_hot_part_and_calls_the_host_for_the_cold(model):
+    tb = _triton()
+    e = Engine(model, device="cpu", ctx=32)
+    L, F = e.config.n_layers, e.config.d_ff
+    plan = HybridPlan.uniform(L, F, 32)
+    g = split_ffn(build_graph(e.config, e.weight_dtypes, 1, 32), plan)
+    assert sum(n.op == "ffn_cold" for n in g.nodes) == L
+    hb = HybridBackend(tb, plan)
+    eng = Engine(model, backend=hb, ctx=32)
+    prog = eng.program(1)
+    ops = [n.op for n in prog.graph.nodes]
+    dense_ops = [n.op for n in tb.lower(build_graph(e.config, e.weight_dtypes, 1, 32)).graph.nodes]
+    # the hot FFN is fused like the dense one: the same number of stacked gate/up matmuls
+    assert ops.count("stacked_matmul") == dense_ops.count("stacked_matmul")
+    assert ops.count("ffn_cold") == L and len(prog.host_calls) == L
+    # each host call's input leaves before the hot matmuls run (the GPU works meanwhile)
+    sends = [i for i, item in enumerate(prog.schedule) if getattr(item, "__name__", "") == "send"]
+    receives = [i for i, item in enumerate(prog.schedule)
+                if getattr(item, "__name__", "") == "receive"]
+    assert len(sends) == len(receives) == L
+    assert all(isinstance(prog.schedule[s + 1], list) and s + 1 < r
+               for s, r in zip(sends, receives))
+
+
+# ---------------------------------------------------------------------------------------------
+# the budget and bad input
+
+
+def test_plan_for_budget(model):
+    e = Engine(model, device="cpu", ctx=32)
+    cfg, f = e.config, e.file
+    big = plan_for_budget(f, cfg, 2**40, 32, "f32")
+    assert big.n_gpu == (cfg.d_ff,) * cfg.n_layers
+    layers = plan_for_budget(f, cfg, 2**40, 32, "f32", layers=True)
+    assert layers.n_gpu == (cfg.d_ff,) * cfg.n_layers
+    from drift.hybrid.backend import ACTIVATION_MARGIN, fixed_gpu_bytes
+
+    fixed = fixed_gpu_bytes(f, cfg, 32, "f32") + ACTIVATION_MARGIN
+    half = plan_for_budget(f, cfg, fixed + ffn_bytes(f) // 2, 32, "f32")
+    assert 0 < sum(half.n_gpu) < cfg.d_ff * cfg.n_layers
+    assert all(k % 32 == 0 for k in half.n_gpu)
+    off = plan_for_budget(f, cfg, fixed + ffn_bytes(f) // 2, 32, "f32", layers=True)
+    assert set(off.n_gpu) <= {0, cfg.d_ff} and off.n_gpu[0] >= off.n_gpu[-1]
+    with pytest.raises(InvalidArgumentError, match="below what the GPU must hold"):
+        plan_for_budget(f, cfg, fixed // 2, 32, "f32")
+    with pytest.raises(InvalidArgumentError, match="calibration"):
+        plan_for_budget(f, cfg, fixed + 1, 32, "f32", sparsity=0.5)
+
+
+def test_bad_plans_are_refused():
+    perm = (np.arange(96),)
+    for bad in (dict(n_gpu=(40,)), dict(n_gpu=(97,)), dict(thresholds=(-1.0,)),
+                dict(order=(np.zeros(96, dtype=np.int64),)), dict(thresholds=(np.nan,))):
+        args = dict(n_ffn=96, n_gpu=(32,), order=perm, thresholds=(0.0,)) | bad
+        with pytest.raises(InvalidArgumentError):
+            HybridPlan(**args)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpu-mem", "lots"], "a size such as"),
+    (["--gpu-mem=-3G"], "a size such as"),
+    (["--gpu-mem", "1M"], "below what the GPU must hold"),
+    (["--sparsity", "1.5"], "--sparsity must be in"),
+    (["--gpu-mem", "1G", "--sparsity", "0.5"], "calibration"),
+])
+def test_bad_hybrid_flags_give_one_line(model, tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.setenv("DRIFT_HOME", str(tmp_path))
+    code = main(["bench", str(model), "-p", "4", "-n", "2", "-r", "1", "--device", "cpu",
+                 "--no-ceilings", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and message in err[-1] and len(err) <= 2
