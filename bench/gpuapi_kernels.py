@@ -5,6 +5,7 @@ S, N, K): microseconds per launch, the weight bytes it reads, and those bytes ov
 
     python bench/gpuapi_kernels.py                       # small shapes, both APIs (CPU drivers)
     python bench/gpuapi_kernels.py --shapes 8b --reps 50  # Llama-3.1-8B's matmuls (the H200)
+    python bench/gpuapi_kernels.py --variants             # also the GEMV/GEMM tile sizes below
 
 On lavapipe / PoCL the figures are CPU time: only their ratios between kernel variants mean
 anything.
@@ -18,6 +19,7 @@ import time
 import numpy as np
 
 from drift.backends import backend_class
+from drift.backends.kernels import templates
 from drift.ir import GraphBuilder
 from drift.passes.storage import BLOCK_FIELDS, block_size
 
@@ -25,6 +27,13 @@ SHAPES = {  # (N, K) of a layer's matmuls: attention q/o, kv, ffn gate/up, ffn d
     "small": [(1024, 1024), (2816, 1024), (1024, 2816)],
     "1b": [(2048, 2048), (512, 2048), (8192, 2048), (2048, 8192), (128256, 2048)],
     "8b": [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 4096)],
+}
+
+# templates' tile constants tried by --variants (the first of each: the defaults)
+VARIANTS = {
+    "GEMV_WORDS": [templates.GEMV_WORDS, 2, 8, 16],
+    "GEMV_ROW_TILE": [templates.GEMV_ROW_TILE, 1, 4],
+    "GEMM_TILE": [templates.GEMM_TILE, (64, 32, 32, 8, 4), (32, 64, 32, 4, 8), (64, 64, 16, 8, 8)],
 }
 
 
@@ -64,22 +73,38 @@ def main() -> None:
     p.add_argument("--shapes", default="small", choices=sorted(SHAPES))
     p.add_argument("--rows", default="1,64", help="S values: 1 is decode, more is prefill")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--variants", action="store_true",
+                   help="every value of each tile constant in VARIANTS, one at a time")
     a = p.parse_args()
     rng = np.random.default_rng(0)
-    print("| api | type | S | N | K | us/launch | weight MB | GB/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    settings = [("default", None, None)]
+    if a.variants:
+        settings += [(f"{k}={v}", k, v) for k, vs in VARIANTS.items() for v in vs[1:]]
+    print("| api | variant | type | S | N | K | us/launch | weight MB | GB/s | GFLOP/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for api in a.apis.split(","):
         if not backend_class(api).available():
             print(f"| {api} | (no device) |")
             continue
-        for qtype in a.types.split(","):
-            for S in (int(s) for s in a.rows.split(",")):
-                for N, K in SHAPES[a.shapes]:
-                    t = time_matmul(api, qtype, S, N, K, a.reps, rng)
-                    E, B = block_size(qtype)
-                    mb = N * K // E * B / 1e6
-                    print(f"| {api} | {qtype} | {S} | {N} | {K} | {t * 1e6:.0f} | {mb:.1f} "
-                          f"| {mb / 1e3 / t:.1f} |", flush=True)
+        for label, key, value in settings:
+            saved = getattr(templates, key) if key else None
+            if key:
+                setattr(templates, key, value)
+            try:
+                for qtype in a.types.split(","):
+                    for S in (int(s) for s in a.rows.split(",")):
+                        if key and key.startswith("GEMV") != (S <= templates.GEMV_ROWS):
+                            continue  # the constant does not touch this stage's kernel
+                        for N, K in SHAPES[a.shapes]:
+                            t = time_matmul(api, qtype, S, N, K, a.reps, rng)
+                            E, B = block_size(qtype)
+                            mb = N * K // E * B / 1e6
+                            print(f"| {api} | {label} | {qtype} | {S} | {N} | {K} "
+                                  f"| {t * 1e6:.0f} | {mb:.1f} | {mb / 1e3 / t:.1f} "
+                                  f"| {2 * S * N * K / t / 1e9:.1f} |", flush=True)
+            finally:
+                if key:
+                    setattr(templates, key, saved)
 
 
 if __name__ == "__main__":
