@@ -6,6 +6,8 @@
 # run(command="CHUNK_ONLY=1 bash bench/gpuapi_session.sh", carry=[".chunkN"])      # N = 1..5
 # run(command="CHECK=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl", ".chunk6"])
 #   the reference models (six 58 MiB chunks) greedy on cpu, cuda, webgpu and opencl
+# run(command="KERNELS=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the matmul kernels alone on Llama-3.1-8B's shapes, and their tile variants
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -17,6 +19,11 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 mkdir -p /tmp/icd && echo /usr/local/nvidia/lib64/libnvidia-opencl.so.1 > /tmp/icd/nvidia.icd
 export OCL_ICD_VENDORS=/tmp/icd
+if [[ -n $KERNELS ]]; then
+  timeout 560 python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0 --reps 20 --variants \
+    2>&1 | tee "$OUT/kernels.txt"
+  exit
+fi
 if [[ -n $CHECK ]]; then  # greedy 32 tokens on the reference models: cpu, cuda, webgpu, opencl
   cat /tmp/parts/{1,2,3,4,5,6} > /tmp/all && head -c 98362432 /tmp/all > /tmp/m/smollm2.gguf &&
     tail -c +98362433 /tmp/all > /tmp/m/gemma3.gguf && rm /tmp/all

@@ -131,6 +131,31 @@ def test_quantized_matmul_against_gguf_py(api, qtype):
     assert np.abs(got[b.graph.outputs[0]] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("S,N", [(1, 131), (2, 200), (4, 67), (9, 131)])
+def test_matmul_stages_against_gguf_py(api, qtype, S, N):
+    """The GEMV (S <= GEMV_ROWS: weight words, two rows a thread past 128 rows) and the tiled
+    GEMM (past that), on N not a multiple of any tile and K of several steps."""
+    from drift.backends.kernels import templates
+
+    K = 768 if block_size(qtype)[0] == 32 else 1024
+    blocks = _random_blocks(qtype, N, K)
+    w64 = gguf_dequantize(blocks, GGMLQuantizationType[qtype]).astype(np.float64)
+    x = _f(S, K)
+    b = GraphBuilder("qmm")
+    b.output(b.op("matmul", b.input("x", (S, K), "f32"), b.weight("w", (N, K), qtype)))
+    be = _backend(api)
+    be.load_raw("w", (N, K), qtype, blocks)
+    prog = be.compile(b.finish())
+    if S <= templates.GEMV_ROWS or be.rt.renderer.tiled_gemm:  # PoCL: the block walk
+        loop = "wi" if S <= templates.GEMV_ROWS else "kb"  # the word loop / the K steps
+        assert any(f"for (var {loop}:" in k.body or f"for (uint {loop} =" in k.body
+                   for k in prog.sources)
+    got = prog.run({"x": x})[b.graph.outputs[0]]
+    ref = x.astype(np.float64) @ w64.T
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
 @pytest.mark.parametrize("act,bias", [("swiglu", False), ("geglu", True)])
 def test_ffn_gate_up_fused_over_two_quant_types(api, act, bias):
     """Gate Q4_K and up Q6_K (a Q4_K_M file may mix them), 11 rows (a ragged row tile)."""

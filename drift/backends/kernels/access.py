@@ -60,6 +60,10 @@ class Obj:
     def f16(self, r: Renderer, offset: str) -> str:
         return self._pick(r, offset, r.load_f16)
 
+    def u32(self, r: Renderer, offset: str) -> str:
+        """The word at byte `offset` (a multiple of 4: chunks are cut at multiples of 256)."""
+        return self._pick(r, offset, r.load_u32)
+
     def store(self, r: Renderer, index: str, value: str) -> str:
         if len(self.chunks) == 1:
             c = self.chunks[0]

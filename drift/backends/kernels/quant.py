@@ -12,6 +12,12 @@ elements reads each scale once (the compilers behind lavapipe do not hoist them)
 
 Plane offsets of the block holding (row, col0) come from the storage's `index_expr` (the
 accessor's coordinate translation), bound to `o_<field>` first.
+
+The decode GEMV reads a weight another way (`Words`): as the 32-bit words of its main quant
+plane, consecutive threads on consecutive words (coalesced, and four or eight weights per
+load instead of one byte), each word's weights in groups sharing one affine map
+`w = a * q + c`, so that a group costs one multiply-add per weight and `a * sum(q x) +
+c * sum(x)` once (`c` folds Q4_0's -8, Q4_1's min, Q4_K's sub-block min, Q6_K's -32).
 """
 
 from __future__ import annotations
@@ -146,6 +152,139 @@ def _q3_k(r, w, o) -> Dequant:
         return lines, f"dl * ({r.cast('f32', 'low2')} - {r.select('hbit == 1', r.f(0), r.f(4))})"
 
     return Dequant(block, 16, sub_lines, element)
+
+
+# ---------------------------------------------------------------------------------------------
+# words: the GEMV's reading
+
+
+@dataclass(frozen=True)
+class Group:
+    """Weights `a * q + c` of one word (c "" where there is none): `elems` are (q as an f32
+    expression, the element's offset in its block)."""
+
+    a: str
+    c: str
+    elems: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Words:
+    """A quant type as words of its plane `plane`, `per_block` to a block.
+
+    `at(j)`: statements that depend only on the word's place `j` in its block (where its
+    elements are), shared by every weight row a thread reads at that place. `read(w, o, j,
+    q)`, for the row whose block has plane offsets `o` and word `q`: the row's statements (its
+    scales) and the word's groups."""
+
+    plane: str
+    per_block: int
+    at: Callable[[str], list[str]]
+    read: Callable[[Accessor, dict, str, str], tuple[list[str], list[Group]]]
+
+
+def small_f32(r: Renderer, bits: str, bias: int = 0) -> str:
+    """`bits - bias` as f32, for 0 <= bits < 2^23: the bits as the mantissa of 2^23, less
+    2^23 + bias (exact; integer-to-float conversion runs at a quarter of the FMA rate on
+    NVIDIA GPUs, this is an OR and a subtraction)."""
+    return f"({r.bitcast_f32(f'1258291200u | ({bits})')} - {r.f(8388608 + bias)})"
+
+
+def _nibbles(r: Renderer, q: str, shift: int) -> list[str]:
+    """The four nibbles at bit `shift` of each byte of u32 `q`, as f32."""
+    return [small_f32(r, f"(({q} >> {8 * i + shift}) & 15)") for i in range(4)]
+
+
+def _words_q4(r: Renderer, with_min: bool) -> Words:
+    # word j of qs: bytes 4j..4j+3, their low nibbles elements 4j + i, high ones 16 + 4j + i
+    def read(w, o, j, q):
+        lines = [r.let("d", "f32", _half(r, w, o, "d"))]
+        if with_min:
+            lines.append(r.let("mb", "f32", _half(r, w, o, "m")))
+        elems = [(v, f"4 * {j} + {i}") for i, v in enumerate(_nibbles(r, q, 0))]
+        elems += [(v, f"16 + 4 * {j} + {i}") for i, v in enumerate(_nibbles(r, q, 4))]
+        return lines, [Group("d", "mb" if with_min else f"-{r.f(8)} * d", elems)]
+
+    return Words("qs", 4, lambda j: [], read)
+
+
+def _words_q8_0(r: Renderer) -> Words:
+    # signed bytes: byte ^ 128 is the value + 128
+    def read(w, o, j, q):
+        elems = [(small_f32(r, f"((({q} >> {8 * i}) & 255) ^ 128u)", 128), f"4 * {j} + {i}")
+                 for i in range(4)]
+        return [r.let("d", "f32", _half(r, w, o, "d"))], [Group("d", "", elems)]
+
+    return Words("qs", 8, lambda j: [], read)
+
+
+def _words_q4_k(r: Renderer) -> Words:
+    # word j of qs: bytes 32p + at.. (p = j / 8, at = j % 8 * 4); low nibbles are elements
+    # 64p + at + i of sub-block 2p, high nibbles 64p + 32 + at + i of sub-block 2p + 1
+    def at(j):
+        return [r.let("p", "u32", f"{j} / 8"), r.let("at", "u32", f"{j} % 8 * 4")]
+
+    def read(w, o, j, q):
+        def b(i: str) -> str:
+            return _byte(r, w, o, "scales", i)
+
+        lines = [r.let("d", "f32", _half(r, w, o, "d")),
+                 r.let("dmin", "f32", _half(r, w, o, "dmin"))]
+        groups = []
+        for h in range(2):  # sub-block 2p + h: scale and min as quants._k_scale_min
+            sb = f"2 * p + {h}"
+            lines += [r.let(f"j{h}", "u32", f"({sb}) % 4"),
+                      r.var(f"sc{h}", "u32", f"{b(f'j{h}')} & 63"),
+                      r.var(f"mn{h}", "u32", f"{b(f'j{h} + 4')} & 63"),
+                      f"if ({sb} >= 4) {{ sc{h} = ({b(f'j{h} + 8')} & 15) | "
+                      f"(({b(f'j{h}')} >> 6) << 4); mn{h} = ({b(f'j{h} + 8')} >> 4) | "
+                      f"(({b(f'j{h} + 4')} >> 6) << 4); }}"]
+            elems = [(v, f"64 * p + {32 * h} + at + {i}")
+                     for i, v in enumerate(_nibbles(r, q, 4 * h))]
+            groups.append(Group(f"d * {r.cast('f32', f'sc{h}')}",
+                                f"-dmin * {r.cast('f32', f'mn{h}')}", elems))
+        return lines, groups
+
+    return Words("qs", 32, at, read)
+
+
+def _words_q6_k(r: Renderer) -> Words:
+    # word j of ql: half hh = j / 16, bytes l0.. of it (l0 = j % 16 * 4); low nibbles are
+    # elements 128hh + l0 + i, high ones 128hh + 64 + l0 + i; their two high bits are in qh
+    # byte 32hh + l0 % 32 + i at bit 2 * (l0 / 32) (+4 for the high nibbles); sub-blocks of 16
+    def at(j):
+        return [r.let("hh", "u32", f"{j} / 16"), r.let("l0", "u32", f"{j} % 16 * 4"),
+                r.let("sh", "u32", "l0 / 32 * 2")]
+
+    def read(w, o, j, q):
+        lines = [r.let("d", "f32", _half(r, w, o, "d")),
+                 r.let("qh", "u32", w.plane("qh").u32(r, f"{o['qh']} + 32 * hh + l0 % 32"))]
+        groups = []
+        for h in range(2):
+            sb = f"hh * 8 + l0 / 16 + {4 * h}"
+            lines.append(r.let(f"dl{h}", "f32",
+                               f"d * {r.i8(_byte(r, w, o, 'scales', sb))}"))
+            elems = [(small_f32(r, f"(({q} >> {8 * i + 4 * h}) & 15) | "
+                                   f"(((qh >> ({8 * i + 4 * h} + sh)) & 3) << 4)"),
+                      f"128 * hh + {64 * h} + l0 + {i}") for i in range(4)]
+            groups.append(Group(f"dl{h}", f"-{r.f(32)} * dl{h}", elems))
+        return lines, groups
+
+    return Words("ql", 32, at, read)
+
+
+WORDS: dict[str, Callable[[Renderer], Words]] = {
+    "Q4_0": lambda r: _words_q4(r, False),
+    "Q4_1": lambda r: _words_q4(r, True),
+    "Q8_0": _words_q8_0,
+    "Q4_K": _words_q4_k,
+    "Q6_K": _words_q6_k,
+}
+
+
+def block_offsets(r: Renderer, w: Accessor, row: str, col0: str) -> tuple[list[str], dict]:
+    """`o_<field>` = the plane offsets of the block holding (row, col0)."""
+    return _offsets(r, w, row, col0)
 
 
 DEQUANT: dict[str, Callable] = {

@@ -63,6 +63,7 @@ class Renderer:
     tanh_clamp = 0.0  # clamp tanh's argument to +-this (0: no clamp): a driver whose tanh
     # overflows to NaN for large arguments
     helpers_take_buffers = False  # helper functions get buffers as arguments (no globals)
+    tiled_gemm = True  # prefill matmuls as the tiled GEMM (False: the block walk), per driver
 
     # -- declarations and expressions
     def var(self, name: str, ty: str, init: str) -> str:
@@ -129,6 +130,10 @@ class Renderer:
 
     def load_u32(self, p: Param, offset: str) -> str:
         """The little-endian u32 at byte `offset` (a multiple of 4) of a byte buffer."""
+        raise NotImplementedError
+
+    def bitcast_f32(self, x: str) -> str:
+        """The bits of u32 `x` as an f32."""
         raise NotImplementedError
 
     def i8(self, byte: str) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from math import prod
 
 from drift.backends.kernels.access import Accessor
-from drift.backends.kernels.quant import Dequant, dequant
+from drift.backends.kernels.quant import WORDS, Dequant, block_offsets, dequant
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 from drift.errors import UnsupportedError
 from drift.ir import Node
@@ -36,7 +36,11 @@ from drift.passes.storage import block_size
 
 WG = 64  # threads per workgroup
 MAX_GROUPS = 65535  # workgroups per dispatch axis (WebGPU's guaranteed limit)
-MATMUL_ROWS = 8  # rows of x a matmul workgroup takes at once
+MATMUL_ROWS = 8  # rows of x a block-walking matmul workgroup takes at once
+GEMV_ROWS = 4  # rows of x up to which a matmul is a GEMV (decode), past which a tiled GEMM
+GEMV_WORDS = 4  # quant words each GEMV thread reads at least (fewer threads per row below)
+GEMV_ROW_TILE = 2  # weight rows each GEMV thread reads at the same words (x reused)
+GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
 ATTN_TILE = 256  # keys scored per attention tile
 
 
@@ -229,14 +233,11 @@ def _k_loop(b: Builder, x: Accessor, w: Accessor, accs: str, T: int, S: int, TK:
     return body + ["            " + x for x in inner] + ["        }", "    }", "}"]
 
 
-def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    """matmul(x, w), or ffn_gate_up(x, wg, wu [, bg, bu]): each weight's products
-    accumulated in its own pass over the row (one scope each), reduced together, then the
-    gated activation as the epilogue."""
+def _matmul_blocks(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
+                   biases: list[Accessor]):
+    """The block-walking matmul: what runs where neither the GEMV nor the GEMM does (plain
+    weights, or types without a word reader, at a few rows)."""
     gated = n.op == "ffn_gate_up"
-    x, out = acc[n.inputs[0]], acc[n.outputs[0]]
-    ws = [acc[i] for i in n.inputs[1 : 3 if gated else 2]]
-    biases = [acc[i] for i in n.inputs[3:5]] if gated and n.attrs.get("bias") else []
     b = Builder(r, n.op)
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
@@ -270,6 +271,195 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
         last = f" && {t} < rows" if S % T else ""
         body.append(f"if (col < {N} && kl == 0{last}) {{ {pre}{st} }}")
     return b.finish(body, groups)
+
+
+
+
+def _epilogue(r: Renderer, n: Node, vals: list[str], biases: list[Accessor],
+              col: str) -> tuple[str, str]:
+    """(statements, value) stored for output column `col` from each weight's sum: the sum,
+    or the gated activation of the two (plus their biases)."""
+    if biases:
+        vals = [f"{v} + {bias.load(r, col)}" for v, bias in zip(vals, biases)]
+    if n.op != "ffn_gate_up":
+        return "", vals[0]
+    return (f"{r.let('g', 'f32', vals[0])} {r.let('u', 'f32', vals[1])} ",
+            BINARY[n.attrs["act"]](r, "g", "u"))
+
+
+def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
+          biases: list[Accessor]):
+    """Decode (a few rows of x): TPR consecutive threads read a weight row as consecutive
+    32-bit words of its quant plane (coalesced), each thread GEMV_ROW_TILE rows at the same
+    words so that every x value it loads serves them all; each word's weights are multiplied
+    into the S rows of x in f32 registers (one multiply-add per weight and row, the group's
+    scale once: `quant.Words`), then a segmented tree over the TPR threads."""
+    b = Builder(r, n.op)
+    b.use(x, out, *biases)
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    readers = [WORDS[w.dtype](r) for w in ws]
+    W = max(K // block_size(w.dtype)[0] * rd.per_block for w, rd in zip(ws, readers))
+    R = max(1, min(GEMV_ROW_TILE, N // 64))  # rows per thread (small N: threads instead)
+    # threads per row: a power of 2 leaving each thread at least GEMV_WORDS words
+    TPR = min(b.wg, 1 << max(0, (W // GEMV_WORDS).bit_length() - 1))
+    RPW = b.wg // TPR * R  # rows per workgroup
+    groups = -(-N // RPW)
+    body = b.group(groups) + [
+        r.let("kl", "u32", f"lid % {TPR}"),
+        r.let("c0", "u32", f"grp * {RPW} + lid / {TPR} * {R}"),
+        # rows past N read row N - 1 and store nothing: every thread reaches the barriers
+        *(r.let(f"wr{ri}", "u32", f"min(c0 + {ri}, {N - 1}u)") for ri in range(R)),
+        *(r.array(f"acc{i}", "f32", S * R) for i in range(len(ws))),
+    ]
+    xrow = [coords_of(str(t), x.shape[:-1]) for t in range(S)]
+    for i, (w, rd) in enumerate(zip(ws, readers)):
+        b.use(w)
+        E = block_size(w.dtype)[0]
+        inner = [r.let("blk", "u32", f"wi / {rd.per_block}"),
+                 r.let("wj", "u32", f"wi % {rd.per_block}"),
+                 r.let("k0", "u32", f"blk * {E}"), *rd.at("wj")]
+        _, o = block_offsets(r, w, "wr0", "k0")
+        _, grps = rd.read(w, o, "wj", "q")  # the element offsets: the same for every row
+        for g, grp in enumerate(grps):
+            for e, (_, off) in enumerate(grp.elems):
+                for t in range(S):
+                    inner.append(r.let(f"xv{g}_{e}_{t}", "f32",
+                                       x.load(r, *xrow[t], f"k0 + {off}")))
+            if grp.c:
+                for t in range(S):
+                    total = " + ".join(f"xv{g}_{e}_{t}" for e in range(len(grp.elems)))
+                    inner.append(r.let(f"xs{g}_{t}", "f32", total))
+        for ri in range(R):
+            offs, o = block_offsets(r, w, f"wr{ri}", "k0")
+            lines, grps = rd.read(w, o, "wj", "q")
+            row = [*offs, r.let("q", "u32", w.plane(rd.plane).u32(r, f"{o[rd.plane]} + 4 * wj")),
+                   *lines]
+            for g, grp in enumerate(grps):
+                for e, (qf, _) in enumerate(grp.elems):
+                    row.append(r.let(f"q{g}_{e}", "f32", qf))
+                for t in range(S):
+                    dot = " + ".join(f"q{g}_{e} * xv{g}_{e}_{t}" for e in range(len(grp.elems)))
+                    more = f" + ({grp.c}) * xs{g}_{t}" if grp.c else ""
+                    a = f"acc{i}[{t * R + ri}]"
+                    row.append(f"{a} = {a} + ({grp.a}) * ({dot}){more};")
+            inner += ["{", *("    " + x for x in row), "}"]
+        Wi = K // E * rd.per_block
+        body += [r.for_("wi", "kl", str(Wi), str(TPR)), *("    " + x for x in inner), "}"]
+    body += b.reduce([f"acc{i}[{t * R + ri}]" for i in range(len(ws)) for t in range(S)
+                      for ri in range(R)], "+", TPR)
+    for i_t in range(S * R):
+        t, ri = divmod(i_t, R)
+        vals = [f"red[{(i * S * R + i_t) * b.wg} + lid]" for i in range(len(ws))]
+        col = f"min(c0 + {ri}, {N - 1}u)"  # clamped as well as guarded: see _gemm
+        pre, value = _epilogue(r, n, vals, biases, col)
+        st = out.store(r, value, *coords_of(str(t), out.shape[:-1]), col)
+        body.append(f"if (c0 + {ri} < {N} && kl == 0) {{ {pre}{st} }}")
+    return b.finish(body, groups)
+
+
+def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
+          biases: list[Accessor]):
+    """Prefill: one workgroup per (TM rows of x) x (TN columns) tile. Each step of BK along K
+    stages the tile's x and its dequantized weights in workgroup memory (each weight
+    element dequantized once per TM rows), then every thread accumulates an RM x RN register
+    tile from them (rows ty + RM-strided, columns tx + RN-strided: conflict-free reads)."""
+    TM, TN, BK, RM, RN = GEMM_TILE
+    TX, TY = TN // RN, TM // RM  # threads along columns, along rows
+    wg = TX * TY
+    b = Builder(r, n.op, wg)
+    b.use(x, out, *biases)
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    EPT = TN * BK // wg  # weight elements each thread dequantizes per step: a run of one column
+    TPC = BK // EPT  # threads per column
+    nt, steps = -(-N // TN), -(-K // BK)
+    groups = nt * -(-S // TM)
+    XS, WS = TM + 1, TN + 1  # padded rows of the staged tiles
+    b.shared += [("xs", "f32", BK * XS),  # the weights' tiles hold the output tile at the end
+                 *((f"ws{i}", "f32", max(BK * WS, TM * TN)) for i in range(len(ws)))]
+    body = b.group(groups) + [
+        r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
+        r.let("tx", "u32", f"lid % {TX}"), r.let("ty", "u32", f"lid / {TX}"),
+        r.let("wc", "u32", f"lid / {TPC}"),  # the column this thread dequantizes
+        r.let("wr", "u32", f"min(n0 + wc, {N - 1}u)"),
+        r.let("rows", "u32", f"{S} - s0"), r.let("cols", "u32", f"{N} - n0"),
+        *(r.array(f"acc{i}", "f32", RM * RN) for i in range(len(ws))),
+        r.for_("kb", "0", str(steps)),
+        "    " + r.let("k0", "u32", f"kb * {BK}"),
+    ]
+    for u in range(TM * BK // wg):  # x: consecutive threads along K (coalesced)
+        m, kk = f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
+        row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
+        xv = x.load(r, *row, f"min(k0 + {kk}, {K - 1}u)")
+        ok = f"{m} < {S} - s0" + (f" && k0 + {kk} < {K}" if K % BK else "")
+        body.append(f"    xs[({kk}) * {XS} + {m}] = {r.select(ok, xv, r.f(0.0))};")
+    for i, w in enumerate(ws):
+        body.append("    {")
+        body += ["        " + x for x in _stage_weight(b, w, f"ws{i}", EPT, TPC, WS, K)]
+        body.append("    }")
+    body += ["    " + r.barrier(), "    " + r.for_("kk", "0", str(BK))]
+    for i in range(len(ws)):
+        body += [f"        {r.let(f'a{i}_{a}', 'f32', f'xs[kk * {XS} + ty + {a * TY}]')}"
+                 for a in range(RM) if i == 0]
+        body += [f"        {r.let(f'b{i}_{c}', 'f32', f'ws{i}[kk * {WS} + tx + {c * TX}]')}"
+                 for c in range(RN)]
+        body += [f"        acc{i}[{a * RN + c}] = acc{i}[{a * RN + c}] + a0_{a} * b{i}_{c};"
+                 for a in range(RM) for c in range(RN)]
+    body += ["    }", "    " + r.barrier(), "}"]
+    # the tile out through workgroup memory, then stored by consecutive threads along N
+    # (coalesced)
+    for i in range(len(ws)):
+        body += [f"ws{i}[(ty + {a * TY}) * {TN} + tx + {c * TX}] = acc{i}[{a * RN + c}];"
+                 for a in range(RM) for c in range(RN)]
+    body += [r.barrier(), r.for_("o", "lid", str(TM * TN), str(wg)),
+             "    " + r.let("om", "u32", f"o / {TN}"), "    " + r.let("oc", "u32", f"o % {TN}")]
+    pre, value = _epilogue(r, n, [f"ws{i}[o]" for i in range(len(ws))], biases, "n0 + oc")
+    st = out.store(r, value, *coords_of("s0 + om", out.shape[:-1]), "n0 + oc")
+    body += [f"    if (om < rows && oc < cols) {{ {pre}{st} }}", "}"]
+    return b.finish(body, groups)
+
+
+def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int, WS: int,
+                  K: int) -> list[str]:
+    """This thread's EPT weights of the step's tile (column `wc`, K from k0 + its run) into
+    workgroup memory `dst`, transposed (k-major)."""
+    r = b.r
+    b.use(w)
+    body = [r.let("kr", "u32", f"lid % {TPC} * {EPT}")]
+    if w.dtype in ("f32", "f16"):
+        for e in range(EPT):
+            v = w.load(r, "wr", f"min(k0 + kr + {e}, {K - 1}u)")
+            if K % EPT or K % (EPT * TPC):
+                v = r.select(f"k0 + kr + {e} < {K}", v, r.f(0.0))
+            body.append(f"{dst}[(kr + {e}) * {WS} + wc] = {v};")
+        return body
+    E = block_size(w.dtype)[0]
+    # a run of EPT (16) elements lies in one sub-block (16 or 32) of one block
+    body.append(r.let("kq", "u32", "k0 + kr"))
+    dq = dequant(r, w, "wr", f"kq - kq % {E}")
+    assert EPT <= dq.sub and dq.sub % EPT == 0
+    body += dq.block + [r.let("sb", "u32", f"kq % {E} / {dq.sub}"),
+                        r.let("e0", "u32", f"kq % {dq.sub}")]
+    body += dq.sub_lines("sb")
+    for e in range(EPT):
+        lines, value = dq.element("sb", f"(e0 + {e})")
+        body.append("{ " + " ".join(lines) + f" {dst}[(kr + {e}) * {WS} + wc] = {value}; }}")
+    return body
+
+
+def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """matmul(x, w), or ffn_gate_up(x, wg, wu [, bg, bu]) (each weight's sums apart, the
+    gated activation as the epilogue). Stage-aware: the GEMV at up to GEMV_ROWS rows of x
+    where every weight has a word reader, the tiled GEMM past that, the block walk else."""
+    gated = n.op == "ffn_gate_up"
+    x, out = acc[n.inputs[0]], acc[n.outputs[0]]
+    ws = [acc[i] for i in n.inputs[1 : 3 if gated else 2]]
+    biases = [acc[i] for i in n.inputs[3:5]] if gated and n.attrs.get("bias") else []
+    S = prod(x.shape[:-1])
+    if S > GEMV_ROWS and r.tiled_gemm:
+        return _gemm(r, n, x, out, ws, biases)
+    if S <= GEMV_ROWS and all(w.dtype in WORDS for w in ws):
+        return _gemv(r, n, x, out, ws, biases)
+    return _matmul_blocks(r, n, x, out, ws, biases)
 
 
 def embedding(r: Renderer, n: Node, acc: dict[str, Accessor]):

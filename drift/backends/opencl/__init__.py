@@ -60,6 +60,10 @@ class CLRuntime(Runtime):
         self.ctx = cl.Context([self.dev])
         self.queue = cl.CommandQueue(self.ctx)
         self.renderer = OpenCLRenderer()
+        if "Portable Computing Language" in self.dev.platform.name:
+            # PoCL 3.1 (LLVM 15) runs the guarded-off output stores of the tiled GEMM (rows
+            # past S written: wrong rows, or a corrupted heap), whatever form the guard takes
+            self.renderer.tiled_gemm = False
         self.binding_alignment = max(4, self.dev.mem_base_addr_align // 8)
         self.max_binding = self.dev.max_mem_alloc_size
         self._keep: list[np.ndarray] = []

@@ -59,6 +59,9 @@ class OpenCLRenderer(Renderer):
     def load_u32(self, p: Param, offset):
         return f"(*(__global const uint*)({p.name} + ({offset})))"
 
+    def bitcast_f32(self, x):
+        return f"as_float({x})"
+
     def i8(self, byte):
         return f"((float)(char)({byte}))"
 

@@ -59,6 +59,9 @@ class WGSLRenderer(Renderer):
     def load_u32(self, p: Param, offset):
         return f"{p.name}[({offset}) / 4]"
 
+    def bitcast_f32(self, x):
+        return f"bitcast<f32>({x})"
+
     def i8(self, byte):
         return f"f32(bitcast<i32>(({byte}) << 24) >> 24)"
 
