@@ -37,7 +37,7 @@ done
 timeout 60 python3 -m drift devices 2>&1 | tee "$OUT/devices.txt"
 for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
   for dev in webgpu opencl; do
-    timeout ${BENCH_TIMEOUT:-200} python3 -m drift bench /tmp/m/$m.gguf -p 512 -n 128 -r 5 \
+    timeout ${BENCH_TIMEOUT:-200} python3 -m drift bench /tmp/m/$m.gguf -p ${P:-512} -n ${N:-128} -r ${R:-5} \
       --device $dev --no-ceilings > "$OUT/bench-$dev-$m.txt" 2>&1; echo "rc=$? $dev $m"
     grep -E "^\| |memory|device|Error|error" "$OUT/bench-$dev-$m.txt" | head -8
   done

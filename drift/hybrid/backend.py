@@ -282,8 +282,9 @@ def _gate_thresholds(calibration, sparsity: float, L: int, F: int) -> np.ndarray
     if g.shape != (L, len(s)):
         raise InvalidArgumentError(f"the calibration is of {g.shape[0]} layers; the model "
                                    f"has {L}")
-    out = np.array([np.interp(sparsity, s, g[l]) for l in range(L)])
-    if sparsity < s[0] or sparsity > s[-1]:
-        print(f"drift: --sparsity {sparsity} is outside the calibrated "
-              f"{s[0]}..{s[-1]}: using the nearest", file=sys.stderr)
+    # sparsity 0 is threshold 0; between the calibrated points, linear
+    out = np.array([np.interp(sparsity, np.r_[0.0, s], np.r_[0.0, g[l]]) for l in range(L)])
+    if sparsity > s[-1]:
+        print(f"drift: --sparsity {sparsity} is above the calibrated {s[-1]}: using the "
+              f"threshold of {s[-1]}", file=sys.stderr)
     return out

@@ -1,0 +1,64 @@
+"""Dense against hybrid perplexity on a real model (issue 10's quality target: at most 1 %
+worse than dense), at GPU budgets of 25 / 50 / 75 % of the FFN bytes and CPU sparsities.
+
+    python bench/hybrid_quality.py MODEL [--tokens 3000] [--ctx 512] [--sparsity 0.5 0.7 0.9]
+
+Calibrates on the first --cal-tokens tokens of Python's pydoc topics (drift calibrate's
+default text) and scores a held-out stretch of the same text after them. The split runs on
+the numpy backend (ffn_cold through its reference: the plan's numerics, Q8_0 down and the
+thresholds, without a GPU); placement by the MILP on the calibration's activation frequency
+at the sparsity (mean |act(gate) * up| when dense).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from drift.backends.cpu import CPUBackend
+from drift.hybrid.backend import ACTIVATION_MARGIN, HybridBackend, ffn_bytes, fixed_gpu_bytes
+from drift.hybrid.backend import plan_for_budget
+from drift.hybrid.calibrate import ActivationEngine, calibrate, default_text
+from drift.runtime.engine import Engine
+from drift.runtime.perplexity import perplexity
+from drift.tokenizer import Tokenizer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--tokens", type=int, default=3000, help="scored tokens")
+    ap.add_argument("--cal-tokens", type=int, default=2048)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--budgets", type=float, nargs="*", default=[0.25, 0.5, 0.75])
+    ap.add_argument("--sparsity", type=float, nargs="*", default=[0.0, 0.5, 0.7, 0.9])
+    a = ap.parse_args()
+    dense = Engine(a.model, device="cpu", ctx=a.ctx)
+    tok = Tokenizer.from_gguf(dense.file.metadata)
+    ids = tok.encode(default_text(), add_bos=False, parse_special=False)
+    cal_ids, held = ids[: a.cal_tokens], ids[a.cal_tokens + 512 : a.cal_tokens + 512 + a.tokens]
+    t0 = time.perf_counter()
+    cal = calibrate(ActivationEngine(a.model, device="cpu", ctx=a.ctx), cal_ids, a.cal_tokens,
+                    a.ctx, tok.bos_id if tok.add_bos else None)
+    print(f"{dense.path.name}: calibrated on {cal.n_tokens} tokens in "
+          f"{time.perf_counter() - t0:.0f} s; scoring {len(held)} held-out tokens, ctx {a.ctx}")
+    stride = a.ctx // 2
+    base = perplexity(dense, held, a.ctx, stride).perplexity
+    print(f"| budget (of FFN bytes) | sparsity | GPU neurons | perplexity | vs dense |")
+    print(f"| --- | --- | --- | --- | --- |")
+    print(f"| dense | - | 100% | {base:.4f} | - |")
+    cfg, f = dense.config, dense.file
+    fixed = fixed_gpu_bytes(f, cfg, a.ctx, "f32") + ACTIVATION_MARGIN
+    for b in a.budgets:
+        for s in a.sparsity:
+            plan = plan_for_budget(f, cfg, fixed + int(b * ffn_bytes(f)), a.ctx, "f32", cal,
+                                   s or None)
+            e = Engine(a.model, ctx=a.ctx, backend=HybridBackend(CPUBackend(), plan))
+            ppl = perplexity(e, held, a.ctx, stride).perplexity
+            share = sum(plan.n_gpu) / (cfg.d_ff * cfg.n_layers)
+            print(f"| {b:.0%} | {s:.1f} | {share:.1%} | {ppl:.4f} | {100 * (ppl / base - 1):+.2f}% |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
