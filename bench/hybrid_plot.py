@@ -32,7 +32,7 @@ def main() -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
     ax.set_xlabel("GPU memory budget (GB; llama.cpp: weights on the GPU)")
     ax.set_ylabel("decode tok/s (tg32)")
-    ax.set_title("Llama-3.1-8B Q4_0 on one H200 + 16 CPU cores, part of the model on the CPU")
+    ax.set_title("Llama-3.1-8B Q4_0, one H200 + 16 CPU cores, part on the CPU", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

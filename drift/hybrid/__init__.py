@@ -1,4 +1,6 @@
-"""Hybrid CPU-GPU execution by neuron hotness (PowerInfer-style), its foundations: calibration
-of FFN neuron activity (`calibrate`), the GPU placement solver (`placement`) and the FFN
-neuron permutation (`permute`). The split execution itself is not built yet (docs/hybrid.md).
+"""Hybrid CPU-GPU execution by neuron hotness (PowerInfer-style, for SwiGLU/GeGLU models):
+calibration of FFN neuron activity (`calibrate`), the GPU placement solver (`placement`), the
+FFN split as a graph rewrite plus derived weights (`split`), the CPU's cold-neuron kernels
+(`cpu_kernels`, `cold_ffn.c`) and the backend that runs a model over a GPU backend and the
+CPU (`backend`). docs/hybrid.md describes the whole.
 """
