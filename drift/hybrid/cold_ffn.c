@@ -39,28 +39,30 @@ static inline float f16(uint16_t h) { /* IEEE half -> float */
 
 enum { KIND_Q4_0 = 0, KIND_Q4_1 = 1, KIND_Q8_0 = 2 };
 
+/* one row of K floats -> int8 blocks of 32: q, the scale xd = amax/127, xs = xd * sum(q) */
+static void quantize_row(const float *v, int K, int8_t *q, float *xd, float *xs) {
+    for (int b = 0; b < K / 32; b++) {
+        float amax = 0.f;
+        for (int i = 0; i < 32; i++) { float a = fabsf(v[b * 32 + i]); amax = a > amax ? a : amax; }
+        float d = amax / 127.f, inv = amax > 0 ? 127.f / amax : 0.f;
+        int sum = 0;
+        for (int i = 0; i < 32; i++) {
+            float t = v[b * 32 + i] * inv;
+            int r = (int)(t + (t >= 0 ? 0.5f : -0.5f));
+            q[b * 32 + i] = (int8_t)r;
+            sum += r;
+        }
+        xd[b] = d;
+        xs[b] = d * (float)sum;
+    }
+}
+
 /* x (S, K) -> xq (S, K) int8, xd and xs (S, K/32) */
 void quantize_x(const float *x, int S, int K, int8_t *xq, float *xd, float *xs) {
-    int nb = K / 32;
     #pragma omp parallel for schedule(static) if (S > 1)
-    for (int s = 0; s < S; s++) {
-        for (int b = 0; b < nb; b++) {
-            const float *v = x + (int64_t)s * K + b * 32;
-            float amax = 0.f;
-            for (int i = 0; i < 32; i++) { float a = v[i] < 0 ? -v[i] : v[i]; amax = a > amax ? a : amax; }
-            float d = amax / 127.f, inv = amax > 0 ? 127.f / amax : 0.f;
-            int sum = 0;
-            int8_t *q = xq + (int64_t)s * K + b * 32;
-            for (int i = 0; i < 32; i++) {
-                float t = v[i] * inv;
-                int r = (int)(t + (t >= 0 ? 0.5f : -0.5f));
-                q[i] = (int8_t)r;
-                sum += r;
-            }
-            xd[(int64_t)s * nb + b] = d;
-            xs[(int64_t)s * nb + b] = d * (float)sum;
-        }
-    }
+    for (int s = 0; s < S; s++)
+        quantize_row(x + (int64_t)s * K, K, xq + (int64_t)s * K, xd + (int64_t)s * (K / 32),
+                     xs + (int64_t)s * (K / 32));
 }
 
 #if defined(__AVX2__)
@@ -154,6 +156,46 @@ void gemv_rows(int kind, const uint8_t *qs, const uint16_t *d, const uint16_t *m
     }
 }
 
+#ifdef _OPENMP
+extern int omp_get_thread_num(void);
+extern int omp_get_num_threads(void);
+#endif
+static inline int n_threads_here(void) { /* threads of the enclosing parallel region */
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+/* this thread's share [i0, i1) of n items, split evenly; returns the thread's index */
+static inline int thread_share(int n, int *i0, int *i1) {
+    int t = 0, nt = n_threads_here();
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+    *i0 = (int)((int64_t)n * t / nt);
+    *i1 = (int)((int64_t)n * (t + 1) / nt);
+    return t;
+}
+
+/* out += h * one Q8_0 row (nb blocks, f16 scales) */
+static inline void axpy_row_q8(float h, const int8_t *q, const uint16_t *d, int nb, float *out) {
+    for (int b = 0; b < nb; b++) {
+        float f = h * f16(d[b]);
+#if defined(__AVX2__)
+        __m256 vf = _mm256_set1_ps(f);
+        for (int e = 0; e < 32; e += 8) {
+            __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                _mm_loadl_epi64((const __m128i *)(q + b * 32 + e))));
+            _mm256_storeu_ps(out + b * 32 + e,
+                             _mm256_fmadd_ps(vf, w, _mm256_loadu_ps(out + b * 32 + e)));
+        }
+#else
+        for (int e = 0; e < 32; e++) out[b * 32 + e] += f * (float)q[b * 32 + e];
+#endif
+    }
+}
+
 /* y[s] = sum_i h[s, i] * W[rows[i]] over Q8_0 rows of K (the transposed down projection):
  * qs (R, K) int8, d (R, K/32) f16. h (S, n), y (S, K), overwritten. Each thread streams
  * whole rows of its share of the active neurons into its own accumulator (L1/L2), then the
@@ -164,35 +206,15 @@ void axpy_rows_q8(const int8_t *qs, const uint16_t *d, int K, const int32_t *row
     memset(work, 0, sizeof(float) * (size_t)n_work * S * K);
     #pragma omp parallel num_threads(n_work)
     {
-        int t = 0, nt = 1;
-#ifdef _OPENMP
-        extern int omp_get_thread_num(void);
-        extern int omp_get_num_threads(void);
-        t = omp_get_thread_num(); nt = omp_get_num_threads();
-#endif
+        int i0, i1, t = thread_share(n, &i0, &i1);
         float *acc = work + (size_t)t * S * K;
-        int i0 = (int)((int64_t)n * t / nt), i1 = (int)((int64_t)n * (t + 1) / nt);
         for (int i = i0; i < i1; i++) {
             int64_t r = rows ? rows[i] : i;
             const int8_t *q = qs + r * K;
             for (int s = 0; s < S; s++) {
                 float hi = h[(int64_t)s * n + i];
                 if (hi == 0.f) continue;
-                float *out = acc + (int64_t)s * K;
-                for (int b = 0; b < nb; b++) {
-                    float f = hi * f16(d[r * nb + b]);
-#if defined(__AVX2__)
-                    __m256 vf = _mm256_set1_ps(f);
-                    for (int e = 0; e < 32; e += 8) {
-                        __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                            _mm_loadl_epi64((const __m128i *)(q + b * 32 + e))));
-                        _mm256_storeu_ps(out + b * 32 + e,
-                                         _mm256_fmadd_ps(vf, w, _mm256_loadu_ps(out + b * 32 + e)));
-                    }
-#else
-                    for (int e = 0; e < 32; e++) out[b * 32 + e] += f * (float)q[b * 32 + e];
-#endif
-                }
+                axpy_row_q8(hi, q, d + r * nb, nb, acc + (int64_t)s * K);
             }
         }
     }
@@ -202,23 +224,6 @@ void axpy_rows_q8(const int8_t *qs, const uint16_t *d, int K, const int32_t *row
         float v = 0.f;
         for (int t = 0; t < n_work; t++) v += work[(size_t)t * total + j];
         y[j] = v;
-    }
-}
-
-static void quantize_row(const float *v, int K, int8_t *q, float *xd, float *xs) {
-    for (int b = 0; b < K / 32; b++) {
-        float amax = 0.f;
-        for (int i = 0; i < 32; i++) { float a = fabsf(v[b * 32 + i]); amax = a > amax ? a : amax; }
-        float d = amax / 127.f, inv = amax > 0 ? 127.f / amax : 0.f;
-        int sum = 0;
-        for (int i = 0; i < 32; i++) {
-            float t = v[b * 32 + i] * inv;
-            int r = (int)(t + (t >= 0 ? 0.5f : -0.5f));
-            q[b * 32 + i] = (int8_t)r;
-            sum += r;
-        }
-        xd[b] = d;
-        xs[b] = d * (float)sum;
     }
 }
 
@@ -276,33 +281,13 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
                 y[r] = row_dot(down->kind, down->qs + r * rbF, down->d + (int64_t)r * nbF,
                                down->m ? down->m + (int64_t)r * nbF : 0, nbF, hq, hd, hs);
         } else {
-            int t = 0, nt = 1;
-#ifdef _OPENMP
-            extern int omp_get_thread_num(void);
-            extern int omp_get_num_threads(void);
-            t = omp_get_thread_num(); nt = omp_get_num_threads();
-#endif
+            int i0, i1, t = thread_share(count, &i0, &i1), nt = n_threads_here();
             float *acc = work + (size_t)t * D;
             memset(acc, 0, sizeof(float) * D);
-            int i0 = (int)((int64_t)count * t / nt), i1 = (int)((int64_t)count * (t + 1) / nt);
             const int8_t *dq = (const int8_t *)down->qs;
             for (int i = i0; i < i1; i++) {
                 int64_t r = rows[i];
-                const int8_t *q = dq + r * D;
-                for (int b = 0; b < nbD; b++) {
-                    float f = h[i] * f16(down->d[r * nbD + b]);
-#if defined(__AVX2__)
-                    __m256 vf = _mm256_set1_ps(f);
-                    for (int e = 0; e < 32; e += 8) {
-                        __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                            _mm_loadl_epi64((const __m128i *)(q + b * 32 + e))));
-                        _mm256_storeu_ps(acc + b * 32 + e,
-                                         _mm256_fmadd_ps(vf, w, _mm256_loadu_ps(acc + b * 32 + e)));
-                    }
-#else
-                    for (int e = 0; e < 32; e++) acc[b * 32 + e] += f * (float)q[b * 32 + e];
-#endif
-                }
+                axpy_row_q8(h[i], dq + r * D, down->d + r * nbD, nbD, acc);
             }
             #pragma omp barrier
             #pragma omp for schedule(static)
