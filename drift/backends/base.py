@@ -98,6 +98,7 @@ class Backend(ABC):
     # call (drift/backends/triton/program.py, `HostCall`).
     host_ops: Mapping[str, Callable[[Any, dict[str, np.ndarray]], list[np.ndarray]]] = (
         MappingProxyType({}))
+    host_calls: ClassVar[bool] = False  # whether its programs can call `host_ops`
 
     @classmethod
     @abstractmethod

@@ -29,7 +29,7 @@ from dataclasses import replace
 import numpy as np
 
 from drift.backends.base import Backend, DeviceInfo, HeldBytes, Program
-from drift.errors import InvalidArgumentError
+from drift.errors import InvalidArgumentError, UnsupportedError
 from drift.hybrid.cpu_kernels import ColdFFN, RowPlanes
 from drift.hybrid.split import (
     DOWN_BLOCK,
@@ -57,6 +57,9 @@ class HybridBackend(Backend):
         self.cold_calls = 0
         self._cold_names: set[str] = set()
         self.cpu_runs_cold = not gpu.supports("ffn_cold")
+        if self.cpu_runs_cold and not gpu.host_calls:
+            raise UnsupportedError(f"hybrid execution (--gpu-mem) runs on the cuda (triton) "
+                                   f"backend; {gpu.name} cannot call CPU kernels yet")
         if self.cpu_runs_cold:
             gpu.host_ops = {"ffn_cold": self._run_cold}
 

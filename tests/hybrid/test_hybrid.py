@@ -267,3 +267,14 @@ def test_bad_hybrid_flags_give_one_line(model, tmp_path, monkeypatch, capsys, fl
                  "--no-ceilings", *flags])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and message in err[-1] and len(err) <= 2
+
+
+def test_a_backend_without_host_calls_is_refused():
+    from drift.errors import UnsupportedError
+
+    class NoColdKernel(CPUBackend):  # like webgpu/opencl: no ffn_cold, no host calls
+        def supports(self, op: str) -> bool:
+            return op != "ffn_cold" and super().supports(op)
+
+    with pytest.raises(UnsupportedError, match="cannot call CPU kernels"):
+        HybridBackend(NoColdKernel(), HybridPlan.uniform(2, 96, 32))
