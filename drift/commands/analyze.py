@@ -322,13 +322,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
         device = device_spec(args.device_spec)  # a bad name fails before loading the model
     engine = _open_engine(args)
     notes = []
+    # the roofline of the device that runs the graph (hybrid: its GPU backend's)
+    probed = getattr(engine.backend, "gpu", engine.backend).name
     if args.device_spec.lower().startswith("local"):
         try:
-            device = device_spec(args.device_spec, engine.backend.name)
+            device = device_spec(args.device_spec, probed)
         except ProbeMissingError:
-            _, note = saved_or_quick_probe(engine.backend.name)
+            _, note = saved_or_quick_probe(probed)
             notes.append(note)
-            device = device_spec(args.device_spec, engine.backend.name)
+            device = device_spec(args.device_spec, probed)
     label = Path(args.model).stem if args.model else engine.path.stem
     result = profile_engine(engine, label, args.prompt_len, args.decode_tokens, args.repeat,
                             energy_window=args.energy_window)
