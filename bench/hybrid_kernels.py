@@ -1,4 +1,4 @@
-"""The hybrid CPU kernels alone (drift/hybrid/cold_ffn.c), on this machine's memory: one
+"""The hybrid CPU kernels alone (drift/backends/cpu/kernels.c), on this machine's memory: one
 decode token through the cold FFNs of `--layers` layers of Llama-3.1-8B shapes (D 4096, F'
 cold neurons, Q4_0 gate/up, Q8_0 transposed down), layers visited in turn as a decode does, so
 the weights stream from DRAM, not from cache.
@@ -19,7 +19,7 @@ def main() -> None:
     from gguf import GGMLQuantizationType as Q
 
     from drift.formats import quants
-    from drift.hybrid.cpu_kernels import ColdFFN, RowPlanes, library
+    from drift.backends.cpu.native import ColdFFN, RowPlanes, library
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=32)

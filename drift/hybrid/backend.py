@@ -2,7 +2,7 @@
 
 `HybridBackend` is a Backend made of two: the GPU backend it wraps, which compiles and runs
 the split graph (`split_ffn`) through its own passes, and the CPU kernels of `ffn_cold`
-(`ColdFFN`, drift/hybrid/cpu_kernels.py), which it hands the GPU backend as a host op. The
+(`ColdFFN`, drift/backends/cpu/native.py), which it hands the GPU backend as a host op. The
 weights are loaded from the split view of the file (`SplitModelFile`): the GPU gets every
 tensor but the cold ones (attention, norms, embeddings, LM head, KV cache, hot neurons), the
 CPU the cold neurons' planes. Nothing of the model is written twice: the graph is the
@@ -29,8 +29,8 @@ from dataclasses import replace
 import numpy as np
 
 from drift.backends.base import Backend, DeviceInfo, HeldBytes, Program
+from drift.backends.cpu.native import ColdFFN, RowPlanes
 from drift.errors import InvalidArgumentError, UnsupportedError
-from drift.hybrid.cpu_kernels import ColdFFN, RowPlanes
 from drift.hybrid.split import (
     DOWN_BLOCK,
     HybridPlan,

@@ -9,7 +9,7 @@ act(gate_j . x) * (up_j . x) * down_t[j] when |act(gate_j . x)| > threshold, not
 (CATS: a calibrated magnitude threshold, since SwiGLU is not exactly sparse); threshold 0 keeps
 every neuron, and then y is the dense FFN restricted to these neurons. The split pass
 (`drift/hybrid/split.py`) writes it next to the GPU's hot part; no GPU backend runs it: the
-hybrid runtime calls the CPU kernel for it (`drift/hybrid/cpu_kernels.py`), and the numpy
+hybrid runtime calls the CPU kernel for it (`drift/backends/cpu/native.py`), and the numpy
 backend runs this reference.
 """
 

@@ -152,7 +152,10 @@ CONFORMANCE_BACKENDS: dict[str, Entry] = {
     # weights dequantized to float32 at load (a small model)
     "cpu": Entry(_cpu, _np_state, _np_write, lambda: CPUBackend.kv_dtype),
     # weights kept quantized in tiled planes, dequantized slab by slab (a large model)
-    "cpu-planes": Entry(lambda: _cpu(dequant_budget=0), _np_state, _np_write,
+    "cpu-planes": Entry(lambda: _cpu(dequant_budget=0, native=False), _np_state, _np_write,
+                        lambda: CPUBackend.kv_dtype),
+    # kept quantized, Q4_0/Q4_1/Q8_0 through the compiled GEMV (native.py) where cc exists
+    "cpu-native": Entry(lambda: _cpu(dequant_budget=0), _np_state, _np_write,
                         lambda: CPUBackend.kv_dtype),
     "triton": Entry(_triton, _torch_state, _torch_write, _triton_kv, small=True),
     "webgpu": Entry(_portable("webgpu"), _gpu_state, _gpu_write, lambda: "f32", small=True),

@@ -5,6 +5,7 @@ fusions once, and hands back outputs that survive the next call."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from drift.backends.cpu import CPU_CAPABILITIES, CPUBackend
 from drift.ir import GraphBuilder
@@ -98,3 +99,32 @@ def test_default_capabilities_exercise_the_storages():
     assert not b.capabilities().quant_planes  # weights dequantized at load: no planes
     b.weights_dequantized = False
     assert b.capabilities().quant_planes
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("rows", [1, 3, 9])  # 9: past GEMV_ROWS, the slab + BLAS path
+def test_native_quant_matrix_against_gguf_py(qtype, rows):
+    """A kept-quantized weight through the compiled GEMV (or dequantized slabs) against
+    gguf-py's dequantization in float64, fresh random weights and x."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants as gguf_quants
+
+    from drift.backends.cpu import NativeQuantMatrix
+    from drift.backends.cpu.native import library
+    from drift.formats import quants
+    from drift.formats.gguf import TensorInfo
+
+    lib = library()
+    if lib is None:
+        pytest.skip("no C compiler here")
+    rng = np.random.default_rng()
+    w = rng.standard_normal((1100, 96)).astype(np.float32)  # > ROWS_PER_CHUNK rows
+    raw = quants.quantize(w, Q[qtype])
+    m = NativeQuantMatrix(TensorInfo("w", (1100, 96), Q[qtype], raw), lib)
+    x = rng.standard_normal((rows, 96)).astype(np.float32)
+    ref = x.astype(np.float64) @ gguf_quants.dequantize(raw, Q[qtype]).reshape(1100, 96).T
+    got = m.matmul_t(x)
+    assert got.shape == (rows, 1100)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-6
+    ids = rng.integers(0, 1100, 5)
+    np.testing.assert_array_equal(m.rows(ids), gguf_quants.dequantize(raw[ids], Q[qtype]))

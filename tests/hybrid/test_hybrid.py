@@ -25,12 +25,12 @@ from gguf import GGMLQuantizationType as Q
 from gguf import quants as gguf_quants
 
 from drift.backends.cpu import CPUBackend
+from drift.backends.cpu.native import ColdFFN, RowPlanes, library
 from drift.cli import main
 from drift.errors import InvalidArgumentError
 from drift.formats import quants
 from drift.formats.writer import write_random
 from drift.hybrid.backend import HybridBackend, ffn_bytes, plan_for_budget
-from drift.hybrid.cpu_kernels import ColdFFN, RowPlanes, library
 from drift.hybrid.split import HybridPlan, split_ffn
 from drift.ir import run_reference
 from drift.models import build_graph
@@ -247,9 +247,9 @@ def test_plan_for_budget(model):
 
 def test_bad_plans_are_refused():
     perm = (np.arange(96),)
-    for bad in (dict(n_gpu=(40,)), dict(n_gpu=(97,)), dict(thresholds=(-1.0,)),
-                dict(order=(np.zeros(96, dtype=np.int64),)), dict(thresholds=(np.nan,))):
-        args = dict(n_ffn=96, n_gpu=(32,), order=perm, thresholds=(0.0,)) | bad
+    for bad in ({"n_gpu": (40,)}, {"n_gpu": (97,)}, {"thresholds": (-1.0,)},
+                {"order": (np.zeros(96, dtype=np.int64),)}, {"thresholds": (np.nan,)}):
+        args = {"n_ffn": 96, "n_gpu": (32,), "order": perm, "thresholds": (0.0,)} | bad
         with pytest.raises(InvalidArgumentError):
             HybridPlan(**args)
 

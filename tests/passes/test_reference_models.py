@@ -103,15 +103,23 @@ def test_matches_transformers_step_by_step(runs, hf_logits):
 @pytest.mark.slow
 def test_quantized_weights_in_planes(smollm2_path, runs):
     """Weights kept quantized (past the dequantization budget) are converted at load into tiled
-    scale/quant planes and dequantized from them slab by slab: same logits."""
+    scale/quant planes and dequantized from them slab by slab, or (Q4_0/Q4_1/Q8_0, a C
+    compiler here) kept in their blocks for the compiled GEMV: same logits either way."""
+    from drift.backends.cpu import NativeQuantMatrix
+    from drift.backends.cpu.native import library
+
     engine, ids, out = runs
     if engine.path != smollm2_path:
         pytest.skip("one model is enough for the planes")
-    lazy = Engine(smollm2_path, ctx=128, backend=CPUBackend(dequant_budget=0))
-    w = lazy.backend.weights["blk.0.ffn_up.weight"]
-    assert isinstance(w, LazyQuantMatrix) and isinstance(w.storage, QuantBlockPlanes)
-    assert lazy.backend.capabilities().quant_planes
-    tokens, logits = greedy(lazy, ids, steps=2)
-    assert tokens == out[True][0][:2]
-    for a, b in zip(logits, out[True][1]):
-        assert rel_err(a, b) <= 1e-5
+    for native in (False, True):
+        lazy = Engine(smollm2_path, ctx=128, backend=CPUBackend(dequant_budget=0, native=native))
+        w = lazy.backend.weights["blk.0.ffn_up.weight"]  # Q4_1
+        if native and library() is not None:
+            assert isinstance(w, NativeQuantMatrix)
+        else:
+            assert isinstance(w, LazyQuantMatrix) and isinstance(w.storage, QuantBlockPlanes)
+        assert lazy.backend.capabilities().quant_planes
+        tokens, logits = greedy(lazy, ids, steps=2)
+        assert tokens == out[True][0][:2]
+        for a, b in zip(logits, out[True][1]):
+            assert rel_err(a, b) <= 1e-5

@@ -13,10 +13,13 @@ the way the GPU backends do, after the same passes (`drift/passes/pipeline.py`):
   two tensors wrongly sharing memory give wrong logits too. Outputs are copied out.
 
 Weights: matrices are dequantized to float32 once at load while the float copy stays within a
-budget (small models then decode at BLAS speed); past the budget they are converted once into
-tiled scale/quant planes (the `QuantBlockPlanes` storage a GPU kernel would read) and
-dequantized slab by slab inside each matmul, so an 8B Q4_0 model runs in a few GB of memory
-rather than 32. Weights never enter the arena.
+budget (small models then decode at BLAS speed); past the budget they stay quantized, so an 8B
+Q4_0 model runs in a few GB of memory rather than 32: Q4_0, Q4_1 and Q8_0 matrices in their
+blocks, multiplied by the compiled GEMV of `native.py` at decode (`NativeQuantMatrix`: the
+weights rebuilt exactly, in float32), other types converted once into tiled scale/quant planes
+(the `QuantBlockPlanes` storage a GPU kernel would read) and dequantized slab by slab inside
+each matmul (`LazyQuantMatrix`; also everything where no C compiler is found). Weights never
+enter the arena.
 """
 
 from __future__ import annotations
@@ -84,6 +87,51 @@ class LazyQuantMatrix:
         return out
 
 
+GEMV_ROWS = 8  # up to this many rows of x, a kept-quantized matmul runs the compiled GEMV
+
+
+class NativeQuantMatrix:
+    """A (N, K) Q4_0 / Q4_1 / Q8_0 weight kept in its blocks (`RowPlanes`: the file's quants,
+    f16 scales), multiplied by the compiled GEMV of `native.py` for a few rows of x (decode)
+    and by BLAS on slabs dequantized from the same planes for many (prefill). Both rebuild the
+    weights exactly as the reference does; only the summation order differs."""
+
+    def __init__(self, info: TensorInfo, lib):
+        from drift.backends.cpu.native import RowPlanes
+
+        self.name, self.qtype, self.shape = info.name, info.qtype, info.shape
+        self.lib = lib
+        self.planes = RowPlanes.from_blocks(np.asarray(info.data), info.qtype.name,
+                                            (int(info.shape[0]), int(info.shape[1])))
+
+    @property
+    def nbytes(self) -> int:
+        return self.planes.nbytes
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        from drift.backends.cpu.native import RowPlanes
+
+        p, ids = self.planes, np.asarray(ids, dtype=np.int64)
+        sub = RowPlanes(p.kind, p.qs[ids], p.d[ids], None if p.m is None else p.m[ids], p.K)
+        return sub.dequantize()
+
+    def matmul_t(self, x: np.ndarray) -> np.ndarray:
+        from drift.backends.cpu.native import RowPlanes, gemv_f32
+
+        lead, K = x.shape[:-1], x.shape[-1]
+        flat = np.asarray(x, dtype=np.float32).reshape(-1, K)
+        if flat.shape[0] <= GEMV_ROWS:
+            return gemv_f32(self.lib, self.planes, flat).reshape(*lead, -1)
+        n, p = self.shape[0], self.planes
+        out = np.empty((flat.shape[0], n), dtype=np.float32)
+        for r0 in range(0, n, ROWS_PER_CHUNK):
+            r1 = min(n, r0 + ROWS_PER_CHUNK)
+            slab = RowPlanes(p.kind, p.qs[r0:r1], p.d[r0:r1],
+                             None if p.m is None else p.m[r0:r1], p.K).dequantize()
+            out[:, r0:r1] = flat @ slab.T
+        return out.reshape(*lead, n)
+
+
 def _total_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -95,12 +143,14 @@ class CPUBackend(Backend):
     name = "cpu"
 
     def __init__(self, dequant_budget: int | None = None, fuse: bool = True,
-                 strategy: str = "greedy_by_size", capabilities: Capabilities | None = None):
+                 strategy: str = "greedy_by_size", capabilities: Capabilities | None = None,
+                 native: bool = True):
         env = os.environ.get("DRIFT_CPU_DEQUANT_BUDGET")
         self.dequant_budget = int(env) if env else (
             DEFAULT_DEQUANT_BUDGET if dequant_budget is None else dequant_budget)
         self.fuse = fuse
         self.strategy = strategy
+        self.native = native  # kept-quantized Q4_0/Q4_1/Q8_0 through the compiled GEMV
         self._caps = capabilities or CPU_CAPABILITIES
         self.weights: dict[str, Any] = {}
         self.state: dict[str, np.ndarray] = {}
@@ -128,9 +178,17 @@ class CPUBackend(Backend):
             check_quant_supported(info)
         float_bytes = sum(4 * info.n_elements for info in infos if len(info.shape) == 2)
         keep_float = float_bytes <= self.dequant_budget
+        lib = None
+        if not keep_float and self.native:
+            from drift.backends.cpu.native import KINDS, library
+
+            lib = library()
         for info in infos:
             if len(info.shape) == 2 and not keep_float:
-                self.weights[info.name] = LazyQuantMatrix(info, self._caps.quant_tile_rows)
+                if lib is not None and info.qtype.name in KINDS and info.shape[1] % 32 == 0:
+                    self.weights[info.name] = NativeQuantMatrix(info, lib)
+                else:
+                    self.weights[info.name] = LazyQuantMatrix(info, self._caps.quant_tile_rows)
             else:
                 self.weights[info.name] = model_file.dequantize(info.name)
         self.weights_dequantized = keep_float
@@ -168,7 +226,7 @@ class CPUBackend(Backend):
         for w in self.weights.values():
             if isinstance(w, LazyQuantMatrix):
                 weights += sum(o.nbytes for o in w.objs)
-            elif isinstance(w, np.ndarray):
+            elif isinstance(w, (NativeQuantMatrix, np.ndarray)):
                 weights += w.nbytes
         state = sum(a.nbytes for a in self.state.values())
         return HeldBytes(weights, state, self.arena.nbytes)

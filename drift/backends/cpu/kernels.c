@@ -1,6 +1,6 @@
 /* The CPU side of hybrid execution: a gated FFN's cold neurons, from quantized blocks.
  *
- * Built by drift/hybrid/cpu_kernels.py at first use with the system's C compiler
+ * Built by drift/backends/cpu/native.py at first use with the system's C compiler
  * (-O3 -march=native -fopenmp) and called through ctypes, which releases the GIL: the GPU
  * runs its hot neurons meanwhile.
  *
@@ -299,6 +299,68 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
         }
     }
     return count;
+}
+
+/* one weight row . one float x row in float32, the block's weights rebuilt exactly as the
+ * reference dequantizes them (d * (q - 8), d * q + m, d * q): sum_b d_b * sum(q x) (+ m_b *
+ * sum(x) for Q4_1) */
+static inline float row_dot_f32(int kind, const uint8_t *qs, const uint16_t *d,
+                                const uint16_t *m, int nb, const float *x) {
+#if defined(__AVX2__)
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const float *xv = x + b * 32;
+        __m256i v;
+        if (kind == KIND_Q8_0) v = _mm256_loadu_si256((const __m256i *)(qs + b * 32));
+        else v = nibbles(qs + b * 16);
+        if (kind == KIND_Q4_0) v = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+        __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+        __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+        __m256 sum = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            __m256i w32 = kind == KIND_Q4_1 ? _mm256_cvtepu8_epi32(part[j])
+                                            : _mm256_cvtepi8_epi32(part[j]);
+            sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w32), _mm256_loadu_ps(xv + 8 * j), sum);
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(d[b])), sum, acc);
+        if (kind == KIND_Q4_1) {
+            __m256 xs = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xv), _mm256_loadu_ps(xv + 8)),
+                                      _mm256_add_ps(_mm256_loadu_ps(xv + 16),
+                                                    _mm256_loadu_ps(xv + 24)));
+            accm = _mm256_fmadd_ps(_mm256_set1_ps(f16(m[b])), xs, accm);
+        }
+    }
+    return hsum8(_mm256_add_ps(acc, accm));
+#else
+    float total = 0.f;
+    for (int b = 0; b < nb; b++) {
+        const float *xv = x + b * 32;
+        float db = f16(d[b]), sq = 0.f, sx = 0.f;
+        for (int e = 0; e < 32; e++) {
+            int q = kind == KIND_Q8_0 ? ((const int8_t *)qs)[b * 32 + e]
+                                      : (qs[b * 16 + e % 16] >> (e < 16 ? 0 : 4)) & 15;
+            if (kind == KIND_Q4_0) q -= 8;
+            sq += (float)q * xv[e];
+            sx += xv[e];
+        }
+        total += db * sq + (kind == KIND_Q4_1 ? f16(m[b]) * sx : 0.f);
+    }
+    return total;
+#endif
+}
+
+/* out (S, R) = x (S, K) . W^T in float32 for the numpy backend (`NativeQuantMatrix`): rows in
+ * parallel, each row dotted with every x row while it is in L1. */
+void gemv_f32(int kind, const uint8_t *qs, const uint16_t *d, const uint16_t *m, int K, int R,
+              const float *x, int S, float *out) {
+    int nb = K / 32;
+    int64_t row_bytes = kind == KIND_Q8_0 ? K : K / 2;
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; r++)
+        for (int s = 0; s < S; s++)
+            out[(int64_t)s * R + r] = row_dot_f32(kind, qs + r * row_bytes, d + (int64_t)r * nb,
+                                                  m ? m + (int64_t)r * nb : 0, nb,
+                                                  x + (int64_t)s * K);
 }
 
 int n_threads(void) {

@@ -1,12 +1,16 @@
-"""The CPU kernels of hybrid execution: a cold FFN from quantized blocks (`cold_ffn.c`).
+"""The numpy backend's compiled kernels (`kernels.c`): matrix-vector products straight from
+quantized blocks. Hybrid execution's cold FFN (`ColdFFN`: int8 x, skipping) and the numpy
+backend's GEMV for weights it keeps quantized (`gemv_f32`: float x, the reference's
+arithmetic up to summation order) both run on them.
 
-`cold_ffn.c` is compiled at first use with the system's C compiler (`cc -O3 -march=native
+`kernels.c` is compiled at first use with the system's C compiler (`cc -O3 -march=native
 -fopenmp`, into `$DRIFT_HOME/kernels/`, keyed by the source's and compiler's hash) and called
 through ctypes, which releases the GIL. Without a compiler, `ColdFFN` computes the same thing
 with numpy (one clear warning, correct but slow).
 
 Weights are held as planes converted once at load: the packed quants as they are in the file
-(nibbles or int8) and float32 scales (and minimums), so the dot products read nothing else.
+(nibbles or int8) and the f16 scales (and minimums) split out of the blocks, so the dot
+products read no more bytes than the file holds.
 Gate and up rows of types other than Q4_0, Q4_1 and Q8_0 are re-quantized to Q8_0 at load (a
 K-quant's sub-block scales do not fit the block-of-32 loop; Q8_0 keeps them within ~0.4 % of
 a block's largest weight). The down projection's cold columns come already transposed and
@@ -29,7 +33,7 @@ import numpy as np
 
 from drift.formats import quants
 
-SOURCE = Path(__file__).with_name("cold_ffn.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 KINDS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}  # the weight types the C loop reads as they are
 ACTIVATIONS = ("swiglu", "geglu")
 
@@ -75,7 +79,7 @@ def library():
 
         key = hashlib.sha256(SOURCE.read_bytes() + cc.encode()
                              + os.uname().machine.encode()).hexdigest()[:16]
-        path = models_dir().parent / "kernels" / f"cold_ffn-{key}.so"
+        path = models_dir().parent / "kernels" / f"cpu_kernels-{key}.so"
         try:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +99,7 @@ def library():
         lib.ffn_cold_token.argtypes = [p, p, p, i, i, i, p, ctypes.c_float, i, p, p, p,
                                        p, p, p, p, i, p]
         lib.ffn_cold_token.restype = i
+        lib.gemv_f32.argtypes = [i, p, p, p, i, i, p, i, p]
         lib.n_threads.restype = i
         _lib = lib
         return lib
@@ -104,7 +109,7 @@ def _ptr(a: np.ndarray | None):
     return None if a is None else a.ctypes.data
 
 
-class _Planes(ctypes.Structure):  # planes_t of cold_ffn.c
+class _Planes(ctypes.Structure):  # planes_t of kernels.c
     _fields_ = [("kind", ctypes.c_int), ("qs", ctypes.c_void_p), ("d", ctypes.c_void_p),
                 ("m", ctypes.c_void_p)]
 
@@ -157,6 +162,16 @@ class RowPlanes:
         if self.kind == "Q4_0":
             return d * (q - 8)
         return d * q + np.repeat(self.m.view(np.float16).astype(np.float32), 32, axis=1)
+
+
+def gemv_f32(lib, w: RowPlanes, x: np.ndarray) -> np.ndarray:
+    """x (S, K) float32 @ w.T from w's quantized rows, in float32: each block's weights are
+    rebuilt exactly (d * (q - 8), d * q + m, d * q) and multiplied by x; (S, R)."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, w.K)
+    out = np.empty((x.shape[0], w.qs.shape[0]), np.float32)
+    lib.gemv_f32(KINDS[w.kind], _ptr(w.qs), _ptr(w.d), _ptr(w.m), w.K, w.qs.shape[0], _ptr(x),
+                 x.shape[0], _ptr(out))
+    return out
 
 
 def _act(kind: str, g: np.ndarray) -> np.ndarray:
