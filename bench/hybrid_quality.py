@@ -16,8 +16,13 @@ import argparse
 import time
 
 from drift.backends.cpu import CPUBackend
-from drift.hybrid.backend import ACTIVATION_MARGIN, HybridBackend, ffn_bytes, fixed_gpu_bytes
-from drift.hybrid.backend import plan_for_budget
+from drift.hybrid.backend import (
+    ACTIVATION_MARGIN,
+    HybridBackend,
+    ffn_bytes,
+    fixed_gpu_bytes,
+    plan_for_budget,
+)
 from drift.hybrid.calibrate import ActivationEngine, calibrate, default_text
 from drift.runtime.engine import Engine
 from drift.runtime.perplexity import perplexity
@@ -32,6 +37,9 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--budgets", type=float, nargs="*", default=[0.25, 0.5, 0.75])
     ap.add_argument("--sparsity", type=float, nargs="*", default=[0.0, 0.5, 0.7, 0.9])
+    ap.add_argument("--predictor", type=int, nargs="*", default=[0],
+                    help="gate predictor ranks (0: none); with one, the cold FFN runs on the "
+                         "compiled CPU kernels, which count the gate rows read and the recall")
     a = ap.parse_args()
     dense = Engine(a.model, device="cpu", ctx=a.ctx)
     tok = Tokenizer.from_gguf(dense.file.metadata)
@@ -44,20 +52,25 @@ def main() -> None:
           f"{time.perf_counter() - t0:.0f} s; scoring {len(held)} held-out tokens, ctx {a.ctx}")
     stride = a.ctx // 2
     base = perplexity(dense, held, a.ctx, stride).perplexity
-    print(f"| budget (of FFN bytes) | sparsity | GPU neurons | perplexity | vs dense |")
-    print(f"| --- | --- | --- | --- | --- |")
-    print(f"| dense | - | 100% | {base:.4f} | - |")
+    print("| budget (of FFN bytes) | sparsity | predictor rank | GPU neurons | cold gate rows "
+          "read | recall | perplexity | vs dense |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| dense | - | - | 100% | - | - | {base:.4f} | - |")
     cfg, f = dense.config, dense.file
     fixed = fixed_gpu_bytes(f, cfg, a.ctx, "f32") + ACTIVATION_MARGIN
     for b in a.budgets:
         for s in a.sparsity:
-            plan = plan_for_budget(f, cfg, fixed + int(b * ffn_bytes(f)), a.ctx, "f32", cal,
-                                   s or None)
-            e = Engine(a.model, ctx=a.ctx, backend=HybridBackend(CPUBackend(), plan))
-            ppl = perplexity(e, held, a.ctx, stride).perplexity
-            share = sum(plan.n_gpu) / (cfg.d_ff * cfg.n_layers)
-            print(f"| {b:.0%} | {s:.1f} | {share:.1%} | {ppl:.4f} | {100 * (ppl / base - 1):+.2f}% |",
-                  flush=True)
+            for rank in a.predictor if s else [0]:
+                plan = plan_for_budget(f, cfg, fixed + int(b * ffn_bytes(f)), a.ctx, "f32",
+                                       cal, s or None, predictor=rank)
+                backend = HybridBackend(CPUBackend(), plan, cpu_kernels=bool(rank))
+                e = Engine(a.model, ctx=a.ctx, backend=backend)
+                ppl = perplexity(e, held, a.ctx, stride).perplexity
+                share = sum(plan.n_gpu) / (cfg.d_ff * cfg.n_layers)
+                stats = backend.predictor_stats() if rank else None
+                read, recall = (f"{stats[0]:.1%}", f"{stats[1]:.1%}") if stats else ("100%", "-")
+                print(f"| {b:.0%} | {s:.1f} | {rank or '-'} | {share:.1%} | {read} | {recall} | "
+                      f"{ppl:.4f} | {100 * (ppl / base - 1):+.2f}% |", flush=True)
 
 
 if __name__ == "__main__":

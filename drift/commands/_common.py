@@ -30,6 +30,10 @@ def add_hybrid_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sparsity", type=float, default=0.0,
                    help="hybrid: the CPU skips cold neurons whose |act(gate)| is under the "
                         "calibrated quantile (needs `drift calibrate`; default 0: dense)")
+    g.add_argument("--predictor", type=int, default=0, metavar="RANK",
+                   help="hybrid, with --sparsity: a rank-RANK factorization of each cold gate "
+                        "picks the neurons whose gate the CPU computes at all (default 0: every "
+                        "cold neuron's gate is computed)")
     g.add_argument("--offload", choices=("neurons", "layers"), default="neurons",
                    help="hybrid placement: hot neurons by calibration, or whole FFNs of the "
                         "last layers on the CPU (the baseline; default: %(default)s)")
@@ -55,8 +59,12 @@ def engine_options(args: argparse.Namespace) -> dict:
     sparsity = getattr(args, "sparsity", 0.0) or 0.0
     if not 0 <= sparsity < 1:
         raise InvalidArgumentError(f"--sparsity must be in [0, 1), got {sparsity}")
+    predictor = getattr(args, "predictor", 0) or 0
+    if predictor < 0:
+        raise InvalidArgumentError(f"--predictor must be >= 0, got {predictor}")
     return {"gpu_mem": None if gpu_mem is None else parse_size(gpu_mem),
-            "sparsity": sparsity, "offload": getattr(args, "offload", "neurons")}
+            "sparsity": sparsity, "offload": getattr(args, "offload", "neurons"),
+            "predictor": predictor}
 
 
 def load_engine(args: argparse.Namespace, progress: bool = True):

@@ -37,6 +37,7 @@ from drift.hybrid.split import (
     SplitModelFile,
     cold_weights,
     hot,
+    predictor_weights,
     split_ffn,
 )
 from drift.ir import Graph, TensorSpec
@@ -49,14 +50,18 @@ _FFN = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.weight$")
 class HybridBackend(Backend):
     name = "hybrid"
 
-    def __init__(self, gpu: Backend, plan: HybridPlan):
+    def __init__(self, gpu: Backend, plan: HybridPlan, cpu_kernels: bool | None = None):
+        """cpu_kernels: run ffn_cold on the CPU kernels (default: where `gpu` has no kernel
+        for it; True on the numpy backend runs the compiled kernels in place of the op's
+        reference, as the quality bench does)."""
         self.gpu, self.plan = gpu, plan
         self.kv_dtype = gpu.kv_dtype  # type: ignore[misc]  (the GPU's cache)
         self.cold: dict[int, ColdFFN] = {}  # layer -> its CPU kernel
         self.cold_seconds = 0.0  # wall time in the CPU kernels (bench reports it per token)
         self.cold_calls = 0
         self._cold_names: set[str] = set()
-        self.cpu_runs_cold = not gpu.supports("ffn_cold")
+        self.cpu_runs_cold = (not gpu.supports("ffn_cold") if cpu_kernels is None
+                              else cpu_kernels)
         if self.cpu_runs_cold and not gpu.host_calls:
             raise UnsupportedError(f"hybrid execution (--gpu-mem) runs on the cuda (triton) "
                                    f"backend; {gpu.name} cannot call CPU kernels yet")
@@ -97,8 +102,13 @@ class HybridBackend(Backend):
                 gpu_specs.append(TensorSpec(hot(layer, part), (k, s.shape[1]), s.dtype, s.role))
             cold_layers.add(layer)
         role = specs[0].role
-        cold_specs = [TensorSpec(n, split.tensors[n].shape, split.tensors[n].qtype.name, role)
-                      for layer in sorted(cold_layers) for n in cold_weights(self.plan, layer)[:3]]
+        def ir_dtype(info) -> str:
+            return info.qtype.name.lower() if info.qtype.name == "F32" else info.qtype.name
+
+        cold_specs = [TensorSpec(n, split.tensors[n].shape, ir_dtype(split.tensors[n]), role)
+                      for layer in sorted(cold_layers)
+                      for n in (*cold_weights(self.plan, layer)[:3],
+                                *predictor_weights(self.plan, layer))]
         if not self.cpu_runs_cold:  # the GPU backend runs ffn_cold itself: it holds all
             gpu_specs += cold_specs
         self.gpu.load_weights(split, gpu_specs, stacks)
@@ -111,9 +121,14 @@ class HybridBackend(Backend):
                     info = split.tensors[name]
                     planes.append(RowPlanes.from_blocks(np.asarray(info.data), info.qtype.name,
                                                         info.shape))
+                pred = predictor_weights(self.plan, layer)
+                factors = None
+                if pred:
+                    a, b = (np.asarray(split.tensors[n].data) for n in pred)
+                    factors = (a, b, self.plan.predictor_margin)
                 self.cold[layer] = ColdFFN(*planes, act, self.plan.thresholds[layer],
-                                           down_rows=down_rows)
-                self._cold_names.update(names)
+                                           down_rows=down_rows, predictor=factors)
+                self._cold_names.update(names + list(pred))
 
     def has_weight(self, name: str) -> bool:
         return self.gpu.has_weight(name) or name in self._cold_names
@@ -161,6 +176,18 @@ class HybridBackend(Backend):
         total = sum(c.n for c in self.cold.values())
         return sum(c.last_active for c in self.cold.values()) / total if total else 0.0
 
+    def predictor_stats(self) -> tuple[float, float] | None:
+        """With a predictor, over every call so far: the fraction of cold gate rows a token
+        read, and the recall (of the neurons above threshold, the share the predictor let
+        through; counted where the whole gate was computed anyway, calls of several tokens)."""
+        with_pred = [c for c in self.cold.values() if c.predictor is not None]
+        rows = sum(c.pred_tokens * c.n for c in with_pred)
+        if not rows:
+            return None
+        total = sum(c.recall_total for c in with_pred)
+        recall = sum(c.recall_hits for c in with_pred) / total if total else float("nan")
+        return sum(c.pred_rows for c in with_pred) / rows, recall
+
 
 def _is_geglu(model_file) -> bool:
     from drift.models import config_from_gguf
@@ -204,10 +231,17 @@ def ffn_bytes(model_file) -> int:
 
 def plan_for_budget(model_file, config, budget: int, ctx: int, kv_dtype: str,
                     calibration=None, sparsity: float | None = None,
-                    layers: bool = False) -> HybridPlan:
+                    layers: bool = False, predictor: int = 0) -> HybridPlan:
     """The plan that fits `budget` GPU bytes. sparsity: the CPU skips a cold neuron whose
     |act(gate)| is under the calibration's quantile for it (None or 0: dense). layers: the
-    layer-offload baseline (whole FFNs, first layers on the GPU) instead of neurons."""
+    layer-offload baseline (whole FFNs, first layers on the GPU) instead of neurons.
+    predictor: the rank of the gate predictor that spares the CPU most gate rows (0: none)."""
+    return replace(_plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration,
+                                    sparsity, layers), predictor_rank=int(predictor))
+
+
+def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, sparsity,
+                     layers) -> HybridPlan:
     L, F = config.n_layers, config.d_ff
     fixed = fixed_gpu_bytes(model_file, config, ctx, kv_dtype) + ACTIVATION_MARGIN
     room = budget - fixed
@@ -256,7 +290,7 @@ def plan_for_budget(model_file, config, budget: int, ctx: int, kv_dtype: str,
 
 
 def hybrid_backend(gpu: Backend, model_file, path, config, ctx: int, gpu_mem: int | None,
-                   sparsity: float, offload: str) -> Backend:
+                   sparsity: float, offload: str, predictor: int = 0) -> Backend:
     """`gpu` wrapped to run within `gpu_mem` bytes (None: what it has free, less a tenth),
     with the calibration of `path` where `drift calibrate` saved one. Prints the split."""
     from drift.hybrid.calibrate import Calibration, calibration_path
@@ -267,7 +301,7 @@ def hybrid_backend(gpu: Backend, model_file, path, config, ctx: int, gpu_mem: in
     cal_path = calibration_path(path)
     calibration = Calibration.load(cal_path) if cal_path.exists() else None
     plan = plan_for_budget(model_file, config, gpu_mem, ctx, gpu.kv_dtype, calibration,
-                           sparsity or None, layers=offload == "layers")
+                           sparsity or None, layers=offload == "layers", predictor=predictor)
     where = "calibrated" if calibration is not None else "no calibration: even split"
     print(f"[hybrid: --gpu-mem {gpu_mem / 2**30:.2f} GiB: {plan.describe()}; {where}]",
           file=sys.stderr)

@@ -58,6 +58,10 @@ class HybridPlan:
     n_gpu: tuple[int, ...]  # per layer: neurons on the GPU, 0..F (a multiple of 32 below F)
     order: tuple[np.ndarray, ...]  # per layer: a permutation of the F neurons, GPU ones first
     thresholds: tuple[float, ...]  # per layer: |act(gate)| at or below which the CPU skips
+    # a rank-r factorization of each skipping layer's cold gate picks the neurons whose gate
+    # the CPU computes at all (0: none; see ops_hybrid.py); margin scales the threshold for it
+    predictor_rank: int = 0
+    predictor_margin: float = 0.5
 
     def __post_init__(self):
         L, F = len(self.n_gpu), self.n_ffn
@@ -72,6 +76,8 @@ class HybridPlan:
                 raise InvalidArgumentError(f"hybrid plan: not a permutation of {F} neurons")
         if any(not np.isfinite(t) or t < 0 for t in self.thresholds):
             raise InvalidArgumentError("hybrid plan: thresholds must be finite and >= 0")
+        if self.predictor_rank < 0 or not 0 <= self.predictor_margin <= 1:
+            raise InvalidArgumentError("hybrid plan: predictor rank >= 0, margin in [0, 1]")
 
     @property
     def n_layers(self) -> int:
@@ -102,6 +108,8 @@ class HybridPlan:
         none = sum(k == 0 for k in self.n_gpu)
         frac = sum(self.n_gpu) / (F * self.n_layers)
         skip = "skipping" if any(t > 0 for t in self.thresholds) else "dense"
+        if self.predictor_rank and skip == "skipping":
+            skip += f", rank-{self.predictor_rank} predictor"
         return (f"{frac:.0%} of FFN neurons on the GPU ({full} layers whole, "
                 f"{self.n_layers - full - none} split, {none} on the CPU; CPU {skip})")
 
@@ -112,6 +120,17 @@ def cold_weights(plan: HybridPlan, layer: int) -> tuple[str, str, str, bool]:
     if plan.n_gpu[layer] == 0 and plan.thresholds[layer] == 0:
         return weight(layer, "gate"), weight(layer, "up"), weight(layer, "down"), False
     return cold(layer, "gate"), cold(layer, "up"), cold(layer, "down_t"), True
+
+
+def predictor_weights(plan: HybridPlan, layer: int) -> tuple[str, ...]:
+    """The predictor's two factors of a layer's cold gate, where it has one."""
+    if not plan.predictor_rank or plan.thresholds[layer] <= 0 or not cold_weights(plan, layer)[3]:
+        return ()
+    return cold(layer, "gate_pred_a"), cold(layer, "gate_pred_b")
+
+
+def predictor_rank(plan: HybridPlan, layer: int, D: int) -> int:
+    return min(plan.predictor_rank, plan.n_ffn - plan.n_gpu[layer], D)
 
 
 def _ffn_nodes(graph: Graph) -> dict[int, tuple[int, int, int, int]]:
@@ -159,9 +178,14 @@ def split_ffn(graph: Graph, plan: HybridPlan) -> Graph:
             for name, p in ((wg, "gate"), (wu, "up")):
                 tensors[name] = TensorSpec(name, (Fc, D), dtype[p], Role.WEIGHT)
             tensors[wd] = TensorSpec(wd, (Fc, D), "Q8_0", Role.WEIGHT)
-        cold_args = (x, wg, wu, wd)
+        pred = predictor_weights(plan, layer)
+        if pred:
+            r = predictor_rank(plan, layer, D)
+            tensors[pred[0]] = TensorSpec(pred[0], (Fc, r), "f32", Role.WEIGHT)
+            tensors[pred[1]] = TensorSpec(pred[1], (r, D), "f32", Role.WEIGHT)
+        cold_args = (x, wg, wu, wd, *pred)
         attrs = {"act": act_n.op, "threshold": float(plan.thresholds[layer]),
-                 "down_rows": down_rows}
+                 "down_rows": down_rows, "margin": float(plan.predictor_margin)}
         if k == 0:
             replace[dn] = [Node("ffn_cold", cold_args, (out,), attrs)]
         else:
@@ -206,6 +230,7 @@ class SplitModelFile:
         self.path, self.metadata = file.path, file.metadata
         self.tensors = _DerivedTensors(self)
         self._down: dict[int, tuple[TensorInfo | None, TensorInfo]] = {}
+        self._pred: dict[int, tuple[TensorInfo, TensorInfo]] = {}
 
     @property
     def architecture(self) -> str:
@@ -225,6 +250,10 @@ class SplitModelFile:
         layer, part, side = int(parts[1]), parts[2][4:], parts[3]
         k = self.plan.n_gpu[layer]
         order = self.plan.order[layer]
+        if part.startswith("gate_pred_"):
+            if layer not in self._pred:
+                self._pred = {layer: self._factor_gate(layer)}  # one layer held at a time
+            return self._pred[layer][part == "gate_pred_b"]
         if part in ("gate", "up"):
             src = self.file.tensors[weight(layer, part)]
             rows = order[:k] if side == "hot" else order[k:]
@@ -236,6 +265,22 @@ class SplitModelFile:
         info = hot_info if side == "hot" else cold_info
         assert info is not None
         return info
+
+    def _factor_gate(self, layer: int) -> tuple[TensorInfo, TensorInfo]:
+        """A (F', r) and B (r, D) with A B ~ the cold gate: randomized SVD (one power step),
+        seeded by the layer so a model loads the same factors every time."""
+        k = self.plan.n_gpu[layer]
+        w = self.file.dequantize(weight(layer, "gate"))[self.plan.order[layer][k:]]
+        r = predictor_rank(self.plan, layer, w.shape[1])
+        rng = np.random.default_rng(layer)
+        y = w @ rng.standard_normal((w.shape[1], min(r + 16, min(w.shape))), dtype=np.float32)
+        y = w @ (w.T @ y)
+        q, _ = np.linalg.qr(y)
+        u, sv, vt = np.linalg.svd(q.T @ w, full_matrices=False)
+        a = np.ascontiguousarray((q @ u[:, :r]) * sv[:r], dtype=np.float32)
+        b = np.ascontiguousarray(vt[:r], dtype=np.float32)
+        return (TensorInfo(cold(layer, "gate_pred_a"), a.shape, Q.F32, a),
+                TensorInfo(cold(layer, "gate_pred_b"), b.shape, Q.F32, b))
 
     def _split_all_downs(self) -> None:
         """Every split layer's down projection, re-quantized on a thread per core (numpy

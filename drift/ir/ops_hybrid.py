@@ -1,10 +1,16 @@
 """The op hybrid execution adds: an FFN's cold neurons, computed where its weights live.
 
-    y = ffn_cold(x, gate, up, down)       attrs: act (swiglu, geglu), threshold, down_rows
+    y = ffn_cold(x, gate, up, down [, pred_a, pred_b])
+        attrs: act (swiglu, geglu), threshold, down_rows, margin
 
 x (S, D); gate and up (F', D) hold the cold neurons' rows; down holds their down columns
 transposed, (F', D), a neuron's whole down contribution one row (`down_rows`, what skipping
-needs), or as the file stores them, (D, F') (a layer wholly on the CPU, dense). Neuron j contributes
+needs), or as the file stores them, (D, F') (a layer wholly on the CPU, dense).
+
+With a predictor (pred_a (F', r), pred_b (r, D): a rank-r factorization of gate), neuron j of a
+token is computed only where also |act(pred_a_j . (pred_b x))| > margin * threshold: the
+CPU then reads the gate rows of those candidates only, not all F' (PowerInfer's predictor, as
+a low-rank gate; a neuron the predictor misses is dropped). Neuron j contributes
 act(gate_j . x) * (up_j . x) * down_t[j] when |act(gate_j . x)| > threshold, nothing otherwise
 (CATS: a calibrated magnitude threshold, since SwiGLU is not exactly sparse); threshold 0 keeps
 every neuron, and then y is the dense FFN restricted to these neurons. The split pass
@@ -26,7 +32,8 @@ ACTS = {"swiglu": silu, "geglu": gelu_tanh}
 class FFNCold:
     @staticmethod
     def infer(inputs, attrs):
-        x, gate, up, down = inputs
+        x, gate, up, down = inputs[:4]
+        assert len(inputs) in (4, 6), "ffn_cold: x, gate, up, down [, pred_a, pred_b]"
         down_shape = down.shape if attrs.get("down_rows", True) else down.shape[::-1]
         assert gate.shape == up.shape == down_shape and gate.shape[1] == x.shape[-1], (
             f"ffn_cold: x {x.shape}, gate {gate.shape}, up {up.shape}, down {down.shape}")
@@ -35,11 +42,16 @@ class FFNCold:
 
     @staticmethod
     def reference(inputs, attrs):
-        x, gate, up, down = inputs
-        a = ACTS[attrs["act"]](_matmul_t(x, gate))
+        x, gate, up, down = inputs[:4]
+        act, t = ACTS[attrs["act"]], attrs["threshold"]
+        a = act(_matmul_t(x, gate))
         h = a * _matmul_t(x, up)
-        if attrs["threshold"] > 0:
-            h = np.where(np.abs(a) > attrs["threshold"], h, 0)
+        if t > 0:
+            keep = np.abs(a) > t
+            if len(inputs) == 6:
+                pred_a, pred_b = (np.asarray(w) for w in inputs[4:])
+                keep &= np.abs(act((x @ pred_b.T) @ pred_a.T)) > attrs.get("margin", 0.5) * t
+            h = np.where(keep, h, 0)
         if not attrs.get("down_rows", True):
             return [_matmul_t(h, down).astype(x.dtype, copy=False)]
         if hasattr(down, "rows"):  # kept quantized (the numpy backend past its budget)

@@ -18,6 +18,8 @@ from drift.ir.ops_fused import make_program, program_steps
 from drift.passes.rewrite import Index, Match, Rule, node, rule_pass
 
 VIEWS = ("reshape", "last_row")  # outputs alias inputs: nothing to compute, nothing to fuse
+# ops hybrid execution may run on another device (a host kernel): no epilogue runs inside them
+ELSEWHERE = ("ffn_cold",)
 
 
 def is_elementwise(n: Node) -> bool:
@@ -29,7 +31,7 @@ def is_elementwise(n: Node) -> bool:
 def _can_anchor(n: Node) -> bool:
     d = REGISTRY[n.op]
     return (len(n.outputs) == 1 and not d.writes_state and not d.elementwise
-            and n.op not in VIEWS and n.op != "fused_elementwise")
+            and n.op not in VIEWS and n.op not in ELSEWHERE and n.op != "fused_elementwise")
 
 
 def _sole_consumer(t: str, index: Index) -> Node | None:

@@ -41,6 +41,7 @@ class Engine:
         gpu_mem: int | None = None,
         sparsity: float = 0.0,
         offload: str = "neurons",
+        predictor: int = 0,
     ):
         t0 = time.perf_counter()
         self.path = Path(path)
@@ -61,7 +62,7 @@ class Engine:
             from drift.hybrid.backend import hybrid_backend
 
             self.backend = hybrid_backend(self.backend, self.file, self.path, self.config,
-                                          self.ctx, gpu_mem, sparsity, offload)
+                                          self.ctx, gpu_mem, sparsity, offload, predictor)
         # The decode graph after the passes says which weights its kernels read together
         # (stacked matmuls): the backend lays those out side by side as it loads them.
         decode = self.backend.lower(self.graph(1)).graph

@@ -14,6 +14,8 @@ gguf-py, the budget, and bad input.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,8 +275,59 @@ def test_a_backend_without_host_calls_is_refused():
     from drift.errors import UnsupportedError
 
     class NoColdKernel(CPUBackend):  # like webgpu/opencl: no ffn_cold, no host calls
+        host_calls = False
+
         def supports(self, op: str) -> bool:
             return op != "ffn_cold" and super().supports(op)
 
     with pytest.raises(UnsupportedError, match="cannot call CPU kernels"):
         HybridBackend(NoColdKernel(), HybridPlan.uniform(2, 96, 32))
+
+
+@pytest.mark.parametrize("gpu", ["cpu", "triton"])
+def test_predictor_full_rank_changes_nothing_and_low_rank_agrees_across_paths(gpu):
+    """A full-rank gate predictor predicts the gate itself, so with margin < 1 it drops
+    nothing: the same logits as no predictor. A low-rank one drops neurons; the C kernel's
+    choice then agrees with the op's numpy reference."""
+    rng = np.random.default_rng()
+    preset, _ = TINY["llama-q4_0"]
+    path = write_random(preset, "Q4_0", Path(tempfile.mkdtemp()) / "p.gguf", seed=5, workers=1)
+    F, L = 96, 2
+    order = tuple(rng.permutation(F) for _ in range(L))
+    make = CPUBackend if gpu == "cpu" else _triton
+
+    def run(rank: int, backend_maker=make) -> list[np.ndarray]:
+        plan = HybridPlan(F, (32, 0), order, (0.05, 0.05), predictor_rank=rank)
+        return _run(Engine(path, backend=HybridBackend(backend_maker(), plan), ctx=32))
+
+    none, full = run(0), run(64)  # D = 64: rank 64 is exact
+    for a, b in zip(none, full):
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    if gpu == "triton":
+        low_ref, low = run(8, CPUBackend), run(8)
+        for a, b in zip(low_ref, low):
+            assert np.abs(a - b).max() / np.abs(a).max() < 5e-2
+
+
+def test_numpy_backend_runs_the_compiled_cold_ffn_as_a_host_op(model):
+    """HybridBackend(CPUBackend(), plan, cpu_kernels=True): the numpy backend calls the C
+    kernel for ffn_cold instead of its reference (what the quality bench measures with),
+    within int8 x's rounding of the reference; with a predictor it counts rows and recall."""
+    if library() is None:
+        pytest.skip("no C compiler here")
+    rng = np.random.default_rng()
+    e = Engine(model, device="cpu", ctx=32)
+    plan = _random_plan(e, rng)
+    ref = _run(Engine(model, backend=HybridBackend(CPUBackend(), plan), ctx=32))
+    backend = HybridBackend(CPUBackend(), plan, cpu_kernels=True)
+    got = _run(Engine(model, backend=backend, ctx=32))
+    assert backend.cold and backend.cpu_runs_cold
+    for a, b in zip(ref, got):
+        assert np.abs(a - b).max() / np.abs(a).max() < 2e-2
+    from dataclasses import replace
+
+    skipping = replace(_random_plan(e, rng, threshold=0.05), predictor_rank=8)
+    backend = HybridBackend(CPUBackend(), skipping, cpu_kernels=True)
+    _run(Engine(model, backend=backend, ctx=32))
+    rows, recall = backend.predictor_stats()
+    assert 0 <= rows <= 1 and 0 <= recall <= 1

@@ -141,6 +141,7 @@ def _total_memory() -> int:
 
 class CPUBackend(Backend):
     name = "cpu"
+    host_calls = True  # a node with a host op runs it instead of its reference
 
     def __init__(self, dequant_budget: int | None = None, fuse: bool = True,
                  strategy: str = "greedy_by_size", capabilities: Capabilities | None = None,
@@ -273,11 +274,18 @@ class CPUProgram(Program):
         self.backend = backend
         assert self.plan is not None
         backend.reserve(self.plan.arena_bytes)
-        self.steps = [(REGISTRY[n.op].reference, n.inputs, n.outputs, n.attrs)
-                      for n in self.graph.nodes]
+        self.steps = [(self._kernel(n), n.inputs, n.outputs, n.attrs) for n in self.graph.nodes]
         self._bound: np.ndarray | None = None
         self._readers: dict[str, Callable[[], Any]] = {}
         self._writers: dict[str, Callable[[np.ndarray], None]] = {}
+
+    def _kernel(self, n) -> Callable:
+        """The node's reference, or the host op the backend was given for it (hybrid
+        execution's compiled cold FFN), called with its inputs by name."""
+        host = self.backend.host_ops.get(n.op)
+        if host is None:
+            return REGISTRY[n.op].reference
+        return lambda values, attrs, n=n: host(n, dict(zip(n.inputs, values)))
 
     def _bind(self) -> None:
         """Readers and writers of every tensor, over the backend's current arena."""
@@ -300,8 +308,8 @@ class CPUProgram(Program):
                 writers[name] = lambda x: None
         weights, state = self.backend.weights, self.backend.state
         for t in self.graph.tensors.values():
-            if t.role == Role.WEIGHT:
-                readers[t.name] = lambda n=t.name: weights[n]
+            if t.role == Role.WEIGHT:  # (a host op's weights live with its kernel: None)
+                readers[t.name] = lambda n=t.name: weights.get(n)
             elif t.role == Role.KV:  # updated in place by kv_write: nothing to write back
                 persistent = storage_name(t.name)
                 readers[t.name] = lambda n=persistent: state[n]

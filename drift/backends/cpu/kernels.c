@@ -239,11 +239,14 @@ typedef struct { int kind; const uint8_t *qs; const uint16_t *d, *m; } planes_t;
  *   a = act(gate . x) for all F neurons; keep those with |a| > threshold (all if 0);
  *   h = a * (up . x) for the kept; y = down^T h.
  * down_rows: down is (F, D) Q8_0 rows (axpy over the kept rows, per-thread accumulators in
- * `work` (n_work * D)); else (D, F) rows of the file (h quantized, a GEMV). scratch: F floats
+ * `work` (n_work * D)); else (D, F) rows of the file (h quantized, a GEMV). cand: the neurons
+ * a predictor chose (n_cand of them, ascending), whose gate alone is computed, or NULL for
+ * all. scratch: F floats
  * a, F ints rows, F floats h, F + 2F/32 bytes/floats for quantized h. Returns the kept count. */
 int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, int D, int F,
-                   const float *x, float threshold, int act, float *a, int32_t *rows, float *h,
-                   int8_t *hq, float *hd, float *hs, float *work, int n_work, float *y) {
+                   const float *x, float threshold, int act, const int32_t *cand, int n_cand,
+                   float *a, int32_t *rows, float *h, int8_t *hq, float *hd, float *hs,
+                   float *work, int n_work, float *y) {
     int8_t xq[D];
     float xd[D / 32], xs[D / 32];
     quantize_row(x, D, xq, xd, xs);
@@ -252,15 +255,20 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
     int count = 0;
     #pragma omp parallel num_threads(n_work)
     {
+        int n_gate = cand ? n_cand : F; /* the predictor's candidates, or every neuron */
         #pragma omp for schedule(static)
-        for (int j = 0; j < F; j++)
-            a[j] = activation(act, row_dot(gate->kind, gate->qs + j * rbD_g, gate->d + (int64_t)j * nbD,
-                                           gate->m ? gate->m + (int64_t)j * nbD : 0, nbD, xq, xd, xs));
+        for (int i = 0; i < n_gate; i++) {
+            int64_t j = cand ? cand[i] : i;
+            a[j] = activation(act, row_dot(gate->kind, gate->qs + j * rbD_g, gate->d + j * nbD,
+                                           gate->m ? gate->m + j * nbD : 0, nbD, xq, xd, xs));
+        }
         #pragma omp single
         {
             if (threshold > 0) {
-                for (int j = 0; j < F; j++)
+                for (int i = 0; i < n_gate; i++) {
+                    int j = cand ? cand[i] : i;
                     if (fabsf(a[j]) > threshold) rows[count++] = j;
+                }
             } else {
                 for (int j = 0; j < F; j++) rows[j] = j;
                 count = F;

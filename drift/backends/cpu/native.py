@@ -96,8 +96,8 @@ def library():
         lib.quantize_x.argtypes = [p, i, i, p, p, p]
         lib.gemv_rows.argtypes = [i, p, p, p, i, p, i, p, p, p, i, p]
         lib.axpy_rows_q8.argtypes = [p, p, i, p, i, p, i, p, p, i]
-        lib.ffn_cold_token.argtypes = [p, p, p, i, i, i, p, ctypes.c_float, i, p, p, p,
-                                       p, p, p, p, i, p]
+        lib.ffn_cold_token.argtypes = [p, p, p, i, i, i, p, ctypes.c_float, i, p, i, p, p,
+                                       p, p, p, p, p, i, p]
         lib.ffn_cold_token.restype = i
         lib.gemv_f32.argtypes = [i, p, p, p, i, i, p, i, p]
         lib.n_threads.restype = i
@@ -189,7 +189,8 @@ class ColdFFN:
     read."""
 
     def __init__(self, gate: RowPlanes, up: RowPlanes, down: RowPlanes, act: str,
-                 threshold: float, down_rows: bool = True):
+                 threshold: float, down_rows: bool = True,
+                 predictor: tuple[np.ndarray, np.ndarray, float] | None = None):
         if down_rows and down.kind != "Q8_0":
             raise ValueError("the transposed down projection is held as Q8_0 rows")
         if not down_rows and threshold > 0:
@@ -200,6 +201,13 @@ class ColdFFN:
         self.down_rows = down_rows
         self.threshold = float(threshold)
         self._work = None  # the per-thread accumulators of the down axpy
+        # (A (F', r), B (r, D), margin): only the neurons whose predicted gate p = A (B x) has
+        # |act(p)| > margin * threshold get their gate computed (see ops_hybrid.py)
+        self.predictor = predictor
+        self.last_candidates = 0
+        # over all calls: gate rows the predictor let tokens read, and (where the full gate
+        # was computed anyway: several tokens) how many truly active neurons it let through
+        self.pred_rows = self.pred_tokens = self.recall_hits = self.recall_total = 0
         self.n, self.D = gate.qs.shape[0], gate.K
         self.last_active = 0  # neurons computed in full on the last call (all tokens)
         self._float = None
@@ -229,12 +237,31 @@ class ColdFFN:
         a, rows, h, hq, hd, hs, work, threads = self._scratch
         y = np.empty((1, self.D), np.float32)
         g, u, d = (ctypes.byref(st) for st in self._structs)
+        pred = self.predicted(x)
+        cand = None if pred is None else np.flatnonzero(pred[0]).astype(np.int32)
         count = lib.ffn_cold_token(g, u, d, int(self.down_rows), self.D, self.n, _ptr(x),
-                                   self.threshold, 0 if self.act == "swiglu" else 1, _ptr(a),
+                                   self.threshold, 0 if self.act == "swiglu" else 1,
+                                   _ptr(cand), 0 if cand is None else cand.size, _ptr(a),
                                    _ptr(rows), _ptr(h), _ptr(hq), _ptr(hd), _ptr(hs),
                                    _ptr(work), threads, _ptr(y))
         self.last_active = count
         return y
+
+    def predicted(self, x: np.ndarray) -> np.ndarray | None:
+        """(S, F') bool: the neurons the predictor lets each token compute (None: no
+        predictor, every one)."""
+        if self.predictor is None or self.threshold <= 0:
+            return None
+        A, B, margin = self.predictor
+        pred = np.abs(_act(self.act, (x @ B.T) @ A.T)) > margin * self.threshold
+        self.last_candidates = int(pred.any(axis=0).sum())
+        self.pred_rows += int(pred.sum())
+        self.pred_tokens += pred.shape[0]
+        return pred
+
+    def _count_recall(self, active: np.ndarray, pred: np.ndarray) -> None:
+        self.recall_hits += int((active & pred).sum())
+        self.recall_total += int(active.sum())
 
     def _native(self, lib, x: np.ndarray) -> np.ndarray:
         S, D, n = x.shape[0], self.D, self.n
@@ -256,6 +283,10 @@ class ColdFFN:
 
         a = _act(self.act, gemv(self.gate, None, n))
         keep = np.abs(a) > self.threshold if self.threshold > 0 else None
+        pred = self.predicted(x)
+        if pred is not None:  # (the gate of every neuron was computed: prefill is rare here)
+            self._count_recall(keep, pred)
+            keep &= pred
         if keep is None:
             rows, h = None, a * gemv(self.up, None, n)
             count = n
@@ -298,6 +329,10 @@ class ColdFFN:
         h = a * (xq @ wu.T)
         if self.threshold > 0:
             keep = np.abs(a) > self.threshold
+            pred = self.predicted(x)
+            if pred is not None:
+                self._count_recall(keep, pred)
+                keep &= pred
             h = np.where(keep, h, 0)
             self.last_active = int(keep.any(axis=0).sum())
         else:
