@@ -18,8 +18,8 @@ import numpy as np
 def main() -> None:
     from gguf import GGMLQuantizationType as Q
 
-    from drift.formats import quants
     from drift.backends.cpu.native import ColdFFN, RowPlanes, library
+    from drift.formats import quants
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=32)
