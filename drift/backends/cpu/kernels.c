@@ -1,20 +1,24 @@
-/* The CPU side of hybrid execution: a gated FFN's cold neurons, from quantized blocks.
+/* The numpy backend's compiled kernels: matrix-vector products from quantized blocks.
  *
  * Built by drift/backends/cpu/native.py at first use with the system's C compiler
- * (-O3 -march=native -fopenmp) and called through ctypes, which releases the GIL: the GPU
- * runs its hot neurons meanwhile.
+ * (-O3 -march=native -fopenmp) and called through ctypes, which releases the GIL (in hybrid
+ * execution the GPU runs its hot neurons meanwhile). Two users:
  *
- * x is quantized once per call to int8 blocks of 32 (xq, scale xd, and xs = xd * sum(xq)),
- * as llama.cpp's CPU backend does; a weight row is then dotted block by block in integers:
+ * - hybrid execution's cold FFN (`ffn_cold_token`, `gemv_rows`, `axpy_rows_q8`): x is
+ *   quantized once per call to int8 blocks of 32 (xq, scale xd, and xs = xd * sum(xq)), as
+ *   llama.cpp's CPU backend does, and a weight row is dotted block by block in integers:
  *
- *   Q4_0  w = d (q - 8)            q in 0..15, 16 bytes of nibbles per block
- *   Q4_1  w = d q + m
- *   Q8_0  w = d q                  q int8
+ *     Q4_0  w = d (q - 8)            q in 0..15, 16 bytes of nibbles per block
+ *     Q4_1  w = d q + m
+ *     Q8_0  w = d q                  q int8
  *
- * with d (and m) half-precision planes split out of the blocks at load (the packed quants
- * stay as they are), so the inner loop reads no more bytes than the file holds. Rows of the down projection are stored transposed (a cold
- * neuron's down column is one Q8_0 row of D), so the down product of the active neurons is
- * an axpy over rows: y += h_j * down_t[j].
+ *   The down projection's cold columns are stored transposed (a neuron's down column is one
+ *   Q8_0 row of D), so the down product of the active neurons is an axpy over rows.
+ * - the numpy backend's kept-quantized weights (`gemv_f32`): float x, each block's weights
+ *   rebuilt exactly as the reference dequantizes them.
+ *
+ * d (and m) are the half-precision planes split out of the blocks at load (the packed quants
+ * stay as they are), so the inner loops read no more bytes than the file holds.
  */
 #include <math.h>
 #include <stdint.h>
