@@ -16,6 +16,8 @@ $PIP -c scripts/constraints.txt -e ".[test]"
 missing=""
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing="$missing mesa-vulkan-drivers"
 dpkg -s pocl-opencl-icd >/dev/null 2>&1 || missing="$missing pocl-opencl-icd"
+# The numpy backend's C kernels (drift/backends/cpu/kernels.c, hybrid execution) need a compiler.
+command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
@@ -28,4 +30,6 @@ $PY -m drift pull smollm2-135m
 $PY -m drift pull gemma3-270m
 # The references the tests compare against: a missing one would turn its tests into skips.
 $PY -c "import torch, triton, transformers, accelerate, hypothesis, matplotlib, gguf, wgpu, pyopencl"
+# ... and the C kernels must build, or their tests would skip.
+$PY -c "from drift.backends.cpu.native import library; assert library() is not None, 'C kernels did not build'"
 exec $PY -m pytest -q -p no:cacheprovider "$@"

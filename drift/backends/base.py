@@ -145,6 +145,10 @@ class Backend(ABC):
     @abstractmethod
     def held_bytes(self) -> HeldBytes: ...
 
+    def free_memory(self) -> int | None:
+        """Bytes the device has free now, where the backend can ask (None: unknown)."""
+        return None
+
     def stored_dtypes(self) -> dict[str, str]:
         """Weights held in another element type than the file's (a dequantized copy): name ->
         the IR dtype held. Analysis counts the bytes a step really reads from it."""

@@ -62,6 +62,8 @@ def engine_options(args: argparse.Namespace) -> dict:
     predictor = getattr(args, "predictor", 0) or 0
     if predictor < 0:
         raise InvalidArgumentError(f"--predictor must be >= 0, got {predictor}")
+    if predictor and not sparsity:
+        raise InvalidArgumentError("--predictor picks neurons to skip: give --sparsity too")
     return {"gpu_mem": None if gpu_mem is None else parse_size(gpu_mem),
             "sparsity": sparsity, "offload": getattr(args, "offload", "neurons"),
             "predictor": predictor}

@@ -323,7 +323,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     engine = _open_engine(args)
     notes = []
     # the roofline of the device that runs the graph (hybrid: its GPU backend's)
-    probed = getattr(engine.backend, "gpu", engine.backend).name
+    from drift.hybrid.backend import HybridBackend
+
+    runs_on = engine.backend.gpu if isinstance(engine.backend, HybridBackend) else engine.backend
+    probed = runs_on.name
     if args.device_spec.lower().startswith("local"):
         try:
             device = device_spec(args.device_spec, probed)

@@ -133,6 +133,7 @@ def _tflops(x: float) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     from drift.hub import resolve_model
+    from drift.hybrid.backend import HybridBackend
     from drift.runtime.engine import Engine
 
     p, n, reps = args.n_prompt, args.n_gen, args.repetitions
@@ -169,10 +170,11 @@ def run_bench(args: argparse.Namespace) -> int:
         engine.forward([1], i)
     warm_s = time.perf_counter() - t_w
     pp = [p / prefill() for _ in range(reps)]
-    cold_s = getattr(engine.backend, "cold_seconds", None)
+    hybrid = engine.backend if isinstance(engine.backend, HybridBackend) else None
+    cold_s = hybrid.cold_seconds if hybrid is not None else 0.0
     tg = [n / generate() for _ in range(reps)]
-    if cold_s is not None:  # hybrid: the CPU kernels' share of decode
-        cold_ms_per_token = (engine.backend.cold_seconds - cold_s) * 1e3 / (n * reps)
+    if hybrid is not None:  # the CPU kernels' share of decode
+        cold_ms_per_token = (hybrid.cold_seconds - cold_s) * 1e3 / (n * reps)
 
     pf_flops, pf_bytes = graph_cost(stage_graph(engine, p), p)
     dc_flops, dc_bytes = graph_cost(stage_graph(engine, 1), n // 2)  # the middle of the run
@@ -190,10 +192,9 @@ def run_bench(args: argparse.Namespace) -> int:
         "prefill_flops": pf_flops, "prefill_bytes": pf_bytes,
         "memory": memory,
     }
-    hybrid = getattr(engine.backend, "plan", None)
     if hybrid is not None:
-        res["hybrid"] = {"plan": hybrid.describe(), "cpu_bytes": engine.backend.cpu_bytes(),
-                         "cold_active_fraction": engine.backend.active_fraction(),
+        res["hybrid"] = {"plan": hybrid.plan.describe(), "cpu_bytes": hybrid.cpu_bytes(),
+                         "cold_active_fraction": hybrid.active_fraction(),
                          "cpu_ms_per_decode_token": cold_ms_per_token}
     tg_med, pp_med = statistics.median(tg), statistics.median(pp)
     if ceilings:

@@ -140,6 +140,9 @@ class HybridBackend(Backend):
         """What the GPU holds (the CPU's share is `cpu_bytes`)."""
         return self.gpu.held_bytes()
 
+    def free_memory(self) -> int | None:
+        return self.gpu.free_memory()
+
     def cpu_bytes(self) -> int:
         return sum(c.nbytes for c in self.cold.values())
 
@@ -201,22 +204,6 @@ def _is_geglu(model_file) -> bool:
 # the budget
 
 
-def neuron_gpu_bytes(model_file, layer: int) -> float:
-    """GPU bytes of one hot neuron: its gate and up rows at the file's types, its down column
-    as Q8_0."""
-    from gguf import GGML_QUANT_SIZES
-    from gguf import GGMLQuantizationType as Q
-
-    total = 0.0
-    for part in ("gate", "up"):
-        info = model_file.tensors[f"blk.{layer}.ffn_{part}.weight"]
-        block, size = GGML_QUANT_SIZES[info.qtype]
-        total += info.shape[1] * size / block
-    D = model_file.tensors[f"blk.{layer}.ffn_down.weight"].shape[0]
-    block, size = GGML_QUANT_SIZES[Q.Q8_0]
-    return total + D * size / block
-
-
 def fixed_gpu_bytes(model_file, config, ctx: int, kv_dtype: str) -> int:
     """What the GPU holds whatever the split: every weight outside the FFNs, the KV cache."""
     weights = sum(t.nbytes for n, t in model_file.tensors.items() if not _FFN.match(n))
@@ -261,14 +248,16 @@ def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, spa
                          for p in ("gate", "up", "down")) for l in range(L)]
         n = int(np.searchsorted(np.cumsum(per_layer), room, side="right"))
         return HybridPlan.layer_offload(L, F, n)
-    cost = np.array([neuron_gpu_bytes(model_file, l) for l in range(L)])
+    from gguf import GGMLQuantizationType as Q
+
+    from drift.hybrid.placement import ffn_neuron_bytes, solve_placement
+
+    cost = ffn_neuron_bytes(model_file, L, down_type=Q.Q8_0)  # hot down columns are Q8_0
     if room >= ffn_bytes(model_file):  # everything fits: dense, the file's own weights
         return HybridPlan.uniform(L, F, F, thresholds)
     if calibration is None:
         k = int(room / cost.sum()) // DOWN_BLOCK * DOWN_BLOCK
         return HybridPlan.uniform(L, F, min(k, F), thresholds)
-    from drift.hybrid.placement import solve_placement
-
     if calibration.mean_abs.shape != (L, F):
         raise InvalidArgumentError(f"the calibration is of {calibration.mean_abs.shape} "
                                    f"neurons; this model has ({L}, {F})")
@@ -296,8 +285,8 @@ def hybrid_backend(gpu: Backend, model_file, path, config, ctx: int, gpu_mem: in
     from drift.hybrid.calibrate import Calibration, calibration_path
 
     if gpu_mem is None:
-        free = getattr(gpu, "free_memory", None)
-        gpu_mem = int(0.9 * free()) if free else gpu.device().memory_bytes
+        free = gpu.free_memory()
+        gpu_mem = int(0.9 * free) if free is not None else gpu.device().memory_bytes
     cal_path = calibration_path(path)
     calibration = Calibration.load(cal_path) if cal_path.exists() else None
     plan = plan_for_budget(model_file, config, gpu_mem, ctx, gpu.kv_dtype, calibration,

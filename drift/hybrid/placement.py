@@ -151,9 +151,10 @@ def solve_placement(mass: Sequence[np.ndarray] | np.ndarray, cost, budget: float
     return Placement(order, k, used(), gpu_mass, float(sum(p[-1] for p in prefix)), objective)
 
 
-def ffn_neuron_bytes(model_file, n_layers: int) -> np.ndarray:
-    """Bytes one FFN neuron of each layer costs at the file's quant types: a row of gate, a row
-    of up (D elements each) and a column of down (D elements, at down's bytes per element)."""
+def ffn_neuron_bytes(model_file, n_layers: int, down_type=None) -> np.ndarray:
+    """Bytes one FFN neuron of each layer costs: a row of gate, a row of up (D elements each,
+    at the file's types) and a column of down (D elements, at down's type in the file, or at
+    `down_type`: the split holds a hot neuron's down column as Q8_0)."""
     from gguf import GGML_QUANT_SIZES
 
     out = np.empty(n_layers)
@@ -161,7 +162,8 @@ def ffn_neuron_bytes(model_file, n_layers: int) -> np.ndarray:
         total = 0.0
         for part in ("gate", "up", "down"):
             info = model_file.tensors[f"blk.{l}.ffn_{part}.weight"]
-            block, size = GGML_QUANT_SIZES[info.qtype]
+            qtype = down_type if part == "down" and down_type is not None else info.qtype
+            block, size = GGML_QUANT_SIZES[qtype]
             d = info.shape[1] if part != "down" else info.shape[0]  # numpy (F, D) / (D, F)
             total += d * size / block
         out[l] = total

@@ -74,14 +74,14 @@ class Engine:
 
     def _does_not_fit(self) -> bool:
         """Whether the model is larger than what the GPU has free (then it runs hybrid)."""
-        free = getattr(self.backend, "free_memory", None)
+        free = self.backend.free_memory()
         if free is None or self.backend.device().kind != "gpu":
             return False
         from drift.hybrid.backend import ACTIVATION_MARGIN, ffn_bytes, fixed_gpu_bytes
 
         need = (fixed_gpu_bytes(self.file, self.config, self.ctx, self.backend.kv_dtype)
                 + ffn_bytes(self.file) + ACTIVATION_MARGIN)
-        return need > free()
+        return need > free
 
     def graph(self, n_tokens: int, all_logits: bool = False) -> Graph:
         """The graph of one call over `n_tokens` tokens; with `all_logits` it returns every

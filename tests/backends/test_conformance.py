@@ -311,13 +311,17 @@ for _t in WEIGHT_TYPES:
     case(f"embedding-{_t}")(_embedding(_t))
 
 
-def _rms_norm(S: int, unit_offset: bool):
+def _rms_norm(S: int, unit_offset: bool, q8: bool = False):
+    """rms_norm, or (q8) rms_norm_q8: the norm's row quantized to q8x blocks (K % 32 == 0)."""
+    op = "rms_norm_q8" if q8 else "rms_norm"
+
     def build(rng, kv, small):
-        m = Maker("rms_norm", rng, kv, S)
-        x = m.x("x", (S, 45), 3.0)
-        w = m.w("w", (45,), "F32", 0.3, 0.0 if unit_offset else 1.0)
-        y = m.b.op("rms_norm", x, w, eps=1e-5, unit_offset=unit_offset)
-        return m.case("rms_norm", [y], "default")
+        m = Maker(op, rng, kv, S)
+        K = 96 if q8 else 45
+        x = m.x("x", (S, K), 3.0)
+        w = m.w("w", (K,), "F32", 0.3, 0.0 if unit_offset else 1.0)
+        y = m.b.op(op, x, w, eps=1e-5, unit_offset=unit_offset)
+        return m.case(op, [y], "default", int8_x=q8)
 
     return build
 
@@ -673,19 +677,8 @@ case("quantize_q8-decode")(_quantize_q8(1))
 case("quantize_q8-prefill")(_quantize_q8(7))
 
 
-def _rms_norm_q8(S: int, unit_offset: bool):
-    def build(rng, kv, small):
-        m = Maker("rms_norm_q8", rng, kv, S)
-        x = m.x("x", (S, 96), 3.0)
-        w = m.w("w", (96,), "F32", 0.3, 0.0 if unit_offset else 1.0)
-        y = m.b.op("rms_norm_q8", x, w, eps=1e-5, unit_offset=unit_offset)
-        return m.case("rms_norm_q8", [y], "default", int8_x=True)
-
-    return build
-
-
-case("rms_norm_q8-decode")(_rms_norm_q8(1, False))
-case("rms_norm_q8-decode-unit_offset")(_rms_norm_q8(1, True))
+case("rms_norm_q8-decode")(_rms_norm(1, False, q8=True))
+case("rms_norm_q8-decode-unit_offset")(_rms_norm(1, True, q8=True))
 
 
 def _gated_act_q8(act: str):

@@ -262,6 +262,8 @@ def test_bad_plans_are_refused():
     (["--gpu-mem", "1M"], "below what the GPU must hold"),
     (["--sparsity", "1.5"], "--sparsity must be in"),
     (["--gpu-mem", "1G", "--sparsity", "0.5"], "calibration"),
+    (["--predictor=-2"], "--predictor must be >= 0"),
+    (["--gpu-mem", "1G", "--predictor", "16"], "give --sparsity too"),
 ])
 def test_bad_hybrid_flags_give_one_line(model, tmp_path, monkeypatch, capsys, flags, message):
     monkeypatch.setenv("DRIFT_HOME", str(tmp_path))
@@ -329,5 +331,36 @@ def test_numpy_backend_runs_the_compiled_cold_ffn_as_a_host_op(model):
     skipping = replace(_random_plan(e, rng, threshold=0.05), predictor_rank=8)
     backend = HybridBackend(CPUBackend(), skipping, cpu_kernels=True)
     _run(Engine(model, backend=backend, ctx=32))
-    rows, recall = backend.predictor_stats()
-    assert 0 <= rows <= 1 and 0 <= recall <= 1
+    rows, recall = backend.predictor_stats()  # its counts: test_predictor_counts
+    assert 0 <= rows <= 1 and (np.isnan(recall) or 0 <= recall <= 1)
+
+
+def test_predictor_counts_against_numpy():
+    """The predictor's counters (gate rows read, recall) against a direct numpy count on the
+    same weights: the predicted set from the factors, the active set from the gate on x as its
+    int8 blocks (a neuron within rounding of the threshold may count differently)."""
+    if library() is None:
+        pytest.skip("no C compiler here")
+    rng = np.random.default_rng()
+    F, D, S, r = 200, 64, 5, 6
+    raws = [_weights(rng, (F, D), "Q8_0") for _ in range(3)]
+    planes = [RowPlanes.from_blocks(raw, "Q8_0", (F, D)) for raw in raws]
+    wg = quants.dequantize(raws[0], Q.Q8_0, (F, D)).astype(np.float64)
+    u, sv, vt = np.linalg.svd(wg, full_matrices=False)
+    A, B = (u[:, :r] * sv[:r]).astype(np.float32), vt[:r].astype(np.float32)
+    x = rng.standard_normal((S, D)).astype(np.float32)
+    silu = lambda v: v / (1 + np.exp(-v))
+    t = float(np.quantile(np.abs(silu(x.astype(np.float64) @ wg.T)), 0.6))
+    ffn = ColdFFN(*planes, "swiglu", t, predictor=(A, B, 0.5))
+    ffn(x)  # several tokens: the whole gate is computed, so recall is counted
+    pred = np.abs(silu(x.astype(np.float64) @ B.T.astype(np.float64) @ A.T)) > 0.5 * t
+    b = x.reshape(S, -1, 32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    v = b * (127 / amax)
+    xq = (np.trunc(v + np.where(v >= 0, 0.5, -0.5)) * amax / 127).reshape(S, D)
+    active = np.abs(silu(xq.astype(np.float64) @ wg.T)) > t
+    assert ffn.pred_tokens == S
+    assert abs(ffn.pred_rows - pred.sum()) <= 2
+    assert abs(ffn.recall_total - active.sum()) <= 3
+    assert abs(ffn.recall_hits - (active & pred).sum()) <= 3
+    assert 0 < ffn.recall_hits < ffn.recall_total  # a rank-6 predictor misses some
