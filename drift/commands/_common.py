@@ -34,9 +34,13 @@ def add_hybrid_arguments(p: argparse.ArgumentParser) -> None:
                    help="hybrid, with --sparsity: a rank-RANK factorization of each cold gate "
                         "picks the neurons whose gate the CPU computes at all (default 0: every "
                         "cold neuron's gate is computed)")
-    g.add_argument("--offload", choices=("neurons", "layers"), default="neurons",
-                   help="hybrid placement: hot neurons by calibration, or whole FFNs of the "
-                        "last layers on the CPU (the baseline; default: %(default)s)")
+    g.add_argument("--offload", choices=("neurons", "neurons-cpu-gate", "layers"),
+                   default="neurons",
+                   help="hybrid placement: every layer's gate rows on the GPU first, then hot "
+                        "neurons by calibration (neurons); hot neurons only, the CPU computing "
+                        "its neurons' gates (neurons-cpu-gate, what --predictor works on); or "
+                        "whole FFNs of the last layers on the CPU (layers, the baseline; "
+                        "default: %(default)s)")
 
 
 def parse_size(text: str) -> int:

@@ -36,6 +36,7 @@ from drift.hybrid.split import (
     HybridPlan,
     SplitModelFile,
     cold_weights,
+    cpu_weights,
     hot,
     predictor_weights,
     split_ffn,
@@ -66,7 +67,7 @@ class HybridBackend(Backend):
             raise UnsupportedError(f"hybrid execution (--gpu-mem) runs on the cuda (triton) "
                                    f"backend; {gpu.name} cannot call CPU kernels yet")
         if self.cpu_runs_cold:
-            gpu.host_ops = {"ffn_cold": self._run_cold}
+            gpu.host_ops = {"ffn_cold": self._run_cold, "ffn_cold_gated": self._run_cold}
 
     @classmethod
     def available(cls) -> bool:
@@ -81,7 +82,7 @@ class HybridBackend(Backend):
         return self.gpu.capabilities()
 
     def supports(self, op: str) -> bool:
-        return op == "ffn_cold" or self.gpu.supports(op)
+        return op in ("ffn_cold", "ffn_cold_gated") or self.gpu.supports(op)
 
     # -- weights: the split view of the file
 
@@ -96,6 +97,10 @@ class HybridBackend(Backend):
                 continue
             layer, part = int(m.group(1)), m.group(2)
             k = self.plan.n_gpu[layer]
+            if part == "gate" and self.plan.gate_on_gpu(layer):  # the cold rows too
+                name = cold_weights(self.plan, layer)[0]
+                shape = (self.plan.n_ffn - k, s.shape[1])
+                gpu_specs.append(s if name == s.name else TensorSpec(name, shape, s.dtype, s.role))
             if k and part == "down":  # (D, k): the hot columns, re-quantized
                 gpu_specs.append(TensorSpec(hot(layer, part), (s.shape[0], k), "Q8_0", s.role))
             elif k:  # (k, D): the hot rows, as stored
@@ -107,7 +112,7 @@ class HybridBackend(Backend):
 
         cold_specs = [TensorSpec(n, split.tensors[n].shape, ir_dtype(split.tensors[n]), role)
                       for layer in sorted(cold_layers)
-                      for n in (*cold_weights(self.plan, layer)[:3],
+                      for n in (*cpu_weights(self.plan, layer),
                                 *predictor_weights(self.plan, layer))]
         if not self.cpu_runs_cold:  # the GPU backend runs ffn_cold itself: it holds all
             gpu_specs += cold_specs
@@ -115,12 +120,15 @@ class HybridBackend(Backend):
         if self.cpu_runs_cold:
             act = "geglu" if _is_geglu(model_file) else "swiglu"
             for layer in sorted(cold_layers):
-                *names, down_rows = cold_weights(self.plan, layer)
+                names, down_rows = list(cpu_weights(self.plan, layer)), cold_weights(self.plan,
+                                                                                    layer)[3]
                 planes = []
                 for name in names:
                     info = split.tensors[name]
                     planes.append(RowPlanes.from_blocks(np.asarray(info.data), info.qtype.name,
                                                         info.shape))
+                if len(planes) == 2:  # the gate is the GPU's
+                    planes.insert(0, None)
                 pred = predictor_weights(self.plan, layer)
                 factors = None
                 if pred:
@@ -158,9 +166,10 @@ class HybridBackend(Backend):
         return self.gpu.program(compiled)
 
     def _run_cold(self, node, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        layer = int(node.inputs[1].split(".")[1])
+        layer = int(node.inputs[2].split(".")[1])  # up's name: blk.L.ffn_up...
         t0 = time.perf_counter()
-        y = self.cold[layer](inputs[node.inputs[0]])
+        gate = inputs[node.inputs[1]] if node.op == "ffn_cold_gated" else None
+        y = self.cold[layer](inputs[node.inputs[0]], gate)
         self.cold_seconds += time.perf_counter() - t0
         self.cold_calls += 1
         return [y]
@@ -218,17 +227,30 @@ def ffn_bytes(model_file) -> int:
 
 def plan_for_budget(model_file, config, budget: int, ctx: int, kv_dtype: str,
                     calibration=None, sparsity: float | None = None,
-                    layers: bool = False, predictor: int = 0) -> HybridPlan:
+                    layers: bool = False, predictor: int = 0,
+                    gates_first: bool | None = None) -> HybridPlan:
     """The plan that fits `budget` GPU bytes. sparsity: the CPU skips a cold neuron whose
     |act(gate)| is under the calibration's quantile for it (None or 0: dense). layers: the
     layer-offload baseline (whole FFNs, first layers on the GPU) instead of neurons.
-    predictor: the rank of the gate predictor that spares the CPU most gate rows (0: none)."""
-    return replace(_plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration,
-                                    sparsity, layers), predictor_rank=int(predictor))
+    predictor: the rank of the gate predictor that spares the CPU most gate rows (0: none).
+    gates_first (default: unless there is a predictor): the budget buys every layer's gate
+    rows before any hot neuron (see `_plan_for_budget`)."""
+    if gates_first is None:
+        gates_first = not predictor
+    plan = _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, sparsity,
+                            layers, gates_first and not layers)
+    return replace(plan, predictor_rank=int(predictor))
 
 
 def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, sparsity,
-                     layers) -> HybridPlan:
+                     layers, gates_first) -> HybridPlan:
+    """Gates first: a cold neuron's gate row on the GPU spares the CPU that row on every
+    token (the GPU computes the gate and the CPU then reads the up and down rows of the
+    neurons over the threshold only), one byte of CPU reading per byte of GPU memory; moving a
+    neuron's up and down rows too spares them only when the neuron is active, a fraction
+    p <= 1 per byte. So the budget buys the layers' whole gates first (in layer order, while
+    they fit), then hot neurons (their up and down rows; gate, up and down in a layer whose
+    gate did not fit) by the MILP."""
     L, F = config.n_layers, config.d_ff
     fixed = fixed_gpu_bytes(model_file, config, ctx, kv_dtype) + ACTIVATION_MARGIN
     room = budget - fixed
@@ -255,9 +277,16 @@ def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, spa
     cost = ffn_neuron_bytes(model_file, L, down_type=Q.Q8_0)  # hot down columns are Q8_0
     if room >= ffn_bytes(model_file):  # everything fits: dense, the file's own weights
         return HybridPlan.uniform(L, F, F, thresholds)
+    gate_gpu = [False] * L
+    if gates_first:
+        for l in range(L):
+            gate = model_file.tensors[f"blk.{l}.ffn_gate.weight"].nbytes
+            if gate <= room:
+                gate_gpu[l], room = True, room - gate
+                cost[l] -= gate / F
     if calibration is None:
         k = int(room / cost.sum()) // DOWN_BLOCK * DOWN_BLOCK
-        return HybridPlan.uniform(L, F, min(k, F), thresholds)
+        return replace(HybridPlan.uniform(L, F, min(k, F), thresholds), gate_gpu=tuple(gate_gpu))
     if calibration.mean_abs.shape != (L, F):
         raise InvalidArgumentError(f"the calibration is of {calibration.mean_abs.shape} "
                                    f"neurons; this model has ({L}, {F})")
@@ -275,7 +304,7 @@ def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, spa
         k = int(placed.n_gpu[l])
         n_gpu.append(k if k == F else k // DOWN_BLOCK * DOWN_BLOCK)
     return HybridPlan(F, tuple(n_gpu), tuple(np.asarray(o) for o in placed.order),
-                      tuple(float(t) for t in thresholds))
+                      tuple(float(t) for t in thresholds), gate_gpu=tuple(gate_gpu))
 
 
 def hybrid_backend(gpu: Backend, model_file, path, config, ctx: int, gpu_mem: int | None,
@@ -290,7 +319,8 @@ def hybrid_backend(gpu: Backend, model_file, path, config, ctx: int, gpu_mem: in
     cal_path = calibration_path(path)
     calibration = Calibration.load(cal_path) if cal_path.exists() else None
     plan = plan_for_budget(model_file, config, gpu_mem, ctx, gpu.kv_dtype, calibration,
-                           sparsity or None, layers=offload == "layers", predictor=predictor)
+                           sparsity or None, layers=offload == "layers", predictor=predictor,
+                           gates_first=offload == "neurons" and not predictor)
     where = "calibrated" if calibration is not None else "no calibration: even split"
     print(f"[hybrid: --gpu-mem {gpu_mem / 2**30:.2f} GiB: {plan.describe()}; {where}]",
           file=sys.stderr)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from gguf import GGMLQuantizationType as Q
@@ -62,6 +63,10 @@ class HybridPlan:
     # the CPU computes at all (0: none; see ops_hybrid.py); margin scales the threshold for it
     predictor_rank: int = 0
     predictor_margin: float = 0.5
+    # per layer (empty: none): the cold neurons' gate rows are on the GPU too, which computes
+    # their gate and hands the CPU the pre-activations (ffn_cold_gated): the CPU then reads
+    # the up and down rows of the neurons over the threshold only
+    gate_gpu: tuple[bool, ...] = ()
 
     def __post_init__(self):
         L, F = len(self.n_gpu), self.n_ffn
@@ -78,6 +83,11 @@ class HybridPlan:
             raise InvalidArgumentError("hybrid plan: thresholds must be finite and >= 0")
         if self.predictor_rank < 0 or not 0 <= self.predictor_margin <= 1:
             raise InvalidArgumentError("hybrid plan: predictor rank >= 0, margin in [0, 1]")
+        if self.gate_gpu and len(self.gate_gpu) != L:
+            raise InvalidArgumentError("hybrid plan: one gate placement per layer (or none)")
+        if self.predictor_rank and any(self.gate_gpu):
+            raise InvalidArgumentError("hybrid plan: the predictor stands in for a gate on the "
+                                       "CPU; with the gate on the GPU there is nothing to predict")
 
     @property
     def n_layers(self) -> int:
@@ -85,6 +95,10 @@ class HybridPlan:
 
     def is_dense_gpu(self, layer: int) -> bool:
         return self.n_gpu[layer] == self.n_ffn
+
+    def gate_on_gpu(self, layer: int) -> bool:
+        """Whether the GPU computes this layer's cold neurons' gate (a split layer only)."""
+        return bool(self.gate_gpu) and self.gate_gpu[layer] and not self.is_dense_gpu(layer)
 
     @classmethod
     def uniform(cls, n_layers: int, n_ffn: int, n_gpu, thresholds=0.0) -> HybridPlan:
@@ -110,6 +124,9 @@ class HybridPlan:
         skip = "skipping" if any(t > 0 for t in self.thresholds) else "dense"
         if self.predictor_rank and skip == "skipping":
             skip += f", rank-{self.predictor_rank} predictor"
+        gates = sum(self.gate_on_gpu(l) for l in range(self.n_layers))
+        if gates:
+            skip += f"; the GPU computes the cold gates of {gates} layers"
         return (f"{frac:.0%} of FFN neurons on the GPU ({full} layers whole, "
                 f"{self.n_layers - full - none} split, {none} on the CPU; CPU {skip})")
 
@@ -120,6 +137,12 @@ def cold_weights(plan: HybridPlan, layer: int) -> tuple[str, str, str, bool]:
     if plan.n_gpu[layer] == 0 and plan.thresholds[layer] == 0:
         return weight(layer, "gate"), weight(layer, "up"), weight(layer, "down"), False
     return cold(layer, "gate"), cold(layer, "up"), cold(layer, "down_t"), True
+
+
+def cpu_weights(plan: HybridPlan, layer: int) -> tuple[str, ...]:
+    """The weights the CPU holds for a split layer (its kernel's order: [gate,] up, down)."""
+    wg, wu, wd, _ = cold_weights(plan, layer)
+    return (wu, wd) if plan.gate_on_gpu(layer) else (wg, wu, wd)
 
 
 def predictor_weights(plan: HybridPlan, layer: int) -> tuple[str, ...]:
@@ -183,28 +206,37 @@ def split_ffn(graph: Graph, plan: HybridPlan) -> Graph:
             r = predictor_rank(plan, layer, D)
             tensors[pred[0]] = TensorSpec(pred[0], (Fc, r), "f32", Role.WEIGHT)
             tensors[pred[1]] = TensorSpec(pred[1], (r, D), "f32", Role.WEIGHT)
-        cold_args = (x, wg, wu, wd, *pred)
+        S = graph.tensors[x].shape[:-1]
         attrs = {"act": act_n.op, "threshold": float(plan.thresholds[layer]),
-                 "down_rows": down_rows, "margin": float(plan.predictor_margin)}
+                 "down_rows": down_rows}
+        first: list[Node] = []  # the GPU's cold gate, ahead of the hot part
+        if plan.gate_on_gpu(layer):
+            gc = f"{out}.cold_gate"
+            tensors[gc] = TensorSpec(gc, S + (Fc,), graph.tensors[out].dtype, Role.ACTIVATION)
+            first = [Node("matmul", (x, wg), (gc,), gate_n.attrs)]
+            cold_node = partial(Node, "ffn_cold_gated", (x, gc, wu, wd), attrs=attrs)
+        else:
+            cold_node = partial(Node, "ffn_cold", (x, wg, wu, wd, *pred),
+                                attrs={**attrs, "margin": float(plan.predictor_margin)})
         if k == 0:
-            replace[dn] = [Node("ffn_cold", cold_args, (out,), attrs)]
+            replace[dn] = [*first, cold_node(outputs=(out,))]
         else:
             for p in ("gate", "up"):
                 tensors[hot(layer, p)] = TensorSpec(hot(layer, p), (k, D), dtype[p], Role.WEIGHT)
             tensors[hot(layer, "down")] = TensorSpec(hot(layer, "down"), (D, k), "Q8_0",
                                                      Role.WEIGHT)
             names = [f"{out}.{s}" for s in ("hot_gate", "hot_up", "hot_act", "hot", "cold")]
-            S = graph.tensors[x].shape[:-1]
             for name, shape in zip(names, [S + (k,)] * 3 + [S + (D,)] * 2):
                 tensors[name] = TensorSpec(name, shape, graph.tensors[out].dtype,
                                            Role.ACTIVATION)
             hg, hu, ha, hd, cd = names
             replace[dn] = [  # the hot part first: the GPU runs it while the CPU runs the cold
+                *first,
                 Node("matmul", (x, hot(layer, "gate")), (hg,), gate_n.attrs),
                 Node("matmul", (x, hot(layer, "up")), (hu,), up_n.attrs),
                 Node(act_n.op, (hg, hu), (ha,), act_n.attrs),
                 Node("matmul", (ha, hot(layer, "down")), (hd,), down_n.attrs),
-                Node("ffn_cold", cold_args, (cd,), attrs),
+                cold_node(outputs=(cd,)),
                 Node("add", (hd, cd), (out,)),
             ]
         drop.update((g, u, a))

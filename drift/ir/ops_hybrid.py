@@ -28,6 +28,16 @@ from drift.ir.ops import Cost, _matmul_t, gelu_tanh, register, silu
 ACTS = {"swiglu": silu, "geglu": gelu_tanh}
 
 
+def _down(h, down, attrs):
+    """h (S, F') through the cold neurons' down columns, held as rows (F', D) or as the file
+    stores them (D, F')."""
+    if not attrs.get("down_rows", True):
+        return _matmul_t(h, down)
+    if hasattr(down, "rows"):  # kept quantized (the numpy backend past its budget)
+        down = down.rows(np.arange(down.shape[0]))
+    return h @ np.asarray(down)
+
+
 @register("ffn_cold")
 class FFNCold:
     @staticmethod
@@ -52,15 +62,50 @@ class FFNCold:
                 pred_a, pred_b = (np.asarray(w) for w in inputs[4:])
                 keep &= np.abs(act((x @ pred_b.T) @ pred_a.T)) > attrs.get("margin", 0.5) * t
             h = np.where(keep, h, 0)
-        if not attrs.get("down_rows", True):
-            return [_matmul_t(h, down).astype(x.dtype, copy=False)]
-        if hasattr(down, "rows"):  # kept quantized (the numpy backend past its budget)
-            down = down.rows(np.arange(down.shape[0]))
-        return [(h @ np.asarray(down)).astype(x.dtype, copy=False)]
+        return [_down(h, down, attrs).astype(x.dtype, copy=False)]
 
     @staticmethod
     def cost(inputs, outputs, attrs, kv_len):
         x, gate, _, _ = inputs
         S = int(np.prod(x.shape[:-1]))
         return Cost(6 * S * gate.shape[0] * gate.shape[1], tuple(t.nbytes for t in inputs),
+                    tuple(t.nbytes for t in outputs))
+
+
+@register("ffn_cold_gated")
+class FFNColdGated:
+    """y = ffn_cold_gated(x, g, up, down); attrs: act, threshold, down_rows
+
+    ffn_cold with the gate computed elsewhere: g (S, F') holds the cold neurons' gate
+    pre-activations (gate_j . x), computed where the gate rows live (hybrid execution keeps
+    every gate row on the GPU when the budget allows: the gate is then an exact predictor of
+    which neurons the CPU must compute, and the CPU reads the up and down rows of those
+    alone). Neuron j contributes act(g_j) * (up_j . x) * down_t[j] when |act(g_j)| > threshold
+    (every neuron when threshold is 0)."""
+
+    @staticmethod
+    def infer(inputs, attrs):
+        x, g, up, down = inputs
+        down_shape = down.shape if attrs.get("down_rows", True) else down.shape[::-1]
+        assert up.shape == down_shape and up.shape[1] == x.shape[-1], (
+            f"ffn_cold_gated: x {x.shape}, up {up.shape}, down {down.shape}")
+        assert g.shape == x.shape[:-1] + (up.shape[0],), (
+            f"ffn_cold_gated: g {g.shape} for x {x.shape} and {up.shape[0]} neurons")
+        assert attrs["act"] in ACTS, f"ffn_cold_gated: act {attrs['act']!r}"
+        return [(x.shape, x.dtype)]
+
+    @staticmethod
+    def reference(inputs, attrs):
+        x, g, up, down = inputs
+        a = ACTS[attrs["act"]](np.asarray(g, dtype=np.float32))
+        h = a * _matmul_t(x, up)
+        if attrs["threshold"] > 0:
+            h = np.where(np.abs(a) > attrs["threshold"], h, 0)
+        return [_down(h, down, attrs).astype(x.dtype, copy=False)]
+
+    @staticmethod
+    def cost(inputs, outputs, attrs, kv_len):
+        x, _, up, _ = inputs
+        S = int(np.prod(x.shape[:-1]))
+        return Cost(4 * S * up.shape[0] * up.shape[1], tuple(t.nbytes for t in inputs),
                     tuple(t.nbytes for t in outputs))

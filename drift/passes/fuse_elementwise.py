@@ -19,7 +19,7 @@ from drift.passes.rewrite import Index, Match, Rule, node, rule_pass
 
 VIEWS = ("reshape", "last_row")  # outputs alias inputs: nothing to compute, nothing to fuse
 # ops hybrid execution may run on another device (a host kernel): no epilogue runs inside them
-ELSEWHERE = ("ffn_cold",)
+ELSEWHERE = ("ffn_cold", "ffn_cold_gated")
 
 
 def is_elementwise(n: Node) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +68,15 @@ def _run(engine: Engine, steps: int = 3) -> list[np.ndarray]:
 
 
 def _random_plan(engine: Engine, rng, threshold: float = 0.0) -> HybridPlan:
+    """Random counts and orders; every other layer (from a random one) has its cold gate on
+    the GPU, so both kinds of cold layer are in every plan."""
     L, F = engine.config.n_layers, engine.config.d_ff
     counts = rng.choice(np.arange(0, F, 32), size=L)
     counts[rng.integers(L)] = 0  # a layer wholly on the CPU
+    start = int(rng.integers(2))
     return HybridPlan(F, tuple(int(k) for k in counts),
-                      tuple(rng.permutation(F) for _ in range(L)), (threshold,) * L)
+                      tuple(rng.permutation(F) for _ in range(L)), (threshold,) * L,
+                      gate_gpu=tuple((l + start) % 2 == 1 for l in range(L)))
 
 
 def _triton():
@@ -168,10 +173,17 @@ def test_cold_ffn_kernel_against_numpy(qtype, tokens, down_rows):
         for t in thresholds:
             native = ColdFFN(gate, up, down, act, t, down_rows)(x)
             ffn = ColdFFN(gate, up, down, act, t, down_rows)
-            reference = ffn._numpy(x)
+            reference = ffn._numpy(x, None)
             err = np.abs(native - reference).max() / np.abs(reference).max()
             # the dense down GEMV quantizes h to int8 blocks too (numpy keeps it float)
             assert err < (1e-4 if down_rows else 2e-2), f"seed {seed}: {act} t={t}: {err:.2e}"
+            # the gate computed elsewhere (the GPU): fresh pre-activations of its scale
+            g = (rng.standard_normal((tokens, F)) * 0.3).astype(np.float32)
+            given = ColdFFN(None, up, down, act, 5 * t, down_rows)  # some kept, some not
+            native, reference = given(x, g), given._numpy(x, g)
+            err = np.abs(native - reference).max() / np.abs(reference).max()
+            assert err < (1e-4 if down_rows else 2e-2), f"seed {seed}: given gate: {err:.2e}"
+            assert t == 0 or given.last_active < F
 
 
 def test_cold_ffn_numpy_path_is_the_op_reference():
@@ -183,7 +195,7 @@ def test_cold_ffn_numpy_path_is_the_op_reference():
     planes = [RowPlanes.from_blocks(r, "Q8_0", (F, D)) for r in raws]
     x = rng.standard_normal((2, D)).astype(np.float32)
     ffn = ColdFFN(*planes, "swiglu", 0.01)
-    got = ffn._numpy(x)
+    got = ffn._numpy(x, None)
     b = x.reshape(2, -1, 32)
     amax = np.abs(b).max(-1, keepdims=True)
     t = b * (127 / amax)
@@ -192,19 +204,28 @@ def test_cold_ffn_numpy_path_is_the_op_reference():
     (ref,) = run_reference("ffn_cold", [xq.astype(np.float32), *w],
                            {"act": "swiglu", "threshold": 0.01, "down_rows": True})
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+    g = rng.standard_normal((2, F)).astype(np.float32)  # the gate from elsewhere
+    given = ColdFFN(None, *planes[1:], "swiglu", 0.2)
+    (ref,) = run_reference("ffn_cold_gated", [xq.astype(np.float32), g, *w[1:]],
+                           {"act": "swiglu", "threshold": 0.2, "down_rows": True})
+    np.testing.assert_allclose(given._numpy(x, g), ref, rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
 # the graph and the program
 
 
-def test_split_graph_fuses_the_hot_part_and_calls_the_host_for_the_cold(model):
+@pytest.mark.parametrize("gate_gpu", [False, True])
+def test_split_graph_fuses_the_hot_part_and_calls_the_host_for_the_cold(model, gate_gpu):
+    """With the cold gate on the GPU too, its matmul joins the hot gate/up one (one x) and
+    the host call's inputs (x and the cold gate) leave right after it."""
     tb = _triton()
     e = Engine(model, device="cpu", ctx=32)
     L, F = e.config.n_layers, e.config.d_ff
-    plan = HybridPlan.uniform(L, F, 32)
+    plan = replace(HybridPlan.uniform(L, F, 32), gate_gpu=(gate_gpu,) * L)
+    cold_op = "ffn_cold_gated" if gate_gpu else "ffn_cold"
     g = split_ffn(build_graph(e.config, e.weight_dtypes, 1, 32), plan)
-    assert sum(n.op == "ffn_cold" for n in g.nodes) == L
+    assert sum(n.op == cold_op for n in g.nodes) == L
     hb = HybridBackend(tb, plan)
     eng = Engine(model, backend=hb, ctx=32)
     prog = eng.program(1)
@@ -212,7 +233,7 @@ def test_split_graph_fuses_the_hot_part_and_calls_the_host_for_the_cold(model):
     dense_ops = [n.op for n in tb.lower(build_graph(e.config, e.weight_dtypes, 1, 32)).graph.nodes]
     # the hot FFN is fused like the dense one: the same number of stacked gate/up matmuls
     assert ops.count("stacked_matmul") == dense_ops.count("stacked_matmul")
-    assert ops.count("ffn_cold") == L and len(prog.host_calls) == L
+    assert ops.count(cold_op) == L and len(prog.host_calls) == L
     # each host call's input leaves before the hot matmuls run (the GPU works meanwhile)
     sends = [i for i, item in enumerate(prog.schedule) if getattr(item, "__name__", "") == "send"]
     receives = [i for i, item in enumerate(prog.schedule)
@@ -236,9 +257,16 @@ def test_plan_for_budget(model):
     from drift.hybrid.backend import ACTIVATION_MARGIN, fixed_gpu_bytes
 
     fixed = fixed_gpu_bytes(f, cfg, 32, "f32") + ACTIVATION_MARGIN
-    half = plan_for_budget(f, cfg, fixed + ffn_bytes(f) // 2, 32, "f32")
-    assert 0 < sum(half.n_gpu) < cfg.d_ff * cfg.n_layers
+    half = plan_for_budget(f, cfg, fixed + ffn_bytes(f) // 2, 32, "f32", gates_first=False)
+    assert 0 < sum(half.n_gpu) < cfg.d_ff * cfg.n_layers and not any(half.gate_gpu)
     assert all(k % 32 == 0 for k in half.n_gpu)
+    # gates first: half the FFN bytes buy every gate (a third), then hot neurons
+    gates = plan_for_budget(f, cfg, fixed + ffn_bytes(f) // 2, 32, "f32")
+    assert gates.gate_gpu == (True,) * cfg.n_layers
+    assert sum(gates.n_gpu) < sum(half.n_gpu)
+    gate_bytes = [f.tensors[f"blk.{l}.ffn_gate.weight"].nbytes for l in range(cfg.n_layers)]
+    one = plan_for_budget(f, cfg, fixed + gate_bytes[0] + gate_bytes[1] // 2, 32, "f32")
+    assert one.gate_gpu == (True,) + (False,) * (cfg.n_layers - 1) and sum(one.n_gpu) == 0
     off = plan_for_budget(f, cfg, fixed + ffn_bytes(f) // 2, 32, "f32", layers=True)
     assert set(off.n_gpu) <= {0, cfg.d_ff} and off.n_gpu[0] >= off.n_gpu[-1]
     with pytest.raises(InvalidArgumentError, match="below what the GPU must hold"):
@@ -326,9 +354,7 @@ def test_numpy_backend_runs_the_compiled_cold_ffn_as_a_host_op(model):
     assert backend.cold and backend.cpu_runs_cold
     for a, b in zip(ref, got):
         assert np.abs(a - b).max() / np.abs(a).max() < 2e-2
-    from dataclasses import replace
-
-    skipping = replace(_random_plan(e, rng, threshold=0.05), predictor_rank=8)
+    skipping = replace(_random_plan(e, rng, threshold=0.05), predictor_rank=8, gate_gpu=())
     backend = HybridBackend(CPUBackend(), skipping, cpu_kernels=True)
     _run(Engine(model, backend=backend, ctx=32))
     rows, recall = backend.predictor_stats()  # its counts: test_predictor_counts

@@ -245,11 +245,12 @@ typedef struct { int kind; const uint8_t *qs; const uint16_t *d, *m; } planes_t;
  * down_rows: down is (F, D) Q8_0 rows (axpy over the kept rows, per-thread accumulators in
  * `work` (n_work * D)); else (D, F) rows of the file (h quantized, a GEMV). cand: the neurons
  * a predictor chose (n_cand of them, ascending), whose gate alone is computed, or NULL for
- * all. scratch: F floats
+ * all. g: the F gate pre-activations, computed elsewhere (the GPU; gate is then unused), or
+ * NULL. scratch: F floats
  * a, F ints rows, F floats h, F + 2F/32 bytes/floats for quantized h. Returns the kept count. */
 int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, int D, int F,
                    const float *x, float threshold, int act, const int32_t *cand, int n_cand,
-                   float *a, int32_t *rows, float *h, int8_t *hq, float *hd, float *hs,
+                   const float *g, float *a, int32_t *rows, float *h, int8_t *hq, float *hd, float *hs,
                    float *work, int n_work, float *y) {
     int8_t xq[D];
     float xd[D / 32], xs[D / 32];
@@ -259,12 +260,14 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
     int count = 0;
     #pragma omp parallel num_threads(n_work)
     {
+        if (g) cand = NULL; /* every neuron's gate is given */
         int n_gate = cand ? n_cand : F; /* the predictor's candidates, or every neuron */
         #pragma omp for schedule(static)
         for (int i = 0; i < n_gate; i++) {
             int64_t j = cand ? cand[i] : i;
-            a[j] = activation(act, row_dot(gate->kind, gate->qs + j * rbD_g, gate->d + j * nbD,
-                                           gate->m ? gate->m + j * nbD : 0, nbD, xq, xd, xs));
+            a[j] = activation(act, g ? g[j]
+                                     : row_dot(gate->kind, gate->qs + j * rbD_g, gate->d + j * nbD,
+                                               gate->m ? gate->m + j * nbD : 0, nbD, xq, xd, xs));
         }
         #pragma omp single
         {

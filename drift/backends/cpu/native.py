@@ -96,7 +96,7 @@ def library():
         lib.quantize_x.argtypes = [p, i, i, p, p, p]
         lib.gemv_rows.argtypes = [i, p, p, p, i, p, i, p, p, p, i, p]
         lib.axpy_rows_q8.argtypes = [p, p, i, p, i, p, i, p, p, i]
-        lib.ffn_cold_token.argtypes = [p, p, p, i, i, i, p, ctypes.c_float, i, p, i, p, p,
+        lib.ffn_cold_token.argtypes = [p, p, p, i, i, i, p, ctypes.c_float, i, p, i, p, p, p,
                                        p, p, p, p, p, i, p]
         lib.ffn_cold_token.restype = i
         lib.gemv_f32.argtypes = [i, p, p, p, i, i, p, i, p]
@@ -186,9 +186,10 @@ class ColdFFN:
     the file's own (D, F') rows (dense: a GEMV on the quantized h, no re-quantization).
     `__call__(x)` returns their part of down(act(gate x) * up x), the neurons whose
     |act(gate x)| is at most `threshold` skipped (CATS): their up row and down row are never
-    read."""
+    read. With `gate` None the GPU holds the gate rows: `__call__(x, g)` takes the gate
+    pre-activations g = gate x it computed."""
 
-    def __init__(self, gate: RowPlanes, up: RowPlanes, down: RowPlanes, act: str,
+    def __init__(self, gate: RowPlanes | None, up: RowPlanes, down: RowPlanes, act: str,
                  threshold: float, down_rows: bool = True,
                  predictor: tuple[np.ndarray, np.ndarray, float] | None = None):
         if down_rows and down.kind != "Q8_0":
@@ -208,27 +209,35 @@ class ColdFFN:
         # over all calls: gate rows the predictor let tokens read, and (where the full gate
         # was computed anyway: several tokens) how many truly active neurons it let through
         self.pred_rows = self.pred_tokens = self.recall_hits = self.recall_total = 0
-        self.n, self.D = gate.qs.shape[0], gate.K
+        if gate is None and predictor is not None:
+            raise ValueError("a predictor spares gate rows; this layer's gate is on the GPU")
+        self.n, self.D = up.qs.shape[0], up.K
         self.last_active = 0  # neurons computed in full on the last call (all tokens)
         self._float = None
 
     @property
     def nbytes(self) -> int:
-        return self.gate.nbytes + self.up.nbytes + self.down.nbytes
+        return sum(w.nbytes for w in (self.gate, self.up, self.down) if w is not None)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, g: np.ndarray | None = None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, self.D)
+        if (g is None) != (self.gate is not None):
+            raise ValueError("the gate pre-activations come from the caller exactly when the "
+                             "gate rows are not here")
+        if g is not None:
+            g = np.ascontiguousarray(g, dtype=np.float32).reshape(x.shape[0], self.n)
         lib = library()
         if lib is None:
-            return self._numpy(x)
-        return self._token(lib, x) if x.shape[0] == 1 else self._native(lib, x)
+            return self._numpy(x, g)
+        return self._token(lib, x, g) if x.shape[0] == 1 else self._native(lib, x, g)
 
-    def _token(self, lib, x: np.ndarray) -> np.ndarray:
+    def _token(self, lib, x: np.ndarray, g_in: np.ndarray | None) -> np.ndarray:
         """One token (decode): every step in one call and one parallel region."""
         if getattr(self, "_scratch", None) is None:
             n, D, F32 = self.n, self.D, np.float32
             threads = lib.n_threads()
             self._structs = [_Planes(KINDS[w.kind], _ptr(w.qs), _ptr(w.d), _ptr(w.m))
+                             if w is not None else _Planes(KINDS[self.up.kind], None, None, None)
                              for w in (self.gate, self.up, self.down)]
             hq = -(-n // 32) * 32
             self._scratch = (np.empty(n, F32), np.empty(n, np.int32), np.zeros(hq, F32),
@@ -241,7 +250,8 @@ class ColdFFN:
         cand = None if pred is None else np.flatnonzero(pred[0]).astype(np.int32)
         count = lib.ffn_cold_token(g, u, d, int(self.down_rows), self.D, self.n, _ptr(x),
                                    self.threshold, 0 if self.act == "swiglu" else 1,
-                                   _ptr(cand), 0 if cand is None else cand.size, _ptr(a),
+                                   _ptr(cand), 0 if cand is None else cand.size, _ptr(g_in),
+                                   _ptr(a),
                                    _ptr(rows), _ptr(h), _ptr(hq), _ptr(hd), _ptr(hs),
                                    _ptr(work), threads, _ptr(y))
         self.last_active = count
@@ -263,7 +273,7 @@ class ColdFFN:
         self.recall_hits += int((active & pred).sum())
         self.recall_total += int(active.sum())
 
-    def _native(self, lib, x: np.ndarray) -> np.ndarray:
+    def _native(self, lib, x: np.ndarray, g: np.ndarray | None) -> np.ndarray:
         S, D, n = x.shape[0], self.D, self.n
 
         def quantized(v: np.ndarray):
@@ -281,7 +291,7 @@ class ColdFFN:
                           count, *(_ptr(a) for a in q), S, _ptr(out))
             return out
 
-        a = _act(self.act, gemv(self.gate, None, n))
+        a = _act(self.act, gemv(self.gate, None, n) if g is None else g)
         keep = np.abs(a) > self.threshold if self.threshold > 0 else None
         pred = self.predicted(x)
         if pred is not None:  # (the gate of every neuron was computed: prefill is rare here)
@@ -309,13 +319,14 @@ class ColdFFN:
                          _ptr(h), S, _ptr(y), _ptr(self._work), threads)
         return y
 
-    def _numpy(self, x: np.ndarray) -> np.ndarray:
+    def _numpy(self, x: np.ndarray, g: np.ndarray | None) -> np.ndarray:
         """The same arithmetic without the compiled loop: x quantized to int8 blocks, the
         weights dequantized once and kept."""
         from drift.ir.ops_quant import QBLOCK
 
         if self._float is None:
-            self._float = tuple(w.dequantize() for w in (self.gate, self.up, self.down))
+            self._float = tuple(None if w is None else w.dequantize()
+                                for w in (self.gate, self.up, self.down))
         wg, wu, wd = self._float
         if not self.down_rows:
             wd = wd.T  # (D, F') -> (F', D)
@@ -325,7 +336,7 @@ class ColdFFN:
         t = b * inv
         q = np.trunc(t + np.where(t >= 0, 0.5, -0.5))
         xq = (q * (amax / 127)).reshape(x.shape).astype(np.float32)
-        a = _act(self.act, xq @ wg.T)
+        a = _act(self.act, xq @ wg.T if g is None else g)
         h = a * (xq @ wu.T)
         if self.threshold > 0:
             keep = np.abs(a) > self.threshold
