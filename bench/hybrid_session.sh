@@ -6,6 +6,8 @@
 # run(command="STEP=cal bash bench/hybrid_session.sh", carry=[".whl"])     make the file, calibrate
 # run(command="STEP=bench CONFIGS='2.05G:layers:0 ...' bash bench/hybrid_session.sh", carry=[".whl"])
 #   each config is BUDGET:OFFLOAD:SPARSITY (drift bench --gpu-mem --offload --sparsity)
+# run(command="STEP=all CONFIGS=... bash bench/hybrid_session.sh", carry=[".whl"])
+#   the file (if missing), the calibration (if missing), then the configs: one call
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -17,17 +19,17 @@ if [[ $STEP == kernels ]]; then  # the CPU kernels alone, at 16 and 8 OpenMP thr
   for t in 16 8; do OMP_NUM_THREADS=$t python3 bench/hybrid_kernels.py 2>&1 | tee -a "$OUT/kernels.txt"; done
   exit
 fi
-[[ -f $M ]] || python3 -m drift make-random llama-3.1-8b Q4_0 $M 2>&1 | tail -1
-if [[ $STEP == cal ]]; then
+[[ -f $M ]] || python3 -m drift make-random llama-3.1-8b Q4_0 $M 2>&1 | tail -1; echo "file at ${SECONDS}s"
+if [[ $STEP == cal || ( $STEP == all && ! -f $DRIFT_HOME/calibrated ) ]]; then
   # thresholds of |act(gate)| for the random file (no real hotness: they set the sparsity)
   timeout 400 python3 -m drift calibrate $M --tokens ${TOKENS:-256} --ctx 256 --device cuda \
-    2>&1 | tail -6 | tee "$OUT/calibrate.txt"
-  exit
+    2>&1 | tail -6 | tee "$OUT/calibrate.txt" && touch $DRIFT_HOME/calibrated
+  [[ $STEP == cal ]] && exit
 fi
 for cfg in ${CONFIGS:-"2.05G:layers:0 2.05G:neurons:0.9"}; do
   IFS=: read -r mem off sp <<< "$cfg"
   f="$OUT/bench-$mem-$off-$sp.txt"
   timeout ${BENCH_TIMEOUT:-240} python3 -m drift bench $M -p ${P:-512} -n ${N:-32} -r ${R:-2} \
     --gpu-mem $mem --offload $off --sparsity $sp --no-ceilings > "$f" 2>&1
-  echo "rc=$? $cfg"; grep -E "^\| |memory|hybrid|Error|error" "$f" | head -8
+  echo "rc=$? $cfg (${SECONDS}s)"; grep -E "^\| |memory|hybrid|Error|error" "$f" | head -8
 done
