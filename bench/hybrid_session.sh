@@ -12,7 +12,7 @@ set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 DRIFT_HOME=/tmp/drift-home
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 DRIFT_HOME=/tmp/drift-home; mkdir -p $DRIFT_HOME
 M=/tmp/m/llama-3.1-8b-Q4_0.gguf
 echo "cpus $(nproc); $(lscpu | grep 'Model name')"
 if [[ $STEP == kernels ]]; then  # the CPU kernels alone, at 16 and 8 OpenMP threads
