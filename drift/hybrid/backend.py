@@ -45,6 +45,7 @@ from drift.ir import Graph, TensorSpec
 from drift.passes import Capabilities, Compiled
 
 ACTIVATION_MARGIN = 256 * 2**20  # left of the budget for the arenas and the CUDA context
+EMBEDDING = "token_embd.weight"
 _FFN = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.weight$")
 
 
@@ -66,8 +67,14 @@ class HybridBackend(Backend):
         if self.cpu_runs_cold and not gpu.host_calls:
             raise UnsupportedError(f"hybrid execution (--gpu-mem) runs on the cuda (triton) "
                                    f"backend; {gpu.name} cannot call CPU kernels yet")
+        # the embedding table stays in host memory where the plan says so and the GPU backend
+        # calls host kernels (the numpy backend, with cpu_kernels=True, keeps it)
+        self.embedding_cpu = plan.embedding_cpu and self.cpu_runs_cold and cpu_kernels is None
+        self._table = None  # its TensorInfo (the file's blocks, mapped)
         if self.cpu_runs_cold:
             gpu.host_ops = {"ffn_cold": self._run_cold, "ffn_cold_gated": self._run_cold}
+            if self.embedding_cpu:
+                gpu.host_ops["embedding"] = self._run_embedding
 
     @classmethod
     def available(cls) -> bool:
@@ -91,6 +98,10 @@ class HybridBackend(Backend):
         gpu_specs: list[TensorSpec] = []
         cold_layers = set()
         for s in specs:
+            if s.name == EMBEDDING and self.embedding_cpu:
+                self._table = model_file.tensors[EMBEDDING]
+                self._cold_names.add(EMBEDDING)
+                continue
             m = _FFN.match(s.name)
             if m is None or self.plan.is_dense_gpu(int(m.group(1))):
                 gpu_specs.append(s)
@@ -160,7 +171,14 @@ class HybridBackend(Backend):
     # -- compiling and running: the GPU backend's, on the split graph
 
     def lower(self, graph: Graph, dump_dir=None) -> Compiled:
-        return self.gpu.lower(split_ffn(graph, self.plan), dump_dir)
+        compiled = self.gpu.lower(split_ffn(graph, self.plan), dump_dir)
+        if self.embedding_cpu and any(EMBEDDING in n.inputs and n.op != "embedding"
+                                      for n in compiled.graph.nodes):
+            # the GPU reads the table for more than the lookup (a tied LM head, whose budget
+            # counted it: embedding_stays_on_cpu): it stays there
+            self.embedding_cpu = False
+            self.gpu.host_ops = {k: v for k, v in self.gpu.host_ops.items() if k != "embedding"}
+        return compiled
 
     def program(self, compiled: Compiled) -> Program:
         return self.gpu.program(compiled)
@@ -173,6 +191,16 @@ class HybridBackend(Backend):
         self.cold_seconds += time.perf_counter() - t0
         self.cold_calls += 1
         return [y]
+
+    def _run_embedding(self, node, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The rows of the step's tokens, dequantized from the file's blocks (a few KB)."""
+        from drift.formats import quants
+
+        ids = np.asarray(inputs[node.inputs[1]]).reshape(-1).astype(np.int64)
+        info = self._table
+        rows = np.asarray(info.data)[ids]
+        return [quants.dequantize(rows, info.qtype, (len(ids), info.shape[1]),
+                                  tensor_name=EMBEDDING)]
 
     def sampler(self, config):
         return self.gpu.sampler(config)
@@ -213,9 +241,17 @@ def _is_geglu(model_file) -> bool:
 # the budget
 
 
-def fixed_gpu_bytes(model_file, config, ctx: int, kv_dtype: str) -> int:
-    """What the GPU holds whatever the split: every weight outside the FFNs, the KV cache."""
-    weights = sum(t.nbytes for n, t in model_file.tensors.items() if not _FFN.match(n))
+def embedding_stays_on_cpu(model_file) -> bool:
+    """Hybrid keeps the embedding table in host memory unless the LM head reuses it."""
+    return EMBEDDING in model_file.tensors and "output.weight" in model_file.tensors
+
+
+def fixed_gpu_bytes(model_file, config, ctx: int, kv_dtype: str,
+                    embedding_on_cpu: bool = False) -> int:
+    """What the GPU holds whatever the split: every weight outside the FFNs (but the
+    embedding table, where it stays on the CPU), the KV cache."""
+    weights = sum(t.nbytes for n, t in model_file.tensors.items()
+                  if not _FFN.match(n) and not (embedding_on_cpu and n == EMBEDDING))
     per = 2 if kv_dtype == "f16" else 4
     kv = config.n_layers * ctx * config.n_kv_heads * (config.head_dim + config.v_head_dim) * per
     return int(weights + kv)
@@ -237,13 +273,16 @@ def plan_for_budget(model_file, config, budget: int, ctx: int, kv_dtype: str,
     rows before any hot neuron (see `_plan_for_budget`)."""
     if gates_first is None:
         gates_first = not predictor
+    dense_fits = budget >= (fixed_gpu_bytes(model_file, config, ctx, kv_dtype)
+                            + ACTIVATION_MARGIN + ffn_bytes(model_file))
+    embedding_cpu = embedding_stays_on_cpu(model_file) and not dense_fits
     plan = _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, sparsity,
-                            layers, gates_first and not layers)
-    return replace(plan, predictor_rank=int(predictor))
+                            layers, gates_first and not layers, embedding_cpu)
+    return replace(plan, predictor_rank=int(predictor), embedding_cpu=embedding_cpu)
 
 
 def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, sparsity,
-                     layers, gates_first) -> HybridPlan:
+                     layers, gates_first, embedding_cpu) -> HybridPlan:
     """Gates first: a cold neuron's gate row on the GPU spares the CPU that row on every
     token (the GPU computes the gate and the CPU then reads the up and down rows of the
     neurons over the threshold only), one byte of CPU reading per byte of GPU memory; moving a
@@ -252,7 +291,7 @@ def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, spa
     they fit), then hot neurons (their up and down rows; gate, up and down in a layer whose
     gate did not fit) by the MILP."""
     L, F = config.n_layers, config.d_ff
-    fixed = fixed_gpu_bytes(model_file, config, ctx, kv_dtype) + ACTIVATION_MARGIN
+    fixed = fixed_gpu_bytes(model_file, config, ctx, kv_dtype, embedding_cpu) + ACTIVATION_MARGIN
     room = budget - fixed
     if room < 0:
         raise InvalidArgumentError(

@@ -67,6 +67,9 @@ class HybridPlan:
     # their gate and hands the CPU the pre-activations (ffn_cold_gated): the CPU then reads
     # the up and down rows of the neurons over the threshold only
     gate_gpu: tuple[bool, ...] = ()
+    # the embedding table in host memory (a row per token is all a step reads of it, as
+    # llama.cpp keeps it); not where the LM head reuses it (tied embeddings)
+    embedding_cpu: bool = False
 
     def __post_init__(self):
         L, F = len(self.n_gpu), self.n_ffn
@@ -127,6 +130,8 @@ class HybridPlan:
         gates = sum(self.gate_on_gpu(l) for l in range(self.n_layers))
         if gates:
             skip += f"; the GPU computes the cold gates of {gates} layers"
+        if self.embedding_cpu:
+            skip += "; embeddings on the CPU"
         return (f"{frac:.0%} of FFN neurons on the GPU ({full} layers whole, "
                 f"{self.n_layers - full - none} split, {none} on the CPU; CPU {skip})")
 

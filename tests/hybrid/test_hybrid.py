@@ -69,14 +69,16 @@ def _run(engine: Engine, steps: int = 3) -> list[np.ndarray]:
 
 def _random_plan(engine: Engine, rng, threshold: float = 0.0) -> HybridPlan:
     """Random counts and orders; every other layer (from a random one) has its cold gate on
-    the GPU, so both kinds of cold layer are in every plan."""
+    the GPU, so both kinds of cold layer are in every plan; the embedding table on the CPU
+    (a host call on Triton; where the model ties it to the LM head, it stays on the GPU)."""
     L, F = engine.config.n_layers, engine.config.d_ff
     counts = rng.choice(np.arange(0, F, 32), size=L)
     counts[rng.integers(L)] = 0  # a layer wholly on the CPU
     start = int(rng.integers(2))
     return HybridPlan(F, tuple(int(k) for k in counts),
                       tuple(rng.permutation(F) for _ in range(L)), (threshold,) * L,
-                      gate_gpu=tuple((l + start) % 2 == 1 for l in range(L)))
+                      gate_gpu=tuple((l + start) % 2 == 1 for l in range(L)),
+                      embedding_cpu=True)
 
 
 def _triton():
@@ -222,7 +224,8 @@ def test_split_graph_fuses_the_hot_part_and_calls_the_host_for_the_cold(model, g
     tb = _triton()
     e = Engine(model, device="cpu", ctx=32)
     L, F = e.config.n_layers, e.config.d_ff
-    plan = replace(HybridPlan.uniform(L, F, 32), gate_gpu=(gate_gpu,) * L)
+    plan = replace(HybridPlan.uniform(L, F, 32), gate_gpu=(gate_gpu,) * L, embedding_cpu=True)
+    untied = "output.weight" in e.file.tensors  # then the lookup is a host call too
     cold_op = "ffn_cold_gated" if gate_gpu else "ffn_cold"
     g = split_ffn(build_graph(e.config, e.weight_dtypes, 1, 32), plan)
     assert sum(n.op == cold_op for n in g.nodes) == L
@@ -233,14 +236,16 @@ def test_split_graph_fuses_the_hot_part_and_calls_the_host_for_the_cold(model, g
     dense_ops = [n.op for n in tb.lower(build_graph(e.config, e.weight_dtypes, 1, 32)).graph.nodes]
     # the hot FFN is fused like the dense one: the same number of stacked gate/up matmuls
     assert ops.count("stacked_matmul") == dense_ops.count("stacked_matmul")
-    assert ops.count(cold_op) == L and len(prog.host_calls) == L
+    assert ops.count(cold_op) == L and len(prog.host_calls) == L + untied
+    assert untied == (prog.graph.nodes[min(prog.host_calls)].op == "embedding")
+    assert ("token_embd.weight" in tb.weights) != untied
     # each host call's input leaves before the hot matmuls run (the GPU works meanwhile)
     sends = [i for i, item in enumerate(prog.schedule) if getattr(item, "__name__", "") == "send"]
     receives = [i for i, item in enumerate(prog.schedule)
                 if getattr(item, "__name__", "") == "receive"]
-    assert len(sends) == len(receives) == L
+    assert len(sends) == len(receives) == L + untied
     assert all(isinstance(prog.schedule[s + 1], list) and s + 1 < r
-               for s, r in zip(sends, receives))
+               for s, r in list(zip(sends, receives))[untied:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,9 +259,9 @@ def test_plan_for_budget(model):
     assert big.n_gpu == (cfg.d_ff,) * cfg.n_layers
     layers = plan_for_budget(f, cfg, 2**40, 32, "f32", layers=True)
     assert layers.n_gpu == (cfg.d_ff,) * cfg.n_layers
-    from drift.hybrid.backend import ACTIVATION_MARGIN, fixed_gpu_bytes
+    from drift.hybrid.backend import ACTIVATION_MARGIN, embedding_stays_on_cpu, fixed_gpu_bytes
 
-    fixed = fixed_gpu_bytes(f, cfg, 32, "f32") + ACTIVATION_MARGIN
+    fixed = fixed_gpu_bytes(f, cfg, 32, "f32", embedding_stays_on_cpu(f)) + ACTIVATION_MARGIN
     half = plan_for_budget(f, cfg, fixed + ffn_bytes(f) // 2, 32, "f32", gates_first=False)
     assert 0 < sum(half.n_gpu) < cfg.d_ff * cfg.n_layers and not any(half.gate_gpu)
     assert all(k % 32 == 0 for k in half.n_gpu)

@@ -144,14 +144,14 @@ class TritonProgram(Program):
     def _bind(self, n: Node, index: int) -> Callable[[], None]:
         if REGISTRY[n.op].view:
             return lambda: None
-        lower = LOWERINGS.get(n.op)
-        if lower is None:
-            host = self.backend.host_ops.get(n.op)
-            if host is None:
-                raise NotImplementedError(f"triton backend: no kernel for op {n.op!r}")
+        host = self.backend.host_ops.get(n.op)  # first: its weights may not be here
+        if host is not None:
             call = HostCall(self, n, host)
             self.host_calls[index] = call
             return call.eager
+        lower = LOWERINGS.get(n.op)
+        if lower is None:
+            raise NotImplementedError(f"triton backend: no kernel for op {n.op!r}")
         return lower(self, n)
 
     def _schedule(self) -> list:
