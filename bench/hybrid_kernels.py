@@ -3,7 +3,7 @@ decode token through the cold FFNs of `--layers` layers of Llama-3.1-8B shapes (
 cold neurons, Q4_0 gate/up, Q8_0 transposed down), layers visited in turn as a decode does, so
 the weights stream from DRAM, not from cache.
 
-    python bench/hybrid_kernels.py [--layers 32] [--cold 9000] [--sparsity 0 0.7 0.9]
+    python bench/hybrid_kernels.py [--layers 32] [--cold 9000] [--sparsity 0 0.7 0.9] [--gate-given]
     OMP_NUM_THREADS=8 python bench/hybrid_kernels.py ...     (threads: OpenMP's)
 """
 
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--sparsity", type=float, nargs="*", default=[0.0, 0.7, 0.9])
     ap.add_argument("--tokens", type=int, default=8)
+    ap.add_argument("--gate-given", action="store_true",
+                    help="the gate computed elsewhere (the GPU): the CPU reads up and down only")
     a = ap.parse_args()
     lib = library()
     assert lib is not None, "the C kernels did not build"
@@ -39,9 +41,10 @@ def main() -> None:
         g = RowPlanes.from_blocks(raw4.copy(), "Q4_0", (F, D))
         u = RowPlanes.from_blocks(raw4[::-1].copy(), "Q4_0", (F, D))
         d = RowPlanes.from_blocks(raw8.copy(), "Q8_0", (F, D))
-        layers.append(ColdFFN(g, u, d, "swiglu", 0.0))
+        layers.append(ColdFFN(None if a.gate_given else g, u, d, "swiglu", 0.0))
     x = rng.standard_normal((1, D)).astype(np.float32)
     gate = base @ x[0]
+    g_in = gate[None].astype(np.float32) if a.gate_given else None
     act = np.abs(gate / (1 + np.exp(-gate)))
     print(f"threads {lib.n_threads()}; {a.layers} layers x {F} cold neurons, "
           f"{sum(f.nbytes for f in layers) / 1e9:.2f} GB of planes")
@@ -53,11 +56,12 @@ def main() -> None:
         for _ in range(a.tokens + 1):
             t0 = time.perf_counter()
             for f in layers:
-                f(x)
+                f(x, g_in)
             ts.append(time.perf_counter() - t0)
         t = float(np.median(ts[1:]))
         kept = layers[0].last_active / F
-        nbytes = sum(f.gate.nbytes + kept * (f.up.nbytes + f.down.nbytes) for f in layers)
+        nbytes = sum((0 if f.gate is None else f.gate.nbytes)
+                     + kept * (f.up.nbytes + f.down.nbytes) for f in layers)
         print(f"sparsity {s:.1f}: {t * 1e3:7.2f} ms per token, {1e3 * t / a.layers:.3f} ms per "
               f"layer, {kept:.1%} kept, {nbytes / 1e9:.3f} GB read, {nbytes / t / 1e9:.1f} GB/s")
 

@@ -42,6 +42,9 @@ static inline float f16(uint16_t h) { /* IEEE half -> float */
 }
 
 enum { KIND_Q4_0 = 0, KIND_Q4_1 = 1, KIND_Q8_0 = 2 };
+#ifndef PREFETCH_ROWS
+#define PREFETCH_ROWS 4 /* how many active rows ahead the skipping loops ask for */
+#endif
 
 /* one row of K floats -> int8 blocks of 32: q, the scale xd = amax/127, xs = xd * sum(q) */
 static void quantize_row(const float *v, int K, int8_t *q, float *xd, float *xs) {
@@ -231,6 +234,12 @@ void axpy_rows_q8(const int8_t *qs, const uint16_t *d, int K, const int32_t *row
     }
 }
 
+/* Ask for n bytes at p ahead of their use: a skipping layer's active rows are scattered 2-4 KB
+ * pieces, too short for the hardware prefetcher to ramp up on each before it ends. */
+static inline void prefetch(const void *p, int64_t n) {
+    for (int64_t o = 0; o < n; o += 64) __builtin_prefetch((const char *)p + o, 0, 0);
+}
+
 static inline float activation(int act, float g) {
     if (act == 0) return g / (1.f + expf(-g)); /* silu (SwiGLU) */
     return 0.5f * g * (1.f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))); /* gelu */
@@ -284,6 +293,11 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
         #pragma omp for schedule(static)
         for (int i = 0; i < count; i++) {
             int64_t j = rows[i];
+            if (i + PREFETCH_ROWS < count) {
+                int64_t n = rows[i + PREFETCH_ROWS];
+                prefetch(up->qs + n * rbD_u, rbD_u);
+                prefetch(up->d + n * nbD, 2 * nbD);
+            }
             h[i] = a[j] * row_dot(up->kind, up->qs + j * rbD_u, up->d + j * nbD,
                                   up->m ? up->m + j * nbD : 0, nbD, xq, xd, xs);
         }
@@ -302,6 +316,11 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
             const int8_t *dq = (const int8_t *)down->qs;
             for (int i = i0; i < i1; i++) {
                 int64_t r = rows[i];
+                if (i + PREFETCH_ROWS < i1) {
+                    int64_t n = rows[i + PREFETCH_ROWS];
+                    prefetch(dq + n * D, D);
+                    prefetch(down->d + n * nbD, 2 * nbD);
+                }
                 axpy_row_q8(h[i], dq + r * D, down->d + r * nbD, nbD, acc);
             }
             #pragma omp barrier
