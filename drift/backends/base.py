@@ -99,6 +99,14 @@ class Backend(ABC):
     host_ops: Mapping[str, Callable[[Any, dict[str, np.ndarray]], list[np.ndarray]]] = (
         MappingProxyType({}))
     host_calls: ClassVar[bool] = False  # whether its programs can call `host_ops`
+    # whether it can run weights it does not hold, copied in from the file by the node that
+    # reads them (`stream_weights`; hybrid prefill of a model larger than the GPU)
+    streams_weights: ClassVar[bool] = False
+
+    def stream_weights(self, model_file, names) -> None:
+        """Run these weights of `model_file` from host memory: each call copies them to the
+        device right before the node that reads them and lets them go after it."""
+        raise UnsupportedError(f"the {self.name} backend does not stream weights")
 
     @classmethod
     @abstractmethod

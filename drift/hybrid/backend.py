@@ -46,6 +46,11 @@ from drift.passes import Capabilities, Compiled
 
 ACTIVATION_MARGIN = 256 * 2**20  # left of the budget for the arenas and the CUDA context
 EMBEDDING = "token_embd.weight"
+# A call of at least this many tokens (prefill) runs the dense graph on the GPU, the FFN
+# weights it does not hold streamed in from the file layer by layer (`stream_weights`), as
+# llama.cpp moves CPU weights to the GPU for batches: copying the cold FFNs (2.6 GB for 8B at
+# half the GPU) costs what the CPU takes for 2 or 3 tokens of them.
+STREAM_MIN_TOKENS = 8
 _FFN = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.weight$")
 
 
@@ -70,6 +75,7 @@ class HybridBackend(Backend):
         # the embedding table stays in host memory where the plan says so and the GPU backend
         # calls host kernels (the numpy backend, with cpu_kernels=True, keeps it)
         self.embedding_cpu = plan.embedding_cpu and self.cpu_runs_cold and cpu_kernels is None
+        self.streaming = self.cpu_runs_cold and cpu_kernels is None and gpu.streams_weights
         self._table = None  # its TensorInfo (the file's blocks, mapped)
         if self.cpu_runs_cold:
             gpu.host_ops = {"ffn_cold": self._run_cold, "ffn_cold_gated": self._run_cold}
@@ -128,6 +134,10 @@ class HybridBackend(Backend):
         if not self.cpu_runs_cold:  # the GPU backend runs ffn_cold itself: it holds all
             gpu_specs += cold_specs
         self.gpu.load_weights(split, gpu_specs, stacks)
+        if self.streaming:  # the dense graph of a prefill reads the file's FFN weights
+            self.gpu.stream_weights(model_file, [
+                f"blk.{l}.ffn_{p}.weight" for l in sorted(cold_layers)
+                for p in ("gate", "up", "down")])
         if self.cpu_runs_cold:
             act = "geglu" if _is_geglu(model_file) else "swiglu"
             for layer in sorted(cold_layers):
@@ -171,7 +181,10 @@ class HybridBackend(Backend):
     # -- compiling and running: the GPU backend's, on the split graph
 
     def lower(self, graph: Graph, dump_dir=None) -> Compiled:
-        compiled = self.gpu.lower(split_ffn(graph, self.plan), dump_dir)
+        if self.streaming and int(graph.meta.get("n_tokens", 0)) >= STREAM_MIN_TOKENS:
+            compiled = self.gpu.lower(graph, dump_dir)  # dense, FFNs streamed in
+        else:
+            compiled = self.gpu.lower(split_ffn(graph, self.plan), dump_dir)
         if self.embedding_cpu and any(EMBEDDING in n.inputs and n.op != "embedding"
                                       for n in compiled.graph.nodes):
             # the GPU reads the table for more than the lookup (a tied LM head, whose budget
@@ -261,28 +274,37 @@ def ffn_bytes(model_file) -> int:
     return sum(t.nbytes for n, t in model_file.tensors.items() if _FFN.match(n))
 
 
+def stream_bytes(model_file) -> int:
+    """GPU memory a streamed prefill holds at most beyond the plan: the largest two FFN
+    weights of one node (gate and up) and an upload slab."""
+    sizes = sorted(t.nbytes for n, t in model_file.tensors.items() if _FFN.match(n))
+    return int(2.5 * sizes[-1]) if sizes else 0
+
+
 def plan_for_budget(model_file, config, budget: int, ctx: int, kv_dtype: str,
                     calibration=None, sparsity: float | None = None,
                     layers: bool = False, predictor: int = 0,
-                    gates_first: bool | None = None) -> HybridPlan:
+                    gates_first: bool | None = None, streams: bool = False) -> HybridPlan:
     """The plan that fits `budget` GPU bytes. sparsity: the CPU skips a cold neuron whose
     |act(gate)| is under the calibration's quantile for it (None or 0: dense). layers: the
     layer-offload baseline (whole FFNs, first layers on the GPU) instead of neurons.
     predictor: the rank of the gate predictor that spares the CPU most gate rows (0: none).
     gates_first (default: unless there is a predictor): the budget buys every layer's gate
-    rows before any hot neuron (see `_plan_for_budget`)."""
+    rows before any hot neuron (see `_plan_for_budget`). streams: the GPU backend streams
+    the FFN weights it lacks for prefill (their transient copies are counted)."""
     if gates_first is None:
         gates_first = not predictor
     dense_fits = budget >= (fixed_gpu_bytes(model_file, config, ctx, kv_dtype)
                             + ACTIVATION_MARGIN + ffn_bytes(model_file))
     embedding_cpu = embedding_stays_on_cpu(model_file) and not dense_fits
     plan = _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, sparsity,
-                            layers, gates_first and not layers, embedding_cpu)
+                            layers, gates_first and not layers, embedding_cpu,
+                            stream_bytes(model_file) if streams and not dense_fits else 0)
     return replace(plan, predictor_rank=int(predictor), embedding_cpu=embedding_cpu)
 
 
 def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, sparsity,
-                     layers, gates_first, embedding_cpu) -> HybridPlan:
+                     layers, gates_first, embedding_cpu, streamed=0) -> HybridPlan:
     """Gates first: a cold neuron's gate row on the GPU spares the CPU that row on every
     token (the GPU computes the gate and the CPU then reads the up and down rows of the
     neurons over the threshold only), one byte of CPU reading per byte of GPU memory; moving a
@@ -291,7 +313,8 @@ def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, spa
     they fit), then hot neurons (their up and down rows; gate, up and down in a layer whose
     gate did not fit) by the MILP."""
     L, F = config.n_layers, config.d_ff
-    fixed = fixed_gpu_bytes(model_file, config, ctx, kv_dtype, embedding_cpu) + ACTIVATION_MARGIN
+    fixed = (fixed_gpu_bytes(model_file, config, ctx, kv_dtype, embedding_cpu)
+             + ACTIVATION_MARGIN + streamed)
     room = budget - fixed
     if room < 0:
         raise InvalidArgumentError(
@@ -359,7 +382,8 @@ def hybrid_backend(gpu: Backend, model_file, path, config, ctx: int, gpu_mem: in
     calibration = Calibration.load(cal_path) if cal_path.exists() else None
     plan = plan_for_budget(model_file, config, gpu_mem, ctx, gpu.kv_dtype, calibration,
                            sparsity or None, layers=offload == "layers", predictor=predictor,
-                           gates_first=offload == "neurons" and not predictor)
+                           gates_first=offload == "neurons" and not predictor,
+                           streams=gpu.streams_weights)
     where = "calibrated" if calibration is not None else "no calibration: even split"
     print(f"[hybrid: --gpu-mem {gpu_mem / 2**30:.2f} GiB: {plan.describe()}; {where}]",
           file=sys.stderr)

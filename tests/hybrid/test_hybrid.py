@@ -395,3 +395,29 @@ def test_predictor_counts_against_numpy():
     assert abs(ffn.recall_total - active.sum()) <= 3
     assert abs(ffn.recall_hits - (active & pred).sum()) <= 3
     assert 0 < ffn.recall_hits < ffn.recall_total  # a rank-6 predictor misses some
+
+
+def test_prefill_streams_the_dense_ffn_to_the_gpu(model):
+    """A call of STREAM_MIN_TOKENS or more runs the dense graph on the GPU backend, the FFN
+    weights it does not hold uploaded from the file by the node that reads them: its logits
+    are the dense model's (same kernels, same weights), whatever the plan skips at decode;
+    decode after it still calls the CPU."""
+    from drift.hybrid.backend import STREAM_MIN_TOKENS
+
+    rng = np.random.default_rng()
+    prompt = [int(t) for t in rng.integers(0, 300, STREAM_MIN_TOKENS + 3)]
+    dense = Engine(model, backend=_triton(), ctx=32)
+    ref = dense.prefill(prompt)
+    plan = _random_plan(dense, rng, threshold=0.05)
+    tb = _triton()
+    hb = HybridBackend(tb, plan)
+    e = Engine(model, backend=hb, ctx=32)
+    got = e.prefill(prompt)
+    prog = e.program(len(prompt))
+    assert prog.streams and not any(n.op.startswith("ffn_cold") for n in prog.graph.nodes)
+    cold = [l for l in range(plan.n_layers) if not plan.is_dense_gpu(l)]
+    assert all(f"blk.{l}.ffn_up.weight" in tb.streamed and f"blk.{l}.ffn_up.weight" not in
+               tb.weights for l in cold)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    step = e.forward([int(np.argmax(got))], len(prompt))
+    assert np.isfinite(step).all() and hb.cold_calls == len(cold)

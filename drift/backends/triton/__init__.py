@@ -55,6 +55,13 @@ def triton_capabilities(int8_dot: bool, warp_size: int = 32) -> Capabilities:
 MEMORY_MARGIN = 512 * 2**20  # left free for the CUDA context, Triton and activations
 
 
+def _available_host_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _fmt(n: int) -> str:
     return f"{n / 2**30:.2f} GiB ({n} bytes)"
 
@@ -63,6 +70,7 @@ class TritonBackend(Backend):
     name = "triton"
     kv_dtype = "f16"
     host_calls = True  # program.py binds a node it has no kernel for to backend.host_ops
+    streams_weights = True  # program.py uploads a streamed weight in the step that reads it
 
     def __init__(self) -> None:
         from dataclasses import replace
@@ -77,6 +85,9 @@ class TritonBackend(Backend):
         if os.environ.get("DRIFT_TRITON_INTGEMV") == "0":  # decode on the float GEMV
             self.tuning = replace(self.tuning, int_gemv=False)
         self.weights: dict[str, Any] = {}
+        # stream_weights: name -> the weight in page-locked host memory (QWeight), or the
+        # file's TensorInfo where pinning them all would take over half the free host memory
+        self.streamed: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
         self.cuda_graphs = (self.torch_device.type == "cuda"
                             and os.environ.get("DRIFT_CUDA_GRAPHS", "1") != "0")
@@ -149,7 +160,16 @@ class TritonBackend(Backend):
                 self.weights[info.name] = upload(info, self.torch_device)
 
     def has_weight(self, name: str) -> bool:
-        return name in self.weights
+        return name in self.weights or name in self.streamed
+
+    def stream_weights(self, model_file, names) -> None:
+        from drift.backends.triton.weights import pinned
+
+        infos = [model_file.tensors[n] for n in names if n not in self.weights]
+        pin = (self.torch_device.type == "cuda"
+               and sum(i.nbytes for i in infos) < 0.5 * _available_host_memory())
+        for info in infos:
+            self.streamed[info.name] = pinned(info) if pin else info
 
     def _weight_bytes(self) -> int:
         total, bases = 0, set()

@@ -10,6 +10,12 @@ fixed addresses; on CUDA that list is captured once as a CUDA graph (after a fir
 that compiles the kernels) and replayed on every later call, the inputs copied into their
 arena slots first.
 
+A node that reads a weight the backend streams (`backend.streamed`: hybrid prefill) uploads
+it in its own step to the device in kernel layout (from page-locked host memory, or from the
+file: `weights.to_device`, `weights.upload`), and
+lowers itself over it at every call; the copy is freed after the node. Such a program is not
+captured as a CUDA graph (a prefill's few hundred launches are nothing next to its copies).
+
 A node the backend has no kernel for but `backend.host_ops` names (hybrid execution: an FFN's
 cold neurons, `ffn_cold`) is a host call (`HostCall`): its activation inputs are copied to
 pinned host memory right after their producers ran (a D2H copy and an event on the stream),
@@ -33,6 +39,7 @@ import torch
 from drift.backends.base import Program
 from drift.backends.triton import launch
 from drift.backends.triton.launch import QuantizedX
+from drift.formats.gguf import TensorInfo
 from drift.ir import REGISTRY, Node, Role, storage_name
 from drift.ir.tensor import NUMPY_DTYPES
 from drift.passes import Compiled
@@ -63,6 +70,7 @@ class TritonProgram(Program):
         self.row = self._row_scratch()
         self.scratch_fp16 = self._prefill_scratch()
         self.host_calls: dict[int, HostCall] = {}
+        self.streams = False  # whether a node streams its weights (then no CUDA graph)
         self.steps: list[Callable[[], None]] = [self._bind(n, i)
                                                 for i, n in enumerate(self.graph.nodes)]
         self.schedule = self._schedule()
@@ -134,8 +142,9 @@ class TritonProgram(Program):
                 continue
             x = self.graph.tensors[n.inputs[0]]
             for wname in n.inputs[1 : 1 + n.attrs.get("n", 1)]:
-                w = self.env[wname]
-                if getattr(w, "kind", 0) != 0 and x.numel // w.shape[1] >= self.tu.dense_min_m:
+                w = self.graph.tensors[wname]  # (a streamed one is not in env yet)
+                quantized = w.dtype not in TORCH_DTYPES
+                if quantized and x.numel // w.shape[1] >= self.tu.dense_min_m:
                     need = max(need, w.shape[0] * w.shape[1])
         return self.backend.scratch(need) if need else None
 
@@ -152,7 +161,25 @@ class TritonProgram(Program):
         lower = LOWERINGS.get(n.op)
         if lower is None:
             raise NotImplementedError(f"triton backend: no kernel for op {n.op!r}")
+        streamed = [w for w in n.inputs if w in self.backend.streamed]
+        if streamed:
+            self.streams = True
+            return lambda: self._run_streamed(n, lower, streamed)
         return lower(self, n)
+
+    def _run_streamed(self, n: Node, lower, names: list[str]) -> None:
+        """The node over its streamed weights, uploaded for this call and dropped after."""
+        from drift.backends.triton.weights import to_device, upload
+
+        for name in names:
+            w = self.backend.streamed[name]
+            self.env[name] = (upload(w, self.device) if isinstance(w, TensorInfo)
+                              else to_device(w, self.device))
+        try:
+            lower(self, n)()
+        finally:
+            for name in names:
+                del self.env[name]
 
     def _schedule(self) -> list:
         """The call in order: runs of GPU launches (lists of steps) and host-call phases
@@ -195,7 +222,7 @@ class TritonProgram(Program):
                 item() if callable(item) else item.replay()
         else:
             self._launch_all()
-            if self.backend.cuda_graphs and self.runs == 0:
+            if self.backend.cuda_graphs and self.runs == 0 and not self.streams:
                 self._capture()
         self.runs += 1
         if not to_host:  # for the device sampler: the buffers stay valid until the next run
