@@ -15,9 +15,23 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 DRIFT_HOME=/tmp/drift-home; mkdir -p $DRIFT_HOME
 M=/tmp/m/llama-3.1-8b-Q4_0.gguf
 echo "cpus $(nproc); $(lscpu | grep 'Model name')"
+lscpu | grep -E "^(CPU\(s\)|Thread|Core|Socket|NUMA node\(s\)|L2|L3|CPU max MHz)" | tr -s " "
 if [[ $STEP == kernels ]]; then  # the CPU kernels alone, at 16 and 8 OpenMP threads
   for t in 16 8; do OMP_NUM_THREADS=$t python3 bench/hybrid_kernels.py 2>&1 | tee -a "$OUT/kernels.txt"; done
   exit
+fi
+if [[ -n $PREFETCH_SWEEP ]]; then  # the skipping loops' prefetch (ROWS,LEVEL), then the best
+  best=""; best_ms=1e9
+  for v in $PREFETCH_SWEEP; do
+    r=$(DRIFT_CPU_PREFETCH=$v python3 bench/hybrid_kernels.py --gate-given --tokens 6 \
+        --sparsity 0.5 0.9 2>&1 | tee -a "$OUT/prefetch.txt" | tail -1)
+    echo "prefetch $v: $r" | tee -a "$OUT/prefetch.txt"
+    ms=$(awk '{print $3}' <<< "$r")
+    if awk "BEGIN{exit !($ms < $best_ms)}"; then best=$v; best_ms=$ms; fi
+  done
+  DRIFT_CPU_PREFETCH=$best python3 bench/hybrid_kernels.py --tokens 6 --sparsity 0.9 2>&1 \
+    | tail -1 | sed "s/^/cpu gate, prefetch $best: /" | tee -a "$OUT/prefetch.txt"
+  export DRIFT_CPU_PREFETCH=$best; echo "benches with DRIFT_CPU_PREFETCH=$best (${SECONDS}s)"
 fi
 [[ -f $M ]] || python3 -m drift make-random llama-3.1-8b Q4_0 $M 2>&1 | tail -1; echo "file at ${SECONDS}s"
 if [[ $STEP == cal || ( $STEP == all && ! -f $DRIFT_HOME/calibrated ) ]]; then

@@ -42,9 +42,11 @@ static inline float f16(uint16_t h) { /* IEEE half -> float */
 }
 
 enum { KIND_Q4_0 = 0, KIND_Q4_1 = 1, KIND_Q8_0 = 2 };
-#ifndef PREFETCH_ROWS
-#define PREFETCH_ROWS 4 /* how many active rows ahead the skipping loops ask for */
-#endif
+/* How many active rows ahead the skipping loops ask for (0: none), and into which cache
+ * level (__builtin_prefetch's locality: 3 all levels .. 0 non-temporal, which on some x86
+ * parts lands in a single way and is evicted before use). set_prefetch() changes them. */
+static int prefetch_rows = 4, prefetch_level = 2;
+void set_prefetch(int rows, int level) { prefetch_rows = rows; prefetch_level = level; }
 
 /* one row of K floats -> int8 blocks of 32: q, the scale xd = amax/127, xs = xd * sum(q) */
 static void quantize_row(const float *v, int K, int8_t *q, float *xd, float *xs) {
@@ -237,7 +239,11 @@ void axpy_rows_q8(const int8_t *qs, const uint16_t *d, int K, const int32_t *row
 /* Ask for n bytes at p ahead of their use: a skipping layer's active rows are scattered 2-4 KB
  * pieces, too short for the hardware prefetcher to ramp up on each before it ends. */
 static inline void prefetch(const void *p, int64_t n) {
-    for (int64_t o = 0; o < n; o += 64) __builtin_prefetch((const char *)p + o, 0, 0);
+    const char *c = (const char *)p;
+    if (prefetch_level >= 3) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 3);
+    else if (prefetch_level == 2) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 2);
+    else if (prefetch_level == 1) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 1);
+    else for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 0);
 }
 
 static inline float activation(int act, float g) {
@@ -293,8 +299,8 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
         #pragma omp for schedule(static)
         for (int i = 0; i < count; i++) {
             int64_t j = rows[i];
-            if (i + PREFETCH_ROWS < count) {
-                int64_t n = rows[i + PREFETCH_ROWS];
+            if (prefetch_rows && i + prefetch_rows < count) {
+                int64_t n = rows[i + prefetch_rows];
                 prefetch(up->qs + n * rbD_u, rbD_u);
                 prefetch(up->d + n * nbD, 2 * nbD);
             }
@@ -316,8 +322,8 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
             const int8_t *dq = (const int8_t *)down->qs;
             for (int i = i0; i < i1; i++) {
                 int64_t r = rows[i];
-                if (i + PREFETCH_ROWS < i1) {
-                    int64_t n = rows[i + PREFETCH_ROWS];
+                if (prefetch_rows && i + prefetch_rows < i1) {
+                    int64_t n = rows[i + prefetch_rows];
                     prefetch(dq + n * D, D);
                     prefetch(down->d + n * nbD, 2 * nbD);
                 }

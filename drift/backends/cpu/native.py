@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drift.errors import InvalidArgumentError
 from drift.formats import quants
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -101,6 +102,15 @@ def library():
         lib.ffn_cold_token.restype = i
         lib.gemv_f32.argtypes = [i, p, p, p, i, i, p, i, p]
         lib.n_threads.restype = i
+        lib.set_prefetch.argtypes = [i, i]
+        setting = os.environ.get("DRIFT_CPU_PREFETCH")  # "ROWS,LEVEL": the skipping loops'
+        if setting:
+            try:
+                rows, level = (int(v) for v in setting.split(","))
+            except ValueError:
+                raise InvalidArgumentError(f"DRIFT_CPU_PREFETCH={setting!r}: ROWS,LEVEL "
+                                           f"(e.g. 4,2)") from None
+            lib.set_prefetch(rows, level)
         _lib = lib
         return lib
 
