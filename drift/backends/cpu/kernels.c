@@ -253,10 +253,12 @@ static inline float activation(int act, float g) {
 
 typedef struct { int kind; const uint8_t *qs; const uint16_t *d, *m; } planes_t;
 
-/* One token through a layer's cold neurons, in one parallel region (no fork/join between
- * the steps, a barrier each):
+/* One token through a layer's cold neurons, in one parallel region:
  *   a = act(gate . x) for all F neurons; keep those with |a| > threshold (all if 0);
  *   h = a * (up . x) for the kept; y = down^T h.
+ * With down as rows and no predictor (the common case) each thread takes its share of the
+ * neurons through all three steps into its own accumulator, so the only barrier is the final
+ * sum; otherwise the steps run one after another, a barrier each.
  * down_rows: down is (F, D) Q8_0 rows (axpy over the kept rows, per-thread accumulators in
  * `work` (n_work * D)); else (D, F) rows of the file (h quantized, a GEMV). cand: the neurons
  * a predictor chose (n_cand of them, ascending), whose gate alone is computed, or NULL for
@@ -273,9 +275,51 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
     int nbD = D / 32, nbF = F / 32;
     int64_t rbD_g = gate->kind == KIND_Q8_0 ? D : D / 2, rbD_u = up->kind == KIND_Q8_0 ? D : D / 2;
     int count = 0;
+    if (g) cand = NULL; /* every neuron's gate is given */
+    if (down_rows && !cand) { /* each thread its share of the neurons, start to end */
+        #pragma omp parallel num_threads(n_work)
+        {
+            int i0, i1, t = thread_share(F, &i0, &i1), nt = n_threads_here(), mine = 0;
+            for (int j = i0; j < i1; j++) { /* its active neurons, listed in rows[i0..] */
+                float aj = activation(act, g ? g[j]
+                                             : row_dot(gate->kind, gate->qs + j * rbD_g,
+                                                       gate->d + (int64_t)j * nbD,
+                                                       gate->m ? gate->m + (int64_t)j * nbD : 0,
+                                                       nbD, xq, xd, xs));
+                if (threshold > 0 && !(fabsf(aj) > threshold)) continue;
+                a[j] = aj;
+                rows[i0 + mine++] = j;
+            }
+            float *acc = work + (size_t)t * D;
+            memset(acc, 0, sizeof(float) * D);
+            const int8_t *dq = (const int8_t *)down->qs;
+            for (int i = 0; i < mine; i++) { /* up . x, then the neuron's down row, together */
+                int64_t j = rows[i0 + i];
+                if (prefetch_rows && i + prefetch_rows < mine) {
+                    int64_t n = rows[i0 + i + prefetch_rows];
+                    prefetch(up->qs + n * rbD_u, rbD_u);
+                    prefetch(up->d + n * nbD, 2 * nbD);
+                    prefetch(dq + n * D, D);
+                    prefetch(down->d + n * nbD, 2 * nbD);
+                }
+                float hj = a[j] * row_dot(up->kind, up->qs + j * rbD_u, up->d + j * nbD,
+                                          up->m ? up->m + j * nbD : 0, nbD, xq, xd, xs);
+                axpy_row_q8(hj, dq + j * D, down->d + j * nbD, nbD, acc);
+            }
+            #pragma omp atomic
+            count += mine;
+            #pragma omp barrier
+            #pragma omp for schedule(static)
+            for (int c = 0; c < D; c++) {
+                float v = 0.f;
+                for (int u = 0; u < nt; u++) v += work[(size_t)u * D + c];
+                y[c] = v;
+            }
+        }
+        return count;
+    }
     #pragma omp parallel num_threads(n_work)
     {
-        if (g) cand = NULL; /* every neuron's gate is given */
         int n_gate = cand ? n_cand : F; /* the predictor's candidates, or every neuron */
         #pragma omp for schedule(static)
         for (int i = 0; i < n_gate; i++) {

@@ -250,20 +250,21 @@ class ColdFFN:
                              if w is not None else _Planes(KINDS[self.up.kind], None, None, None)
                              for w in (self.gate, self.up, self.down)]
             hq = -(-n // 32) * 32
-            self._scratch = (np.empty(n, F32), np.empty(n, np.int32), np.zeros(hq, F32),
+            self._scratch = [np.empty(n, F32), np.empty(n, np.int32), np.zeros(hq, F32),
                              np.empty(hq, np.int8), np.empty(hq // 32, F32),
-                             np.empty(hq // 32, F32), np.empty(threads * D, F32), threads)
-        a, rows, h, hq, hd, hs, work, threads = self._scratch
+                             np.empty(hq // 32, F32), np.empty(threads * D, F32)]
+            # the arguments that never change, converted once (a decode token makes one
+            # call per layer: their conversion was a third of a small layer's call)
+            self._head = (*(ctypes.byref(st) for st in self._structs), int(self.down_rows),
+                          self.D, self.n)
+            self._tail = (*(_ptr(s) for s in self._scratch), threads)
         y = np.empty((1, self.D), np.float32)
-        g, u, d = (ctypes.byref(st) for st in self._structs)
         pred = self.predicted(x)
         cand = None if pred is None else np.flatnonzero(pred[0]).astype(np.int32)
-        count = lib.ffn_cold_token(g, u, d, int(self.down_rows), self.D, self.n, _ptr(x),
-                                   self.threshold, 0 if self.act == "swiglu" else 1,
-                                   _ptr(cand), 0 if cand is None else cand.size, _ptr(g_in),
-                                   _ptr(a),
-                                   _ptr(rows), _ptr(h), _ptr(hq), _ptr(hd), _ptr(hs),
-                                   _ptr(work), threads, _ptr(y))
+        count = lib.ffn_cold_token(*self._head, _ptr(x), self.threshold,
+                                   0 if self.act == "swiglu" else 1, _ptr(cand),
+                                   0 if cand is None else cand.size, _ptr(g_in), *self._tail,
+                                   _ptr(y))
         self.last_active = count
         return y
 
