@@ -7,7 +7,9 @@ it, and nothing else changes:
 - the graph (`split_ffn`): a layer's `matmul(x, gate)`, `matmul(x, up)`, `swiglu`,
   `matmul(., down)` become the same four ops over the hot weights, plus
   `ffn_cold(x, gate.cold, up.cold, down_t.cold)` (drift/ir/ops_hybrid.py), added to the hot
-  result. A layer wholly on the GPU is left as it is (so a plan covering everything is
+  result (where the plan puts a layer's cold gate rows on the GPU too, `g = matmul(x,
+  gate.cold)` stays on the GPU and the CPU's op is `ffn_cold_gated(x, g, up.cold,
+  down_t.cold)`). A layer wholly on the GPU is left as it is (so a plan covering everything is
   exactly dense); a layer wholly on the CPU is just the `ffn_cold`, over the file's own
   tensors when it computes every neuron (the layer-offload baseline reads what the file holds). The GPU backend compiles
   the result with its own passes (the hot ops fuse as the dense ones do) and binds `ffn_cold`

@@ -1,4 +1,5 @@
-"""The op hybrid execution adds: an FFN's cold neurons, computed where its weights live.
+"""The ops hybrid execution adds: an FFN's cold neurons, computed where their weights live
+(`ffn_cold`, and `ffn_cold_gated` below, whose gate was computed on the GPU).
 
     y = ffn_cold(x, gate, up, down [, pred_a, pred_b])
         attrs: act (swiglu, geglu), threshold, down_rows, margin
