@@ -3,7 +3,8 @@ sparsity), drift's layer offload, and llama.cpp (ANCHORS.md), from a CSV of meas
 
     python bench/hybrid_plot.py bench/results/hybrid_h200.csv docs/hybrid-h200.png
 
-CSV columns: engine, placement, gpu_gb, pp, tg (one row per measured configuration).
+CSV columns: engine, placement, gpu_gb, pp, tg (one row per measured configuration; engine
+"target" rows are the issue's goal, drawn dotted).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, pts in sorted(series.items()):
         pts.sort()
-        style = "--" if name.startswith("llama.cpp") else "-"
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
+        style = {"llama.cpp": "--", "target": ":"}.get(name.split(":")[0], "-")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name,
+                color="gray" if style == ":" else None)
     ax.set_xlabel("GPU memory budget (GB; llama.cpp: weights on the GPU)")
     ax.set_ylabel("decode tok/s (tg32)")
     ax.set_title("Llama-3.1-8B Q4_0, one H200 + 16 CPU cores, part on the CPU", fontsize=10)
