@@ -319,8 +319,8 @@ def _plan_for_budget(model_file, config, budget, ctx, kv_dtype, calibration, spa
     if room < 0:
         raise InvalidArgumentError(
             f"--gpu-mem {budget / 2**30:.2f} GiB is below what the GPU must hold besides the "
-            f"FFNs ({fixed / 2**30:.2f} GiB: attention, embeddings, LM head, KV cache at --ctx "
-            f"{ctx}, activations)")
+            f"FFNs ({fixed / 2**30:.2f} GiB: attention, LM head, KV cache at --ctx {ctx}, "
+            f"activations, the copies a streamed prefill holds)")
     thresholds = np.zeros(L)
     if sparsity:
         if calibration is None:
