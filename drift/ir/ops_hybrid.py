@@ -29,6 +29,15 @@ from drift.ir.ops import Cost, _matmul_t, gelu_tanh, register, silu
 ACTS = {"swiglu": silu, "geglu": gelu_tanh}
 
 
+def _cost(inputs, outputs, products: int) -> Cost:
+    """`products` (S, D) x (D, F') products over the cold neurons (up is inputs[2]), every
+    input read once."""
+    x, up = inputs[0], inputs[2]
+    S = int(np.prod(x.shape[:-1]))
+    return Cost(2 * products * S * up.shape[0] * up.shape[1], tuple(t.nbytes for t in inputs),
+                tuple(t.nbytes for t in outputs))
+
+
 def _down(h, down, attrs):
     """h (S, F') through the cold neurons' down columns, held as rows (F', D) or as the file
     stores them (D, F')."""
@@ -67,10 +76,7 @@ class FFNCold:
 
     @staticmethod
     def cost(inputs, outputs, attrs, kv_len):
-        x, gate, _, _ = inputs
-        S = int(np.prod(x.shape[:-1]))
-        return Cost(6 * S * gate.shape[0] * gate.shape[1], tuple(t.nbytes for t in inputs),
-                    tuple(t.nbytes for t in outputs))
+        return _cost(inputs, outputs, products=3)  # gate, up, down: every neuron (dense bound)
 
 
 @register("ffn_cold_gated")
@@ -106,7 +112,4 @@ class FFNColdGated:
 
     @staticmethod
     def cost(inputs, outputs, attrs, kv_len):
-        x, _, up, _ = inputs
-        S = int(np.prod(x.shape[:-1]))
-        return Cost(4 * S * up.shape[0] * up.shape[1], tuple(t.nbytes for t in inputs),
-                    tuple(t.nbytes for t in outputs))
+        return _cost(inputs, outputs, products=2)  # up, down

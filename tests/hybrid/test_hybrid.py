@@ -421,3 +421,19 @@ def test_prefill_streams_the_dense_ffn_to_the_gpu(model):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     step = e.forward([int(np.argmax(got))], len(prompt))
     assert np.isfinite(step).all() and hb.cold_calls == len(cold)
+
+
+def test_cold_ops_cost_counts_the_products_and_every_input():
+    """The analysis's cost of both cold ops, with and without the predictor's two inputs."""
+    from drift.ir import REGISTRY, Role, TensorSpec
+
+    S, D, F = 3, 64, 96
+    x = TensorSpec("x", (S, D), "f32", Role.ACTIVATION)
+    w = TensorSpec("w", (F, D), "Q8_0", Role.WEIGHT)
+    a, b = TensorSpec("a", (F, 8), "f32", Role.WEIGHT), TensorSpec("b", (8, D), "f32", Role.WEIGHT)
+    g = TensorSpec("g", (S, F), "f32", Role.ACTIVATION)
+    for op, ins, products in (("ffn_cold", (x, w, w, w), 3), ("ffn_cold", (x, w, w, w, a, b), 3),
+                              ("ffn_cold_gated", (x, g, w, w), 2)):
+        c = REGISTRY[op].cost(ins, (x,), {}, 0)
+        assert c.flops == 2 * products * S * F * D
+        assert sum(c.reads) == sum(t.nbytes for t in ins)

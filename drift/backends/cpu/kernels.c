@@ -253,6 +253,17 @@ static inline float activation(int act, float g) {
 
 typedef struct { int kind; const uint8_t *qs; const uint16_t *d, *m; } planes_t;
 
+/* y = the sum of the nt threads' accumulators (work: nt rows of D), split over the threads of
+ * the enclosing parallel region (after a barrier: every accumulator is complete) */
+static void sum_accumulators(const float *work, int nt, int D, float *y) {
+    #pragma omp for schedule(static)
+    for (int c = 0; c < D; c++) {
+        float v = 0.f;
+        for (int u = 0; u < nt; u++) v += work[(size_t)u * D + c];
+        y[c] = v;
+    }
+}
+
 /* One token through a layer's cold neurons, in one parallel region:
  *   a = act(gate . x) for all F neurons; keep those with |a| > threshold (all if 0);
  *   h = a * (up . x) for the kept; y = down^T h.
@@ -309,12 +320,7 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
             #pragma omp atomic
             count += mine;
             #pragma omp barrier
-            #pragma omp for schedule(static)
-            for (int c = 0; c < D; c++) {
-                float v = 0.f;
-                for (int u = 0; u < nt; u++) v += work[(size_t)u * D + c];
-                y[c] = v;
-            }
+            sum_accumulators(work, nt, D, y);
         }
         return count;
     }
@@ -374,12 +380,7 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
                 axpy_row_q8(h[i], dq + r * D, down->d + r * nbD, nbD, acc);
             }
             #pragma omp barrier
-            #pragma omp for schedule(static)
-            for (int c = 0; c < D; c++) {
-                float v = 0.f;
-                for (int u = 0; u < nt; u++) v += work[(size_t)u * D + c];
-                y[c] = v;
-            }
+            sum_accumulators(work, nt, D, y);
         }
     }
     return count;
