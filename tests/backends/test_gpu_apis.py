@@ -429,3 +429,29 @@ def test_greedy_sampling_on_the_device(api):
     x = np.zeros((1, 1000), np.float32)
     x[0, [417, 733]] = 5.0
     assert pick(prog.run({"x": x}, to_host=False)[prog.graph.outputs[0]], []) == 417
+
+
+@pytest.mark.parametrize("pass_per_dispatch", [False, True])
+def test_device_timestamps(api, pass_per_dispatch):
+    """`timed`: every launch of a call timed on the device (OpenCL profiling events, WebGPU
+    timestamp queries, inside one pass or a pass per dispatch), and `profile` from them;
+    the outputs still right afterwards."""
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    if pass_per_dispatch:
+        if getattr(be.rt, "timestamps", None) is None:
+            pytest.skip("one way of timing only")
+        be.rt.timestamps = "pass-per-dispatch"
+    be.load_arrays(w)
+    prog = be.compile(build_graph(cfg, {k: "f32" for k in w}, 1, 16))
+    feeds = {"tokens": np.array([3], np.int32), "positions": np.array([2], np.int32)}
+    want = prog.run(feeds)["logits"]
+    t = prog.timed(feeds)
+    if t is None:
+        pytest.skip(be.rt.timing_unavailable)
+    assert len(t.seconds) == len(prog.launches) == len(prog.launch_nodes())
+    assert all(s >= 0 for s in t.seconds) and t.span >= 0.99 * sum(t.seconds) > 0
+    per_node = prog.profile(feeds)
+    assert [n for n, _ in per_node] == list(prog.graph.nodes)
+    np.testing.assert_array_equal(prog.run(feeds)["logits"], want)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,17 @@ def _kind(dtype: str) -> str:
 
 def _unit(kind: str) -> int:
     return 1 if kind == "u8" else 4
+
+
+@dataclass
+class Timing:
+    """One submission's launches timed by the device's own clock (`Runtime.timed`)."""
+
+    seconds: list[float]  # each launch's device time, in launch order
+    span: float  # device clock from the first launch's start to the last one's end
+    enqueue: float  # host seconds spent recording / enqueueing the launches
+    wall: float  # host seconds from the first launch recorded to the results read
+    method: str  # how the device timed them (one line, for the report)
 
 
 class Runtime(ABC):
@@ -81,6 +93,14 @@ class Runtime(ABC):
 
     def nbytes(self, buf: Any) -> int:
         return buf.size
+
+    def timed(self, launches: Sequence[Any],
+              writes: Sequence[tuple[Any, int, np.ndarray]]) -> Timing | None:
+        """Write, then launch all in one submission with device timestamps around each
+        launch; None where the device gives none (`timing_unavailable` says why)."""
+        return None
+
+    timing_unavailable = "this runtime has no device timestamps"
 
 
 class GPUBackend(Backend):
@@ -311,12 +331,28 @@ class GPUProgram(Program):
             writes.append((arena, self.plan.offsets[name], block))
         return writes or [(arena, 0, np.zeros(4, np.uint8))]
 
+    def timed(self, feeds: dict[str, np.ndarray], extra: Sequence[Any] = ()) -> Timing | None:
+        """One call (its launches, then `extra` launches, e.g. the sampler's) in one
+        submission, each launch timed on the device (`Runtime.timed`); outputs not read."""
+        self._bind()
+        self.backend.flush()
+        return self.backend.rt.timed([*self.launches, *extra], self._writes(feeds))
+
+    def launch_nodes(self) -> list[Any]:
+        """The nodes that launch a kernel, in launch order (`launches[i]` runs node i)."""
+        return [n for n in self.graph.nodes if not is_view(n.op)]
+
     def profile(self, feeds: dict[str, np.ndarray]) -> list[tuple[Any, float]]:
-        """Seconds per node: each launch submitted alone (after the input writes) and waited
+        """Seconds per node: with device timestamps, each launch's device time within one
+        submission; without, each launch submitted alone (after the input writes) and waited
         for, so the sum exceeds a call's time by the submissions."""
         import time
 
         self.run(feeds)
+        timing = self.timed(feeds)
+        if timing is not None:
+            it = iter(timing.seconds)
+            return [(n, 0.0 if is_view(n.op) else next(it)) for n in self.graph.nodes]
         rt, it, writes = self.backend.rt, iter(self.launches), self._writes(feeds)
         out = []
         for n in self.graph.nodes:

@@ -8,13 +8,14 @@ and waits once, on the last read.
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from drift.backends.base import DeviceInfo
-from drift.backends.kernels.gpu import GPUBackend, Runtime
+from drift.backends.kernels.gpu import GPUBackend, Runtime, Timing
 from drift.backends.kernels.renderer import KernelSource
 from drift.backends.kernels.templates import MAX_GROUPS
 from drift.backends.opencl.renderer import OpenCLRenderer
@@ -67,6 +68,7 @@ class CLRuntime(Runtime):
         self.binding_alignment = max(4, self.dev.mem_base_addr_align // 8)
         self.max_binding = self.dev.max_mem_alloc_size
         self._keep: list[np.ndarray] = []
+        self._profiling_queue: Any = None  # made at the first timed call
 
     def buffer(self, nbytes: int) -> Any:
         buf = self.cl.Buffer(self.ctx, self.cl.mem_flags.READ_WRITE, max(4, nbytes))
@@ -109,6 +111,30 @@ class CLRuntime(Runtime):
 
     def sync(self) -> None:
         self.queue.finish()
+
+    def timed(self, launches, writes):
+        """On a second queue of the same context, made with profiling on (events carry
+        device start and end times; the calls' own queue stays without that cost)."""
+        cl = self.cl
+        if self._profiling_queue is None:
+            self._profiling_queue = cl.CommandQueue(
+                self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+        q = self._profiling_queue
+        for buf, off, data in writes:
+            cl.enqueue_copy(self.queue, buf, np.ascontiguousarray(data), dst_offset=off,
+                            is_blocking=True)
+        self.queue.finish()
+        t0 = time.perf_counter()
+        events = [cl.enqueue_nd_range_kernel(q, k, gsize, lsize)
+                  for k, gsize, lsize, _ in launches]
+        t1 = time.perf_counter()
+        q.finish()
+        wall = time.perf_counter() - t0
+        start = [e.profile.start for e in events]
+        end = [e.profile.end for e in events]
+        return Timing([(b - a) * 1e-9 for a, b in zip(start, end)],
+                      (max(end) - min(start)) * 1e-9 if events else 0.0, t1 - t0, wall,
+                      "OpenCL profiling events (start to end of each kernel)")
 
     def nbytes(self, buf) -> int:
         return buf.size
