@@ -40,6 +40,7 @@ MATMUL_ROWS = 8  # rows of x a block-walking matmul workgroup takes at once
 GEMV_ROWS = 4  # rows of x up to which a matmul is a GEMV (decode), past which a tiled GEMM
 GEMV_WORDS = 4  # quant words each GEMV thread reads at least (fewer threads per row below)
 GEMV_ROW_TILE = 2  # weight rows each GEMV thread reads at the same words (x reused)
+GEMV_UNROLL = 4  # words each GEMV thread reads per loop step (loads issued before use)
 GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
 ATTN_TILE = 256  # keys scored per attention tile
 
@@ -52,6 +53,7 @@ class Builder:
         self.r, self.name, self.wg = r, name, wg
         self.params: dict[str, Param] = {}
         self.shared: list[tuple[str, str, int]] = []
+        self.subgroups = False  # shuffle_sum used
 
     def use(self, *accs: Accessor) -> None:
         for a in accs:
@@ -96,9 +98,21 @@ class Builder:
             s //= 2
         return lines
 
+    def shuffle_sum(self, values: list[str], lanes: int) -> list[str]:
+        """Each of `values` (f32 variables) summed over runs of `lanes` adjacent threads
+        (a power of 2, at most `Renderer.subgroup_lanes`) by a butterfly of subgroup shuffles:
+        every thread of the run ends with the sum, no workgroup memory, no barrier."""
+        self.subgroups = True
+        lines, m = [], lanes // 2
+        while m >= 1:
+            lines += [f"{v} = {v} + {self.r.shuffle_xor(v, f'{m}u')};" for v in values]
+            m //= 2
+        return lines
+
     def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
         return (KernelSource(self.name, list(self.params.values()), self.wg,
-                             "\n    ".join(body), self.shared), groups)
+                             "\n    ".join(body), self.shared,
+                             subgroups=self.subgroups), groups)
 
 
 def block_elements(w: Accessor) -> int:
@@ -238,7 +252,7 @@ def _matmul_blocks(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Ac
     """The block-walking matmul: what runs where neither the GEMV nor the GEMM does (plain
     weights, or types without a word reader, at a few rows)."""
     gated = n.op == "ffn_gate_up"
-    b = Builder(r, n.op)
+    b = Builder(r, f"{n.op}:blocks")
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     NB = -(-K // block_elements(ws[0]))  # blocks of a row
@@ -293,8 +307,12 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     32-bit words of its quant plane (coalesced), each thread GEMV_ROW_TILE rows at the same
     words so that every x value it loads serves them all; each word's weights are multiplied
     into the S rows of x in f32 registers (one multiply-add per weight and row, the group's
-    scale once: `quant.Words`), then a segmented tree over the TPR threads."""
-    b = Builder(r, n.op)
+    scale once: `quant.Words`), x read four elements at a time where its binding allows
+    (every reader's elements come in aligned runs of four); GEMV_UNROLL words per thread
+    loaded before any is used. The TPR threads of a row then sum their parts: by subgroup
+    shuffles where the device has them (TPR at most `Renderer.subgroup_lanes`: no workgroup
+    memory, no barrier), else a segmented tree in workgroup memory."""
+    b = Builder(r, f"{n.op}:gemv")
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     readers = [WORDS[w.dtype](r) for w in ws]
@@ -302,59 +320,104 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     R = max(1, min(GEMV_ROW_TILE, N // 64))  # rows per thread (small N: threads instead)
     # threads per row: a power of 2 leaving each thread at least GEMV_WORDS words
     TPR = min(b.wg, 1 << max(0, (W // GEMV_WORDS).bit_length() - 1))
+    lanes = r.subgroup_lanes
+    if lanes:
+        TPR = min(TPR, lanes)  # a row's threads within one subgroup: summed by shuffles
     RPW = b.wg // TPR * R  # rows per workgroup
     groups = -(-N // RPW)
+    x4 = x.vec4_param() if K % 4 == 0 else None
+    if x4 is not None:
+        b.params[x4.name] = x4
     body = b.group(groups) + [
         r.let("kl", "u32", f"lid % {TPR}"),
         r.let("c0", "u32", f"grp * {RPW} + lid / {TPR} * {R}"),
-        # rows past N read row N - 1 and store nothing: every thread reaches the barriers
+        # rows past N read row N - 1 and store nothing: every thread reaches the reduction
         *(r.let(f"wr{ri}", "u32", f"min(c0 + {ri}, {N - 1}u)") for ri in range(R)),
         *(r.array(f"acc{i}", "f32", S * R) for i in range(len(ws))),
     ]
     xrow = [coords_of(str(t), x.shape[:-1]) for t in range(S)]
+
+    def xrun(t: int, off: str) -> str:
+        """x[t, k0 + off .. + 3] as an f32x4."""
+        if x4 is not None:
+            return x.load4(r, *xrow[t], f"k0 + {off}")
+        return r.vec4(*(x.load(r, *xrow[t], f"k0 + {off} + {i}") for i in range(4)))
+
+    one4 = r.vec4(*[r.f(1.0)] * 4)
     for i, (w, rd) in enumerate(zip(ws, readers)):
         b.use(w)
         E = block_size(w.dtype)[0]
-        inner = [r.let("blk", "u32", f"wi / {rd.per_block}"),
-                 r.let("wj", "u32", f"wi % {rd.per_block}"),
-                 r.let("k0", "u32", f"blk * {E}"), *rd.at("wj")]
+        word = [r.let("blk", "u32", f"wi / {rd.per_block}"),
+                r.let("wj", "u32", f"wi % {rd.per_block}"),
+                r.let("k0", "u32", f"blk * {E}"), *rd.at("wj")]
         _, o = block_offsets(r, w, "wr0", "k0")
         _, grps = rd.read(w, o, "wj", "q")  # the element offsets: the same for every row
         for g, grp in enumerate(grps):
-            for e, (_, off) in enumerate(grp.elems):
+            for c, run in enumerate(grp.runs()):
                 for t in range(S):
-                    inner.append(r.let(f"xv{g}_{e}_{t}", "f32",
-                                       x.load(r, *xrow[t], f"k0 + {off}")))
+                    word.append(r.let(f"xv{g}_{c}_{t}", "f32x4", xrun(t, run[0][1])))
             if grp.c:
                 for t in range(S):
-                    total = " + ".join(f"xv{g}_{e}_{t}" for e in range(len(grp.elems)))
-                    inner.append(r.let(f"xs{g}_{t}", "f32", total))
+                    total = " + ".join(r.dot4(f"xv{g}_{c}_{t}", one4)
+                                       for c in range(len(grp.runs())))
+                    word.append(r.let(f"xs{g}_{t}", "f32", total))
         for ri in range(R):
             offs, o = block_offsets(r, w, f"wr{ri}", "k0")
             lines, grps = rd.read(w, o, "wj", "q")
             row = [*offs, r.let("q", "u32", w.plane(rd.plane).u32(r, f"{o[rd.plane]} + 4 * wj")),
                    *lines]
             for g, grp in enumerate(grps):
-                for e, (qf, _) in enumerate(grp.elems):
-                    row.append(r.let(f"q{g}_{e}", "f32", qf))
+                for c, run in enumerate(grp.runs()):
+                    row.append(r.let(f"q{g}_{c}", "f32x4", r.vec4(*(qf for qf, _ in run))))
                 for t in range(S):
-                    dot = " + ".join(f"q{g}_{e} * xv{g}_{e}_{t}" for e in range(len(grp.elems)))
+                    dot = " + ".join(r.dot4(f"q{g}_{c}", f"xv{g}_{c}_{t}")
+                                     for c in range(len(grp.runs())))
                     more = f" + ({grp.c}) * xs{g}_{t}" if grp.c else ""
                     a = f"acc{i}[{t * R + ri}]"
                     row.append(f"{a} = {a} + ({grp.a}) * ({dot}){more};")
-            inner += ["{", *("    " + x for x in row), "}"]
+            word += ["{", *("    " + x for x in row), "}"]
         Wi = K // E * rd.per_block
-        body += [r.for_("wi", "kl", str(Wi), str(TPR)), *("    " + x for x in inner), "}"]
-    body += b.reduce([f"acc{i}[{t * R + ri}]" for i in range(len(ws)) for t in range(S)
-                      for ri in range(R)], "+", TPR)
+        body += ["{", *("    " + x for x in _word_loop(r, word, Wi, TPR)), "}"]
+    values = [f"acc{i}[{t * R + ri}]" for i in range(len(ws)) for t in range(S)
+              for ri in range(R)]
+    if lanes:
+        body += b.shuffle_sum(values, TPR)
+        sums = values
+    else:
+        body += b.reduce(values, "+", TPR)
+        sums = [f"red[{v * b.wg} + lid]" for v in range(len(values))]
     for i_t in range(S * R):
         t, ri = divmod(i_t, R)
-        vals = [f"red[{(i * S * R + i_t) * b.wg} + lid]" for i in range(len(ws))]
+        vals = [sums[i * S * R + i_t] for i in range(len(ws))]
         col = f"min(c0 + {ri}, {N - 1}u)"  # clamped as well as guarded: see _gemm
         pre, value = _epilogue(r, n, vals, biases, col)
         st = out.store(r, value, *coords_of(str(t), out.shape[:-1]), col)
         body.append(f"if (c0 + {ri} < {N} && kl == 0) {{ {pre}{st} }}")
     return b.finish(body, groups)
+
+
+def _word_loop(r: Renderer, word: list[str], Wi: int, TPR: int) -> list[str]:
+    """`word` (statements over word index `wi`) for wi = kl, kl + TPR, .. < Wi: a counted loop
+    of GEMV_UNROLL copies (each thread's loads of them issued together), the copies left
+    over, and a last guarded one where TPR does not divide Wi."""
+    U, full = GEMV_UNROLL, Wi // TPR
+
+    def copy(it: str, guard: bool = False) -> list[str]:
+        inner = word if not guard else [f"if (wi < {Wi}) {{", *("    " + x for x in word), "}"]
+        return ["{", "    " + r.let("wi", "u32", f"kl + ({it}) * {TPR}"),
+                *("    " + x for x in inner), "}"]
+
+    lines = []
+    if full // U:
+        lines.append(r.for_("it", "0", str(full // U)))
+        for u in range(U):
+            lines += ["    " + x for x in copy(f"it * {U} + {u}")]
+        lines.append("}")
+    for it in range(full // U * U, full):
+        lines += copy(str(it))
+    if Wi % TPR:
+        lines += copy(str(full), guard=True)
+    return lines
 
 
 def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
@@ -366,7 +429,7 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     TM, TN, BK, RM, RN = GEMM_TILE
     TX, TY = TN // RN, TM // RM  # threads along columns, along rows
     wg = TX * TY
-    b = Builder(r, n.op, wg)
+    b = Builder(r, f"{n.op}:gemm", wg)
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     EPT = TN * BK // wg  # weight elements each thread dequantizes per step: a run of one column
@@ -446,14 +509,61 @@ def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int, WS: int
     return body
 
 
+class Columns:
+    """The outputs y_i (..., N_i) of a stacked matmul as one (..., sum N_i) tensor, so the
+    matmul kernels store it like any output: column c goes to the y_i whose range holds it
+    (and a bias per y_i reads likewise)."""
+
+    def __init__(self, parts: list[Accessor]):
+        self.parts = parts
+        self.shape = parts[0].shape[:-1] + (sum(p.shape[-1] for p in parts),)
+        self.params = [p for a in parts for p in a.params]
+
+    def _ranges(self):
+        at = 0
+        for k, p in enumerate(self.parts):
+            yield k, p, at
+            at += p.shape[-1]
+
+    def store(self, r: Renderer, value: str, *coords: str) -> str:
+        *lead, col = coords
+        parts = []
+        for k, p, at in self._ranges():
+            st = p.store(r, "sv", *lead, f"sc - {at}" if at else "sc")
+            if k == len(self.parts) - 1:
+                parts.append(f"else {{ {st} }}" if k else st)
+            else:
+                parts.append(f"{'if' if k == 0 else 'else if'} (sc < {at + p.shape[-1]}) "
+                             f"{{ {st} }}")
+        # the value once, then the part's store (PoCL 3.1 stored wrong values when each
+        # branch of the chain computed it, with a bias read through `load`'s choice)
+        return f"{{ {r.let('sc', 'u32', col)} {r.let('sv', 'f32', value)} {' '.join(parts)} }}"
+
+    def load(self, r: Renderer, *coords: str) -> str:
+        *lead, col = coords
+        expr = None
+        for k, p, at in reversed(list(self._ranges())):
+            v = p.load(r, *lead, f"({col}) - {at}" if at else col)
+            expr = v if expr is None else r.select(f"({col}) < {at + p.shape[-1]}", v, expr)
+        return expr
+
+
 def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    """matmul(x, w), or ffn_gate_up(x, wg, wu [, bg, bu]) (each weight's sums apart, the
-    gated activation as the epilogue). Stage-aware: the GEMV at up to GEMV_ROWS rows of x
-    where every weight has a word reader, the tiled GEMM past that, the block walk else."""
+    """matmul(x, w), ffn_gate_up(x, wg, wu [, bg, bu]) (each weight's sums apart, the gated
+    activation as the epilogue), or stacked_matmul(x, w_1.., [b_1..]) (the weights loaded
+    as the rows of one matrix, which every w_i's accessor reads: one matmul, its columns
+    stored into the y_i). Stage-aware: the GEMV at up to GEMV_ROWS rows of x where every
+    weight has a word reader, the tiled GEMM past that, the block walk else."""
     gated = n.op == "ffn_gate_up"
     x, out = acc[n.inputs[0]], acc[n.outputs[0]]
     ws = [acc[i] for i in n.inputs[1 : 3 if gated else 2]]
     biases = [acc[i] for i in n.inputs[3:5]] if gated and n.attrs.get("bias") else []
+    if n.op == "stacked_matmul":
+        k = n.attrs["n"]
+        out = Columns([acc[o] for o in n.outputs])
+        assert ws[0].shape[0] == out.shape[-1], "the stacked weights are not one matrix"
+        if n.attrs.get("bias"):
+            biases = [Columns([acc[i] for i in n.inputs[1 + k : 1 + 2 * k]])]
     S = prod(x.shape[:-1])
     if S > GEMV_ROWS and r.tiled_gemm:
         return _gemm(r, n, x, out, ws, biases)
@@ -600,12 +710,25 @@ def argmax(r: Renderer, x: Accessor, out: Accessor) -> tuple[KernelSource, int]:
     return b.finish(body, 1)
 
 
+def subgroup_probe(r: Renderer, lanes: int) -> KernelSource:
+    """What `gpu.probe_subgroups` runs: each thread's f32(lid) summed over its run of `lanes`
+    threads by the butterfly of `Builder.shuffle_sum`, into out[lid]."""
+    b = Builder(r, "subgroup_probe")
+    out = Param("b0", "f32", True)
+    b.params[out.name] = out
+    body = [r.let("lid", "u32", r.local_id()), r.var("v", "f32", r.cast("f32", "lid"))]
+    body += b.shuffle_sum(["v"], lanes)
+    body.append(r.store(out, "lid", "v"))
+    return b.finish(body, 1)[0]
+
+
 TEMPLATES: dict[str, Callable] = {
     **{op: elementwise for op in (*UNARY, *BINARY)},
     "rms_norm": rms_norm,
     "add_rms_norm": rms_norm,
     "matmul": matmul,
     "ffn_gate_up": matmul,
+    "stacked_matmul": matmul,
     "embedding": embedding,
     "kv_write": kv_write,
     "rope": rope,

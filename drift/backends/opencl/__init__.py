@@ -65,6 +65,12 @@ class CLRuntime(Runtime):
             # PoCL 3.1 (LLVM 15) runs the guarded-off output stores of the tiled GEMM (rows
             # past S written: wrong rows, or a corrupted heap), whatever form the guard takes
             self.renderer.tiled_gemm = False
+        ext = self.dev.extensions.split()
+        if "cl_khr_subgroup_shuffle" in ext:
+            # sizes vary by kernel on some devices (Intel: 8 to 32): 8, which all of them reach
+            self.renderer.shuffles, self.subgroup_lanes = "khr", 8
+        elif "cl_nv_device_attribute_query" in ext:  # NVIDIA: warps, reached through PTX
+            self.renderer.shuffles, self.subgroup_lanes = "ptx", self.dev.warp_size_nv
         self.binding_alignment = max(4, self.dev.mem_base_addr_align // 8)
         self.max_binding = self.dev.max_mem_alloc_size
         self._keep: list[np.ndarray] = []

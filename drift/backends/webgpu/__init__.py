@@ -104,10 +104,13 @@ class WGPURuntime(Runtime):
         self.adapter = _adapter()
         lim = self.adapter.limits
         features = [f for f in _TIMESTAMPS if f in self.adapter.features]
+        if "subgroup" in self.adapter.features:  # shuffles in the reductions (probed)
+            features.append("subgroup")
         self.device = self.adapter.request_device_sync(
             required_features=features, required_limits={k: lim[k] for k in _LIMITS})
-        self.timestamps = ("inside-passes" if len(features) == 2 else
-                           "pass-per-dispatch" if features else None)
+        stamps = [f for f in features if f in _TIMESTAMPS]
+        self.timestamps = ("inside-passes" if len(stamps) == 2 else
+                           "pass-per-dispatch" if stamps else None)
         if self.timestamps is None:
             self.timing_unavailable = "the adapter has no 'timestamp-query' feature"
         self.renderer = WGSLRenderer()
@@ -115,6 +118,7 @@ class WGPURuntime(Runtime):
         self.max_binding = lim["max-storage-buffer-binding-size"]
         lo, hi = subgroup_sizes(self.adapter)
         self.subgroup_size = lo if lo == hi else 0  # a range: not known until a kernel runs
+        self.subgroup_lanes = lo if "subgroup" in features else 0  # any subgroup has them
         self._staging: dict[tuple[int, int], Any] = {}
         self._fence: Any = None
 
