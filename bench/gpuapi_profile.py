@@ -44,11 +44,14 @@ def node_label(graph, n) -> str:
     runs on."""
     t = graph.tensors
     weights = [t[i] for i in n.inputs if t[i].role == Role.WEIGHT]
-    if n.op in ("matmul", "ffn_gate_up") and weights:
+    if n.op in ("matmul", "ffn_gate_up", "stacked_matmul") and weights:
         w = weights[0]
         rows = prod(t[n.inputs[0]].shape[:-1])
-        many = f"{len(weights)}x" if len(weights) > 1 else ""
-        return f"{n.op} {w.dtype} {many}{w.shape[0]}x{w.shape[1]} S={rows}"
+        if n.op == "stacked_matmul":  # the weights' rows, one matrix
+            n_rows = "+".join(str(x.shape[0]) for x in weights[: n.attrs["n"]])
+        else:
+            n_rows = f"{len(weights)}x{w.shape[0]}" if len(weights) > 1 else str(w.shape[0])
+        return f"{n.op} {w.dtype} {n_rows}x{w.shape[1]} S={rows}"
     if n.op == "attention":
         q, k = t[n.inputs[0]], t[n.inputs[1]]
         return f"attention H={q.shape[1]} Hkv={k.shape[1]} D={q.shape[2]} cache={k.shape[0]}"
@@ -109,8 +112,8 @@ def main() -> None:
     prog.run(feeds)
     sampler = GreedySampler(backend)
     out = prog.run(feeds, to_host=False)
-    sampler(out["logits"])  # the argmax kernel compiled and bound
-    argmax_launch = next(iter(sampler._launches.values()))
+    sampler(out["logits"])  # the argmax kernels compiled and bound
+    argmax_launches = sampler.launches(out["logits"])
     print(f"decode program: compiled and first run in {time.perf_counter() - t1:.1f} s")
     for _ in range(a.warmup):
         prog.run(feeds)
@@ -136,14 +139,15 @@ def main() -> None:
     # -- device time per launch
     nodes = prog.launch_nodes()
     assert len(nodes) == len(prog.launches)
-    timings = [prog.timed(feeds, [argmax_launch]) for _ in range(a.reps)]
+    timings = [prog.timed(feeds, argmax_launches) for _ in range(a.reps)]
     if timings[0] is None:
         print(f"\nwall per token: {host_logits * 1e3:.3f} ms (logits to host), "
               f"{device_argmax * 1e3:.3f} ms (argmax on device), empty submission "
               f"{empty * 1e3:.3f} ms; {len(prog.launches)} dispatches")
         print(f"NO DEVICE TIMESTAMPS: {rt.timing_unavailable}; per-kernel times unavailable")
         return
-    per_launch = [median([t.seconds[i] for t in timings]) for i in range(len(nodes) + 1)]
+    n_all = len(nodes) + len(argmax_launches)
+    per_launch = [median([t.seconds[i] for t in timings]) for i in range(n_all)]
     span = median([t.span for t in timings])
     enqueue = median([t.enqueue for t in timings])
     timed_wall = median([t.wall for t in timings])
@@ -166,14 +170,17 @@ def main() -> None:
     render = rt.renderer.render
     by_op: dict[str, list] = defaultdict(lambda: [0, 0.0])
     by_kernel: dict[str, dict] = {}
-    for i, n in enumerate([*nodes, None]):
+    for i, n in enumerate([*nodes, *[None] * len(argmax_launches)]):
         secs = per_launch[i]
         if n is None:
-            op, label, key, nbytes = "argmax", "argmax (sampler)", "argmax", 0
+            stage = i - len(nodes) + 1
+            op, label, key, nbytes = "argmax", f"argmax (sampler) {stage}", f"argmax{stage}", 0
         else:
             ins = [graph.tensors[x] for x in n.inputs]
             outs = [graph.tensors[x] for x in n.outputs]
             op, label = n.op, node_label(graph, n)
+            stage = prog.sources[i].name.partition(":")[2]  # the matmuls' kernel
+            label += f" [{stage}]" if stage else ""
             key = render(prog.sources[i])
             nbytes = cost_of(n.op, ins, outs, n.attrs, kv_len).bytes
         by_op[op][0] += 1

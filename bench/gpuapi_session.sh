@@ -8,6 +8,9 @@
 #   the reference models (six 58 MiB chunks) greedy on cpu, cuda, webgpu and opencl
 # run(command="KERNELS=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the matmul kernels alone on Llama-3.1-8B's shapes, and their tile variants
+# run(command="SPEED=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   drift bench -p 512 -n 64 -r 2 on both models and APIs, their decode profiles, the GEMV
+#   alone on the 8B's shapes: about 4 minutes
 # run(command="PROFILE=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   where a decode token's time goes (bench/gpuapi_profile.py, device timestamps), both
 #   models on both APIs, about 4 minutes
@@ -29,6 +32,29 @@ fi
 if [[ -n $KERNELS ]]; then
   timeout 560 python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0 --reps 20 --variants \
     2>&1 | tee "$OUT/kernels.txt"
+  exit
+fi
+if [[ -n $SPEED ]]; then  # drift bench first (the figures), then where the time went
+  python3 -m drift make-random llama-3.1-8b Q4_0 /tmp/m/llama-3.1-8b-Q4_0.gguf >/dev/null 2>&1 &
+  big=$!
+  python3 -m drift make-random llama-3.2-1b Q4_0 /tmp/m/llama-3.2-1b-Q4_0.gguf 2>&1 | tail -1
+  bench() {  # model api
+    timeout ${BENCH_TIMEOUT:-45} python3 -m drift bench /tmp/m/$1.gguf -p 512 -n 64 -r 2 \
+      --device $2 --no-ceilings > "$OUT/bench-$2-$1.txt" 2>&1
+    echo "rc=$? $2 $1"; grep -E "^\| |Error|error" "$OUT/bench-$2-$1.txt" | grep -v -- "---" | head -4
+  }
+  prof() {  # model api
+    timeout ${PROFILE_TIMEOUT:-40} python3 bench/gpuapi_profile.py /tmp/m/$1.gguf --device $2 \
+      --pos ${POS:-384} --reps ${REPS:-5} --top 16 > "$OUT/profile-$2-$1.txt" 2>&1
+    echo "rc=$? profile $2 $1"; grep -E "^\| (wall, logits|host time|device span|device time)" \
+      "$OUT/profile-$2-$1.txt"
+  }
+  for dev in webgpu opencl; do bench llama-3.2-1b-Q4_0 $dev; done
+  wait $big
+  for dev in webgpu opencl; do bench llama-3.1-8b-Q4_0 $dev; done
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do for dev in webgpu opencl; do prof $m $dev; done; done
+  timeout ${KERNELS_TIMEOUT:-40} python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0 --rows 1 \
+    --reps 20 > "$OUT/kernels.txt" 2>&1; echo "rc=$? kernels"; tail -12 "$OUT/kernels.txt"
   exit
 fi
 if [[ -n $PROFILE ]]; then

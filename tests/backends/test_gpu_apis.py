@@ -492,3 +492,25 @@ def test_stacked_matmul_one_matrix(api, S, qtype, bias):
     ref = run_plain(g, weights | dense, feeds)
     for o in g.outputs:
         assert np.abs(got[o] - ref[o]).max() <= 1e-4 * max(1.0, np.abs(ref[o]).max()), o
+
+
+def test_greedy_sampling_over_many_groups(api):
+    """argmax's two stages over a vocabulary of many first-stage groups: maxima in
+    different groups, the first of equal ones wins, the last element, a negative row."""
+    from drift.backends.kernels.gpu import GreedySampler
+
+    be = _backend(api)
+    pick = GreedySampler(be)
+    for V in (128256, 4097):
+        b = GraphBuilder("vocab")
+        b.output(b.op("scale", b.input("x", (1, V), "f32"), value=1.0))
+        prog = be.compile(b.finish())
+        for case in range(3):
+            x = _f(1, V)
+            if case == 1:
+                x[0, [V // 3, V - 1]] = 50.0
+            if case == 2:
+                x[:] = -1.0
+                x[0, -1] = 0.0
+            out = prog.run({"x": x}, to_host=False)[prog.graph.outputs[0]]
+            assert pick(out, []) == int(np.argmax(x)), (V, case)

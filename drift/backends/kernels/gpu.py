@@ -26,7 +26,13 @@ from drift.backends.base import Backend, HeldBytes, Program, weight_stacks
 from drift.backends.kernels.access import Accessor, Chunk, Obj
 from drift.backends.kernels.quant import DEQUANT
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
-from drift.backends.kernels.templates import TEMPLATES, argmax, kernel_for, subgroup_probe
+from drift.backends.kernels.templates import (
+    TEMPLATES,
+    argmax,
+    argmax_groups,
+    kernel_for,
+    subgroup_probe,
+)
 from drift.errors import UnsupportedError
 from drift.formats.gguf import GGUFFile, check_quant_supported
 from drift.ir import REGISTRY, Role, TensorSpec, storage_name
@@ -36,7 +42,7 @@ from drift.passes.storage import Storage, StridedBuffer, align_up, weight_storag
 
 PLAIN_WEIGHTS = ("f32", "f16")
 # the fused ops the templates implement
-FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up", "stacked_matmul"})
+FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up", "stacked_matmul", "rope_qkv_write"})
 
 
 def _kind(dtype: str) -> str:
@@ -107,11 +113,22 @@ class Runtime(ABC):
 
 def probe_subgroups(rt: Runtime) -> int:
     """The lanes the renderer's `shuffle_xor` exchanges values across on this device: the
-    runtime's candidate (the smallest subgroup the device reports), kept only if a kernel of
-    the butterfly the reductions use compiles and sums right here; else 0."""
+    largest power of 2 from the runtime's candidate down whose probe (a kernel of the
+    butterfly the reductions use) compiles and sums right here; 0 if none does. (wgpu reports
+    subgroup sizes 4 to 128 for NVIDIA's 32 and lavapipe's 8: only running tells. A compiler
+    that picks the subgroup size per kernel could give another kernel fewer lanes than the
+    probe's; the drivers seen keep one size.)"""
     lanes = rt.subgroup_lanes
-    if lanes < 2 or lanes & (lanes - 1):
-        return 0
+    while lanes >= 2:
+        if not lanes & (lanes - 1) and _probe(rt, lanes):
+            rt.renderer.subgroup_lanes = lanes
+            return lanes
+        lanes //= 2
+    rt.renderer.subgroup_lanes = 0
+    return 0
+
+
+def _probe(rt: Runtime, lanes: int) -> bool:
     rt.renderer.subgroup_lanes = lanes
     try:
         ks = subgroup_probe(rt.renderer, lanes)
@@ -119,13 +136,11 @@ def probe_subgroups(rt: Runtime) -> int:
         launch = rt.launch(rt.compile(ks), ks.params, [(buf, 0, 4 * ks.workgroup)], 1)
         (raw,) = rt.run([launch], [(buf, 0, np.zeros(ks.workgroup, np.float32))],
                         [(buf, 0, 4 * ks.workgroup)])
-        lid = np.arange(ks.workgroup)
-        want = (lid - lid % lanes) * lanes + lanes * (lanes - 1) // 2
-        ok = np.array_equal(raw.view(np.float32), want.astype(np.float32))
     except Exception:  # the compiler refused it: no shuffles
-        ok = False
-    rt.renderer.subgroup_lanes = lanes if ok else 0
-    return rt.renderer.subgroup_lanes
+        return False
+    lid = np.arange(ks.workgroup)
+    want = (lid - lid % lanes) * lanes + lanes * (lanes - 1) // 2
+    return bool(np.array_equal(raw.view(np.float32), want.astype(np.float32)))
 
 
 def _places(params: Sequence[Param], places: dict[str, Any]) -> list[Any]:
@@ -458,30 +473,47 @@ class DeviceOutput:
 
 
 class GreedySampler:
-    """argmax(logits) on the device: the pending call's launches, then the argmax kernel,
-    submitted together; 4 bytes read back."""
+    """argmax(logits) on the device: the pending call's launches, then the argmax kernels
+    (two stages), submitted together; 4 bytes read back."""
 
     def __init__(self, backend: GPUBackend):
         self.backend = backend
         self.token = backend.rt.buffer(4)
-        self._launches: dict[tuple[int, str], Any] = {}
+        self._launches: dict[tuple[int, str], list[Any]] = {}
+        self._partials: dict[int, tuple[Any, Any]] = {}  # groups -> (values, indices) buffers
 
-    def __call__(self, logits: DeviceOutput, history=()) -> int:
+    def launches(self, logits: DeviceOutput) -> list[Any]:
+        """The argmax's launches over this output of its program, bound once."""
         b, prog = self.backend, logits.program
         key = (id(prog), logits.name)
         if key not in self._launches or prog._bound is not b.arena:
             names: dict = {}
             x = prog._accessor(logits.name, names)
-            out = Accessor("token", (1,), "i32", StridedBuffer((1,), "i32"),
-                           (prog._obj(self.token, 0, 4, "i32", True, names),))
-            ks, groups = argmax(b.rt.renderer, x, out)
-            places = {p.name: place for p, place in names.values()}
-            self._launches[key] = b.rt.launch(b.kernel(ks), ks.params,
-                                              _places(ks.params, places), groups)
+            G = argmax_groups(x.shape[-1])
+            if G not in self._partials:
+                self._partials[G] = (b.rt.buffer(4 * G), b.rt.buffer(4 * G))
+
+            def small(name, dtype, buf, n):
+                return Accessor(name, (n,), dtype, StridedBuffer((n,), dtype),
+                                (prog._obj(buf, 0, 4 * n, dtype, True, names),))
+
+            out = small("token", "i32", self.token, 1)
+            vals, idx = (small(f"part_{t}", t, buf, G)
+                         for t, buf in zip(("f32", "i32"), self._partials[G]))
+            self._launches[key] = []
+            for ks, groups in argmax(b.rt.renderer, x, out, vals, idx):
+                places = {p.name: place for p, place in names.values()}
+                self._launches[key].append(b.rt.launch(b.kernel(ks), ks.params,
+                                                       _places(ks.params, places), groups))
+        return self._launches[key]
+
+    def __call__(self, logits: DeviceOutput, history=()) -> int:
+        b, prog = self.backend, logits.program
+        launches = self.launches(logits)
         if b.pending is None or b.pending[0] is not prog:
             # already computed (sampled twice): on the host, rather than run a kernel without
             # writing the arena first (PoCL, see GPUProgram._writes)
             return int(np.argmax(np.asarray(logits)))
         writes, b.pending = b.pending[1], None
-        (raw,) = b.rt.run([*prog.launches, self._launches[key]], writes, [(self.token, 0, 4)])
+        (raw,) = b.rt.run([*prog.launches, *launches], writes, [(self.token, 0, 4)])
         return int(raw.view(np.int32)[0])

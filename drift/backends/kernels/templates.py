@@ -35,6 +35,8 @@ from drift.ir import Node
 from drift.passes.storage import block_size
 
 WG = 64  # threads per workgroup
+NORM_WG = 256  # threads of a norm's workgroup (one per row: decode has one row)
+ARGMAX_WG, ARGMAX_PER_THREAD = 256, 16  # greedy sampling's first stage: 4096 values a group
 MAX_GROUPS = 65535  # workgroups per dispatch axis (WebGPU's guaranteed limit)
 MATMUL_ROWS = 8  # rows of x a block-walking matmul workgroup takes at once
 GEMV_ROWS = 4  # rows of x up to which a matmul is a GEMV (decode), past which a tiled GEMM
@@ -42,7 +44,7 @@ GEMV_WORDS = 4  # quant words each GEMV thread reads at least (fewer threads per
 GEMV_ROW_TILE = 2  # weight rows each GEMV thread reads at the same words (x reused)
 GEMV_UNROLL = 4  # words each GEMV thread reads per loop step (loads issued before use)
 GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
-ATTN_TILE = 256  # keys scored per attention tile
+ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 
 
 class Builder:
@@ -98,21 +100,48 @@ class Builder:
             s //= 2
         return lines
 
-    def shuffle_sum(self, values: list[str], lanes: int) -> list[str]:
-        """Each of `values` (f32 variables) summed over runs of `lanes` adjacent threads
-        (a power of 2, at most `Renderer.subgroup_lanes`) by a butterfly of subgroup shuffles:
-        every thread of the run ends with the sum, no workgroup memory, no barrier."""
+    def shuffle_sum(self, values: list[str], lanes: int, op: str = "+") -> list[str]:
+        """Each of `values` (f32 variables) summed (or "max") over runs of `lanes` adjacent
+        threads (a power of 2, at most `Renderer.subgroup_lanes`) by a butterfly of subgroup
+        shuffles: every thread of the run ends with the result, no workgroup memory, no
+        barrier."""
         self.subgroups = True
         lines, m = [], lanes // 2
         while m >= 1:
-            lines += [f"{v} = {v} + {self.r.shuffle_xor(v, f'{m}u')};" for v in values]
+            for v in values:
+                other = self.r.shuffle_xor(v, f"{m}u")
+                lines.append(f"{v} = {v} + {other};" if op == "+" else f"{v} = max({v}, {other});")
             m //= 2
         return lines
+
+    def reduce_all(self, var: str, op: str = "+") -> list[str]:
+        """f32 variable `var` reduced ("+" or "max") over the workgroup, the result in `var`
+        of every thread: by shuffles within each subgroup run and one pass through workgroup
+        memory where the device has them, else the tree (`reduce`). Starts with a barrier (a
+        previous reduction's memory may still be read) and ends with one."""
+        r, lanes = self.r, min(self.r.subgroup_lanes, self.wg)
+        if not lanes:
+            return [r.barrier(), *self.reduce([var], op), f"{var} = red[0];", r.barrier()]
+        runs = self.wg // lanes
+        if ("part", "f32", runs) not in self.shared:
+            self.shared.append(("part", "f32", runs))
+        lines = [r.barrier(), *self.shuffle_sum([var], lanes, op),
+                 f"if (lid % {lanes} == 0) {{ part[lid / {lanes}] = {var}; }}", r.barrier()]
+        parts = [f"part[{k}]" for k in range(runs)]
+        total = " + ".join(parts) if op == "+" else _max_chain(parts)
+        return lines + [f"{var} = {total};"]
 
     def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
         return (KernelSource(self.name, list(self.params.values()), self.wg,
                              "\n    ".join(body), self.shared,
                              subgroups=self.subgroups), groups)
+
+
+def _max_chain(xs: list[str]) -> str:
+    out = xs[0]
+    for x in xs[1:]:
+        out = f"max({out}, {x})"
+    return out
 
 
 def block_elements(w: Accessor) -> int:
@@ -192,34 +221,41 @@ def elementwise(r: Renderer, n: Node, acc: dict[str, Accessor]):
 
 
 def rms_norm(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    """rms_norm(x, w), or add_rms_norm(a, b, w): the sum written first (over a or b in
-    place: each thread reads back only what it wrote), then normed."""
+    """rms_norm(x, w), or add_rms_norm(a, b, w) (the sum written too, over a or b in place).
+    One workgroup of NORM_WG threads per row; each thread's elements (every NORM_WG-th) are
+    loaded together into registers first, so the row is read once and no load waits behind
+    a store that might alias it (in place), then the sum of squares over the workgroup."""
     fused = n.op == "add_rms_norm"
     ins = [acc[i] for i in n.inputs]
     x, w, out = ins[0], ins[-1], acc[n.outputs[-1]]
-    b = Builder(r, n.op)
+    b = Builder(r, n.op, NORM_WG)
     b.use(*ins, *(acc[o] for o in n.outputs))
     D, rows = x.shape[-1], prod(x.shape[:-1])
     lead = coords_of("grp", x.shape[:-1])
-    wv = w.load(r, "c")
-    if n.attrs.get("unit_offset"):
-        wv = f"({r.f(1.0)} + {wv})"
+    EPT = -(-D // b.wg)  # elements per thread
+
+    def each(e: int, line: str) -> str:
+        """`line` for this thread's element e (c{e}), guarded where the row ends early."""
+        return line if (e + 1) * b.wg <= D else f"if (c{e} < {D}) {{ {line} }}"
+
+    body = b.group(rows) + [r.var("ss", "f32", r.f(0.0))]
+    for e in range(EPT):
+        body += [r.let(f"c{e}", "u32", f"lid + {e * b.wg}"), r.var(f"v{e}", "f32", r.f(0.0))]
+        value = x.load(r, *lead, f"c{e}")
+        if fused:
+            value += f" + {ins[1].load(r, *lead, f'c{e}')}"
+        body.append(each(e, f"v{e} = {value};"))
     if fused:
         h = acc[n.outputs[0]]
-        value = f"{x.load(r, *lead, 'c')} + {ins[1].load(r, *lead, 'c')}"
-        first = f"{r.let('v', 'f32', value)} {h.store(r, 'v', *lead, 'c')}"
-        x = h  # the second pass reads the sum
-    else:
-        first = r.let("v", "f32", x.load(r, *lead, "c"))
-    body = b.group(rows) + [r.var("ss", "f32", r.f(0.0)),
-                            f"{r.for_('c', 'lid', str(D), str(b.wg))}",
-                            f"    {first} ss = ss + v * v;",
-                            "}"]
-    body += b.reduce(["ss"], "+")
-    body += [r.let("inv", "f32", r.fn("rsqrt", f"red[0] / {r.f(D)} + {r.f(n.attrs['eps'])}")),
-             r.for_("c", "lid", str(D), str(b.wg)),
-             "    " + out.store(r, x.load(r, *lead, "c") + f" * inv * {wv}", *lead, "c"),
-             "}"]
+        body += [each(e, h.store(r, f"v{e}", *lead, f"c{e}")) for e in range(EPT)]
+    body.append("ss = " + " + ".join(f"v{e} * v{e}" for e in range(EPT)) + ";")
+    body += b.reduce_all("ss")
+    body.append(r.let("inv", "f32", r.fn("rsqrt", f"ss / {r.f(D)} + {r.f(n.attrs['eps'])}")))
+    for e in range(EPT):
+        wv = w.load(r, f"c{e}")
+        if n.attrs.get("unit_offset"):
+            wv = f"({r.f(1.0)} + {wv})"
+        body.append(each(e, out.store(r, f"v{e} * inv * {wv}", *lead, f"c{e}")))
     return b.finish(body, rows)
 
 
@@ -599,48 +635,108 @@ def kv_write(r: Renderer, n: Node, acc: dict[str, Accessor]):
     return b.finish(body, groups)
 
 
-def rope(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    x, pos, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
-    ff = acc[n.inputs[2]] if len(n.inputs) == 3 else None
-    a = n.attrs
-    S, H, Dh = x.shape
-    nd = a["n_dims"]
+def _rotate(r: Renderer, x: Accessor, pos: Accessor, ff: Accessor | None, a: dict,
+            store: Callable[[str, str], str]) -> list[str]:
+    """One thread's part of RoPE on row (s, h) of x (`s`, `h`, `j` bound): pair j < n_dims / 2
+    rotated by the angle of position pos[s], or dimension j + n_dims / 2 passed through;
+    `store(value, dim)` writes dimension `dim` of the row."""
+    Dh, nd = x.shape[-1], a["n_dims"]
     half = nd // 2
-    J = Dh - half  # pairs, then the dims past n_dims one by one
-    b = Builder(r, "rope")
-    b.use(x, pos, out, *([ff] if ff else []))
-    body, groups = _threads(b, S * H * J)
-    s, h, j = coords_of("i", (S, H, J))
     fscale, rest = r.f(a.get("freq_scale", 1.0)), f"j + {half}"
     ia, ib = ("2 * j", "2 * j + 1") if a["mode"] == "norm" else ("j", f"j + {half}")
     inv = r.fn("pow", r.f(a["theta"]), f"-{r.cast('f32', '2 * j')} / {r.f(nd)}")
     if ff is not None:
         inv = f"{inv} / {ff.load(r, 'j')}"
-    body += [r.let("s", "u32", s), r.let("h", "u32", h), r.let("j", "u32", j),
-             f"if (j < {half}) {{",
-             "    " + r.let("ang", "f32", f"{r.cast('f32', pos.load(r, 's'))} * {fscale} * {inv}"),
-             "    " + r.let("cs", "f32", r.fn("cos", "ang")),
-             "    " + r.let("sn", "f32", r.fn("sin", "ang")),
-             "    " + r.let("xa", "f32", x.load(r, "s", "h", ia)),
-             "    " + r.let("xb", "f32", x.load(r, "s", "h", ib)),
-             f"    {out.store(r, 'xa * cs - xb * sn', 's', 'h', ia)}",
-             f"    {out.store(r, 'xa * sn + xb * cs', 's', 'h', ib)}",
-             f"}} else {{ {out.store(r, x.load(r, 's', 'h', rest), 's', 'h', rest)} }}"]
+    assert Dh - half >= half
+    return [f"if (j < {half}) {{",
+            "    " + r.let("ang", "f32", f"{r.cast('f32', pos.load(r, 's'))} * {fscale} * {inv}"),
+            "    " + r.let("cs", "f32", r.fn("cos", "ang")),
+            "    " + r.let("sn", "f32", r.fn("sin", "ang")),
+            "    " + r.let("xa", "f32", x.load(r, "s", "h", ia)),
+            "    " + r.let("xb", "f32", x.load(r, "s", "h", ib)),
+            f"    {store('xa * cs - xb * sn', ia)}",
+            f"    {store('xa * sn + xb * cs', ib)}",
+            f"}} else {{ {store(x.load(r, 's', 'h', rest), rest)} }}"]
+
+
+def rope(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    x, pos, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
+    ff = acc[n.inputs[2]] if len(n.inputs) == 3 else None
+    S, H, Dh = x.shape
+    J = Dh - n.attrs["n_dims"] // 2  # pairs, then the dims past n_dims one by one
+    b = Builder(r, "rope")
+    b.use(x, pos, out, *([ff] if ff else []))
+    body, groups = _threads(b, S * H * J)
+    s, h, j = coords_of("i", (S, H, J))
+    body += [r.let("s", "u32", s), r.let("h", "u32", h), r.let("j", "u32", j)]
+    body += _rotate(r, x, pos, ff, n.attrs, lambda v, d: out.store(r, v, "s", "h", d))
+    return b.finish(body, groups)
+
+
+def rope_qkv_write(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """A step's RoPE and cache writes in one launch: threads over the query's rotated pairs
+    (into q'), then the key's (into the key cache at pos[s]), then the value's elements (into
+    the value cache at pos[s])."""
+    kc, vc, q, k, v, pos = (acc[i] for i in n.inputs[:6])
+    ff = acc[n.inputs[6]] if len(n.inputs) == 7 else None
+    # the caches written through the inputs: they are updated in place (outputs 0 and 1 name
+    # the same storage in a model's graph; a hand-built graph may leave output 1 unbound)
+    kc2, vc2, qo = kc, vc, acc[n.outputs[2]]
+    S, H, Dh = q.shape
+    Hkv, Dv = k.shape[1], v.shape[2]
+    J = Dh - n.attrs["n_dims"] // 2
+    nq, nk, nv = S * H * J, S * Hkv * J, S * Hkv * Dv
+    b = Builder(r, "rope_qkv_write")
+    b.use(kc, vc, q, k, v, pos, qo, *(acc[o] for o in n.outputs), *([ff] if ff else []))
+    body, groups = _threads(b, nq + nk + nv)
+    sq, hq, jq = coords_of("i", (S, H, J))
+    sk, hk, jk = coords_of(f"i - {nq}", (S, Hkv, J))
+    sv, hv, dv = coords_of(f"i - {nq + nk}", (S, Hkv, Dv))
+    body += [f"if (i < {nq}) {{",
+             *("    " + x for x in [r.let("s", "u32", sq), r.let("h", "u32", hq),
+                                    r.let("j", "u32", jq)]),
+             *("    " + x for x in _rotate(r, q, pos, ff, n.attrs,
+                                           lambda val, d: qo.store(r, val, "s", "h", d))),
+             f"}} else if (i < {nq + nk}) {{",
+             *("    " + x for x in [r.let("s", "u32", sk), r.let("h", "u32", hk),
+                                    r.let("j", "u32", jk), r.let("p", "u32", pos.load(r, "s"))]),
+             *("    " + x for x in _rotate(r, k, pos, ff, n.attrs,
+                                           lambda val, d: kc2.store(r, val, "p", "h", d))),
+             "} else {",
+             "    " + r.let("p", "u32", pos.load(r, sv)),
+             f"    {vc2.store(r, v.load(r, sv, hv, dv), 'p', hv, dv)}",
+             "}"]
     return b.finish(body, groups)
 
 
 def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """One workgroup of ATTN_TILE threads per (query, head), keys a tile of ATTN_TILE at a
+    time: each thread scores one key (its Dh products, k read four at a time where the cache
+    allows), the tile's max and the exponentials (once per key) by workgroup reductions,
+    then the tile's values: each thread one output dim for every KG-th key (KG groups of Dv
+    threads, summed at the end), the online softmax rescaling across tiles."""
     q, k, v, pos = (acc[i] for i in n.inputs)
     out = acc[n.outputs[0]]
     S, H, Dh = q.shape
     Hkv, Dv = k.shape[1], v.shape[2]
     C = k.shape[0]
-    tile = min(C, ATTN_TILE)
-    nd = -(-Dv // WG)
+    b = Builder(r, "attention", ATTN_TILE)
+    tile = b.wg  # keys per tile: one a thread
+    KG = max(1, b.wg // Dv)  # key groups of the value phase
+    nd = -(-Dv // b.wg)  # output dims a thread (KG == 1 only)
     window, cap = n.attrs.get("window", 0), n.attrs.get("softcap", 0)
-    b = Builder(r, "attention")
     b.use(q, k, v, pos, out)
-    b.shared += [("qv", "f32", Dh), ("sc", "f32", tile), ("pv", "u32", 0)]
+    k4 = k.vec4_param() if Dh % 4 == 0 else None
+    if k4 is not None:
+        b.params[k4.name] = k4
+    b.shared += [("qv", "f32", Dh), ("sc", "f32", tile), ("pv", "u32", 0),
+                 ("ored", "f32", KG * Dv)]
+    if k4 is not None:
+        qk = " + ".join(r.dot4(k.load4(r, "t0 + lid", "kh", str(4 * d)),
+                               r.vec4(*(f"qv[{4 * d + i}]" for i in range(4))))
+                        for d in range(Dh // 4))
+    else:
+        qk = " + ".join(f"qv[{d}] * {k.load(r, 't0 + lid', 'kh', str(d))}" for d in range(Dh))
     body = b.group(S * H) + [
         r.let("s", "u32", f"grp / {H}"), r.let("h", "u32", f"grp % {H}"),
         r.let("kh", "u32", f"h / {H // Hkv}"),
@@ -650,53 +746,54 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
         r.let("lo", "u32",
               r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
         r.var("m", "f32", r.f(-3e38)), r.var("l", "f32", r.f(0.0)), r.array("o", "f32", nd),
+        r.let("dv", "u32", f"lid % {Dv}") if KG > 1 else r.let("dv", "u32", "lid"),
+        r.let("kg", "u32", f"lid / {Dv}") if KG > 1 else r.let("kg", "u32", "0"),
         f"{r.for_('t0', 'lo', 'p + 1', str(tile))}",
         f"    {r.let('nk', 'u32', f'min({tile}u, p + 1 - t0)')}",
-        f"    {r.for_('j', 'lid', 'nk', str(b.wg))}",
-        f"        {r.var('qk', 'f32', r.f(0.0))}",
-        f"        {r.for_('d', '0', str(Dh))}",
-        f"            qk = qk + qv[d] * {k.load(r, 't0 + j', 'kh', 'd')};",
-        "        }",
-        f"        qk = qk * {r.f(n.attrs['scale'])};",
+        f"    {r.var('sj', 'f32', r.f(-3e38))}",
+        f"    if (lid < nk) {{ sj = ({qk}) * {r.f(n.attrs['scale'])}; }}",
     ]
     if cap:
-        body.append(f"        qk = {_softcap(r, 'qk', cap)};")
-    body += ["        sc[j] = qk;", "    }", "    " + r.barrier(),
-             f"    {r.var('mt', 'f32', r.f(-3e38))}",
-             f"    {r.for_('j', 'lid', 'nk', str(b.wg))} mt = max(mt, sc[j]); }}"]
-    body += ["    " + x for x in b.reduce(["mt"], "max")]
-    body += ["    " + r.let("mn", "f32", "max(m, red[0])"),
+        body.append(f"    if (lid < nk) {{ sj = {_softcap(r, 'sj', cap)}; }}")
+    body += ["    " + r.var("mt", "f32", "sj")]
+    body += ["    " + x for x in b.reduce_all("mt", "max")]
+    body += ["    " + r.let("mn", "f32", "max(m, mt)"),
              "    " + r.let("corr", "f32", r.fn("exp", "m - mn")),
-             "    l = l * corr;"]
-    body += [f"    o[{e}] = o[{e}] * corr;" for e in range(nd)]
-    body += [f"    {r.for_('j', '0', 'nk')}",
-             f"        {r.let('pj', 'f32', r.fn('exp', 'sc[j] - mn'))} l = l + pj;"]
+             "    " + r.var("pj", "f32", r.f(0.0)),
+             f"    if (lid < nk) {{ pj = {r.fn('exp', 'sj - mn')}; }}",
+             "    sc[lid] = pj;",
+             "    " + r.var("lt", "f32", "pj")]
+    body += ["    " + x for x in b.reduce_all("lt", "+")]  # (its barrier publishes sc too)
+    body += ["    l = l * corr + lt;"]
     for e in range(nd):
-        d = f"lid + {e * b.wg}"
+        d = f"dv + {e * b.wg}" if e else "dv"
         vv = v.load(r, "t0 + j", "kh", d)
-        body.append(f"        if ({d} < {Dv}) {{ o[{e}] = o[{e}] + pj * {vv}; }}")
-    body += ["    }", "    m = mn;", "    " + r.barrier(), "}"]
-    for e in range(nd):
-        d = f"lid + {e * b.wg}"
-        body.append(f"if ({d} < {Dv}) {{ {out.store(r, f'o[{e}] / l', 's', 'h', d)} }}")
+        guard = f"{d} < {Dv} && " if (e + 1) * b.wg > Dv and KG == 1 else ""
+        body += [f"    o[{e}] = o[{e}] * corr;",
+                 f"    if ({guard}kg < {KG}) {{",
+                 f"        {r.for_('j', 'kg', 'nk', str(KG))} o[{e}] = o[{e}] + sc[j] * {vv}; }}",
+                 "    }"]
+    body += ["    m = mn;", "    " + r.barrier(), "}"]
+    if KG > 1:  # the key groups' parts of each output dim summed
+        body += [f"if (kg < {KG}) {{ ored[kg * {Dv} + dv] = o[0]; }}", r.barrier(),
+                 f"if (lid < {Dv}) {{",
+                 "    " + r.let("ot", "f32", " + ".join(f"ored[{g * Dv} + lid]"
+                                                      for g in range(KG))),
+                 f"    {out.store(r, 'ot / l', 's', 'h', 'lid')}",
+                 "}"]
+    else:
+        for e in range(nd):
+            d = f"lid + {e * b.wg}"
+            body.append(f"if ({d} < {Dv}) {{ {out.store(r, f'o[{e}] / l', 's', 'h', d)} }}")
     return b.finish(body, S * H)
 
 
-def argmax(r: Renderer, x: Accessor, out: Accessor) -> tuple[KernelSource, int]:
-    """Greedy sampling on the device: the index of the first maximum of a (1, V) or (V,)
-    tensor into out[0] (i32), by one workgroup: strided (value, index) maxima, then a tree
-    keeping the lower index on ties (numpy's argmax)."""
-    b = Builder(r, "argmax")
-    b.use(x, out)
-    V = x.shape[-1]
-    lead = ["0"] * (len(x.shape) - 1)
+def _argmax_tree(b: Builder) -> list[str]:
+    """Each thread's (best, bi) reduced over the workgroup into red[0], redi[0]: the larger
+    value, the lower index on ties (numpy's first maximum)."""
+    r = b.r
     b.shared += [("red", "f32", b.wg), ("redi", "u32", b.wg)]
-    body = [r.let("lid", "u32", r.local_id()), r.var("best", "f32", r.f(-3e38)),
-            r.var("bi", "u32", "0"),
-            r.for_("i", "lid", str(V), str(b.wg)),
-            f"    {r.let('v', 'f32', x.load(r, *lead, 'i'))}",
-            "    if (v > best) { best = v; bi = i; }",
-            "}", "red[lid] = best;", "redi[lid] = bi;", r.barrier()]
+    body = ["red[lid] = best;", "redi[lid] = bi;", r.barrier()]
     s = b.wg // 2
     while s >= 1:
         body += [f"if (lid < {s}) {{",
@@ -706,8 +803,45 @@ def argmax(r: Renderer, x: Accessor, out: Accessor) -> tuple[KernelSource, int]:
                  "{ red[lid] = ov; redi[lid] = oi; }",
                  "}", r.barrier()]
         s //= 2
-    body.append(f"if (lid == 0) {{ {out.store(r, r.cast('i32', 'redi[0]'), '0')} }}")
-    return b.finish(body, 1)
+    return body
+
+
+def argmax_groups(V: int) -> int:
+    """Workgroups of argmax's first stage over V values."""
+    return -(-V // (ARGMAX_WG * ARGMAX_PER_THREAD))
+
+
+def argmax(r: Renderer, x: Accessor, out: Accessor, part_v: Accessor,
+           part_i: Accessor) -> list[tuple[KernelSource, int]]:
+    """Greedy sampling on the device: the index of the first maximum of a (1, V) or (V,)
+    tensor into out[0] (i32), in two launches: `argmax_groups(V)` workgroups each take a
+    slice (each thread ARGMAX_PER_THREAD values, loaded together) to a (value, index) pair
+    in part_v / part_i, then one workgroup takes the pairs to the answer."""
+    V = x.shape[-1]
+    lead = ["0"] * (len(x.shape) - 1)
+    G, per = argmax_groups(V), ARGMAX_PER_THREAD
+    first = Builder(r, "argmax", ARGMAX_WG)
+    first.use(x, part_v, part_i)
+    body = first.group(G) + [r.var("best", "f32", r.f(-3e38)), r.var("bi", "u32", "0")]
+    for e in range(per):  # ascending indices: `>` keeps the first maximum
+        i = f"grp * {ARGMAX_WG * per} + {e * ARGMAX_WG} + lid"
+        body.append(f"if ({i} < {V}) {{ {r.let(f'v{e}', 'f32', x.load(r, *lead, i))} "
+                    f"if (v{e} > best) {{ best = v{e}; bi = {i}; }} }}")
+    body += _argmax_tree(first)
+    body.append(f"if (lid == 0) {{ {part_v.store(r, 'red[0]', 'grp')} "
+                f"{part_i.store(r, r.cast('i32', 'redi[0]'), 'grp')} }}")
+    last = Builder(r, "argmax_final", ARGMAX_WG)
+    last.use(part_v, part_i, out)
+    body2 = [r.let("lid", "u32", r.local_id()), r.var("best", "f32", r.f(-3e38)),
+             r.var("bi", "u32", "0"),
+             r.for_("g", "lid", str(G), str(ARGMAX_WG)),
+             f"    {r.let('v', 'f32', part_v.load(r, 'g'))} "
+             f"{r.let('vi', 'u32', part_i.load(r, 'g'))}",
+             "    if (v > best || (v == best && vi < bi)) { best = v; bi = vi; }",
+             "}"]
+    body2 += _argmax_tree(last)
+    body2.append(f"if (lid == 0) {{ {out.store(r, r.cast('i32', 'redi[0]'), '0')} }}")
+    return [first.finish(body, G), last.finish(body2, 1)]
 
 
 def subgroup_probe(r: Renderer, lanes: int) -> KernelSource:
@@ -732,6 +866,7 @@ TEMPLATES: dict[str, Callable] = {
     "embedding": embedding,
     "kv_write": kv_write,
     "rope": rope,
+    "rope_qkv_write": rope_qkv_write,
     "attention": attention,
 }
 

@@ -118,7 +118,8 @@ class WGPURuntime(Runtime):
         self.max_binding = lim["max-storage-buffer-binding-size"]
         lo, hi = subgroup_sizes(self.adapter)
         self.subgroup_size = lo if lo == hi else 0  # a range: not known until a kernel runs
-        self.subgroup_lanes = lo if "subgroup" in features else 0  # any subgroup has them
+        # shuffle lanes to try, from the largest a reduction uses (probe_subgroups)
+        self.subgroup_lanes = min(hi, 64) if "subgroup" in features else 0
         self._staging: dict[tuple[int, int], Any] = {}
         self._fence: Any = None
 
