@@ -44,7 +44,7 @@ if [[ -n $SPEED ]]; then  # drift bench first (the figures), then where the time
     echo "rc=$? $2 $1"; grep -E "^\| |Error|error" "$OUT/bench-$2-$1.txt" | grep -v -- "---" | head -4
   }
   prof() {  # model api
-    timeout ${PROFILE_TIMEOUT:-40} python3 bench/gpuapi_profile.py /tmp/m/$1.gguf --device $2 \
+    timeout ${PROFILE_TIMEOUT:-35} python3 bench/gpuapi_profile.py /tmp/m/$1.gguf --device $2 \
       --pos ${POS:-384} --reps ${REPS:-5} --top 16 > "$OUT/profile-$2-$1.txt" 2>&1
     echo "rc=$? profile $2 $1"; grep -E "^\| (wall, logits|host time|device span|device time)" \
       "$OUT/profile-$2-$1.txt"
@@ -53,7 +53,7 @@ if [[ -n $SPEED ]]; then  # drift bench first (the figures), then where the time
   wait $big
   for dev in webgpu opencl; do bench llama-3.1-8b-Q4_0 $dev; done
   for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do for dev in webgpu opencl; do prof $m $dev; done; done
-  timeout ${KERNELS_TIMEOUT:-40} python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0 --rows 1 \
+  timeout ${KERNELS_TIMEOUT:-30} python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0 --rows 1 \
     --reps 20 > "$OUT/kernels.txt" 2>&1; echo "rc=$? kernels"; tail -12 "$OUT/kernels.txt"
   exit
 fi
