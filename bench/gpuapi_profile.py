@@ -99,6 +99,7 @@ def main() -> None:
     print(f"# {a.model} on {a.device}: {backend.device().describe()}")
     print(f"load {time.perf_counter() - t0:.1f} s; {cfg.n_layers} layers, vocab "
           f"{cfg.vocab_size}")
+    print(f"subgroup shuffle lanes (probed): {backend.rt.renderer.subgroup_lanes or 'none'}")
     print(f"device properties: {device_properties(backend)}")
     rng = np.random.default_rng(0)
     if a.prefill:

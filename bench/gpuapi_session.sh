@@ -46,7 +46,7 @@ if [[ -n $SPEED ]]; then  # drift bench first (the figures), then where the time
   prof() {  # model api
     timeout ${PROFILE_TIMEOUT:-35} python3 bench/gpuapi_profile.py /tmp/m/$1.gguf --device $2 \
       --pos ${POS:-384} --reps ${REPS:-5} --top 16 > "$OUT/profile-$2-$1.txt" 2>&1
-    echo "rc=$? profile $2 $1"; grep -E "^\| (wall, logits|host time|device span|device time)" \
+    echo "rc=$? profile $2 $1"; grep -E "^subgroup|^\| (wall, logits|host time|device span|device time)" \
       "$OUT/profile-$2-$1.txt"
   }
   for dev in webgpu opencl; do bench llama-3.2-1b-Q4_0 $dev; done
@@ -65,7 +65,7 @@ if [[ -n $PROFILE ]]; then
     local m=$1 dev=$2; shift 2
     timeout ${PROFILE_TIMEOUT:-70} python3 bench/gpuapi_profile.py /tmp/m/$m.gguf --device $dev \
       --pos ${POS:-384} --reps ${REPS:-10} "$@" > "$OUT/profile-$dev-$m$*.txt" 2>&1
-    echo "rc=$? $dev $m $*"; grep -v "^device properties" "$OUT/profile-$dev-$m$*.txt" | head -32
+    echo "rc=$? $dev $m $*"; grep -v "^device properties" "$OUT/profile-$dev-$m$*.txt" | head -33
   }
   for dev in webgpu opencl; do prof llama-3.2-1b-Q4_0 $dev; done
   wait $big; ls -la /tmp/m
