@@ -102,6 +102,9 @@ class Runtime(ABC):
     def nbytes(self, buf: Any) -> int:
         return buf.size
 
+    def forget(self, buf: Any) -> None:
+        """`buf` is no longer used (an outgrown arena): drop what the runtime keeps for it."""
+
     def timed(self, launches: Sequence[Any],
               writes: Sequence[tuple[Any, int, np.ndarray]]) -> Timing | None:
         """Write, then launch all in one submission with device timestamps around each
@@ -275,6 +278,8 @@ class GPUBackend(Backend):
     def reserve(self, nbytes: int) -> Any:
         """The one arena every program runs from, grown when a program needs more."""
         if self.arena is None or self.rt.nbytes(self.arena) < nbytes:
+            if self.arena is not None:
+                self.rt.forget(self.arena)
             self.arena = self.rt.buffer(align_up(max(nbytes, 4), 4))
         return self.arena
 
