@@ -33,6 +33,7 @@ SHAPES = {  # (N, K) of a layer's matmuls: attention q/o, kv, ffn gate/up, ffn d
 VARIANTS = {
     "GEMV_WORDS": [templates.GEMV_WORDS, 2, 8, 16],
     "GEMV_ROW_TILE": [templates.GEMV_ROW_TILE, 1, 4],
+    "GEMV_UNROLL": [templates.GEMV_UNROLL, 1, 8],
     "GEMM_TILE": [templates.GEMM_TILE, (64, 32, 32, 8, 4), (32, 64, 32, 4, 8), (64, 64, 16, 8, 8)],
 }
 

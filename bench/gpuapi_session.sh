@@ -8,20 +8,69 @@
 #   the reference models (six 58 MiB chunks) greedy on cpu, cuda, webgpu and opencl
 # run(command="KERNELS=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the matmul kernels alone on Llama-3.1-8B's shapes, and their tile variants
+# run(command="SPEED=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   drift bench -p 512 -n 64 -r 2 on both models and APIs, their decode profiles, the GEMV
+#   alone on the 8B's shapes: about 4 minutes
+# run(command="PROFILE=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   where a decode token's time goes (bench/gpuapi_profile.py, device timestamps), both
+#   models on both APIs, about 4 minutes
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
 [[ -n $CHUNK_ONLY ]] && { ls -la /tmp/parts; exit 0; }
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
+if [[ -z $SKIP_SETUP ]]; then  # SKIP_SETUP=1: a machine whose drivers and packages are in place
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-mkdir -p /tmp/icd && echo /usr/local/nvidia/lib64/libnvidia-opencl.so.1 > /tmp/icd/nvidia.icd
-export OCL_ICD_VENDORS=/tmp/icd
+if [[ -z $SKIP_SETUP ]]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  mkdir -p /tmp/icd && echo /usr/local/nvidia/lib64/libnvidia-opencl.so.1 > /tmp/icd/nvidia.icd
+  export OCL_ICD_VENDORS=/tmp/icd
+fi
 if [[ -n $KERNELS ]]; then
   timeout 560 python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0 --reps 20 --variants \
     2>&1 | tee "$OUT/kernels.txt"
+  exit
+fi
+if [[ -n $SPEED ]]; then  # drift bench first (the figures), then where the time went
+  python3 -m drift make-random llama-3.1-8b Q4_0 /tmp/m/llama-3.1-8b-Q4_0.gguf >/dev/null 2>&1 &
+  big=$!
+  python3 -m drift make-random llama-3.2-1b Q4_0 /tmp/m/llama-3.2-1b-Q4_0.gguf 2>&1 | tail -1
+  bench() {  # model api
+    timeout ${BENCH_TIMEOUT:-45} python3 -m drift bench /tmp/m/$1.gguf -p 512 -n 64 -r 2 \
+      --device $2 --no-ceilings > "$OUT/bench-$2-$1.txt" 2>&1
+    echo "rc=$? $2 $1"; grep -E "^\| |Error|error" "$OUT/bench-$2-$1.txt" | grep -v -- "---" | head -4
+  }
+  prof() {  # model api
+    timeout ${PROFILE_TIMEOUT:-35} python3 bench/gpuapi_profile.py /tmp/m/$1.gguf --device $2 \
+      --pos ${POS:-384} --reps ${REPS:-5} --top 16 > "$OUT/profile-$2-$1.txt" 2>&1
+    echo "rc=$? profile $2 $1"; grep -E "^subgroup|^\| (wall, logits|host time|device span|device time)" \
+      "$OUT/profile-$2-$1.txt"
+  }
+  for dev in webgpu opencl; do bench llama-3.2-1b-Q4_0 $dev; done
+  wait $big
+  for dev in webgpu opencl; do bench llama-3.1-8b-Q4_0 $dev; done
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do for dev in webgpu opencl; do prof $m $dev; done; done
+  timeout ${KERNELS_TIMEOUT:-30} python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0 --rows 1 \
+    --reps 20 > "$OUT/kernels.txt" 2>&1; echo "rc=$? kernels"; tail -12 "$OUT/kernels.txt"
+  exit
+fi
+if [[ -n $PROFILE ]]; then
+  python3 -m drift make-random llama-3.1-8b Q4_0 /tmp/m/llama-3.1-8b-Q4_0.gguf >/dev/null 2>&1 &
+  big=$!
+  python3 -m drift make-random llama-3.2-1b Q4_0 /tmp/m/llama-3.2-1b-Q4_0.gguf 2>&1 | tail -1
+  prof() {  # model api [flags]: one profile into $OUT, its tail on stdout
+    local m=$1 dev=$2; shift 2
+    timeout ${PROFILE_TIMEOUT:-70} python3 bench/gpuapi_profile.py /tmp/m/$m.gguf --device $dev \
+      --pos ${POS:-384} --reps ${REPS:-10} "$@" > "$OUT/profile-$dev-$m$*.txt" 2>&1
+    echo "rc=$? $dev $m $*"; grep -v "^device properties" "$OUT/profile-$dev-$m$*.txt" | head -33
+  }
+  for dev in webgpu opencl; do prof llama-3.2-1b-Q4_0 $dev; done
+  wait $big; ls -la /tmp/m
+  for dev in webgpu opencl; do prof llama-3.1-8b-Q4_0 $dev; done
+  prof llama-3.1-8b-Q4_0 webgpu --pass-per-dispatch  # the same with no barrier-free stamps
   exit
 fi
 if [[ -n $CHECK ]]; then  # greedy 32 tokens on the reference models: cpu, cuda, webgpu, opencl

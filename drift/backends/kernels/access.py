@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drift.backends.kernels.renderer import Param, Renderer, c_index
-from drift.passes.storage import QuantBlockPlanes, Storage
+from drift.passes.storage import QuantBlockPlanes, Storage, StridedBuffer
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,29 @@ class Accessor:
         for k in range(len(reads) - 2, -1, -1):
             expr = r.select(f"({obj}) == {k}", reads[k], expr)
         return expr
+
+    # -- four elements at once: an f32 tensor in one binding, rows a multiple of 4 apart
+    def vec4_param(self) -> Param | None:
+        """The binding of this tensor seen as `f32x4` (the same place bound a second time),
+        where element (..., 4i) starts a vector: None where it does not (several objects or
+        chunks, a shift or a row stride that is not a multiple of 4, another type)."""
+        st = self.storage
+        if (self.dtype != "f32" or len(self.objs) != 1 or len(self.objs[0].chunks) != 1
+                or not isinstance(st, StridedBuffer)):
+            return None
+        strides, c = st.element_strides, self.objs[0].chunks[0]
+        if strides[-1] != 1 or any(s % 4 for s in strides[:-1]) or c.shift % 4:
+            return None
+        return Param(f"{c.param.name}x4", "f32x4", c.param.writable, view_of=c.param.name)
+
+    def load4(self, r: Renderer, *coords: str) -> str:
+        """Elements coords .. coords + (0, ..., 3) as an f32x4: the last coordinate a multiple
+        of 4, `vec4_param()` not None."""
+        p = self.vec4_param()
+        assert p is not None
+        shift = self.objs[0].chunks[0].shift
+        at = self._where(coords)["offset"]
+        return r.load(p, f"({shift} + {at}) / 4" if shift else f"({at}) / 4")
 
     # -- quantized weights: the planes of a QuantBlockPlanes storage, by field name
     def plane(self, field: str) -> Obj:

@@ -17,15 +17,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from drift.backends.base import Backend, HeldBytes, Program
+from drift.backends.base import Backend, HeldBytes, Program, weight_stacks
 from drift.backends.kernels.access import Accessor, Chunk, Obj
 from drift.backends.kernels.quant import DEQUANT
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
-from drift.backends.kernels.templates import TEMPLATES, argmax, kernel_for
+from drift.backends.kernels.templates import (
+    TEMPLATES,
+    argmax,
+    argmax_groups,
+    kernel_for,
+    subgroup_probe,
+)
 from drift.errors import UnsupportedError
 from drift.formats.gguf import GGUFFile, check_quant_supported
 from drift.ir import REGISTRY, Role, TensorSpec, storage_name
@@ -34,7 +41,8 @@ from drift.passes import Capabilities, Compiled
 from drift.passes.storage import Storage, StridedBuffer, align_up, weight_storage
 
 PLAIN_WEIGHTS = ("f32", "f16")
-FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up"})  # the fused ops the templates implement
+# the fused ops the templates implement
+FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up", "stacked_matmul", "rope_qkv_write"})
 
 
 def _kind(dtype: str) -> str:
@@ -46,6 +54,17 @@ def _unit(kind: str) -> int:
     return 1 if kind == "u8" else 4
 
 
+@dataclass
+class Timing:
+    """One submission's launches timed by the device's own clock (`Runtime.timed`)."""
+
+    seconds: list[float]  # each launch's device time, in launch order
+    span: float  # device clock from the first launch's start to the last one's end
+    enqueue: float  # host seconds spent recording / enqueueing the launches
+    wall: float  # host seconds from the first launch recorded to the results read
+    method: str  # how the device timed them (one line, for the report)
+
+
 class Runtime(ABC):
     """One API's device: buffers, kernel compilation, launches, submission."""
 
@@ -53,6 +72,7 @@ class Runtime(ABC):
     binding_alignment: int  # a binding's offset into its buffer is a multiple of this
     max_binding: int  # bytes one binding may span
     subgroup_size: int = 0
+    subgroup_lanes: int = 0  # shuffle lanes to try (`probe_subgroups`); 0: no shuffles
 
     @abstractmethod
     def buffer(self, nbytes: int) -> Any:
@@ -82,6 +102,54 @@ class Runtime(ABC):
     def nbytes(self, buf: Any) -> int:
         return buf.size
 
+    def forget(self, buf: Any) -> None:
+        """`buf` is no longer used (an outgrown arena): drop what the runtime keeps for it."""
+
+    def timed(self, launches: Sequence[Any],
+              writes: Sequence[tuple[Any, int, np.ndarray]]) -> Timing | None:
+        """Write, then launch all in one submission with device timestamps around each
+        launch; None where the device gives none (`timing_unavailable` says why)."""
+        return None
+
+    timing_unavailable = "this runtime has no device timestamps"
+
+
+def probe_subgroups(rt: Runtime) -> int:
+    """The lanes the renderer's `shuffle_xor` exchanges values across on this device: the
+    largest power of 2 from the runtime's candidate down whose probe (a kernel of the
+    butterfly the reductions use) compiles and sums right here; 0 if none does. (wgpu reports
+    subgroup sizes 4 to 128 for NVIDIA's 32 and lavapipe's 8: only running tells. A compiler
+    that picks the subgroup size per kernel could give another kernel fewer lanes than the
+    probe's; the drivers seen keep one size.)"""
+    lanes = rt.subgroup_lanes
+    while lanes >= 2:
+        if not lanes & (lanes - 1) and _probe(rt, lanes):
+            rt.renderer.subgroup_lanes = lanes
+            return lanes
+        lanes //= 2
+    rt.renderer.subgroup_lanes = 0
+    return 0
+
+
+def _probe(rt: Runtime, lanes: int) -> bool:
+    rt.renderer.subgroup_lanes = lanes
+    try:
+        ks = subgroup_probe(rt.renderer, lanes)
+        buf = rt.buffer(4 * ks.workgroup)
+        launch = rt.launch(rt.compile(ks), ks.params, [(buf, 0, 4 * ks.workgroup)], 1)
+        (raw,) = rt.run([launch], [(buf, 0, np.zeros(ks.workgroup, np.float32))],
+                        [(buf, 0, 4 * ks.workgroup)])
+    except Exception:  # the compiler refused it: no shuffles
+        return False
+    lid = np.arange(ks.workgroup)
+    want = (lid - lid % lanes) * lanes + lanes * (lanes - 1) // 2
+    return bool(np.array_equal(raw.view(np.float32), want.astype(np.float32)))
+
+
+def _places(params: Sequence[Param], places: dict[str, Any]) -> list[Any]:
+    """Where each param is bound (a view, such as an f32x4 one, at its buffer's place)."""
+    return [places[p.view_of or p.name] for p in params]
+
 
 class GPUBackend(Backend):
     """A backend over a `Runtime`: subclasses say how to make one (`make_runtime`)."""
@@ -90,11 +158,15 @@ class GPUBackend(Backend):
 
     def __init__(self, max_binding_bytes: int | None = None):
         self.rt: Runtime = self.make_runtime()
+        probe_subgroups(self.rt)
         self.limit = self.rt.max_binding
         if max_binding_bytes:  # tests: a small limit exercises the split objects cheaply
             self.limit = min(self.limit, max_binding_bytes)
         self.align = max(64, self.rt.binding_alignment)
         self.weights: dict[str, tuple[Storage, list[Obj]]] = {}
+        # a weight loaded as rows of a stacked matmul's one matrix: (that matrix's name, shape)
+        self.stacked: dict[str, tuple[str, tuple[int, int]]] = {}
+        self._host: dict[str, np.ndarray] = {}  # load_arrays' weights, for stacking later
         self.state: dict[str, tuple[Storage, Any]] = {}
         self.arena: Any = None
         self._kernels: dict[str, Any] = {}  # source -> compiled kernel
@@ -117,18 +189,49 @@ class GPUBackend(Backend):
     # -- weights and state
 
     def load_weights(self, model_file: GGUFFile, specs: list[TensorSpec], stacks=()) -> None:
-        # stacks: no stacked_matmul kernel yet (fused_ops is empty), so nothing to lay out
+        """Each weight into its storage; the weights of each group in `stacks` (a stacked
+        matmul's) as adjacent rows of one matrix, which one matmul kernel reads."""
+        by_name = {s.name: s for s in specs}
+        for group in stacks:
+            if all(g in by_name for g in group):
+                for g in group:
+                    check_quant_supported(model_file.tensors[g])
+                self._load_stack([by_name[g] for g in group],
+                                 [np.asarray(model_file.tensors[g].data) for g in group])
         for s in specs:
-            info = model_file.tensors[s.name]
-            check_quant_supported(info)
-            self.load_raw(s.name, s.shape, s.dtype, np.asarray(info.data))
+            if s.name not in self.stacked:
+                info = model_file.tensors[s.name]
+                check_quant_supported(info)
+                self.load_raw(s.name, s.shape, s.dtype, np.asarray(info.data))
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         for name, a in arrays.items():
             a = np.asarray(a)
             dtype = "f16" if a.dtype == np.float16 else "f32"
-            self.load_raw(name, a.shape, dtype,
-                          a.astype(np.float16 if dtype == "f16" else np.float32))
+            a = a.astype(np.float16 if dtype == "f16" else np.float32)
+            self.load_raw(name, a.shape, dtype, a)
+            self._host[name] = a  # (tests' small weights) stacked when a program needs it
+
+    def _load_stack(self, specs: list[TensorSpec], data: list[np.ndarray]) -> None:
+        """Weights of one type and width as the rows of one matrix named after them all
+        (GGUF rows are whole blocks: the file's rows concatenate)."""
+        name = "+".join(s.name for s in specs)
+        shape = (sum(s.shape[0] for s in specs), specs[0].shape[1])
+        self.load_raw(name, shape, specs[0].dtype, np.concatenate(data))
+        for s in specs:
+            self.stacked[s.name] = (name, shape)
+            self.weights.pop(s.name, None)  # (load_arrays' copy) read only through the stack
+
+    def ensure_stacked(self, graph) -> None:
+        """Every stacked matmul's weights stacked (load_weights did, given the stacks; weights
+        of load_arrays are stacked from their host copies here)."""
+        for group in weight_stacks(graph):
+            if len({self.stacked.get(g, (g,))[0] for g in group}) == 1 and group[0] in self.stacked:
+                continue
+            if not all(g in self._host for g in group):
+                raise UnsupportedError(f"{self.name}: {', '.join(group)} run as one matmul but "
+                                       "were not loaded as its stack (load_weights' stacks)")
+            self._load_stack([graph.tensors[g] for g in group], [self._host[g] for g in group])
 
     def load_raw(self, name: str, shape: tuple[int, ...], dtype: str, data: np.ndarray) -> None:
         """A weight as the file stores it (GGUF blocks for quantized types), converted once
@@ -165,7 +268,7 @@ class GPUBackend(Backend):
                 self.state[s.name] = (st, self.rt.buffer(align_up(st.nbytes, 4)))
 
     def has_weight(self, name: str) -> bool:
-        return name in self.weights
+        return name in self.weights or name in self.stacked
 
     def held_bytes(self) -> HeldBytes:
         w = sum(c.place[2] for _, objs in self.weights.values() for o in objs for c in o.chunks)
@@ -175,6 +278,8 @@ class GPUBackend(Backend):
     def reserve(self, nbytes: int) -> Any:
         """The one arena every program runs from, grown when a program needs more."""
         if self.arena is None or self.rt.nbytes(self.arena) < nbytes:
+            if self.arena is not None:
+                self.rt.forget(self.arena)
             self.arena = self.rt.buffer(align_up(max(nbytes, 4), 4))
         return self.arena
 
@@ -212,6 +317,7 @@ class GPUProgram(Program):
         self.plan, self.storages = compiled.plan, compiled.storages
         assert self.plan is not None
         backend.reserve(self.plan.arena_bytes)
+        backend.ensure_stacked(self.graph)
         for n in self.graph.nodes:
             if not (is_view(n.op) or backend.supports(n.op)):
                 raise UnsupportedError(f"{backend.name}: no kernel for {n.op}")
@@ -237,7 +343,9 @@ class GPUProgram(Program):
         b = self.backend
         t = self.graph.tensors[name]
         if t.role == Role.WEIGHT:
-            st, objs = b.weights[name]
+            # a stacked weight reads as its whole stack: the stacked matmul's one matrix
+            stack, shape = b.stacked.get(name, (name, t.shape))
+            st, objs = b.weights[stack]
             # weights' params are named by the kernel: rename them in order of use
             renamed = []
             for o in objs:
@@ -248,7 +356,7 @@ class GPUProgram(Program):
                         names[key] = (Param(f"b{len(names)}", c.param.kind, False), c.place)
                     chunks.append(Chunk(names[key][0], c.place, 0))
                 renamed.append(Obj(tuple(chunks), o.chunk))
-            return Accessor(name, t.shape, t.dtype, st, tuple(renamed))
+            return Accessor(name, shape, t.dtype, st, tuple(renamed))
         if t.role == Role.KV:
             st, buf = b.state[storage_name(name)]
             return Accessor(name, t.shape, t.dtype, st,
@@ -274,7 +382,7 @@ class GPUProgram(Program):
             ks, groups = kernel_for(b.rt.renderer, n, acc)
             places = {p.name: place for p, place in names.values()}
             self.launches.append(b.rt.launch(b.kernel(ks), ks.params,
-                                             [places[p.name] for p in ks.params], groups))
+                                             _places(ks.params, places), groups))
             self.sources.append(ks)
         self._bound = b.arena
 
@@ -311,12 +419,28 @@ class GPUProgram(Program):
             writes.append((arena, self.plan.offsets[name], block))
         return writes or [(arena, 0, np.zeros(4, np.uint8))]
 
+    def timed(self, feeds: dict[str, np.ndarray], extra: Sequence[Any] = ()) -> Timing | None:
+        """One call (its launches, then `extra` launches, e.g. the sampler's) in one
+        submission, each launch timed on the device (`Runtime.timed`); outputs not read."""
+        self._bind()
+        self.backend.flush()
+        return self.backend.rt.timed([*self.launches, *extra], self._writes(feeds))
+
+    def launch_nodes(self) -> list[Any]:
+        """The nodes that launch a kernel, in launch order (`launches[i]` runs node i)."""
+        return [n for n in self.graph.nodes if not is_view(n.op)]
+
     def profile(self, feeds: dict[str, np.ndarray]) -> list[tuple[Any, float]]:
-        """Seconds per node: each launch submitted alone (after the input writes) and waited
+        """Seconds per node: with device timestamps, each launch's device time within one
+        submission; without, each launch submitted alone (after the input writes) and waited
         for, so the sum exceeds a call's time by the submissions."""
         import time
 
         self.run(feeds)
+        timing = self.timed(feeds)
+        if timing is not None:
+            it = iter(timing.seconds)
+            return [(n, 0.0 if is_view(n.op) else next(it)) for n in self.graph.nodes]
         rt, it, writes = self.backend.rt, iter(self.launches), self._writes(feeds)
         out = []
         for n in self.graph.nodes:
@@ -354,30 +478,47 @@ class DeviceOutput:
 
 
 class GreedySampler:
-    """argmax(logits) on the device: the pending call's launches, then the argmax kernel,
-    submitted together; 4 bytes read back."""
+    """argmax(logits) on the device: the pending call's launches, then the argmax kernels
+    (two stages), submitted together; 4 bytes read back."""
 
     def __init__(self, backend: GPUBackend):
         self.backend = backend
         self.token = backend.rt.buffer(4)
-        self._launches: dict[tuple[int, str], Any] = {}
+        self._launches: dict[tuple[int, str], list[Any]] = {}
+        self._partials: dict[int, tuple[Any, Any]] = {}  # groups -> (values, indices) buffers
 
-    def __call__(self, logits: DeviceOutput, history=()) -> int:
+    def launches(self, logits: DeviceOutput) -> list[Any]:
+        """The argmax's launches over this output of its program, bound once."""
         b, prog = self.backend, logits.program
         key = (id(prog), logits.name)
         if key not in self._launches or prog._bound is not b.arena:
             names: dict = {}
             x = prog._accessor(logits.name, names)
-            out = Accessor("token", (1,), "i32", StridedBuffer((1,), "i32"),
-                           (prog._obj(self.token, 0, 4, "i32", True, names),))
-            ks, groups = argmax(b.rt.renderer, x, out)
-            places = {p.name: place for p, place in names.values()}
-            self._launches[key] = b.rt.launch(b.kernel(ks), ks.params,
-                                              [places[p.name] for p in ks.params], groups)
+            G = argmax_groups(x.shape[-1])
+            if G not in self._partials:
+                self._partials[G] = (b.rt.buffer(4 * G), b.rt.buffer(4 * G))
+
+            def small(name, dtype, buf, n):
+                return Accessor(name, (n,), dtype, StridedBuffer((n,), dtype),
+                                (prog._obj(buf, 0, 4 * n, dtype, True, names),))
+
+            out = small("token", "i32", self.token, 1)
+            vals, idx = (small(f"part_{t}", t, buf, G)
+                         for t, buf in zip(("f32", "i32"), self._partials[G]))
+            self._launches[key] = []
+            for ks, groups in argmax(b.rt.renderer, x, out, vals, idx):
+                places = {p.name: place for p, place in names.values()}
+                self._launches[key].append(b.rt.launch(b.kernel(ks), ks.params,
+                                                       _places(ks.params, places), groups))
+        return self._launches[key]
+
+    def __call__(self, logits: DeviceOutput, history=()) -> int:
+        b, prog = self.backend, logits.program
+        launches = self.launches(logits)
         if b.pending is None or b.pending[0] is not prog:
             # already computed (sampled twice): on the host, rather than run a kernel without
             # writing the arena first (PoCL, see GPUProgram._writes)
             return int(np.argmax(np.asarray(logits)))
         writes, b.pending = b.pending[1], None
-        (raw,) = b.rt.run([*prog.launches, self._launches[key]], writes, [(self.token, 0, 4)])
+        (raw,) = b.rt.run([*prog.launches, *launches], writes, [(self.token, 0, 4)])
         return int(raw.view(np.int32)[0])

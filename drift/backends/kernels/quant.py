@@ -165,7 +165,12 @@ class Group:
 
     a: str
     c: str
-    elems: list[tuple[str, str]]
+    elems: list[tuple[str, str]]  # in runs of 4 consecutive elements, each from a multiple of 4
+
+    def runs(self) -> list[list[tuple[str, str]]]:
+        """The elements four at a time: the GEMV reads the x of each run as one f32x4."""
+        assert len(self.elems) % 4 == 0
+        return [self.elems[i : i + 4] for i in range(0, len(self.elems), 4)]
 
 
 @dataclass(frozen=True)

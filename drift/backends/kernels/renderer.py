@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-# Kinds of buffer a kernel binds: float32 elements, int32 elements, or raw bytes (quant
-# planes, f16 weights), which WGSL can only hold as u32 words.
-KINDS = ("f32", "i32", "u8")
+# Kinds of buffer a kernel binds: float32 elements, int32 elements, raw bytes (quant planes,
+# f16 weights), which WGSL can only hold as u32 words, or float32 read four at a time (a
+# second binding of an f32 buffer: `view_of`).
+KINDS = ("f32", "i32", "u8", "f32x4")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Param:
     name: str
     kind: str  # one of KINDS
     writable: bool
+    view_of: str = ""  # another param's binding, seen as this kind (bound to the same place)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class KernelSource:
     body: str
     shared: list[tuple[str, str, int]] = field(default_factory=list)  # (name, type, length)
     helpers: list[Helper] = field(default_factory=list)
+    subgroups: bool = False  # the body calls `Renderer.shuffle_xor`
 
 
 class Renderer:
@@ -64,6 +67,10 @@ class Renderer:
     # overflows to NaN for large arguments
     helpers_take_buffers = False  # helper functions get buffers as arguments (no globals)
     tiled_gemm = True  # prefill matmuls as the tiled GEMM (False: the block walk), per driver
+    # Lanes of a subgroup that `shuffle_xor` may exchange values across (a power of 2: the
+    # smallest subgroup the device runs, checked by `gpu.probe_subgroups` when the runtime
+    # starts); 0 where there are no subgroup shuffles (reductions through workgroup memory).
+    subgroup_lanes = 0
 
     # -- declarations and expressions
     def var(self, name: str, ty: str, init: str) -> str:
@@ -107,6 +114,11 @@ class Renderer:
     def barrier(self) -> str:
         raise NotImplementedError
 
+    def shuffle_xor(self, x: str, mask: str) -> str:
+        """f32 `x` of the lane whose subgroup index is this lane's xor `mask` (< lanes); every
+        lane of the subgroup must reach it (uniform control flow)."""
+        raise NotImplementedError
+
     def uniform_let(self, name: str, ty: str, shared: str) -> str:
         """`name` = a workgroup variable, after a barrier, as a value the language knows is
         uniform across the workgroup: what a loop bound around a barrier must be."""
@@ -131,6 +143,13 @@ class Renderer:
     def load_u32(self, p: Param, offset: str) -> str:
         """The little-endian u32 at byte `offset` (a multiple of 4) of a byte buffer."""
         raise NotImplementedError
+
+    def vec4(self, *xs: str) -> str:
+        """Four f32 as a vector (`f32x4`)."""
+        raise NotImplementedError
+
+    def dot4(self, a: str, b: str) -> str:
+        return f"dot({a}, {b})"
 
     def bitcast_f32(self, x: str) -> str:
         """The bits of u32 `x` as an f32."""

@@ -35,13 +35,16 @@ from drift.ir import Node
 from drift.passes.storage import block_size
 
 WG = 64  # threads per workgroup
+NORM_WG = 256  # threads of a norm's workgroup (one per row: decode has one row)
+ARGMAX_WG, ARGMAX_PER_THREAD = 256, 16  # greedy sampling's first stage: 4096 values a group
 MAX_GROUPS = 65535  # workgroups per dispatch axis (WebGPU's guaranteed limit)
 MATMUL_ROWS = 8  # rows of x a block-walking matmul workgroup takes at once
 GEMV_ROWS = 4  # rows of x up to which a matmul is a GEMV (decode), past which a tiled GEMM
 GEMV_WORDS = 4  # quant words each GEMV thread reads at least (fewer threads per row below)
 GEMV_ROW_TILE = 2  # weight rows each GEMV thread reads at the same words (x reused)
+GEMV_UNROLL = 4  # words each GEMV thread reads per loop step (loads issued before use)
 GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
-ATTN_TILE = 256  # keys scored per attention tile
+ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 
 
 class Builder:
@@ -52,6 +55,7 @@ class Builder:
         self.r, self.name, self.wg = r, name, wg
         self.params: dict[str, Param] = {}
         self.shared: list[tuple[str, str, int]] = []
+        self.subgroups = False  # shuffle_sum used
 
     def use(self, *accs: Accessor) -> None:
         for a in accs:
@@ -96,9 +100,48 @@ class Builder:
             s //= 2
         return lines
 
+    def shuffle_sum(self, values: list[str], lanes: int, op: str = "+") -> list[str]:
+        """Each of `values` (f32 variables) summed (or "max") over runs of `lanes` adjacent
+        threads (a power of 2, at most `Renderer.subgroup_lanes`) by a butterfly of subgroup
+        shuffles: every thread of the run ends with the result, no workgroup memory, no
+        barrier."""
+        self.subgroups = True
+        lines, m = [], lanes // 2
+        while m >= 1:
+            for v in values:
+                other = self.r.shuffle_xor(v, f"{m}u")
+                lines.append(f"{v} = {v} + {other};" if op == "+" else f"{v} = max({v}, {other});")
+            m //= 2
+        return lines
+
+    def reduce_all(self, var: str, op: str = "+") -> list[str]:
+        """f32 variable `var` reduced ("+" or "max") over the workgroup, the result in `var`
+        of every thread: by shuffles within each subgroup run and one pass through workgroup
+        memory where the device has them, else the tree (`reduce`). Starts with a barrier (a
+        previous reduction's memory may still be read) and ends with one."""
+        r, lanes = self.r, min(self.r.subgroup_lanes, self.wg)
+        if not lanes:
+            return [r.barrier(), *self.reduce([var], op), f"{var} = red[0];", r.barrier()]
+        runs = self.wg // lanes
+        if ("part", "f32", runs) not in self.shared:
+            self.shared.append(("part", "f32", runs))
+        lines = [r.barrier(), *self.shuffle_sum([var], lanes, op),
+                 f"if (lid % {lanes} == 0) {{ part[lid / {lanes}] = {var}; }}", r.barrier()]
+        parts = [f"part[{k}]" for k in range(runs)]
+        total = " + ".join(parts) if op == "+" else _max_chain(parts)
+        return lines + [f"{var} = {total};"]
+
     def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
         return (KernelSource(self.name, list(self.params.values()), self.wg,
-                             "\n    ".join(body), self.shared), groups)
+                             "\n    ".join(body), self.shared,
+                             subgroups=self.subgroups), groups)
+
+
+def _max_chain(xs: list[str]) -> str:
+    out = xs[0]
+    for x in xs[1:]:
+        out = f"max({out}, {x})"
+    return out
 
 
 def block_elements(w: Accessor) -> int:
@@ -178,34 +221,41 @@ def elementwise(r: Renderer, n: Node, acc: dict[str, Accessor]):
 
 
 def rms_norm(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    """rms_norm(x, w), or add_rms_norm(a, b, w): the sum written first (over a or b in
-    place: each thread reads back only what it wrote), then normed."""
+    """rms_norm(x, w), or add_rms_norm(a, b, w) (the sum written too, over a or b in place).
+    One workgroup of NORM_WG threads per row; each thread's elements (every NORM_WG-th) are
+    loaded together into registers first, so the row is read once and no load waits behind
+    a store that might alias it (in place), then the sum of squares over the workgroup."""
     fused = n.op == "add_rms_norm"
     ins = [acc[i] for i in n.inputs]
     x, w, out = ins[0], ins[-1], acc[n.outputs[-1]]
-    b = Builder(r, n.op)
+    b = Builder(r, n.op, NORM_WG)
     b.use(*ins, *(acc[o] for o in n.outputs))
     D, rows = x.shape[-1], prod(x.shape[:-1])
     lead = coords_of("grp", x.shape[:-1])
-    wv = w.load(r, "c")
-    if n.attrs.get("unit_offset"):
-        wv = f"({r.f(1.0)} + {wv})"
+    EPT = -(-D // b.wg)  # elements per thread
+
+    def each(e: int, line: str) -> str:
+        """`line` for this thread's element e (c{e}), guarded where the row ends early."""
+        return line if (e + 1) * b.wg <= D else f"if (c{e} < {D}) {{ {line} }}"
+
+    body = b.group(rows) + [r.var("ss", "f32", r.f(0.0))]
+    for e in range(EPT):
+        body += [r.let(f"c{e}", "u32", f"lid + {e * b.wg}"), r.var(f"v{e}", "f32", r.f(0.0))]
+        value = x.load(r, *lead, f"c{e}")
+        if fused:
+            value += f" + {ins[1].load(r, *lead, f'c{e}')}"
+        body.append(each(e, f"v{e} = {value};"))
     if fused:
         h = acc[n.outputs[0]]
-        value = f"{x.load(r, *lead, 'c')} + {ins[1].load(r, *lead, 'c')}"
-        first = f"{r.let('v', 'f32', value)} {h.store(r, 'v', *lead, 'c')}"
-        x = h  # the second pass reads the sum
-    else:
-        first = r.let("v", "f32", x.load(r, *lead, "c"))
-    body = b.group(rows) + [r.var("ss", "f32", r.f(0.0)),
-                            f"{r.for_('c', 'lid', str(D), str(b.wg))}",
-                            f"    {first} ss = ss + v * v;",
-                            "}"]
-    body += b.reduce(["ss"], "+")
-    body += [r.let("inv", "f32", r.fn("rsqrt", f"red[0] / {r.f(D)} + {r.f(n.attrs['eps'])}")),
-             r.for_("c", "lid", str(D), str(b.wg)),
-             "    " + out.store(r, x.load(r, *lead, "c") + f" * inv * {wv}", *lead, "c"),
-             "}"]
+        body += [each(e, h.store(r, f"v{e}", *lead, f"c{e}")) for e in range(EPT)]
+    body.append("ss = " + " + ".join(f"v{e} * v{e}" for e in range(EPT)) + ";")
+    body += b.reduce_all("ss")
+    body.append(r.let("inv", "f32", r.fn("rsqrt", f"ss / {r.f(D)} + {r.f(n.attrs['eps'])}")))
+    for e in range(EPT):
+        wv = w.load(r, f"c{e}")
+        if n.attrs.get("unit_offset"):
+            wv = f"({r.f(1.0)} + {wv})"
+        body.append(each(e, out.store(r, f"v{e} * inv * {wv}", *lead, f"c{e}")))
     return b.finish(body, rows)
 
 
@@ -238,7 +288,7 @@ def _matmul_blocks(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Ac
     """The block-walking matmul: what runs where neither the GEMV nor the GEMM does (plain
     weights, or types without a word reader, at a few rows)."""
     gated = n.op == "ffn_gate_up"
-    b = Builder(r, n.op)
+    b = Builder(r, f"{n.op}:blocks")
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     NB = -(-K // block_elements(ws[0]))  # blocks of a row
@@ -293,8 +343,12 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     32-bit words of its quant plane (coalesced), each thread GEMV_ROW_TILE rows at the same
     words so that every x value it loads serves them all; each word's weights are multiplied
     into the S rows of x in f32 registers (one multiply-add per weight and row, the group's
-    scale once: `quant.Words`), then a segmented tree over the TPR threads."""
-    b = Builder(r, n.op)
+    scale once: `quant.Words`), x read four elements at a time where its binding allows
+    (every reader's elements come in aligned runs of four); GEMV_UNROLL words per thread
+    loaded before any is used. The TPR threads of a row then sum their parts: by subgroup
+    shuffles where the device has them (TPR at most `Renderer.subgroup_lanes`: no workgroup
+    memory, no barrier), else a segmented tree in workgroup memory."""
+    b = Builder(r, f"{n.op}:gemv")
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     readers = [WORDS[w.dtype](r) for w in ws]
@@ -302,59 +356,104 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     R = max(1, min(GEMV_ROW_TILE, N // 64))  # rows per thread (small N: threads instead)
     # threads per row: a power of 2 leaving each thread at least GEMV_WORDS words
     TPR = min(b.wg, 1 << max(0, (W // GEMV_WORDS).bit_length() - 1))
+    lanes = r.subgroup_lanes
+    if lanes:
+        TPR = min(TPR, lanes)  # a row's threads within one subgroup: summed by shuffles
     RPW = b.wg // TPR * R  # rows per workgroup
     groups = -(-N // RPW)
+    x4 = x.vec4_param() if K % 4 == 0 else None
+    if x4 is not None:
+        b.params[x4.name] = x4
     body = b.group(groups) + [
         r.let("kl", "u32", f"lid % {TPR}"),
         r.let("c0", "u32", f"grp * {RPW} + lid / {TPR} * {R}"),
-        # rows past N read row N - 1 and store nothing: every thread reaches the barriers
+        # rows past N read row N - 1 and store nothing: every thread reaches the reduction
         *(r.let(f"wr{ri}", "u32", f"min(c0 + {ri}, {N - 1}u)") for ri in range(R)),
         *(r.array(f"acc{i}", "f32", S * R) for i in range(len(ws))),
     ]
     xrow = [coords_of(str(t), x.shape[:-1]) for t in range(S)]
+
+    def xrun(t: int, off: str) -> str:
+        """x[t, k0 + off .. + 3] as an f32x4."""
+        if x4 is not None:
+            return x.load4(r, *xrow[t], f"k0 + {off}")
+        return r.vec4(*(x.load(r, *xrow[t], f"k0 + {off} + {i}") for i in range(4)))
+
+    one4 = r.vec4(*[r.f(1.0)] * 4)
     for i, (w, rd) in enumerate(zip(ws, readers)):
         b.use(w)
         E = block_size(w.dtype)[0]
-        inner = [r.let("blk", "u32", f"wi / {rd.per_block}"),
-                 r.let("wj", "u32", f"wi % {rd.per_block}"),
-                 r.let("k0", "u32", f"blk * {E}"), *rd.at("wj")]
+        word = [r.let("blk", "u32", f"wi / {rd.per_block}"),
+                r.let("wj", "u32", f"wi % {rd.per_block}"),
+                r.let("k0", "u32", f"blk * {E}"), *rd.at("wj")]
         _, o = block_offsets(r, w, "wr0", "k0")
         _, grps = rd.read(w, o, "wj", "q")  # the element offsets: the same for every row
         for g, grp in enumerate(grps):
-            for e, (_, off) in enumerate(grp.elems):
+            for c, run in enumerate(grp.runs()):
                 for t in range(S):
-                    inner.append(r.let(f"xv{g}_{e}_{t}", "f32",
-                                       x.load(r, *xrow[t], f"k0 + {off}")))
+                    word.append(r.let(f"xv{g}_{c}_{t}", "f32x4", xrun(t, run[0][1])))
             if grp.c:
                 for t in range(S):
-                    total = " + ".join(f"xv{g}_{e}_{t}" for e in range(len(grp.elems)))
-                    inner.append(r.let(f"xs{g}_{t}", "f32", total))
+                    total = " + ".join(r.dot4(f"xv{g}_{c}_{t}", one4)
+                                       for c in range(len(grp.runs())))
+                    word.append(r.let(f"xs{g}_{t}", "f32", total))
         for ri in range(R):
             offs, o = block_offsets(r, w, f"wr{ri}", "k0")
             lines, grps = rd.read(w, o, "wj", "q")
             row = [*offs, r.let("q", "u32", w.plane(rd.plane).u32(r, f"{o[rd.plane]} + 4 * wj")),
                    *lines]
             for g, grp in enumerate(grps):
-                for e, (qf, _) in enumerate(grp.elems):
-                    row.append(r.let(f"q{g}_{e}", "f32", qf))
+                for c, run in enumerate(grp.runs()):
+                    row.append(r.let(f"q{g}_{c}", "f32x4", r.vec4(*(qf for qf, _ in run))))
                 for t in range(S):
-                    dot = " + ".join(f"q{g}_{e} * xv{g}_{e}_{t}" for e in range(len(grp.elems)))
+                    dot = " + ".join(r.dot4(f"q{g}_{c}", f"xv{g}_{c}_{t}")
+                                     for c in range(len(grp.runs())))
                     more = f" + ({grp.c}) * xs{g}_{t}" if grp.c else ""
                     a = f"acc{i}[{t * R + ri}]"
                     row.append(f"{a} = {a} + ({grp.a}) * ({dot}){more};")
-            inner += ["{", *("    " + x for x in row), "}"]
+            word += ["{", *("    " + x for x in row), "}"]
         Wi = K // E * rd.per_block
-        body += [r.for_("wi", "kl", str(Wi), str(TPR)), *("    " + x for x in inner), "}"]
-    body += b.reduce([f"acc{i}[{t * R + ri}]" for i in range(len(ws)) for t in range(S)
-                      for ri in range(R)], "+", TPR)
+        body += ["{", *("    " + x for x in _word_loop(r, word, Wi, TPR)), "}"]
+    values = [f"acc{i}[{t * R + ri}]" for i in range(len(ws)) for t in range(S)
+              for ri in range(R)]
+    if lanes:
+        body += b.shuffle_sum(values, TPR)
+        sums = values
+    else:
+        body += b.reduce(values, "+", TPR)
+        sums = [f"red[{v * b.wg} + lid]" for v in range(len(values))]
     for i_t in range(S * R):
         t, ri = divmod(i_t, R)
-        vals = [f"red[{(i * S * R + i_t) * b.wg} + lid]" for i in range(len(ws))]
+        vals = [sums[i * S * R + i_t] for i in range(len(ws))]
         col = f"min(c0 + {ri}, {N - 1}u)"  # clamped as well as guarded: see _gemm
         pre, value = _epilogue(r, n, vals, biases, col)
         st = out.store(r, value, *coords_of(str(t), out.shape[:-1]), col)
         body.append(f"if (c0 + {ri} < {N} && kl == 0) {{ {pre}{st} }}")
     return b.finish(body, groups)
+
+
+def _word_loop(r: Renderer, word: list[str], Wi: int, TPR: int) -> list[str]:
+    """`word` (statements over word index `wi`) for wi = kl, kl + TPR, .. < Wi: a counted loop
+    of GEMV_UNROLL copies (each thread's loads of them issued together), the copies left
+    over, and a last guarded one where TPR does not divide Wi."""
+    U, full = GEMV_UNROLL, Wi // TPR
+
+    def copy(it: str, guard: bool = False) -> list[str]:
+        inner = word if not guard else [f"if (wi < {Wi}) {{", *("    " + x for x in word), "}"]
+        return ["{", "    " + r.let("wi", "u32", f"kl + ({it}) * {TPR}"),
+                *("    " + x for x in inner), "}"]
+
+    lines = []
+    if full // U:
+        lines.append(r.for_("it", "0", str(full // U)))
+        for u in range(U):
+            lines += ["    " + x for x in copy(f"it * {U} + {u}")]
+        lines.append("}")
+    for it in range(full // U * U, full):
+        lines += copy(str(it))
+    if Wi % TPR:
+        lines += copy(str(full), guard=True)
+    return lines
 
 
 def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
@@ -366,7 +465,7 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     TM, TN, BK, RM, RN = GEMM_TILE
     TX, TY = TN // RN, TM // RM  # threads along columns, along rows
     wg = TX * TY
-    b = Builder(r, n.op, wg)
+    b = Builder(r, f"{n.op}:gemm", wg)
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     EPT = TN * BK // wg  # weight elements each thread dequantizes per step: a run of one column
@@ -446,14 +545,61 @@ def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int, WS: int
     return body
 
 
+class Columns:
+    """The outputs y_i (..., N_i) of a stacked matmul as one (..., sum N_i) tensor, so the
+    matmul kernels store it like any output: column c goes to the y_i whose range holds it
+    (and a bias per y_i reads likewise)."""
+
+    def __init__(self, parts: list[Accessor]):
+        self.parts = parts
+        self.shape = parts[0].shape[:-1] + (sum(p.shape[-1] for p in parts),)
+        self.params = [p for a in parts for p in a.params]
+
+    def _ranges(self):
+        at = 0
+        for k, p in enumerate(self.parts):
+            yield k, p, at
+            at += p.shape[-1]
+
+    def store(self, r: Renderer, value: str, *coords: str) -> str:
+        *lead, col = coords
+        parts = []
+        for k, p, at in self._ranges():
+            st = p.store(r, "sv", *lead, f"sc - {at}" if at else "sc")
+            if k == len(self.parts) - 1:
+                parts.append(f"else {{ {st} }}" if k else st)
+            else:
+                parts.append(f"{'if' if k == 0 else 'else if'} (sc < {at + p.shape[-1]}) "
+                             f"{{ {st} }}")
+        # the value once, then the part's store (PoCL 3.1 stored wrong values when each
+        # branch of the chain computed it, with a bias read through `load`'s choice)
+        return f"{{ {r.let('sc', 'u32', col)} {r.let('sv', 'f32', value)} {' '.join(parts)} }}"
+
+    def load(self, r: Renderer, *coords: str) -> str:
+        *lead, col = coords
+        expr = None
+        for k, p, at in reversed(list(self._ranges())):
+            v = p.load(r, *lead, f"({col}) - {at}" if at else col)
+            expr = v if expr is None else r.select(f"({col}) < {at + p.shape[-1]}", v, expr)
+        return expr
+
+
 def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    """matmul(x, w), or ffn_gate_up(x, wg, wu [, bg, bu]) (each weight's sums apart, the
-    gated activation as the epilogue). Stage-aware: the GEMV at up to GEMV_ROWS rows of x
-    where every weight has a word reader, the tiled GEMM past that, the block walk else."""
+    """matmul(x, w), ffn_gate_up(x, wg, wu [, bg, bu]) (each weight's sums apart, the gated
+    activation as the epilogue), or stacked_matmul(x, w_1.., [b_1..]) (the weights loaded
+    as the rows of one matrix, which every w_i's accessor reads: one matmul, its columns
+    stored into the y_i). Stage-aware: the GEMV at up to GEMV_ROWS rows of x where every
+    weight has a word reader, the tiled GEMM past that, the block walk else."""
     gated = n.op == "ffn_gate_up"
     x, out = acc[n.inputs[0]], acc[n.outputs[0]]
     ws = [acc[i] for i in n.inputs[1 : 3 if gated else 2]]
     biases = [acc[i] for i in n.inputs[3:5]] if gated and n.attrs.get("bias") else []
+    if n.op == "stacked_matmul":
+        k = n.attrs["n"]
+        out = Columns([acc[o] for o in n.outputs])
+        assert ws[0].shape[0] == out.shape[-1], "the stacked weights are not one matrix"
+        if n.attrs.get("bias"):
+            biases = [Columns([acc[i] for i in n.inputs[1 + k : 1 + 2 * k]])]
     S = prod(x.shape[:-1])
     if S > GEMV_ROWS and r.tiled_gemm:
         return _gemm(r, n, x, out, ws, biases)
@@ -489,48 +635,108 @@ def kv_write(r: Renderer, n: Node, acc: dict[str, Accessor]):
     return b.finish(body, groups)
 
 
-def rope(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    x, pos, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
-    ff = acc[n.inputs[2]] if len(n.inputs) == 3 else None
-    a = n.attrs
-    S, H, Dh = x.shape
-    nd = a["n_dims"]
+def _rotate(r: Renderer, x: Accessor, pos: Accessor, ff: Accessor | None, a: dict,
+            store: Callable[[str, str], str]) -> list[str]:
+    """One thread's part of RoPE on row (s, h) of x (`s`, `h`, `j` bound): pair j < n_dims / 2
+    rotated by the angle of position pos[s], or dimension j + n_dims / 2 passed through;
+    `store(value, dim)` writes dimension `dim` of the row."""
+    Dh, nd = x.shape[-1], a["n_dims"]
     half = nd // 2
-    J = Dh - half  # pairs, then the dims past n_dims one by one
-    b = Builder(r, "rope")
-    b.use(x, pos, out, *([ff] if ff else []))
-    body, groups = _threads(b, S * H * J)
-    s, h, j = coords_of("i", (S, H, J))
     fscale, rest = r.f(a.get("freq_scale", 1.0)), f"j + {half}"
     ia, ib = ("2 * j", "2 * j + 1") if a["mode"] == "norm" else ("j", f"j + {half}")
     inv = r.fn("pow", r.f(a["theta"]), f"-{r.cast('f32', '2 * j')} / {r.f(nd)}")
     if ff is not None:
         inv = f"{inv} / {ff.load(r, 'j')}"
-    body += [r.let("s", "u32", s), r.let("h", "u32", h), r.let("j", "u32", j),
-             f"if (j < {half}) {{",
-             "    " + r.let("ang", "f32", f"{r.cast('f32', pos.load(r, 's'))} * {fscale} * {inv}"),
-             "    " + r.let("cs", "f32", r.fn("cos", "ang")),
-             "    " + r.let("sn", "f32", r.fn("sin", "ang")),
-             "    " + r.let("xa", "f32", x.load(r, "s", "h", ia)),
-             "    " + r.let("xb", "f32", x.load(r, "s", "h", ib)),
-             f"    {out.store(r, 'xa * cs - xb * sn', 's', 'h', ia)}",
-             f"    {out.store(r, 'xa * sn + xb * cs', 's', 'h', ib)}",
-             f"}} else {{ {out.store(r, x.load(r, 's', 'h', rest), 's', 'h', rest)} }}"]
+    assert Dh - half >= half
+    return [f"if (j < {half}) {{",
+            "    " + r.let("ang", "f32", f"{r.cast('f32', pos.load(r, 's'))} * {fscale} * {inv}"),
+            "    " + r.let("cs", "f32", r.fn("cos", "ang")),
+            "    " + r.let("sn", "f32", r.fn("sin", "ang")),
+            "    " + r.let("xa", "f32", x.load(r, "s", "h", ia)),
+            "    " + r.let("xb", "f32", x.load(r, "s", "h", ib)),
+            f"    {store('xa * cs - xb * sn', ia)}",
+            f"    {store('xa * sn + xb * cs', ib)}",
+            f"}} else {{ {store(x.load(r, 's', 'h', rest), rest)} }}"]
+
+
+def rope(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    x, pos, out = acc[n.inputs[0]], acc[n.inputs[1]], acc[n.outputs[0]]
+    ff = acc[n.inputs[2]] if len(n.inputs) == 3 else None
+    S, H, Dh = x.shape
+    J = Dh - n.attrs["n_dims"] // 2  # pairs, then the dims past n_dims one by one
+    b = Builder(r, "rope")
+    b.use(x, pos, out, *([ff] if ff else []))
+    body, groups = _threads(b, S * H * J)
+    s, h, j = coords_of("i", (S, H, J))
+    body += [r.let("s", "u32", s), r.let("h", "u32", h), r.let("j", "u32", j)]
+    body += _rotate(r, x, pos, ff, n.attrs, lambda v, d: out.store(r, v, "s", "h", d))
+    return b.finish(body, groups)
+
+
+def rope_qkv_write(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """A step's RoPE and cache writes in one launch: threads over the query's rotated pairs
+    (into q'), then the key's (into the key cache at pos[s]), then the value's elements (into
+    the value cache at pos[s])."""
+    kc, vc, q, k, v, pos = (acc[i] for i in n.inputs[:6])
+    ff = acc[n.inputs[6]] if len(n.inputs) == 7 else None
+    # the caches written through the inputs: they are updated in place (outputs 0 and 1 name
+    # the same storage in a model's graph; a hand-built graph may leave output 1 unbound)
+    kc2, vc2, qo = kc, vc, acc[n.outputs[2]]
+    S, H, Dh = q.shape
+    Hkv, Dv = k.shape[1], v.shape[2]
+    J = Dh - n.attrs["n_dims"] // 2
+    nq, nk, nv = S * H * J, S * Hkv * J, S * Hkv * Dv
+    b = Builder(r, "rope_qkv_write")
+    b.use(kc, vc, q, k, v, pos, qo, *(acc[o] for o in n.outputs), *([ff] if ff else []))
+    body, groups = _threads(b, nq + nk + nv)
+    sq, hq, jq = coords_of("i", (S, H, J))
+    sk, hk, jk = coords_of(f"i - {nq}", (S, Hkv, J))
+    sv, hv, dv = coords_of(f"i - {nq + nk}", (S, Hkv, Dv))
+    body += [f"if (i < {nq}) {{",
+             *("    " + x for x in [r.let("s", "u32", sq), r.let("h", "u32", hq),
+                                    r.let("j", "u32", jq)]),
+             *("    " + x for x in _rotate(r, q, pos, ff, n.attrs,
+                                           lambda val, d: qo.store(r, val, "s", "h", d))),
+             f"}} else if (i < {nq + nk}) {{",
+             *("    " + x for x in [r.let("s", "u32", sk), r.let("h", "u32", hk),
+                                    r.let("j", "u32", jk), r.let("p", "u32", pos.load(r, "s"))]),
+             *("    " + x for x in _rotate(r, k, pos, ff, n.attrs,
+                                           lambda val, d: kc2.store(r, val, "p", "h", d))),
+             "} else {",
+             "    " + r.let("p", "u32", pos.load(r, sv)),
+             f"    {vc2.store(r, v.load(r, sv, hv, dv), 'p', hv, dv)}",
+             "}"]
     return b.finish(body, groups)
 
 
 def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """One workgroup of ATTN_TILE threads per (query, head), keys a tile of ATTN_TILE at a
+    time: each thread scores one key (its Dh products, k read four at a time where the cache
+    allows), the tile's max and the exponentials (once per key) by workgroup reductions,
+    then the tile's values: each thread one output dim for every KG-th key (KG groups of Dv
+    threads, summed at the end), the online softmax rescaling across tiles."""
     q, k, v, pos = (acc[i] for i in n.inputs)
     out = acc[n.outputs[0]]
     S, H, Dh = q.shape
     Hkv, Dv = k.shape[1], v.shape[2]
     C = k.shape[0]
-    tile = min(C, ATTN_TILE)
-    nd = -(-Dv // WG)
+    b = Builder(r, "attention", ATTN_TILE)
+    tile = b.wg  # keys per tile: one a thread
+    KG = max(1, b.wg // Dv)  # key groups of the value phase
+    nd = -(-Dv // b.wg)  # output dims a thread (KG == 1 only)
     window, cap = n.attrs.get("window", 0), n.attrs.get("softcap", 0)
-    b = Builder(r, "attention")
     b.use(q, k, v, pos, out)
-    b.shared += [("qv", "f32", Dh), ("sc", "f32", tile), ("pv", "u32", 0)]
+    k4 = k.vec4_param() if Dh % 4 == 0 else None
+    if k4 is not None:
+        b.params[k4.name] = k4
+    b.shared += [("qv", "f32", Dh), ("sc", "f32", tile), ("pv", "u32", 0),
+                 ("ored", "f32", KG * Dv)]
+    if k4 is not None:
+        qk = " + ".join(r.dot4(k.load4(r, "t0 + lid", "kh", str(4 * d)),
+                               r.vec4(*(f"qv[{4 * d + i}]" for i in range(4))))
+                        for d in range(Dh // 4))
+    else:
+        qk = " + ".join(f"qv[{d}] * {k.load(r, 't0 + lid', 'kh', str(d))}" for d in range(Dh))
     body = b.group(S * H) + [
         r.let("s", "u32", f"grp / {H}"), r.let("h", "u32", f"grp % {H}"),
         r.let("kh", "u32", f"h / {H // Hkv}"),
@@ -540,53 +746,54 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
         r.let("lo", "u32",
               r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
         r.var("m", "f32", r.f(-3e38)), r.var("l", "f32", r.f(0.0)), r.array("o", "f32", nd),
+        r.let("dv", "u32", f"lid % {Dv}") if KG > 1 else r.let("dv", "u32", "lid"),
+        r.let("kg", "u32", f"lid / {Dv}") if KG > 1 else r.let("kg", "u32", "0"),
         f"{r.for_('t0', 'lo', 'p + 1', str(tile))}",
         f"    {r.let('nk', 'u32', f'min({tile}u, p + 1 - t0)')}",
-        f"    {r.for_('j', 'lid', 'nk', str(b.wg))}",
-        f"        {r.var('qk', 'f32', r.f(0.0))}",
-        f"        {r.for_('d', '0', str(Dh))}",
-        f"            qk = qk + qv[d] * {k.load(r, 't0 + j', 'kh', 'd')};",
-        "        }",
-        f"        qk = qk * {r.f(n.attrs['scale'])};",
+        f"    {r.var('sj', 'f32', r.f(-3e38))}",
+        f"    if (lid < nk) {{ sj = ({qk}) * {r.f(n.attrs['scale'])}; }}",
     ]
     if cap:
-        body.append(f"        qk = {_softcap(r, 'qk', cap)};")
-    body += ["        sc[j] = qk;", "    }", "    " + r.barrier(),
-             f"    {r.var('mt', 'f32', r.f(-3e38))}",
-             f"    {r.for_('j', 'lid', 'nk', str(b.wg))} mt = max(mt, sc[j]); }}"]
-    body += ["    " + x for x in b.reduce(["mt"], "max")]
-    body += ["    " + r.let("mn", "f32", "max(m, red[0])"),
+        body.append(f"    if (lid < nk) {{ sj = {_softcap(r, 'sj', cap)}; }}")
+    body += ["    " + r.var("mt", "f32", "sj")]
+    body += ["    " + x for x in b.reduce_all("mt", "max")]
+    body += ["    " + r.let("mn", "f32", "max(m, mt)"),
              "    " + r.let("corr", "f32", r.fn("exp", "m - mn")),
-             "    l = l * corr;"]
-    body += [f"    o[{e}] = o[{e}] * corr;" for e in range(nd)]
-    body += [f"    {r.for_('j', '0', 'nk')}",
-             f"        {r.let('pj', 'f32', r.fn('exp', 'sc[j] - mn'))} l = l + pj;"]
+             "    " + r.var("pj", "f32", r.f(0.0)),
+             f"    if (lid < nk) {{ pj = {r.fn('exp', 'sj - mn')}; }}",
+             "    sc[lid] = pj;",
+             "    " + r.var("lt", "f32", "pj")]
+    body += ["    " + x for x in b.reduce_all("lt", "+")]  # (its barrier publishes sc too)
+    body += ["    l = l * corr + lt;"]
     for e in range(nd):
-        d = f"lid + {e * b.wg}"
+        d = f"dv + {e * b.wg}" if e else "dv"
         vv = v.load(r, "t0 + j", "kh", d)
-        body.append(f"        if ({d} < {Dv}) {{ o[{e}] = o[{e}] + pj * {vv}; }}")
-    body += ["    }", "    m = mn;", "    " + r.barrier(), "}"]
-    for e in range(nd):
-        d = f"lid + {e * b.wg}"
-        body.append(f"if ({d} < {Dv}) {{ {out.store(r, f'o[{e}] / l', 's', 'h', d)} }}")
+        guard = f"{d} < {Dv} && " if (e + 1) * b.wg > Dv and KG == 1 else ""
+        body += [f"    o[{e}] = o[{e}] * corr;",
+                 f"    if ({guard}kg < {KG}) {{",
+                 f"        {r.for_('j', 'kg', 'nk', str(KG))} o[{e}] = o[{e}] + sc[j] * {vv}; }}",
+                 "    }"]
+    body += ["    m = mn;", "    " + r.barrier(), "}"]
+    if KG > 1:  # the key groups' parts of each output dim summed
+        body += [f"if (kg < {KG}) {{ ored[kg * {Dv} + dv] = o[0]; }}", r.barrier(),
+                 f"if (lid < {Dv}) {{",
+                 "    " + r.let("ot", "f32", " + ".join(f"ored[{g * Dv} + lid]"
+                                                      for g in range(KG))),
+                 f"    {out.store(r, 'ot / l', 's', 'h', 'lid')}",
+                 "}"]
+    else:
+        for e in range(nd):
+            d = f"lid + {e * b.wg}"
+            body.append(f"if ({d} < {Dv}) {{ {out.store(r, f'o[{e}] / l', 's', 'h', d)} }}")
     return b.finish(body, S * H)
 
 
-def argmax(r: Renderer, x: Accessor, out: Accessor) -> tuple[KernelSource, int]:
-    """Greedy sampling on the device: the index of the first maximum of a (1, V) or (V,)
-    tensor into out[0] (i32), by one workgroup: strided (value, index) maxima, then a tree
-    keeping the lower index on ties (numpy's argmax)."""
-    b = Builder(r, "argmax")
-    b.use(x, out)
-    V = x.shape[-1]
-    lead = ["0"] * (len(x.shape) - 1)
+def _argmax_tree(b: Builder) -> list[str]:
+    """Each thread's (best, bi) reduced over the workgroup into red[0], redi[0]: the larger
+    value, the lower index on ties (numpy's first maximum)."""
+    r = b.r
     b.shared += [("red", "f32", b.wg), ("redi", "u32", b.wg)]
-    body = [r.let("lid", "u32", r.local_id()), r.var("best", "f32", r.f(-3e38)),
-            r.var("bi", "u32", "0"),
-            r.for_("i", "lid", str(V), str(b.wg)),
-            f"    {r.let('v', 'f32', x.load(r, *lead, 'i'))}",
-            "    if (v > best) { best = v; bi = i; }",
-            "}", "red[lid] = best;", "redi[lid] = bi;", r.barrier()]
+    body = ["red[lid] = best;", "redi[lid] = bi;", r.barrier()]
     s = b.wg // 2
     while s >= 1:
         body += [f"if (lid < {s}) {{",
@@ -596,8 +803,57 @@ def argmax(r: Renderer, x: Accessor, out: Accessor) -> tuple[KernelSource, int]:
                  "{ red[lid] = ov; redi[lid] = oi; }",
                  "}", r.barrier()]
         s //= 2
-    body.append(f"if (lid == 0) {{ {out.store(r, r.cast('i32', 'redi[0]'), '0')} }}")
-    return b.finish(body, 1)
+    return body
+
+
+def argmax_groups(V: int) -> int:
+    """Workgroups of argmax's first stage over V values."""
+    return -(-V // (ARGMAX_WG * ARGMAX_PER_THREAD))
+
+
+def argmax(r: Renderer, x: Accessor, out: Accessor, part_v: Accessor,
+           part_i: Accessor) -> list[tuple[KernelSource, int]]:
+    """Greedy sampling on the device: the index of the first maximum of a (1, V) or (V,)
+    tensor into out[0] (i32), in two launches: `argmax_groups(V)` workgroups each take a
+    slice (each thread ARGMAX_PER_THREAD values, loaded together) to a (value, index) pair
+    in part_v / part_i, then one workgroup takes the pairs to the answer."""
+    V = x.shape[-1]
+    lead = ["0"] * (len(x.shape) - 1)
+    G, per = argmax_groups(V), ARGMAX_PER_THREAD
+    first = Builder(r, "argmax", ARGMAX_WG)
+    first.use(x, part_v, part_i)
+    body = first.group(G) + [r.var("best", "f32", r.f(-3e38)), r.var("bi", "u32", "0")]
+    for e in range(per):  # ascending indices: `>` keeps the first maximum
+        i = f"grp * {ARGMAX_WG * per} + {e * ARGMAX_WG} + lid"
+        body.append(f"if ({i} < {V}) {{ {r.let(f'v{e}', 'f32', x.load(r, *lead, i))} "
+                    f"if (v{e} > best) {{ best = v{e}; bi = {i}; }} }}")
+    body += _argmax_tree(first)
+    body.append(f"if (lid == 0) {{ {part_v.store(r, 'red[0]', 'grp')} "
+                f"{part_i.store(r, r.cast('i32', 'redi[0]'), 'grp')} }}")
+    last = Builder(r, "argmax_final", ARGMAX_WG)
+    last.use(part_v, part_i, out)
+    body2 = [r.let("lid", "u32", r.local_id()), r.var("best", "f32", r.f(-3e38)),
+             r.var("bi", "u32", "0"),
+             r.for_("g", "lid", str(G), str(ARGMAX_WG)),
+             f"    {r.let('v', 'f32', part_v.load(r, 'g'))} "
+             f"{r.let('vi', 'u32', part_i.load(r, 'g'))}",
+             "    if (v > best || (v == best && vi < bi)) { best = v; bi = vi; }",
+             "}"]
+    body2 += _argmax_tree(last)
+    body2.append(f"if (lid == 0) {{ {out.store(r, r.cast('i32', 'redi[0]'), '0')} }}")
+    return [first.finish(body, G), last.finish(body2, 1)]
+
+
+def subgroup_probe(r: Renderer, lanes: int) -> KernelSource:
+    """What `gpu.probe_subgroups` runs: each thread's f32(lid) summed over its run of `lanes`
+    threads by the butterfly of `Builder.shuffle_sum`, into out[lid]."""
+    b = Builder(r, "subgroup_probe")
+    out = Param("b0", "f32", True)
+    b.params[out.name] = out
+    body = [r.let("lid", "u32", r.local_id()), r.var("v", "f32", r.cast("f32", "lid"))]
+    body += b.shuffle_sum(["v"], lanes)
+    body.append(r.store(out, "lid", "v"))
+    return b.finish(body, 1)[0]
 
 
 TEMPLATES: dict[str, Callable] = {
@@ -606,9 +862,11 @@ TEMPLATES: dict[str, Callable] = {
     "add_rms_norm": rms_norm,
     "matmul": matmul,
     "ffn_gate_up": matmul,
+    "stacked_matmul": matmul,
     "embedding": embedding,
     "kv_write": kv_write,
     "rope": rope,
+    "rope_qkv_write": rope_qkv_write,
     "attention": attention,
 }
 

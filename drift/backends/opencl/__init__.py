@@ -8,13 +8,17 @@ and waits once, on the last read.
 
 from __future__ import annotations
 
+import atexit
+import gc
+import time
+import weakref
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from drift.backends.base import DeviceInfo
-from drift.backends.kernels.gpu import GPUBackend, Runtime
+from drift.backends.kernels.gpu import GPUBackend, Runtime, Timing
 from drift.backends.kernels.renderer import KernelSource
 from drift.backends.kernels.templates import MAX_GROUPS
 from drift.backends.opencl.renderer import OpenCLRenderer
@@ -51,6 +55,20 @@ def adapters() -> list[dict[str, Any]]:
     return out
 
 
+_RUNTIMES: weakref.WeakSet = weakref.WeakSet()  # the live runtimes, closed at exit
+
+
+@atexit.register
+def _close_runtimes() -> None:
+    """Before the interpreter tears its modules down (objects in reference cycles freed in
+    any order, possibly after the driver's own exit handlers): every queue drained and every
+    sub-buffer released ahead of the buffer it views. drift bench on NVIDIA's OpenCL ended in
+    a segmentation fault after its results; this makes the release order deterministic."""
+    gc.collect()
+    for rt in list(_RUNTIMES):
+        rt.close()
+
+
 class CLRuntime(Runtime):
     def __init__(self):
         import pyopencl as cl
@@ -64,9 +82,20 @@ class CLRuntime(Runtime):
             # PoCL 3.1 (LLVM 15) runs the guarded-off output stores of the tiled GEMM (rows
             # past S written: wrong rows, or a corrupted heap), whatever form the guard takes
             self.renderer.tiled_gemm = False
+        ext = self.dev.extensions.split()
+        if "cl_khr_subgroup_shuffle" in ext:
+            # sizes vary by kernel on some devices (Intel: 8 to 32): 8, which all of them reach
+            self.renderer.shuffles, self.subgroup_lanes = "khr", 8
+        elif "cl_nv_device_attribute_query" in ext:  # NVIDIA: warps, reached through PTX
+            self.renderer.shuffles, self.subgroup_lanes = "ptx", self.dev.warp_size_nv
         self.binding_alignment = max(4, self.dev.mem_base_addr_align // 8)
         self.max_binding = self.dev.max_mem_alloc_size
         self._keep: list[np.ndarray] = []
+        self._profiling_queue: Any = None  # made at the first timed call
+        # sub-buffers by (buffer, offset, bytes): one per region however many launches bind
+        # it (the same arena regions serve every layer), released before their buffers
+        self._views: dict[tuple[int, int, int], tuple[Any, Any]] = {}
+        _RUNTIMES.add(self)
 
     def buffer(self, nbytes: int) -> Any:
         buf = self.cl.Buffer(self.ctx, self.cl.mem_flags.READ_WRITE, max(4, nbytes))
@@ -86,7 +115,7 @@ class CLRuntime(Runtime):
         args = []
         for buf, off, size in places:
             whole = off == 0 and size >= buf.size
-            args.append(buf if whole else buf.get_sub_region(off, min(size, buf.size - off)))
+            args.append(buf if whole else self._view(buf, off, min(size, buf.size - off)))
         k.set_args(*args)
         gx = min(groups, MAX_GROUPS)
         return k, (gx * wg, -(-groups // gx)), (wg, 1), args
@@ -109,6 +138,50 @@ class CLRuntime(Runtime):
 
     def sync(self) -> None:
         self.queue.finish()
+
+    def _view(self, buf, off: int, size: int) -> Any:
+        key = (id(buf), off, size)
+        if key not in self._views:  # (the buffer kept with it: its id stays its own)
+            self._views[key] = (buf, buf.get_sub_region(off, size))
+        return self._views[key][1]
+
+    def forget(self, buf) -> None:
+        """A buffer the backend no longer uses (an arena outgrown): its views released."""
+        for key in [k for k in self._views if k[0] == id(buf)]:
+            self._views.pop(key)[1].release()
+
+    def close(self) -> None:
+        """Drain the queues, release the sub-buffers (ahead of their buffers)."""
+        for q in (self.queue, self._profiling_queue):
+            if q is not None:
+                q.finish()
+        for _, view in self._views.values():
+            view.release()
+        self._views.clear()
+
+    def timed(self, launches, writes):
+        """On a second queue of the same context, made with profiling on (events carry
+        device start and end times; the calls' own queue stays without that cost)."""
+        cl = self.cl
+        if self._profiling_queue is None:
+            self._profiling_queue = cl.CommandQueue(
+                self.ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+        q = self._profiling_queue
+        for buf, off, data in writes:
+            cl.enqueue_copy(self.queue, buf, np.ascontiguousarray(data), dst_offset=off,
+                            is_blocking=True)
+        self.queue.finish()
+        t0 = time.perf_counter()
+        events = [cl.enqueue_nd_range_kernel(q, k, gsize, lsize)
+                  for k, gsize, lsize, _ in launches]
+        t1 = time.perf_counter()
+        q.finish()
+        wall = time.perf_counter() - t0
+        start = [e.profile.start for e in events]
+        end = [e.profile.end for e in events]
+        return Timing([(b - a) * 1e-9 for a, b in zip(start, end)],
+                      (max(end) - min(start)) * 1e-9 if events else 0.0, t1 - t0, wall,
+                      "OpenCL profiling events (start to end of each kernel)")
 
     def nbytes(self, buf) -> int:
         return buf.size

@@ -6,15 +6,30 @@ from typing import ClassVar
 
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 
-_ELEM = {"f32": "float", "i32": "int", "u8": "uchar"}
+_ELEM = {"f32": "float", "i32": "int", "u8": "uchar", "f32x4": "float4"}
+
+# Subgroup shuffles, by what the device reports: the Khronos extension, or (NVIDIA's driver,
+# which has none) the PTX instruction through inline assembly (cl_nv_* devices compile PTX)
+SHUFFLES = {
+    "khr": ("#pragma OPENCL EXTENSION cl_khr_subgroup_shuffle : enable\n",
+            "sub_group_shuffle_xor({x}, {mask})"),
+    "ptx": ("inline float shuffle_xor_f32(float x, uint mask) {\n"
+            "    float y;\n"
+            '    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" '
+            ': "=f"(y) : "f"(x), "r"(mask));\n'
+            "    return y;\n}\n",
+            "shuffle_xor_f32({x}, {mask})"),
+}
 
 
 class OpenCLRenderer(Renderer):
     name = "opencl"
-    types: ClassVar[dict[str, str]] = {"f32": "float", "u32": "uint", "i32": "int"}
+    types: ClassVar[dict[str, str]] = {"f32": "float", "u32": "uint", "i32": "int",
+                                       "f32x4": "float4"}
     functions: ClassVar[dict[str, str]] = {}
     tanh_clamp = 0.0
     helpers_take_buffers = True  # OpenCL functions see no kernel arguments: pass them
+    shuffles = ""  # a key of SHUFFLES, set by the runtime from the device's extensions
 
     def var(self, name, ty, init):
         return f"{self.types[ty]} {name} = {init};"
@@ -46,6 +61,12 @@ class OpenCLRenderer(Renderer):
     def barrier(self):
         return "barrier(CLK_LOCAL_MEM_FENCE);"
 
+    def shuffle_xor(self, x, mask):
+        return SHUFFLES[self.shuffles][1].format(x=x, mask=mask)
+
+    def vec4(self, *xs):
+        return f"((float4)({', '.join(xs)}))"
+
     def uniform_let(self, name, ty, shared):
         return f"barrier(CLK_LOCAL_MEM_FENCE); const {self.types[ty]} {name} = {shared};"
 
@@ -70,7 +91,7 @@ class OpenCLRenderer(Renderer):
         return f"__global {const}{_ELEM[p.kind]}* {p.name}"
 
     def render(self, k: KernelSource) -> str:
-        out = []
+        out = [SHUFFLES[self.shuffles][0]] if k.subgroups else []
         for h in k.helpers:
             args = [self._param(p) for p in h.buffers]
             args += [f"{self.types[t]} {a}" for a, t in h.args]

@@ -9,6 +9,7 @@ mappable buffer in the same command buffer, then mapped.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from drift.backends.base import DeviceInfo
-from drift.backends.kernels.gpu import GPUBackend, Runtime
+from drift.backends.kernels.gpu import GPUBackend, Runtime, Timing
 from drift.backends.kernels.renderer import KernelSource
 from drift.backends.kernels.templates import MAX_GROUPS
 from drift.backends.webgpu.renderer import WGSLRenderer
@@ -24,6 +25,12 @@ from drift.backends.webgpu.renderer import WGSLRenderer
 # The limits drift asks the device for (WebGPU's defaults are lower than most adapters').
 _LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
            "max-storage-buffers-per-shader-stage", "max-compute-workgroup-storage-size")
+# Device timestamps (`Runtime.timed`, for profiling): requested wherever the adapter has them;
+# they cost nothing until a timed call writes them. Inside passes (a wgpu-native feature) a
+# timestamp goes between two dispatches of one pass, as a real call runs; without it each
+# dispatch gets a pass of its own, its start and end stamped.
+_TIMESTAMPS = ("timestamp-query", "timestamp-query-inside-passes")
+_QUERIES_PER_SET = 4096  # wgpu's limit on one query set
 
 
 @lru_cache(maxsize=1)
@@ -96,13 +103,23 @@ class WGPURuntime(Runtime):
         self.wgpu = wgpu
         self.adapter = _adapter()
         lim = self.adapter.limits
+        features = [f for f in _TIMESTAMPS if f in self.adapter.features]
+        if "subgroup" in self.adapter.features:  # shuffles in the reductions (probed)
+            features.append("subgroup")
         self.device = self.adapter.request_device_sync(
-            required_limits={k: lim[k] for k in _LIMITS})
+            required_features=features, required_limits={k: lim[k] for k in _LIMITS})
+        stamps = [f for f in features if f in _TIMESTAMPS]
+        self.timestamps = ("inside-passes" if len(stamps) == 2 else
+                           "pass-per-dispatch" if stamps else None)
+        if self.timestamps is None:
+            self.timing_unavailable = "the adapter has no 'timestamp-query' feature"
         self.renderer = WGSLRenderer()
         self.binding_alignment = lim["min-storage-buffer-offset-alignment"]
         self.max_binding = lim["max-storage-buffer-binding-size"]
         lo, hi = subgroup_sizes(self.adapter)
         self.subgroup_size = lo if lo == hi else 0  # a range: not known until a kernel runs
+        # shuffle lanes to try, from the largest a reduction uses (probe_subgroups)
+        self.subgroup_lanes = min(hi, 64) if "subgroup" in features else 0
         self._staging: dict[tuple[int, int], Any] = {}
         self._fence: Any = None
 
@@ -153,6 +170,81 @@ class WGPURuntime(Runtime):
             self._staging[key] = self.device.create_buffer(size=nbytes,
                                                            usage=u.MAP_READ | u.COPY_DST)
         return self._staging[key]
+
+    def timed(self, launches, writes):
+        if self.timestamps is None:
+            return None
+        wgpu, inside = self.wgpu, self.timestamps == "inside-passes"
+        n = len(launches)
+        count = n + 1 if inside else 2 * n
+        sets = [self.device.create_query_set(type=wgpu.QueryType.timestamp,
+                                             count=min(_QUERIES_PER_SET, count - at))
+                for at in range(0, count, _QUERIES_PER_SET)]
+
+        def stamp(k):
+            return sets[k // _QUERIES_PER_SET], k % _QUERIES_PER_SET
+
+        for buf, off, data in writes:
+            self.write(buf, off, data)
+        t0 = time.perf_counter()
+        enc = self.device.create_command_encoder()
+        if inside:  # stamp k: after dispatch k - 1 (stamp 0: before the first)
+            from wgpu.backends.wgpu_native.extras import write_timestamp
+
+            cpass = enc.begin_compute_pass()
+            write_timestamp(cpass, *stamp(0))
+            for k, (pipeline, group, dims) in enumerate(launches):
+                cpass.set_pipeline(pipeline)
+                cpass.set_bind_group(0, group)
+                cpass.dispatch_workgroups(*dims)
+                write_timestamp(cpass, *stamp(k + 1))
+            cpass.end()
+        else:  # stamps 2k, 2k + 1 (one query set: its size is even): dispatch k's own pass
+            for k, (pipeline, group, dims) in enumerate(launches):
+                (qa, a), (_, b) = stamp(2 * k), stamp(2 * k + 1)
+                cpass = enc.begin_compute_pass(timestamp_writes={
+                    "query_set": qa, "beginning_of_pass_write_index": a,
+                    "end_of_pass_write_index": b})
+                cpass.set_pipeline(pipeline)
+                cpass.set_bind_group(0, group)
+                cpass.dispatch_workgroups(*dims)
+                cpass.end()
+        u = wgpu.BufferUsage
+        set_bytes = _QUERIES_PER_SET * 8  # a multiple of 256, as resolve offsets must be
+        resolved = self.device.create_buffer(size=set_bytes * len(sets),
+                                             usage=u.QUERY_RESOLVE | u.COPY_SRC)
+        staged = self.device.create_buffer(size=set_bytes * len(sets),
+                                           usage=u.MAP_READ | u.COPY_DST)
+        for i, qs in enumerate(sets):
+            enc.resolve_query_set(qs, 0, qs.count, resolved, i * set_bytes)
+        enc.copy_buffer_to_buffer(resolved, 0, staged, 0, set_bytes * len(sets))
+        self.device.queue.submit([enc.finish()])
+        t1 = time.perf_counter()
+        staged.map_sync(mode=wgpu.MapMode.READ)
+        raw = np.frombuffer(staged.read_mapped(), dtype=np.uint64).copy()
+        staged.unmap()
+        wall = time.perf_counter() - t0
+        ticks = np.concatenate([raw[i * _QUERIES_PER_SET : i * _QUERIES_PER_SET + qs.count]
+                                for i, qs in enumerate(sets)]).astype(np.float64)
+        ns = ticks * self._timestamp_period()
+        if inside:
+            seconds, span = np.diff(ns) * 1e-9, (ns[-1] - ns[0]) * 1e-9
+            how = "timestamps between the dispatches of one compute pass"
+        else:
+            seconds = (ns[1::2] - ns[0::2]) * 1e-9
+            span = (ns[-1] - ns[0]) * 1e-9
+            how = ("each dispatch in a compute pass of its own, its start and end stamped "
+                   "(no 'timestamp-query-inside-passes')")
+        return Timing([float(x) for x in seconds], float(span), t1 - t0, wall, how)
+
+    def _timestamp_period(self) -> float:
+        """Nanoseconds per timestamp tick (wgpu-native resolves raw ticks)."""
+        try:
+            from wgpu.backends.wgpu_native._api import libf
+
+            return float(libf.wgpuQueueGetTimestampPeriod(self.device.queue._internal))
+        except Exception:  # another wgpu build: WebGPU's own unit, nanoseconds
+            return 1.0
 
     def run(self, launches, writes, reads):
         for buf, off, data in writes:

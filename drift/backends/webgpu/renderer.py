@@ -6,12 +6,13 @@ from typing import ClassVar
 
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 
-_ELEM = {"f32": "f32", "i32": "i32", "u8": "u32"}  # bytes live in u32 words
+_ELEM = {"f32": "f32", "i32": "i32", "u8": "u32", "f32x4": "vec4<f32>"}  # bytes: in u32 words
 
 
 class WGSLRenderer(Renderer):
     name = "wgsl"
-    types: ClassVar[dict[str, str]] = {"f32": "f32", "u32": "u32", "i32": "i32"}
+    types: ClassVar[dict[str, str]] = {"f32": "f32", "u32": "u32", "i32": "i32",
+                                       "f32x4": "vec4<f32>"}
     functions: ClassVar[dict[str, str]] = {"rsqrt": "inverseSqrt"}
     # Vulkan/Metal drivers may compute tanh as (e^2x - 1) / (e^2x + 1): NaN past x ~ 44
     tanh_clamp = 15.0
@@ -47,6 +48,12 @@ class WGSLRenderer(Renderer):
     def barrier(self):
         return "workgroupBarrier();"
 
+    def shuffle_xor(self, x, mask):
+        return f"subgroupShuffleXor({x}, {mask})"
+
+    def vec4(self, *xs):
+        return f"vec4<f32>({', '.join(xs)})"
+
     def uniform_let(self, name, ty, shared):
         return f"let {name}: {self.types[ty]} = workgroupUniformLoad(&{shared});"
 
@@ -66,7 +73,7 @@ class WGSLRenderer(Renderer):
         return f"f32(bitcast<i32>(({byte}) << 24) >> 24)"
 
     def render(self, k: KernelSource) -> str:
-        out = []
+        out = []  # (naga takes subgroup builtins without `enable subgroups;`, refuses it)
         for i, p in enumerate(k.params):
             access = "read_write" if p.writable else "read"
             out.append(f"@group(0) @binding({i}) var<storage, {access}> {p.name}: "
