@@ -2,6 +2,7 @@
 worse than dense), at GPU budgets of 25 / 50 / 75 % of the FFN bytes and CPU sparsities.
 
     python bench/hybrid_quality.py MODEL [--tokens 3000] [--ctx 512] [--sparsity 0.5 0.7 0.9]
+        [--placement gates-first cpu-gate]
 
 Calibrates on the first --cal-tokens tokens of Python's pydoc topics (drift calibrate's
 default text) and scores a held-out stretch of the same text after them. The split runs on
@@ -40,6 +41,10 @@ def main() -> None:
     ap.add_argument("--predictor", type=int, nargs="*", default=[0],
                     help="gate predictor ranks (0: none); with one, the cold FFN runs on the "
                          "compiled CPU kernels, which count the gate rows read and the recall")
+    ap.add_argument("--placement", nargs="*", default=["gates-first"],
+                    choices=["gates-first", "cpu-gate"],
+                    help="the budget buys every gate first (--offload neurons, the default) or "
+                         "hot neurons only (--offload neurons-cpu-gate)")
     a = ap.parse_args()
     dense = Engine(a.model, device="cpu", ctx=a.ctx)
     tok = Tokenizer.from_gguf(dense.file.metadata)
@@ -52,25 +57,31 @@ def main() -> None:
           f"{time.perf_counter() - t0:.0f} s; scoring {len(held)} held-out tokens, ctx {a.ctx}")
     stride = a.ctx // 2
     base = perplexity(dense, held, a.ctx, stride).perplexity
-    print("| budget (of FFN bytes) | sparsity | predictor rank | GPU neurons | cold gate rows "
-          "read | recall | perplexity | vs dense |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| dense | - | - | 100% | - | - | {base:.4f} | - |")
+    print("| budget (of FFN bytes) | placement | sparsity | predictor rank | GPU neurons | "
+          "gates on the GPU | cold gate rows read | recall | perplexity | vs dense |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| dense | - | - | - | 100% | - | - | - | {base:.4f} | - |")
     cfg, f = dense.config, dense.file
     fixed = fixed_gpu_bytes(f, cfg, a.ctx, "f32") + ACTIVATION_MARGIN
-    for b in a.budgets:
-        for s in a.sparsity:
-            for rank in a.predictor if s else [0]:
-                plan = plan_for_budget(f, cfg, fixed + int(b * ffn_bytes(f)), a.ctx, "f32",
-                                       cal, s or None, predictor=rank)
-                backend = HybridBackend(CPUBackend(), plan, cpu_kernels=bool(rank))
-                e = Engine(a.model, ctx=a.ctx, backend=backend)
-                ppl = perplexity(e, held, a.ctx, stride).perplexity
-                share = sum(plan.n_gpu) / (cfg.d_ff * cfg.n_layers)
-                stats = backend.predictor_stats() if rank else None
-                read, recall = (f"{stats[0]:.1%}", f"{stats[1]:.1%}") if stats else ("100%", "-")
-                print(f"| {b:.0%} | {s:.1f} | {rank or '-'} | {share:.1%} | {read} | {recall} | "
-                      f"{ppl:.4f} | {100 * (ppl / base - 1):+.2f}% |", flush=True)
+    runs = [(b, place, s, rank) for b in a.budgets for place in a.placement
+            for s in a.sparsity for rank in (a.predictor if s else [0])
+            if not (rank and place == "gates-first")]  # the predictor stands in for CPU gates
+    for b, place, s, rank in runs:
+        plan = plan_for_budget(f, cfg, fixed + int(b * ffn_bytes(f)), a.ctx, "f32",
+                               cal, s or None, predictor=rank,
+                               gates_first=place == "gates-first")
+        backend = HybridBackend(CPUBackend(), plan, cpu_kernels=bool(rank))
+        e = Engine(a.model, ctx=a.ctx, backend=backend)
+        ppl = perplexity(e, held, a.ctx, stride).perplexity
+        share = sum(plan.n_gpu) / (cfg.d_ff * cfg.n_layers)
+        stats = backend.predictor_stats() if rank else None
+        read, recall = (f"{stats[0]:.1%}", f"{stats[1]:.1%}") if stats else ("100%", "-")
+        gates = sum(plan.gate_on_gpu(l) for l in range(plan.n_layers))
+        if gates:  # the GPU computes those layers' gates: nothing for the CPU to read
+            read, recall = f"{1 - gates / plan.n_layers:.0%} of layers", "100%"
+        print(f"| {b:.0%} | {place} | {s:.1f} | {rank or '-'} | {share:.1%} | "
+              f"{gates}/{plan.n_layers} | {read} | {recall} | {ppl:.4f} | "
+              f"{100 * (ppl / base - 1):+.2f}% |", flush=True)
 
 
 if __name__ == "__main__":
