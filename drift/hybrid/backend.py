@@ -182,7 +182,7 @@ class HybridBackend(Backend):
     # -- compiling and running: the GPU backend's, on the split graph
 
     def lower(self, graph: Graph, dump_dir=None) -> Compiled:
-        if self.streaming and int(graph.meta.get("n_tokens", 0)) >= STREAM_MIN_TOKENS:
+        if self._streams(graph):
             compiled = self.gpu.lower(graph, dump_dir)  # dense, FFNs streamed in
         else:
             compiled = self.gpu.lower(split_ffn(graph, self.plan), dump_dir)
@@ -196,6 +196,15 @@ class HybridBackend(Backend):
 
     def program(self, compiled: Compiled) -> Program:
         return self.gpu.program(compiled)
+
+    def _streams(self, graph: Graph) -> bool:
+        """Whether a call runs dense with the FFNs streamed in: a prompt of STREAM_MIN_TOKENS
+        or more. Not a graph that scores every position (`drift perplexity`): that one
+        computes each token as decode does, so it measures what the split and skipping cost."""
+        out = [graph.tensors[o].shape for o in graph.outputs]
+        every_position = any(len(shape) > 1 and shape[0] > 1 for shape in out)
+        return (self.streaming and not every_position
+                and int(graph.meta.get("n_tokens", 0)) >= STREAM_MIN_TOKENS)
 
     def _run_cold(self, node, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         layer = int(node.inputs[2].split(".")[1])  # up's name: blk.L.ffn_up...

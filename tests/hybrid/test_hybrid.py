@@ -421,6 +421,9 @@ def test_prefill_streams_the_dense_ffn_to_the_gpu(model):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     step = e.forward([int(np.argmax(got))], len(prompt))
     assert np.isfinite(step).all() and hb.cold_calls == len(cold)
+    # scoring every position (perplexity) runs the split, as decode does: not streamed
+    scored = e.program(len(prompt), all_logits=True)
+    assert not scored.streams and any(n.op.startswith("ffn_cold") for n in scored.graph.nodes)
 
 
 def test_cold_ops_cost_counts_the_products_and_every_input():
