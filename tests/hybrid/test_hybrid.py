@@ -440,3 +440,14 @@ def test_cold_ops_cost_counts_the_products_and_every_input():
         c = REGISTRY[op].cost(ins, (x,), {}, 0)
         assert c.flops == 2 * products * S * F * D
         assert sum(c.reads) == sum(t.nbytes for t in ins)
+
+
+@pytest.mark.parametrize("value", ["abc", "4", "-1,2", "4,7", "100,1"])
+def test_a_bad_prefetch_setting_is_one_line(monkeypatch, value):
+    from drift.backends.cpu.native import prefetch_setting
+
+    monkeypatch.setenv("DRIFT_CPU_PREFETCH", value)
+    with pytest.raises(InvalidArgumentError, match="DRIFT_CPU_PREFETCH"):
+        prefetch_setting()
+    monkeypatch.setenv("DRIFT_CPU_PREFETCH", "8,2")
+    assert prefetch_setting() == (8, 2)

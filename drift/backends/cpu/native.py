@@ -103,16 +103,27 @@ def library():
         lib.gemv_f32.argtypes = [i, p, p, p, i, i, p, i, p]
         lib.n_threads.restype = i
         lib.set_prefetch.argtypes = [i, i]
-        setting = os.environ.get("DRIFT_CPU_PREFETCH")  # "ROWS,LEVEL": the skipping loops'
-        if setting:
-            try:
-                rows, level = (int(v) for v in setting.split(","))
-            except ValueError:
-                raise InvalidArgumentError(f"DRIFT_CPU_PREFETCH={setting!r}: ROWS,LEVEL "
-                                           f"(e.g. 4,2)") from None
-            lib.set_prefetch(rows, level)
+        setting = prefetch_setting()
+        if setting is not None:
+            lib.set_prefetch(*setting)
         _lib = lib
         return lib
+
+
+def prefetch_setting() -> tuple[int, int] | None:
+    """DRIFT_CPU_PREFETCH=ROWS,LEVEL: how many active rows ahead the skipping loops prefetch
+    (0..64) and into which cache level (0 non-temporal .. 3 all); None: the kernels' default."""
+    setting = os.environ.get("DRIFT_CPU_PREFETCH")
+    if not setting:
+        return None
+    try:
+        rows, level = (int(v) for v in setting.split(","))
+    except ValueError:
+        rows = level = -1
+    if not (0 <= rows <= 64 and 0 <= level <= 3):
+        raise InvalidArgumentError(f"DRIFT_CPU_PREFETCH={setting!r}: ROWS,LEVEL with ROWS in "
+                                   f"0..64 and LEVEL in 0..3 (e.g. 4,2)")
+    return rows, level
 
 
 def _ptr(a: np.ndarray | None):
