@@ -84,7 +84,20 @@ class Sampler:
             ids, kept = np.arange(len(logits)), logits  # nothing is cut: no order needed
         else:
             ids, kept = candidates(logits, c)
-        probs = np.exp((kept - kept.max()) / c.temperature)
+        return self.draw(ids, kept)
+
+    def from_best(self, ids: np.ndarray, kept: np.ndarray) -> int:
+        """What `__call__` does given the top-k (top_k below the vocabulary, no repetition
+        penalty) computed elsewhere (a GPU backend's device top-k): `ids` and their logits
+        `kept`, best first in `_best`'s order. The same checks, cut, draw and generator: the
+        same token as `__call__` on the whole vector."""
+        kept = np.asarray(kept, dtype=np.float64)
+        check_finite(kept[0])  # the largest logit (NaN where any is: the device sorts it first)
+        return self.draw(*_cut(np.asarray(ids), kept, self.config))
+
+    def draw(self, ids: np.ndarray, kept: np.ndarray) -> int:
+        """One of the candidates `ids` (logits `kept`), by the softmax at the temperature."""
+        probs = np.exp((kept - kept.max()) / self.config.temperature)
         probs /= probs.sum()
         return int(ids[self.rng.choice(len(ids), p=probs)])
 
@@ -119,12 +132,15 @@ def candidates(logits: np.ndarray, c: SamplerConfig) -> tuple[np.ndarray, np.nda
     n_vocab = len(logits)
     k = c.top_k if 0 < c.top_k < n_vocab else n_vocab
     if k < n_vocab:
-        return _cut(logits, _best(logits, k), c, n_vocab)
+        order = _best(logits, k)
+        return _cut(order, logits[order], c)
     m = min(PRESELECT, n_vocab)
-    ids, kept, n = _cut(logits, _best(logits, m), c, n_vocab, all_of=logits)
+    order = _best(logits, m)
+    ids, kept, n = _cut(order, logits[order], c, all_of=logits)
     if n < m or m == n_vocab:
         return ids, kept
-    return _cut(logits, _best(logits, n_vocab), c, n_vocab)
+    order = _best(logits, n_vocab)
+    return _cut(order, logits[order], c)
 
 
 PRESELECT = 1024
@@ -144,11 +160,10 @@ def _best(logits: np.ndarray, k: int) -> np.ndarray:
     return top[np.lexsort((top, -logits[top]))]
 
 
-def _cut(logits, order, c: SamplerConfig, n_vocab: int, all_of=None):
-    """Apply top-p and min-p to `order` (best first); with `all_of`, the probabilities are
-    normalised over the whole vocabulary (top-k off) and the count before the cut returned
-    too, so that the caller can tell whether the cut fell inside `order`."""
-    kept = logits[order]
+def _cut(order, kept, c: SamplerConfig, all_of=None):
+    """Apply top-p and min-p to `order` (ids, best first) of logits `kept`; with `all_of`, the
+    probabilities are normalised over the whole vocabulary (top-k off) and the count before
+    the cut returned too, so that the caller can tell whether the cut fell inside `order`."""
     # top-p and min-p act on the distribution at temperature 1, as in llama.cpp
     probs = np.exp(kept - kept[0])
     total = np.exp(all_of - kept[0]).sum() if all_of is not None else probs.sum()

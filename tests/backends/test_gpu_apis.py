@@ -412,7 +412,7 @@ def test_greedy_sampling_on_the_device(api):
     w = tiny_weights(cfg)
     be = _backend(api)
     be.load_arrays(w)
-    assert be.sampler(SamplerConfig(temperature=0.7)) is None
+    assert be.sampler(SamplerConfig(temperature=0.7, top_k=0)) is None  # top-k off: the host
     pick = be.sampler(GREEDY)
     dtypes = {k: "f32" for k in w}
     for S, start in ((5, 0), (1, 5), (1, 6)):
@@ -514,3 +514,100 @@ def test_greedy_sampling_over_many_groups(api):
                 x[0, -1] = 0.0
             out = prog.run({"x": x}, to_host=False)[prog.graph.outputs[0]]
             assert pick(out, []) == int(np.argmax(x)), (V, case)
+
+
+def _vector_program(be, V):
+    b = GraphBuilder("vocab")
+    b.output(b.op("scale", b.input("x", (1, V), "f32"), value=1.0))
+    prog = be.compile(b.finish())
+    return lambda x: prog.run({"x": x}, to_host=False)[prog.graph.outputs[0]]
+
+
+def test_topk_on_the_device_is_numpys_with_the_tie_rule(api):
+    """The device's top-k (two stages: each group's k best, then theirs) is the host's
+    `_best` order exactly: ties to the smaller id (many ties; all equal, -0 among +0),
+    vocabularies of one group, a ragged second and 32; the logits come back bit for bit."""
+    from drift.backends.kernels.gpu import TopKSampler
+    from drift.runtime.sampler import SamplerConfig, _best
+
+    be = _backend(api)
+    g = np.random.default_rng(11)
+    for V in (1000, 4097, 128256):
+        on_device = _vector_program(be, V)
+        for K in (5, 64):
+            pick = TopKSampler(be, SamplerConfig(top_k=K))
+            for case in ("random", "ties", "equal"):
+                x = g.standard_normal((1, V)).astype(np.float32)
+                if case == "ties":
+                    x = np.round(x * 2).astype(np.float32)  # a few values, thousands each
+                if case == "equal":
+                    x[:] = 0.0
+                    x[0, [3, V - 2]] = -0.0
+                ids, vals = pick.best(on_device(x))
+                want = _best(x[0].astype(np.float64), K)
+                np.testing.assert_array_equal(ids, want, err_msg=f"{V} {K} {case}")
+                np.testing.assert_array_equal(vals, x[0, want])
+
+
+def test_topk_sampling_stops_on_non_finite_logits(api):
+    """check_finite's semantics: a NaN anywhere (it sorts first), +inf, or all -inf raise."""
+    from drift.errors import NumericalError
+    from drift.runtime.sampler import SamplerConfig
+
+    be = _backend(api)
+    pick = be.sampler(SamplerConfig(temperature=0.7, top_k=5))
+    on_device = _vector_program(be, 4097)
+    for value, where in ((np.nan, 4000), (np.inf, 17), (-np.inf, slice(None))):
+        x = _f(1, 4097)
+        x[0, where] = value
+        with pytest.raises(NumericalError):
+            pick(on_device(x), [])
+    x = _f(1, 4097)
+    x[0, :4000] = -np.inf  # -inf among the candidates is fine, as on the host
+    assert pick(on_device(x), []) >= 4000
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 40])
+def test_topk_sampling_draws_the_host_samplers_tokens(api, top_k):
+    """`sampler(config)` with 0 < top_k <= TOPK_MAX: the device's top-k, then the host's cut
+    and draw with its generator: for each seed, top-p and min-p, the tokens of `Sampler` on
+    the same logits, step after step."""
+    from drift.backends.kernels.gpu import TopKSampler
+    from drift.runtime.sampler import Sampler, SamplerConfig
+
+    be = _backend(api)
+    V = 5003
+    assert be.sampler(SamplerConfig(top_k=65)) is None
+    assert be.sampler(SamplerConfig(top_k=40, repeat_penalty=1.1)) is None
+    on_device = _vector_program(be, V)
+    g = np.random.default_rng(top_k)
+    steps = [(g.standard_normal((1, V)) * 2.5).astype(np.float32) for _ in range(6)]
+    for seed in (0, 1, 2):
+        for top_p in (0.9, 1.0):
+            for min_p in (0.0, 0.05):
+                cfg = SamplerConfig(temperature=0.7, top_k=top_k, top_p=top_p, min_p=min_p,
+                                    seed=seed)
+                pick, host = be.sampler(cfg), Sampler(cfg)
+                assert isinstance(pick, TopKSampler)
+                got = [pick(on_device(x), []) for x in steps]
+                assert got == [host(x, []) for x in steps], cfg
+
+
+@pytest.mark.slow
+def test_smollm2_topk_sampling_as_the_cpu_backend(api, smollm2_path):
+    """The generation loop samples through the backend's `TopKSampler` (temperature 0.8,
+    top-k 40, seed 1): the tokens of the cpu backend's host sampling."""
+    from drift.backends.kernels.gpu import TopKSampler
+    from drift.runtime.engine import Engine
+    from drift.runtime.generate import generate_tokens
+    from drift.runtime.sampler import Sampler, SamplerConfig
+
+    cfg = SamplerConfig(temperature=0.8, top_k=40, seed=1)
+    want = list(generate_tokens(Engine(smollm2_path, device="cpu", ctx=64), PROMPT,
+                                Sampler(cfg), 12))
+    e = Engine(smollm2_path, device=api, ctx=64)
+    made = []
+    sampler = e.backend.sampler
+    e.backend.sampler = lambda c: made.append(sampler(c)) or made[-1]
+    assert list(generate_tokens(e, PROMPT, Sampler(cfg), 12)) == want
+    assert isinstance(made[0], TopKSampler)

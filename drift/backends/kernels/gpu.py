@@ -28,10 +28,12 @@ from drift.backends.kernels.quant import DEQUANT
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 from drift.backends.kernels.templates import (
     TEMPLATES,
+    TOPK_MAX,
     argmax,
     argmax_groups,
     kernel_for,
     subgroup_probe,
+    topk,
 )
 from drift.errors import UnsupportedError
 from drift.formats.gguf import GGUFFile, check_quant_supported
@@ -303,11 +305,17 @@ class GPUBackend(Backend):
             self.pending = None
             self.rt.run(prog.launches, writes, [])
 
-    def sampler(self, config) -> GreedySampler | None:
+    def sampler(self, config) -> GreedySampler | TopKSampler | None:
         """Greedy sampling on the device (the argmax joins the step's submission; only the
-        token id comes back). Other configurations sample on the host."""
-        if config.greedy and config.repeat_penalty == 1.0:
+        token id comes back), and top-k sampling up to TOPK_MAX (the device's top-k joins
+        it, the k pairs come back, the host finishes: `TopKSampler`). Other configurations
+        (a repetition penalty, top-k off or above TOPK_MAX) sample on the host."""
+        if config.repeat_penalty != 1.0:
+            return None
+        if config.greedy:
             return GreedySampler(self)
+        if 0 < config.top_k <= TOPK_MAX:
+            return TopKSampler(self, config)
         return None
 
 
@@ -522,3 +530,74 @@ class GreedySampler:
         writes, b.pending = b.pending[1], None
         (raw,) = b.rt.run([*prog.launches, *launches], writes, [(self.token, 0, 4)])
         return int(raw.view(np.int32)[0])
+
+
+class TopKSampler:
+    """Top-k sampling (0 < top_k <= TOPK_MAX, no repetition penalty) with the device's help:
+    the pending call's launches, then `templates.topk`'s two stages, in one submission; the
+    k (order key, id) pairs read back (8k bytes) and the host's `Sampler.from_best` finishes
+    (top-p, min-p, temperature, the draw, with its generator): for a seed, the tokens of
+    host sampling. A vocabulary of at most top_k samples on the host."""
+
+    def __init__(self, backend: GPUBackend, config):
+        from drift.runtime.sampler import Sampler
+
+        assert not config.greedy and 0 < config.top_k <= TOPK_MAX
+        assert config.repeat_penalty == 1.0
+        self.backend, self.config, self.k = backend, config, config.top_k
+        self.host = Sampler(config)
+        self.out = backend.rt.buffer(8 * self.k)
+        self._launches: dict[tuple[int, str], list[Any]] = {}
+        self._partials: dict[int, tuple[Any, Any]] = {}  # groups -> (keys, ids) buffers
+
+    def launches(self, logits: DeviceOutput) -> list[Any]:
+        """The top-k's launches over this output of its program, bound once."""
+        b, prog, K = self.backend, logits.program, self.k
+        key = (id(prog), logits.name)
+        if key not in self._launches or prog._bound is not b.arena:
+            names: dict = {}
+            x = prog._accessor(logits.name, names)
+            G = argmax_groups(x.shape[-1])
+            if G not in self._partials:
+                self._partials[G] = (b.rt.buffer(4 * G * K), b.rt.buffer(4 * G * K))
+
+            def small(name, buf, n):
+                return Accessor(name, (n,), "i32", StridedBuffer((n,), "i32"),
+                                (prog._obj(buf, 0, 4 * n, "i32", True, names),))
+
+            out = small("topk", self.out, 2 * K)
+            keys, ids = (small(f"part_{t}", buf, G * K)
+                         for t, buf in zip(("k", "i"), self._partials[G]))
+            self._launches[key] = []
+            for ks, groups in topk(b.rt.renderer, x, K, keys, ids, out):
+                places = {p.name: place for p, place in names.values()}
+                self._launches[key].append(b.rt.launch(b.kernel(ks), ks.params,
+                                                       _places(ks.params, places), groups))
+        return self._launches[key]
+
+    def best(self, logits: DeviceOutput) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pending call run with the top-k: (ids, logits) of the k best, best first;
+        None where the call is not pending (already computed: the host samples then, rather
+        than run a kernel without writing the arena first: PoCL, see GPUProgram._writes)."""
+        b, prog = self.backend, logits.program
+        launches = self.launches(logits)
+        if b.pending is None or b.pending[0] is not prog:
+            return None
+        writes, b.pending = b.pending[1], None
+        (raw,) = b.rt.run([*prog.launches, *launches], writes, [(self.out, 0, 8 * self.k)])
+        return raw.view(np.int32)[self.k :].copy(), logits_of_keys(raw.view(np.uint32)[: self.k])
+
+    def __call__(self, logits: DeviceOutput, history=()) -> int:
+        if logits.program.graph.tensors[logits.name].shape[-1] > self.k:
+            got = self.best(logits)
+            if got is not None:
+                return self.host.from_best(*got)
+        return self.host(np.asarray(logits), history)
+
+
+def logits_of_keys(keys: np.ndarray) -> np.ndarray:
+    """The float32 logits of `templates.order_key`s (NaN for a NaN's)."""
+    keys = keys.astype(np.uint32)
+    bits = np.where(keys & np.uint32(0x80000000), keys ^ np.uint32(0x80000000), ~keys)
+    return bits.astype(np.uint32).view(np.float32)
+

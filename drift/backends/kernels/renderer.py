@@ -155,6 +155,10 @@ class Renderer:
         """The bits of u32 `x` as an f32."""
         raise NotImplementedError
 
+    def bitcast_u32(self, x: str) -> str:
+        """The bits of f32 `x` as a u32."""
+        raise NotImplementedError
+
     def i8(self, byte: str) -> str:
         """A u32 holding a byte, read as a signed byte, as f32."""
         raise NotImplementedError

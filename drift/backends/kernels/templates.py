@@ -844,6 +844,102 @@ def argmax(r: Renderer, x: Accessor, out: Accessor, part_v: Accessor,
     return [first.finish(body, G), last.finish(body2, 1)]
 
 
+TOPK_MAX = 64  # the largest top-k sampled on the device (more: the host samples)
+EMPTY = "0xFFFFFFFFu"  # the id of no candidate (its key is 0, below every logit's)
+
+
+def order_key(r: Renderer, bits: str) -> str:
+    """The u32 whose unsigned order is the logits' order, from the f32's bits `bits` (a
+    variable): -0 as +0 (equal logits), every NaN above +inf (the host's max is NaN when
+    any logit is), and no logit's key 0 (-inf's is 0x007FFFFF)."""
+    mag = f"({bits} & 0x7FFFFFFFu)"
+    neg = r.select(f"({bits} & 0x80000000u) != 0u && {mag} != 0u", f"~{bits}",
+                   f"{bits} | 0x80000000u")
+    return r.select(f"{mag} > 0x7F800000u", "0xFFFFFFFFu", neg)
+
+
+def _topk_rounds(b: Builder, K: int, n: int, id_of: Callable[[int], str],
+                 store: Callable[[str, str, str], str]) -> list[str]:
+    """K rounds of max-and-exclude over the workgroup: each thread holds keys k0.. k{n-1} of
+    ids `id_of(e)` (EMPTY-padded, key 0) and its best (bk, bi); each round the workgroup's
+    best pair (larger key, smaller id on ties) is reduced by a tree through workgroup memory,
+    `store(round, key, id)` by thread 0, and its owner takes it out and finds its next best."""
+    r = b.r
+    b.shared += [("redk", "u32", b.wg), ("redi", "u32", b.wg)]
+
+    def rescan() -> list[str]:
+        lines = ["bk = 0u;", f"bi = {EMPTY};"]
+        for e in range(n):
+            lines.append(f"if (k{e} > bk || (k{e} == bk && {id_of(e)} < bi)) "
+                         f"{{ bk = k{e}; bi = {id_of(e)}; }}")
+        return lines
+
+    body = [r.var("bk", "u32", "0u"), r.var("bi", "u32", EMPTY), *rescan(),
+            r.for_("rd", "0u", str(K)),
+            "    redk[lid] = bk;", "    redi[lid] = bi;", "    " + r.barrier()]
+    s = b.wg // 2
+    while s >= 1:
+        body += [f"    if (lid < {s}) {{",
+                 f"        {r.let('ok', 'u32', f'redk[lid + {s}]')} "
+                 f"{r.let('oi', 'u32', f'redi[lid + {s}]')}",
+                 "        if (ok > redk[lid] || (ok == redk[lid] && oi < redi[lid])) "
+                 "{ redk[lid] = ok; redi[lid] = oi; }",
+                 "    }", "    " + r.barrier()]
+        s //= 2
+    body += ["    " + r.let("wk", "u32", "redk[0]"), "    " + r.let("wi", "u32", "redi[0]"),
+             f"    if (lid == 0u) {{ {store('rd', 'wk', 'wi')} }}",
+             "    if (wk != 0u && bi == wi) {",
+             *(f"        if ({id_of(e)} == wi) {{ k{e} = 0u; }}" for e in range(n)),
+             *("        " + x for x in rescan()),
+             "    }", "    " + r.barrier(), "}"]
+    return body
+
+
+def topk(r: Renderer, x: Accessor, K: int, part_k: Accessor, part_i: Accessor,
+         out: Accessor) -> list[tuple[KernelSource, int]]:
+    """Top-k sampling's device half: the K largest logits of a (1, V) or (V,) tensor,
+    best first, ties to the smaller id (the host's `sampler._best` order), as out[0:K] =
+    their order keys (`order_key`, as i32) and out[K:2K] = their ids, in two launches like
+    argmax's: `argmax_groups(V)` workgroups each take K rounds over their slice (each thread
+    ARGMAX_PER_THREAD logits) into part_k / part_i[grp * K + round], then one workgroup K
+    rounds over all the groups' pairs. V >= K: every answer is a logit."""
+    V = x.shape[-1]
+    lead = ["0"] * (len(x.shape) - 1)
+    G, per, wg = argmax_groups(V), ARGMAX_PER_THREAD, ARGMAX_WG
+    first = Builder(r, f"topk{K}", wg)
+    first.use(x, part_k, part_i)
+    # No `Builder.group` (its `if (grp >= G) { return; }`, never taken here: G groups on one
+    # axis): PoCL 3.1 runs this kernel's rounds wrong after an early return (odd threads'
+    # logits lost past a few rounds)
+    assert G <= MAX_GROUPS
+    body = [r.let("grp", "u32", r.group_id(0)), r.let("lid", "u32", r.local_id())]
+    for e in range(per):
+        i = f"grp * {wg * per} + {e * wg} + lid"
+        bits = r.let(f"x{e}", "u32", r.bitcast_u32(x.load(r, *lead, f"i{e}")))
+        body += [r.let(f"i{e}", "u32", i), r.var(f"k{e}", "u32", "0u"),
+                 f"if (i{e} < {V}) {{ {bits} k{e} = {order_key(r, f'x{e}')}; }}"]
+    body += _topk_rounds(
+        first, K, per, lambda e: f"i{e}",
+        lambda t, k, i: f"{part_k.store(r, r.cast('i32', k), f'grp * {K} + {t}')} "
+                        f"{part_i.store(r, r.cast('i32', i), f'grp * {K} + {t}')}")
+    N = G * K
+    n2 = -(-N // wg)
+    last = Builder(r, f"topk{K}_final", wg)
+    last.use(part_k, part_i, out)
+    body2 = [r.let("lid", "u32", r.local_id())]
+    for e in range(n2):
+        j = f"{e * wg} + lid"
+        body2 += [r.var(f"k{e}", "u32", "0u"), r.var(f"i{e}", "u32", EMPTY)]
+        line = (f"k{e} = {r.cast('u32', part_k.load(r, j))}; "
+                f"i{e} = {r.cast('u32', part_i.load(r, j))};")
+        body2.append(line if (e + 1) * wg <= N else f"if ({j} < {N}) {{ {line} }}")
+    body2 += _topk_rounds(
+        last, K, n2, lambda e: f"i{e}",
+        lambda t, k, i: f"{out.store(r, r.cast('i32', k), t)} "
+                        f"{out.store(r, r.cast('i32', i), f'{K} + {t}')}")
+    return [first.finish(body, G), last.finish(body2, 1)]
+
+
 def subgroup_probe(r: Renderer, lanes: int) -> KernelSource:
     """What `gpu.probe_subgroups` runs: each thread's f32(lid) summed over its run of `lanes`
     threads by the butterfly of `Builder.shuffle_sum`, into out[lid]."""

@@ -83,6 +83,9 @@ class OpenCLRenderer(Renderer):
     def bitcast_f32(self, x):
         return f"as_float({x})"
 
+    def bitcast_u32(self, x):
+        return f"as_uint({x})"
+
     def i8(self, byte):
         return f"((float)(char)({byte}))"
 

@@ -69,6 +69,9 @@ class WGSLRenderer(Renderer):
     def bitcast_f32(self, x):
         return f"bitcast<f32>({x})"
 
+    def bitcast_u32(self, x):
+        return f"bitcast<u32>({x})"
+
     def i8(self, byte):
         return f"f32(bitcast<i32>(({byte}) << 24) >> 24)"
 
