@@ -17,8 +17,16 @@ from drift import __version__
 from drift.errors import DriftError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refused argument is one line, like every other mistake (the usage is
+    what --help shows); its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="drift",
         description="Run large generative models on the GPU you already have.",
     )

@@ -158,6 +158,18 @@ def test_list_shows_known_models():
     assert proc.returncode == 0 and "smollm2-135m" in proc.stdout
 
 
+@pytest.mark.parametrize("args, needle", [
+    (("run", "--temp"), "--temp: expected one argument"),
+    (("bench", "m.gguf", "--offload", "sideways"), "invalid choice: 'sideways'"),
+    (("run", "--no-such-flag", "hi"), "unrecognized arguments"),
+])
+def test_a_refused_argument_is_one_line(args, needle):
+    """argparse's own refusals too: one line (the usage is what --help prints), exit 2."""
+    proc = drift(*args)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert needle in proc.stderr
+
+
 def test_no_command_prints_usage():
     proc = drift()
     assert proc.returncode == 2 and "usage" in proc.stderr

@@ -186,6 +186,12 @@ def test_cold_ffn_kernel_against_numpy(qtype, tokens, down_rows):
             err = np.abs(native - reference).max() / np.abs(reference).max()
             assert err < (1e-4 if down_rows else 2e-2), f"seed {seed}: given gate: {err:.2e}"
             assert t == 0 or given.last_active < F
+            # the prefetch distance and level change what is fetched early, never the sums
+            lib = library()
+            for rows, level in ((0, 0), (1, 0), (16, 3)):
+                lib.set_prefetch(rows, level)
+                np.testing.assert_array_equal(given(x, g), native)
+            lib.set_prefetch(4, 2)
 
 
 def test_cold_ffn_numpy_path_is_the_op_reference():
@@ -283,7 +289,9 @@ def test_plan_for_budget(model):
 def test_bad_plans_are_refused():
     perm = (np.arange(96),)
     for bad in ({"n_gpu": (40,)}, {"n_gpu": (97,)}, {"thresholds": (-1.0,)},
-                {"order": (np.zeros(96, dtype=np.int64),)}, {"thresholds": (np.nan,)}):
+                {"order": (np.zeros(96, dtype=np.int64),)}, {"thresholds": (np.nan,)},
+                {"gate_gpu": (True, False)},  # one per layer
+                {"gate_gpu": (True,), "predictor_rank": 8}):  # nothing left to predict
         args = {"n_ffn": 96, "n_gpu": (32,), "order": perm, "thresholds": (0.0,)} | bad
         with pytest.raises(InvalidArgumentError):
             HybridPlan(**args)
@@ -297,13 +305,17 @@ def test_bad_plans_are_refused():
     (["--gpu-mem", "1G", "--sparsity", "0.5"], "calibration"),
     (["--predictor=-2"], "--predictor must be >= 0"),
     (["--gpu-mem", "1G", "--predictor", "16"], "give --sparsity too"),
+    (["--offload", "sideways"], "invalid choice"),
 ])
 def test_bad_hybrid_flags_give_one_line(model, tmp_path, monkeypatch, capsys, flags, message):
     monkeypatch.setenv("DRIFT_HOME", str(tmp_path))
-    code = main(["bench", str(model), "-p", "4", "-n", "2", "-r", "1", "--device", "cpu",
-                 "--no-ceilings", *flags])
+    try:
+        code = main(["bench", str(model), "-p", "4", "-n", "2", "-r", "1", "--device", "cpu",
+                     "--no-ceilings", *flags])
+    except SystemExit as e:  # argparse refused it (one line: drift.cli._Parser)
+        code = e.code
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and message in err[-1] and len(err) <= 2
+    assert code != 0 and message in err[-1] and len(err) <= 2, err
 
 
 def test_a_backend_without_host_calls_is_refused():

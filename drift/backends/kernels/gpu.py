@@ -485,18 +485,26 @@ class DeviceOutput:
         return x if dtype is None else x.astype(dtype)
 
 
-class GreedySampler:
-    """argmax(logits) on the device: the pending call's launches, then the argmax kernels
-    (two stages), submitted together; 4 bytes read back."""
+class _SamplerKernels:
+    """What the device samplers share: their kernels bound once per program output (again
+    when the arena grows), and one submission of the pending call with them."""
+
+    backend: GPUBackend
 
     def __init__(self, backend: GPUBackend):
         self.backend = backend
-        self.token = backend.rt.buffer(4)
         self._launches: dict[tuple[int, str], list[Any]] = {}
-        self._partials: dict[int, tuple[Any, Any]] = {}  # groups -> (values, indices) buffers
+        self._partials: dict[int, tuple[Any, Any]] = {}  # first-stage groups -> two buffers
+
+    def kernels(self, r, x: Accessor, small, G: int) -> list:
+        """[(KernelSource, groups)] over logits `x`; `small(name, dtype, buf, n)` is an
+        accessor of a small buffer, `self._partials[G]` the first stage's two buffers."""
+        raise NotImplementedError
+
+    def partial_bytes(self, G: int) -> int:
+        raise NotImplementedError
 
     def launches(self, logits: DeviceOutput) -> list[Any]:
-        """The argmax's launches over this output of its program, bound once."""
         b, prog = self.backend, logits.program
         key = (id(prog), logits.name)
         if key not in self._launches or prog._bound is not b.arena:
@@ -504,35 +512,58 @@ class GreedySampler:
             x = prog._accessor(logits.name, names)
             G = argmax_groups(x.shape[-1])
             if G not in self._partials:
-                self._partials[G] = (b.rt.buffer(4 * G), b.rt.buffer(4 * G))
+                n = self.partial_bytes(G)
+                self._partials[G] = (b.rt.buffer(n), b.rt.buffer(n))
 
             def small(name, dtype, buf, n):
                 return Accessor(name, (n,), dtype, StridedBuffer((n,), dtype),
                                 (prog._obj(buf, 0, 4 * n, dtype, True, names),))
 
-            out = small("token", "i32", self.token, 1)
-            vals, idx = (small(f"part_{t}", t, buf, G)
-                         for t, buf in zip(("f32", "i32"), self._partials[G]))
             self._launches[key] = []
-            for ks, groups in argmax(b.rt.renderer, x, out, vals, idx):
+            for ks, groups in self.kernels(b.rt.renderer, x, small, G):
                 places = {p.name: place for p, place in names.values()}
                 self._launches[key].append(b.rt.launch(b.kernel(ks), ks.params,
                                                        _places(ks.params, places), groups))
         return self._launches[key]
 
-    def __call__(self, logits: DeviceOutput, history=()) -> int:
+    def run_pending(self, logits: DeviceOutput, out, nbytes: int) -> np.ndarray | None:
+        """The pending call and these kernels in one submission, `nbytes` of `out` read back;
+        None where the call is not pending (already computed: the caller samples on the host
+        rather than run a kernel without writing the arena first: PoCL, GPUProgram._writes)."""
         b, prog = self.backend, logits.program
         launches = self.launches(logits)
         if b.pending is None or b.pending[0] is not prog:
-            # already computed (sampled twice): on the host, rather than run a kernel without
-            # writing the arena first (PoCL, see GPUProgram._writes)
-            return int(np.argmax(np.asarray(logits)))
+            return None
         writes, b.pending = b.pending[1], None
-        (raw,) = b.rt.run([*prog.launches, *launches], writes, [(self.token, 0, 4)])
+        (raw,) = b.rt.run([*prog.launches, *launches], writes, [(out, 0, nbytes)])
+        return raw
+
+
+class GreedySampler(_SamplerKernels):
+    """argmax(logits) on the device: the pending call's launches, then the argmax kernels
+    (two stages), submitted together; 4 bytes read back."""
+
+    def __init__(self, backend: GPUBackend):
+        super().__init__(backend)
+        self.token = backend.rt.buffer(4)
+
+    def partial_bytes(self, G: int) -> int:
+        return 4 * G  # (value, index) per group
+
+    def kernels(self, r, x, small, G):
+        out = small("token", "i32", self.token, 1)
+        vals, idx = (small(f"part_{t}", t, buf, G)
+                     for t, buf in zip(("f32", "i32"), self._partials[G]))
+        return argmax(r, x, out, vals, idx)
+
+    def __call__(self, logits: DeviceOutput, history=()) -> int:
+        raw = self.run_pending(logits, self.token, 4)
+        if raw is None:
+            return int(np.argmax(np.asarray(logits)))
         return int(raw.view(np.int32)[0])
 
 
-class TopKSampler:
+class TopKSampler(_SamplerKernels):
     """Top-k sampling (0 < top_k <= TOPK_MAX, no repetition penalty) with the device's help:
     the pending call's launches, then `templates.topk`'s two stages, in one submission; the
     k (order key, id) pairs read back (8k bytes) and the host's `Sampler.from_best` finishes
@@ -544,47 +575,27 @@ class TopKSampler:
 
         assert not config.greedy and 0 < config.top_k <= TOPK_MAX
         assert config.repeat_penalty == 1.0
-        self.backend, self.config, self.k = backend, config, config.top_k
+        super().__init__(backend)
+        self.config, self.k = config, config.top_k
         self.host = Sampler(config)
         self.out = backend.rt.buffer(8 * self.k)
-        self._launches: dict[tuple[int, str], list[Any]] = {}
-        self._partials: dict[int, tuple[Any, Any]] = {}  # groups -> (keys, ids) buffers
 
-    def launches(self, logits: DeviceOutput) -> list[Any]:
-        """The top-k's launches over this output of its program, bound once."""
-        b, prog, K = self.backend, logits.program, self.k
-        key = (id(prog), logits.name)
-        if key not in self._launches or prog._bound is not b.arena:
-            names: dict = {}
-            x = prog._accessor(logits.name, names)
-            G = argmax_groups(x.shape[-1])
-            if G not in self._partials:
-                self._partials[G] = (b.rt.buffer(4 * G * K), b.rt.buffer(4 * G * K))
+    def partial_bytes(self, G: int) -> int:
+        return 4 * G * self.k  # k (key, id) pairs per group
 
-            def small(name, buf, n):
-                return Accessor(name, (n,), "i32", StridedBuffer((n,), "i32"),
-                                (prog._obj(buf, 0, 4 * n, "i32", True, names),))
-
-            out = small("topk", self.out, 2 * K)
-            keys, ids = (small(f"part_{t}", buf, G * K)
-                         for t, buf in zip(("k", "i"), self._partials[G]))
-            self._launches[key] = []
-            for ks, groups in topk(b.rt.renderer, x, K, keys, ids, out):
-                places = {p.name: place for p, place in names.values()}
-                self._launches[key].append(b.rt.launch(b.kernel(ks), ks.params,
-                                                       _places(ks.params, places), groups))
-        return self._launches[key]
+    def kernels(self, r, x, small, G):
+        K = self.k
+        out = small("topk", "i32", self.out, 2 * K)
+        keys, ids = (small(f"part_{t}", "i32", buf, G * K)
+                     for t, buf in zip(("k", "i"), self._partials[G]))
+        return topk(r, x, K, keys, ids, out)
 
     def best(self, logits: DeviceOutput) -> tuple[np.ndarray, np.ndarray] | None:
         """The pending call run with the top-k: (ids, logits) of the k best, best first;
-        None where the call is not pending (already computed: the host samples then, rather
-        than run a kernel without writing the arena first: PoCL, see GPUProgram._writes)."""
-        b, prog = self.backend, logits.program
-        launches = self.launches(logits)
-        if b.pending is None or b.pending[0] is not prog:
+        None where the call is not pending (see `run_pending`)."""
+        raw = self.run_pending(logits, self.out, 8 * self.k)
+        if raw is None:
             return None
-        writes, b.pending = b.pending[1], None
-        (raw,) = b.rt.run([*prog.launches, *launches], writes, [(self.out, 0, 8 * self.k)])
         return raw.view(np.int32)[self.k :].copy(), logits_of_keys(raw.view(np.uint32)[: self.k])
 
     def __call__(self, logits: DeviceOutput, history=()) -> int:

@@ -793,17 +793,25 @@ def _argmax_tree(b: Builder) -> list[str]:
     value, the lower index on ties (numpy's first maximum)."""
     r = b.r
     b.shared += [("red", "f32", b.wg), ("redi", "u32", b.wg)]
-    body = ["red[lid] = best;", "redi[lid] = bi;", r.barrier()]
-    s = b.wg // 2
+    return ["red[lid] = best;", "redi[lid] = bi;", r.barrier(),
+            *_pair_tree(r, b.wg, "red", "redi", "f32")]
+
+
+def _pair_tree(r: Renderer, wg: int, keys: str, ids: str, ty: str, pad: str = "") -> list[str]:
+    """The tree through workgroup memory that leaves the workgroup's best (key, id) pair in
+    keys[0], ids[0]: the larger key, the smaller id on ties; a barrier after each level.
+    Lines indented by `pad`."""
+    lines = []
+    s = wg // 2
     while s >= 1:
-        body += [f"if (lid < {s}) {{",
-                 f"    {r.let('ov', 'f32', f'red[lid + {s}]')} "
-                 f"{r.let('oi', 'u32', f'redi[lid + {s}]')}",
-                 "    if (ov > red[lid] || (ov == red[lid] && oi < redi[lid])) "
-                 "{ red[lid] = ov; redi[lid] = oi; }",
-                 "}", r.barrier()]
+        lines += [f"{pad}if (lid < {s}) {{",
+                  f"{pad}    {r.let('ok', ty, f'{keys}[lid + {s}]')} "
+                  f"{r.let('oi', 'u32', f'{ids}[lid + {s}]')}",
+                  f"{pad}    if (ok > {keys}[lid] || (ok == {keys}[lid] && oi < {ids}[lid])) "
+                  f"{{ {keys}[lid] = ok; {ids}[lid] = oi; }}",
+                  f"{pad}}}", pad + r.barrier()]
         s //= 2
-    return body
+    return lines
 
 
 def argmax_groups(V: int) -> int:
@@ -876,16 +884,8 @@ def _topk_rounds(b: Builder, K: int, n: int, id_of: Callable[[int], str],
 
     body = [r.var("bk", "u32", "0u"), r.var("bi", "u32", EMPTY), *rescan(),
             r.for_("rd", "0u", str(K)),
-            "    redk[lid] = bk;", "    redi[lid] = bi;", "    " + r.barrier()]
-    s = b.wg // 2
-    while s >= 1:
-        body += [f"    if (lid < {s}) {{",
-                 f"        {r.let('ok', 'u32', f'redk[lid + {s}]')} "
-                 f"{r.let('oi', 'u32', f'redi[lid + {s}]')}",
-                 "        if (ok > redk[lid] || (ok == redk[lid] && oi < redi[lid])) "
-                 "{ redk[lid] = ok; redi[lid] = oi; }",
-                 "    }", "    " + r.barrier()]
-        s //= 2
+            "    redk[lid] = bk;", "    redi[lid] = bi;", "    " + r.barrier(),
+            *_pair_tree(r, b.wg, "redk", "redi", "u32", "    ")]
     body += ["    " + r.let("wk", "u32", "redk[0]"), "    " + r.let("wi", "u32", "redi[0]"),
              f"    if (lid == 0u) {{ {store('rd', 'wk', 'wi')} }}",
              "    if (wk != 0u && bi == wi) {",
