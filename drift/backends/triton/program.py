@@ -12,9 +12,9 @@ arena slots first.
 
 A node that reads a weight the backend streams (`backend.streamed`: hybrid prefill) uploads
 it in its own step to the device in kernel layout (from page-locked host memory, or from the
-file: `weights.to_device`, `weights.upload`), and
-lowers itself over it at every call; the copy is freed after the node. Such a program is not
-captured as a CUDA graph (a prefill's few hundred launches are nothing next to its copies).
+file: `weights.to_device`, `weights.upload`) and lowers itself over it at every call; the
+copy is freed after the node. Such a program is not captured as a CUDA graph (a prefill's few
+hundred launches are nothing next to its copies).
 
 A node the backend has no kernel for but `backend.host_ops` names (hybrid execution: an FFN's
 cold neurons, `ffn_cold`) is a host call (`HostCall`): its activation inputs are copied to
