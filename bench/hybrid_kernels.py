@@ -29,6 +29,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8)
     ap.add_argument("--gate-given", action="store_true",
                     help="the gate computed elsewhere (the GPU): the CPU reads up and down only")
+    ap.add_argument("--layout", choices=("records", "planes"), default="records",
+                    help="a neuron's up and down rows in one record (the default), or planes")
+    ap.add_argument("--same-x", action="store_true",
+                    help="every token the same x (the same active rows: a warm cache)")
     a = ap.parse_args()
     lib = library()
     assert lib is not None, "the C kernels did not build"
@@ -41,19 +45,23 @@ def main() -> None:
         g = RowPlanes.from_blocks(raw4.copy(), "Q4_0", (F, D))
         u = RowPlanes.from_blocks(raw4[::-1].copy(), "Q4_0", (F, D))
         d = RowPlanes.from_blocks(raw8.copy(), "Q8_0", (F, D))
-        layers.append(ColdFFN(None if a.gate_given else g, u, d, "swiglu", 0.0))
-    x = rng.standard_normal((1, D)).astype(np.float32)
-    gate = base @ x[0]
-    g_in = gate[None].astype(np.float32) if a.gate_given else None
-    act = np.abs(gate / (1 + np.exp(-gate)))
+        layers.append(ColdFFN(None if a.gate_given else g, u, d, "swiglu", 0.0,
+                              records=a.layout == "records"))
+    # a fresh x per token (another set of active rows each time, as in decoding), or one
+    xs = rng.standard_normal((1 if a.same_x else a.tokens + 1, D)).astype(np.float32)
+    gates = xs @ base.T
+    act = np.abs(gates[0] / (1 + np.exp(-gates[0])))
     print(f"threads {lib.n_threads()}; {a.layers} layers x {F} cold neurons, "
-          f"{sum(f.nbytes for f in layers) / 1e9:.2f} GB of planes")
+          f"{sum(f.nbytes for f in layers) / 1e9:.2f} GB of planes, layout {a.layout}, "
+          f"{'the same x' if a.same_x else 'a fresh x'} each token")
     for s in a.sparsity:
         thr = float(np.quantile(act, s)) if s > 0 else 0.0
         for f in layers:
             f.threshold = thr
         ts = []
-        for _ in range(a.tokens + 1):
+        for i in range(a.tokens + 1):
+            x = xs[i % len(xs)][None]
+            g_in = gates[i % len(xs)][None] if a.gate_given else None
             t0 = time.perf_counter()
             for f in layers:
                 f(x, g_in)

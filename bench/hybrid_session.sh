@@ -3,6 +3,7 @@
 # make-random shapes) within a GPU memory budget, neuron placement against drift's own layer
 # offload, next to llama.cpp's -ngl 16 / -ngl 24 (../shared/ANCHORS.md).
 # run(command="STEP=kernels bash bench/hybrid_session.sh", carry=[".whl"]) the CPU kernels alone
+#   (KERNEL_SWEEP=1 with another STEP: the same first, then that step)
 # run(command="STEP=cal bash bench/hybrid_session.sh", carry=[".whl"])     make the file, calibrate
 # run(command="STEP=bench CONFIGS='2.05G:layers:0 ...' bash bench/hybrid_session.sh", carry=[".whl"])
 #   each config is BUDGET:OFFLOAD:SPARSITY (drift bench --gpu-mem --offload --sparsity)
@@ -16,9 +17,20 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 DRIFT_HOME=/tmp/drift-home; 
 M=/tmp/m/llama-3.1-8b-Q4_0.gguf
 echo "cpus $(nproc); $(lscpu | grep 'Model name')"
 lscpu | grep -E "^(CPU\(s\)|Thread|Core|Socket|NUMA node\(s\)|L2|L3|CPU max MHz)" | tr -s " "
-if [[ $STEP == kernels ]]; then  # the CPU kernels alone, at 16 and 8 OpenMP threads
-  for t in 16 8; do OMP_NUM_THREADS=$t python3 bench/hybrid_kernels.py 2>&1 | tee -a "$OUT/kernels.txt"; done
-  exit
+if [[ $STEP == kernels || -n $KERNEL_SWEEP ]]; then
+  # the CPU kernels alone, the gates given (the GPU's), a fresh x each token: instruction set
+  # (AVX-512 paths or AVX2 only) x layout (a record per neuron or four planes) x threads;
+  # then the loops' own cost, cache-resident (one thread, 2 x 128 neurons all active)
+  for isa in native avx2; do for lay in records planes; do for t in ${THREADS:-16 8}; do
+    r=$(DRIFT_CPU_ISA=$isa OMP_NUM_THREADS=$t python3 bench/hybrid_kernels.py --gate-given \
+        --layout $lay --sparsity 0.9 --tokens 6 2>&1 | tail -1)
+    echo "isa $isa layout $lay threads $t: $r" | tee -a "$OUT/kernels.txt"
+  done; done
+    r=$(DRIFT_CPU_ISA=$isa OMP_NUM_THREADS=1 python3 bench/hybrid_kernels.py --gate-given \
+        --layers 2 --cold 128 --same-x --sparsity 0 --tokens 50 2>&1 | tail -1)
+    echo "isa $isa resident, 1 thread, 256 neurons: $r" | tee -a "$OUT/kernels.txt"
+  done
+  [[ $STEP == kernels ]] && exit
 fi
 if [[ -n $PREFETCH_SWEEP ]]; then  # the skipping loops' prefetch (ROWS,LEVEL), then the best
   best=""; best_ms=1e9

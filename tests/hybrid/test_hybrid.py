@@ -162,7 +162,7 @@ def test_cold_ffn_kernel_against_numpy(qtype, tokens, down_rows):
         pytest.skip("no C compiler here")
     seed = int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)
-    F, D = 160, 128
+    F, D = 160, 576  # D: 18 blocks, a 16-block vector step and a remainder (SmolLM2's width)
     gate = RowPlanes.from_blocks(_weights(rng, (F, D), qtype), qtype, (F, D))
     up = RowPlanes.from_blocks(_weights(rng, (F, D), qtype), qtype, (F, D))
     if down_rows:

@@ -42,6 +42,10 @@ static inline float f16(uint16_t h) { /* IEEE half -> float */
 }
 
 enum { KIND_Q4_0 = 0, KIND_Q4_1 = 1, KIND_Q8_0 = 2 };
+/* A (R, K) weight's planes: row r's quants at qs + r * qs_stride (bytes), its scales (and
+ * minimums) at d + r * d_stride (halves). Strides, not widths: a layer's cold up and down rows
+ * are interleaved per neuron (`ColdFFN`), so that an active neuron's bytes are one run. */
+typedef struct { int kind; const uint8_t *qs; const uint16_t *d, *m; int64_t qs_stride, d_stride; } planes_t;
 /* How many active rows ahead the skipping loops ask for (0: none), and into which cache
  * level (__builtin_prefetch's locality: 3 all levels .. 0 non-temporal, which on some x86
  * parts lands in a single way and is evicted before use). set_prefetch() changes them. */
@@ -107,10 +111,61 @@ static inline __m256i block_dot(int kind, const uint8_t *qs, int b, const int8_t
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define DRIFT_AVX512 1
+/* a nibble row (Q4_0, Q4_1) . quantized x, 16 blocks per outer step: their scales widened
+ * together (d xd, 16 floats) and the minimum term's d xs (Q4_0: w = d q - 8 d, so -8 d xs;
+ * Q4_1: m xs) summed in vector; then two blocks per inner step, their 32 bytes of nibbles as
+ * 64 unsigned values in block order times x's int8 by VNNI (u8 x s8 -> s32, four products a
+ * lane: lanes 0-7 block b, 8-15 block b + 1), scaled per block in float. */
+static inline float row_dot_nibbles512(int kind, const uint8_t *qs, const uint16_t *d,
+                                       const uint16_t *m, int nb, const int8_t *xq,
+                                       const float *xd, const float *xs) {
+    const __m256i low = _mm256_set1_epi8(15);
+    __m512 acc = _mm512_setzero_ps(), offs = _mm512_setzero_ps();
+    int b = 0;
+    for (; b + 16 <= nb; b += 16) {
+        __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + b)));
+        __m512 sc = _mm512_mul_ps(dv, _mm512_loadu_ps(xd + b));
+        __m512 mv = kind == KIND_Q4_0 ? dv
+                    : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + b)));
+        offs = _mm512_fmadd_ps(mv, _mm512_loadu_ps(xs + b), offs);
+        for (int k = 0; k < 16; k += 2) {
+            __m256i t = _mm256_loadu_si256((const __m256i *)(qs + (b + k) * 16));
+            __m256i lo = _mm256_and_si256(t, low), hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), low);
+            /* [b lo | b+1 lo | b hi | b+1 hi] in 128-bit lanes -> [b lo | b hi | b+1 lo | b+1 hi] */
+            __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            w = _mm512_shuffle_i64x2(w, w, _MM_SHUFFLE(3, 1, 2, 0));
+            __m512i y = _mm512_loadu_si512((const void *)(xq + (b + k) * 32));
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, y);
+            /* lanes 0-7 the scale of block k, 8-15 of block k + 1 */
+            __m512i pick = _mm512_set_epi32(k + 1, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1,
+                                            k, k, k, k, k, k, k, k);
+            acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(pick, sc), _mm512_cvtepi32_ps(dot), acc);
+        }
+    }
+    float total = _mm512_reduce_add_ps(acc)
+                  + (kind == KIND_Q4_0 ? -8.f : 1.f) * _mm512_reduce_add_ps(offs);
+    for (; b < nb; b++) { /* the last nb % 16 blocks (SmolLM2's D 576: 18 blocks) */
+        const uint8_t *q = qs + (int64_t)b * 16;
+        const int8_t *y = xq + (int64_t)b * 32;
+        int s = 0;
+        for (int i = 0; i < 16; i++) s += (q[i] & 15) * y[i] + (q[i] >> 4) * y[i + 16];
+        total += f16(d[b]) * (xd[b] * (float)s
+                              + (kind == KIND_Q4_0 ? -8.f * xs[b] : 0.f))
+                 + (kind == KIND_Q4_1 ? f16(m[b]) * xs[b] : 0.f);
+    }
+    return total;
+}
+#endif
+
 /* one weight row (nb blocks) . one quantized x row; two accumulators, so that consecutive
  * blocks' multiply-adds do not wait on each other */
 static inline float row_dot(int kind, const uint8_t *qs, const uint16_t *d, const uint16_t *m,
                             int nb, const int8_t *xq, const float *xd, const float *xs) {
+#if defined(DRIFT_AVX512)
+    if (kind != KIND_Q8_0) return row_dot_nibbles512(kind, qs, d, m, nb, xq, xd, xs);
+#endif
 #if defined(__AVX2__)
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float extra = 0.f;
@@ -150,18 +205,18 @@ static inline float row_dot(int kind, const uint8_t *qs, const uint16_t *d, cons
 
 /* out[s, i] = W[rows[i]] . x[s] for i < n (rows NULL: row i), W (R, K) in `kind` planes:
  * qs (R, K/2) or (R, K) bytes, d and m (R, K/32) f16. out (S, n). */
-void gemv_rows(int kind, const uint8_t *qs, const uint16_t *d, const uint16_t *m, int K,
-               const int32_t *rows, int n, const int8_t *xq, const float *xd, const float *xs,
-               int S, float *out) {
+void gemv_rows(const planes_t *w, int K, const int32_t *rows, int n, const int8_t *xq,
+               const float *xd, const float *xs, int S, float *out) {
     int nb = K / 32;
-    int64_t row_bytes = kind == KIND_Q8_0 ? K : K / 2;
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         int64_t r = rows ? rows[i] : i;
         for (int s = 0; s < S; s++)
-            out[(int64_t)s * n + i] = row_dot(kind, qs + r * row_bytes, d + r * nb,
-                                              m ? m + r * nb : 0, nb, xq + (int64_t)s * K,
-                                              xd + (int64_t)s * nb, xs + (int64_t)s * nb);
+            out[(int64_t)s * n + i] = row_dot(w->kind, w->qs + r * w->qs_stride,
+                                              w->d + r * w->d_stride,
+                                              w->m ? w->m + r * w->d_stride : 0, nb,
+                                              xq + (int64_t)s * K, xd + (int64_t)s * nb,
+                                              xs + (int64_t)s * nb);
     }
 }
 
@@ -191,7 +246,15 @@ static inline int thread_share(int n, int *i0, int *i1) {
 static inline void axpy_row_q8(float h, const int8_t *q, const uint16_t *d, int nb, float *out) {
     for (int b = 0; b < nb; b++) {
         float f = h * f16(d[b]);
-#if defined(__AVX2__)
+#if defined(DRIFT_AVX512)
+        __m512 vf = _mm512_set1_ps(f);
+        for (int e = 0; e < 32; e += 16) {
+            __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                _mm_loadu_si128((const __m128i *)(q + b * 32 + e))));
+            _mm512_storeu_ps(out + b * 32 + e,
+                             _mm512_fmadd_ps(vf, w, _mm512_loadu_ps(out + b * 32 + e)));
+        }
+#elif defined(__AVX2__)
         __m256 vf = _mm256_set1_ps(f);
         for (int e = 0; e < 32; e += 8) {
             __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
@@ -209,7 +272,7 @@ static inline void axpy_row_q8(float h, const int8_t *q, const uint16_t *d, int 
  * qs (R, K) int8, d (R, K/32) f16. h (S, n), y (S, K), overwritten. Each thread streams
  * whole rows of its share of the active neurons into its own accumulator (L1/L2), then the
  * accumulators are summed. */
-void axpy_rows_q8(const int8_t *qs, const uint16_t *d, int K, const int32_t *rows, int n,
+void axpy_rows_q8(const planes_t *w, int K, const int32_t *rows, int n,
                   const float *h, int S, float *y, float *work, int n_work) {
     int nb = K / 32;
     memset(work, 0, sizeof(float) * (size_t)n_work * S * K);
@@ -219,11 +282,11 @@ void axpy_rows_q8(const int8_t *qs, const uint16_t *d, int K, const int32_t *row
         float *acc = work + (size_t)t * S * K;
         for (int i = i0; i < i1; i++) {
             int64_t r = rows ? rows[i] : i;
-            const int8_t *q = qs + r * K;
+            const int8_t *q = (const int8_t *)w->qs + r * w->qs_stride;
             for (int s = 0; s < S; s++) {
                 float hi = h[(int64_t)s * n + i];
                 if (hi == 0.f) continue;
-                axpy_row_q8(hi, q, d + r * nb, nb, acc + (int64_t)s * K);
+                axpy_row_q8(hi, q, w->d + r * w->d_stride, nb, acc + (int64_t)s * K);
             }
         }
     }
@@ -250,8 +313,6 @@ static inline float activation(int act, float g) {
     if (act == 0) return g / (1.f + expf(-g)); /* silu (SwiGLU) */
     return 0.5f * g * (1.f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))); /* gelu */
 }
-
-typedef struct { int kind; const uint8_t *qs; const uint16_t *d, *m; } planes_t;
 
 /* y = the sum of the nt threads' accumulators (work: nt rows of D), split over the threads of
  * the enclosing parallel region (after a barrier: every accumulator is complete) */
@@ -284,7 +345,7 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
     float xd[D / 32], xs[D / 32];
     quantize_row(x, D, xq, xd, xs);
     int nbD = D / 32, nbF = F / 32;
-    int64_t rbD_g = gate->kind == KIND_Q8_0 ? D : D / 2, rbD_u = up->kind == KIND_Q8_0 ? D : D / 2;
+    int64_t rbD_u = up->kind == KIND_Q8_0 ? D : D / 2; /* bytes of an up row's quants */
     int count = 0;
     if (g) cand = NULL; /* every neuron's gate is given */
     if (down_rows && !cand) { /* each thread its share of the neurons, start to end */
@@ -293,9 +354,9 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
             int i0, i1, t = thread_share(F, &i0, &i1), nt = n_threads_here(), mine = 0;
             for (int j = i0; j < i1; j++) { /* its active neurons, listed in rows[i0..] */
                 float aj = activation(act, g ? g[j]
-                                             : row_dot(gate->kind, gate->qs + j * rbD_g,
-                                                       gate->d + (int64_t)j * nbD,
-                                                       gate->m ? gate->m + (int64_t)j * nbD : 0,
+                                             : row_dot(gate->kind, gate->qs + j * gate->qs_stride,
+                                                       gate->d + j * gate->d_stride,
+                                                       gate->m ? gate->m + j * gate->d_stride : 0,
                                                        nbD, xq, xd, xs));
                 if (threshold > 0 && !(fabsf(aj) > threshold)) continue;
                 a[j] = aj;
@@ -308,14 +369,15 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
                 int64_t j = rows[i0 + i];
                 if (prefetch_rows && i + prefetch_rows < mine) {
                     int64_t n = rows[i0 + i + prefetch_rows];
-                    prefetch(up->qs + n * rbD_u, rbD_u);
-                    prefetch(up->d + n * nbD, 2 * nbD);
-                    prefetch(dq + n * D, D);
-                    prefetch(down->d + n * nbD, 2 * nbD);
+                    prefetch(up->qs + n * up->qs_stride, rbD_u);
+                    prefetch(up->d + n * up->d_stride, 2 * nbD);
+                    prefetch(dq + n * down->qs_stride, D);
+                    prefetch(down->d + n * down->d_stride, 2 * nbD);
                 }
-                float hj = a[j] * row_dot(up->kind, up->qs + j * rbD_u, up->d + j * nbD,
-                                          up->m ? up->m + j * nbD : 0, nbD, xq, xd, xs);
-                axpy_row_q8(hj, dq + j * D, down->d + j * nbD, nbD, acc);
+                float hj = a[j] * row_dot(up->kind, up->qs + j * up->qs_stride,
+                                          up->d + j * up->d_stride,
+                                          up->m ? up->m + j * up->d_stride : 0, nbD, xq, xd, xs);
+                axpy_row_q8(hj, dq + j * down->qs_stride, down->d + j * down->d_stride, nbD, acc);
             }
             #pragma omp atomic
             count += mine;
@@ -331,8 +393,10 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
         for (int i = 0; i < n_gate; i++) {
             int64_t j = cand ? cand[i] : i;
             a[j] = activation(act, g ? g[j]
-                                     : row_dot(gate->kind, gate->qs + j * rbD_g, gate->d + j * nbD,
-                                               gate->m ? gate->m + j * nbD : 0, nbD, xq, xd, xs));
+                                     : row_dot(gate->kind, gate->qs + j * gate->qs_stride,
+                                               gate->d + j * gate->d_stride,
+                                               gate->m ? gate->m + j * gate->d_stride : 0, nbD,
+                                               xq, xd, xs));
         }
         #pragma omp single
         {
@@ -351,20 +415,19 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
             int64_t j = rows[i];
             if (prefetch_rows && i + prefetch_rows < count) {
                 int64_t n = rows[i + prefetch_rows];
-                prefetch(up->qs + n * rbD_u, rbD_u);
-                prefetch(up->d + n * nbD, 2 * nbD);
+                prefetch(up->qs + n * up->qs_stride, rbD_u);
+                prefetch(up->d + n * up->d_stride, 2 * nbD);
             }
-            h[i] = a[j] * row_dot(up->kind, up->qs + j * rbD_u, up->d + j * nbD,
-                                  up->m ? up->m + j * nbD : 0, nbD, xq, xd, xs);
+            h[i] = a[j] * row_dot(up->kind, up->qs + j * up->qs_stride, up->d + j * up->d_stride,
+                                  up->m ? up->m + j * up->d_stride : 0, nbD, xq, xd, xs);
         }
         if (!down_rows) { /* dense: y = down . h over the file's (D, F) rows */
             #pragma omp single
             quantize_row(h, F, hq, hd, hs);
-            int64_t rbF = down->kind == KIND_Q8_0 ? F : F / 2;
             #pragma omp for schedule(static)
-            for (int r = 0; r < D; r++)
-                y[r] = row_dot(down->kind, down->qs + r * rbF, down->d + (int64_t)r * nbF,
-                               down->m ? down->m + (int64_t)r * nbF : 0, nbF, hq, hd, hs);
+            for (int64_t r = 0; r < D; r++)
+                y[r] = row_dot(down->kind, down->qs + r * down->qs_stride, down->d + r * down->d_stride,
+                               down->m ? down->m + r * down->d_stride : 0, nbF, hq, hd, hs);
         } else {
             int i0, i1, t = thread_share(count, &i0, &i1), nt = n_threads_here();
             float *acc = work + (size_t)t * D;
@@ -374,10 +437,10 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
                 int64_t r = rows[i];
                 if (prefetch_rows && i + prefetch_rows < i1) {
                     int64_t n = rows[i + prefetch_rows];
-                    prefetch(dq + n * D, D);
-                    prefetch(down->d + n * nbD, 2 * nbD);
+                    prefetch(dq + n * down->qs_stride, D);
+                    prefetch(down->d + n * down->d_stride, 2 * nbD);
                 }
-                axpy_row_q8(h[i], dq + r * D, down->d + r * nbD, nbD, acc);
+                axpy_row_q8(h[i], dq + r * down->qs_stride, down->d + r * down->d_stride, nbD, acc);
             }
             #pragma omp barrier
             sum_accumulators(work, nt, D, y);
