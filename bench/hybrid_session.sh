@@ -9,6 +9,7 @@
 #   each config is BUDGET:OFFLOAD:SPARSITY (drift bench --gpu-mem --offload --sparsity)
 # run(command="STEP=all CONFIGS=... bash bench/hybrid_session.sh", carry=[".whl"])
 #   the file (if missing), the calibration (if missing), then the configs: one call
+#   (TIMELINE="2.98G:0.9 ...": bench/hybrid_timeline.py first; CONFIGS=none: nothing else)
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -52,6 +53,12 @@ if [[ $STEP == cal || ( $STEP == all && ! -f $DRIFT_HOME/calibrated ) ]]; then
     2>&1 | tail -6 | tee "$OUT/calibrate.txt" && touch $DRIFT_HOME/calibrated
   [[ $STEP == cal ]] && exit
 fi
+for cfg in ${TIMELINE}; do  # MEM:SPARSITY: where a decode token's time goes (host and GPU)
+  IFS=: read -r mem sp <<< "$cfg"
+  timeout ${BENCH_TIMEOUT:-240} python3 bench/hybrid_timeline.py $M --gpu-mem $mem \
+    --sparsity $sp 2>&1 | tee "$OUT/timeline-$mem-$sp.txt" | tail -14
+done
+[[ $CONFIGS == none ]] && exit
 for cfg in ${CONFIGS:-"2.05G:layers:0 2.05G:neurons:0.9"}; do
   IFS=: read -r mem off sp <<< "$cfg"
   f="$OUT/bench-$mem-$off-$sp.txt"
