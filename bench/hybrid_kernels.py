@@ -31,6 +31,9 @@ def main() -> None:
                     help="the gate computed elsewhere (the GPU): the CPU reads up and down only")
     ap.add_argument("--layout", choices=("records", "planes"), default="records",
                     help="a neuron's up and down rows in one record (the default), or planes")
+    ap.add_argument("--prefetch", nargs="*", default=[None], metavar="ROWS,LEVEL",
+                    help="the skipping loops' prefetch settings to time in turn (as "
+                         "DRIFT_CPU_PREFETCH; default: the kernels' own)")
     ap.add_argument("--same-x", action="store_true",
                     help="every token the same x (the same active rows: a warm cache)")
     a = ap.parse_args()
@@ -54,6 +57,15 @@ def main() -> None:
     print(f"threads {lib.n_threads()}; {a.layers} layers x {F} cold neurons, "
           f"{sum(f.nbytes for f in layers) / 1e9:.2f} GB of planes, layout {a.layout}, "
           f"{'the same x' if a.same_x else 'a fresh x'} each token")
+    for setting in a.prefetch:
+        if setting is not None:
+            rows, level = (int(v) for v in setting.split(","))
+            lib.set_prefetch(rows, level)
+            print(f"prefetch {rows} rows ahead, level {level}")
+        measure(a, layers, xs, gates, act, F)
+
+
+def measure(a, layers, xs, gates, act, F) -> None:
     for s in a.sparsity:
         thr = float(np.quantile(act, s)) if s > 0 else 0.0
         for f in layers:

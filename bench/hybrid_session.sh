@@ -33,17 +33,10 @@ if [[ $STEP == kernels || -n $KERNEL_SWEEP ]]; then
   done
   [[ $STEP == kernels ]] && exit
 fi
-if [[ -n $PREFETCH_SWEEP ]]; then  # the skipping loops' prefetch (ROWS,LEVEL), then the best
-  best=""; best_ms=1e9
-  for v in $PREFETCH_SWEEP; do
-    r=$(DRIFT_CPU_PREFETCH=$v python3 bench/hybrid_kernels.py --gate-given --tokens 6 \
-        --sparsity 0.5 0.9 2>&1 | tee -a "$OUT/prefetch.txt" | tail -1)
-    echo "prefetch $v: $r" | tee -a "$OUT/prefetch.txt"
-    ms=$(awk '{print $3}' <<< "$r")
-    if awk "BEGIN{exit !($ms < $best_ms)}"; then best=$v; best_ms=$ms; fi
-  done
-  DRIFT_CPU_PREFETCH=$best python3 bench/hybrid_kernels.py --tokens 6 --sparsity 0.9 2>&1 \
-    | tail -1 | sed "s/^/cpu gate, prefetch $best: /" | tee -a "$OUT/prefetch.txt"
+if [[ -n $PREFETCH_SWEEP ]]; then  # the skipping loops' prefetch (ROWS,LEVEL ...), then the best
+  python3 bench/hybrid_kernels.py --gate-given --tokens 6 --sparsity 0.9 \
+    --prefetch $PREFETCH_SWEEP 2>&1 | tee -a "$OUT/prefetch.txt" | tail -$((2 * $(wc -w <<< "$PREFETCH_SWEEP")))
+  best=$(awk '/^prefetch/ {s=$2","$6} /^sparsity/ {if (!b || $3 < m) {m=$3; b=s}} END {print b}' "$OUT/prefetch.txt")
   export DRIFT_CPU_PREFETCH=$best; echo "benches with DRIFT_CPU_PREFETCH=$best (${SECONDS}s)"
 fi
 [[ -f $M ]] || python3 -m drift make-random llama-3.1-8b Q4_0 $M 2>&1 | tail -1; echo "file at ${SECONDS}s"
