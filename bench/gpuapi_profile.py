@@ -10,10 +10,11 @@ cached keys) of a GGUF model on `--device webgpu|opencl` and reports, per token:
                   profiling events; WebGPU timestamp queries, between the dispatches of one
                   pass where the adapter has 'timestamp-query-inside-passes'): their sum,
                   the span from the first start to the last end, the host time to record them
-    per op kind   dispatches and summed device time
+    per op kind   dispatches and summed device time (split-K attention: two a layer)
     per kernel    each distinct kernel source (the same op on every layer compiles once):
                   launches, device time, and the bytes the op registry says it moves over
-                  that time (for the matmuls: their weights, so GB/s against the copy rate)
+                  that time (for the matmuls: their weights, so GB/s against the copy rate;
+                  a node of two launches: its bytes on the first)
 
     python bench/gpuapi_profile.py /tmp/m/llama-3.1-8b-Q4_0.gguf --device opencl
     python bench/gpuapi_profile.py MODEL --device webgpu --pos 16 --reps 1   # CPU drivers
@@ -180,10 +181,12 @@ def main() -> None:
             ins = [graph.tensors[x] for x in n.inputs]
             outs = [graph.tensors[x] for x in n.outputs]
             op, label = n.op, node_label(graph, n)
-            stage = prog.sources[i].name.partition(":")[2]  # the matmuls' kernel
+            stage = prog.sources[i].name.partition(":")[2]  # the matmuls' kernel, a stage
             label += f" [{stage}]" if stage else ""
             key = render(prog.sources[i])
-            nbytes = cost_of(n.op, ins, outs, n.attrs, kv_len).bytes
+            # a node of several launches (split-K attention): its bytes on its first
+            first = i == 0 or nodes[i - 1] is not n
+            nbytes = cost_of(n.op, ins, outs, n.attrs, kv_len).bytes if first else 0
         by_op[op][0] += 1
         by_op[op][1] += secs
         k = by_kernel.setdefault(key, {"label": label, "n": 0, "s": 0.0, "bytes": 0})
