@@ -738,13 +738,13 @@ def attention_scratch(n: Node, shapes: dict[str, tuple[int, ...]]) -> int:
 
 def attention(r: Renderer, n: Node, acc: dict[str, Accessor], scratch: Accessor | None = None):
     """Causal attention (GQA, window, softcap) over the cache. Where `attention_splits` is 1
-    (prefill: many query rows), one workgroup of ATTN_TILE threads per (query, head) walks
-    all its keys (`_attend`) and normalizes. Else (decode) split-K: S * H * splits workgroups
-    of ATTN_SPLIT_TILE threads each walk an equal share of the keys the query sees (tiles
-    of the split count fixed at bind time, the share from the position at run time; a split
-    past the last key walks none) and write their partial (o unnormalized, running max m,
-    sum l) to `scratch`; then one workgroup per (query, head) merges its splits' partials
-    (`_attention_combine`)."""
+    (prefill: many query rows; a short cache), one workgroup of ATTN_TILE threads per
+    (query, head) walks all its keys (`_attend`) and normalizes. Else (decode) split-K:
+    S * H * splits workgroups of ATTN_SPLIT_TILE threads, each walking an equal share of the
+    keys the query sees (the split count is fixed at bind time, the share, in whole tiles,
+    comes from the position at run time; a split past the last key walks none), write their
+    partials (o unnormalized, running max m, sum l) to `scratch`; then one workgroup per
+    (query, head) merges its splits' partials (`_attention_combine`)."""
     q, k, v, pos = (acc[i] for i in n.inputs)
     out = acc[n.outputs[0]]
     S, H, Dh = q.shape
