@@ -21,6 +21,7 @@ import gc
 import glob
 import hashlib
 import os
+import platform
 import subprocess
 import time
 import weakref
@@ -115,10 +116,10 @@ def launch_loop() -> Any:
     cc = _compiler()
     if cc is None:
         return None
-    key = hashlib.sha256(LOOP_SOURCE.read_bytes() + cc.encode()
-                         + os.uname().machine.encode()).hexdigest()[:16]
-    path = models_dir().parent / "kernels" / f"opencl_enqueue-{key}.so"
-    try:
+    try:  # (an install without the source: no loop either)
+        key = hashlib.sha256(LOOP_SOURCE.read_bytes() + cc.encode()
+                             + platform.machine().encode()).hexdigest()[:16]
+        path = models_dir().parent / "kernels" / f"opencl_enqueue-{key}.so"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
