@@ -10,10 +10,11 @@ cached keys) of a GGUF model on `--device webgpu|opencl` and reports, per token:
                   profiling events; WebGPU timestamp queries, between the dispatches of one
                   pass where the adapter has 'timestamp-query-inside-passes'): their sum,
                   the span from the first start to the last end, the host time to record them
-    per op kind   dispatches and summed device time
+    per op kind   dispatches and summed device time (split-K attention: two a layer)
     per kernel    each distinct kernel source (the same op on every layer compiles once):
                   launches, device time, and the bytes the op registry says it moves over
-                  that time (for the matmuls: their weights, so GB/s against the copy rate)
+                  that time (for the matmuls: their weights, so GB/s against the copy rate;
+                  a node of two launches: its bytes on the first)
 
     python bench/gpuapi_profile.py /tmp/m/llama-3.1-8b-Q4_0.gguf --device opencl
     python bench/gpuapi_profile.py MODEL --device webgpu --pos 16 --reps 1   # CPU drivers
@@ -162,6 +163,18 @@ def main() -> None:
     print(f"| wall, empty submission (write + read 4 bytes) | {empty * 1e3:.3f} |")
     print(f"| wall of the timed submission | {timed_wall * 1e3:.3f} |")
     print(f"| host time recording/enqueueing its {n_launch} launches | {enqueue * 1e3:.3f} |")
+    if hasattr(rt, "enqueue_path"):  # opencl: the timed call enqueues through pyopencl (its
+        # events carry the times); a call's own enqueue (no events) timed alone
+        launches = [*prog.launches, *argmax_launches]
+        xs = []
+        for _ in range(a.reps + 1):  # (the first makes the C loop's arrays)
+            rt.run([], writes, [])  # the arena written first, as every call (PoCL)
+            t = time.perf_counter()
+            rt._enqueue_all(launches)
+            xs.append(time.perf_counter() - t)
+            rt.sync()
+        print(f"| host time enqueueing them as a call does ({rt.enqueue_path}, no events) "
+              f"| {median(xs[1:]) * 1e3:.3f} |")
     print(f"| device span, first start to last end | {span * 1e3:.3f} |")
     print(f"| device time, sum over launches | {gpu_sum * 1e3:.3f} |")
     print(f"| idle between launches (span - sum) | {(span - gpu_sum) * 1e3:.3f} |")
@@ -180,10 +193,12 @@ def main() -> None:
             ins = [graph.tensors[x] for x in n.inputs]
             outs = [graph.tensors[x] for x in n.outputs]
             op, label = n.op, node_label(graph, n)
-            stage = prog.sources[i].name.partition(":")[2]  # the matmuls' kernel
+            stage = prog.sources[i].name.partition(":")[2]  # the matmuls' kernel, a stage
             label += f" [{stage}]" if stage else ""
             key = render(prog.sources[i])
-            nbytes = cost_of(n.op, ins, outs, n.attrs, kv_len).bytes
+            # a node of several launches (split-K attention): its bytes on its first
+            first = i == 0 or nodes[i - 1] is not n
+            nbytes = cost_of(n.op, ins, outs, n.attrs, kv_len).bytes if first else 0
         by_op[op][0] += 1
         by_op[op][1] += secs
         k = by_kernel.setdefault(key, {"label": label, "n": 0, "s": 0.0, "bytes": 0})

@@ -14,6 +14,10 @@
 # run(command="PROFILE=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   where a decode token's time goes (bench/gpuapi_profile.py, device timestamps), both
 #   models on both APIs, about 4 minutes
+# run(command="MICRO=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   an OpenCL launch's host cost each way (bench/opencl_enqueue.py), and decode attention
+#   alone on the 8B's heads, one workgroup against split-K variants, both APIs
+#   (bench/gpuapi_attention.py): about a minute
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -28,6 +32,14 @@ if [[ -z $SKIP_SETUP ]]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   mkdir -p /tmp/icd && echo /usr/local/nvidia/lib64/libnvidia-opencl.so.1 > /tmp/icd/nvidia.icd
   export OCL_ICD_VENDORS=/tmp/icd
+fi
+if [[ -n $MICRO ]]; then
+  timeout 120 python3 bench/opencl_enqueue.py --n 20000 2>&1 | tee "$OUT/enqueue.txt"
+  for dev in opencl webgpu; do
+    timeout 150 python3 bench/gpuapi_attention.py --device $dev --ctx 4096 \
+      --pos ${POS:-392,1024,4000} 2>&1 | tee "$OUT/attention-$dev.txt"
+  done
+  exit
 fi
 if [[ -n $KERNELS ]]; then
   timeout 560 python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0 --reps 20 --variants \

@@ -245,6 +245,63 @@ def test_kv_write_and_attention(api, window, softcap):
         np.testing.assert_allclose(got[g.outputs[0]], ref[g.outputs[0]], rtol=1e-4, atol=1e-5)
 
 
+def _attention_graph(S, H, Hkv, Dh, Dv, C, **attrs):
+    """kv_write of S rows into both caches, then attention over them."""
+    b = GraphBuilder("attn")
+    q = b.input("q", (S, H, Dh), "f32")
+    k, v = b.input("k", (S, Hkv, Dh), "f32"), b.input("v", (S, Hkv, Dv), "f32")
+    pos = b.input("pos", (S,), "i32")
+    kc = b.op("kv_write", b.state("kc", (C, Hkv, Dh), "f32"), k, pos)
+    vc = b.op("kv_write", b.state("vc", (C, Hkv, Dv), "f32"), v, pos)
+    b.output(b.op("attention", q, kc, vc, pos, scale=0.3, **attrs))
+    return b.finish()
+
+
+@pytest.mark.parametrize("H,Hkv,Dh,Dv,window,softcap,groups", [
+    (8, 2, 64, 64, 0, 0.0, None),  # GQA, keys four at a time, a dim a thread
+    (4, 4, 10, 100, 0, 5.0, None),  # keys one at a time, two dims a thread (one cut), softcap
+    (6, 3, 16, 24, 100, 0.0, None),  # a window of two splits, two key groups a tile
+    (8, 2, 64, 64, 300, 0.0, 32),  # four splits of up to three tiles (a window of five)
+    (8, 2, 64, 64, 0, 0.0, 32),  # four splits of up to three tiles
+])
+def test_split_attention_at_decode(api, monkeypatch, H, Hkv, Dh, Dv, window, softcap, groups):
+    """Decode (S of 1 or 2) attention split over several workgroups per (query, head), merged
+    by a second launch: as numpy's over a 700-key cache filled by a prefill (itself the
+    one-workgroup kernel) with fresh values, at positions from 0 to the cache's last (empty
+    splits, a partly filled last tile, one split, all), with GQA, a window, a softcap."""
+    from drift.backends.kernels import templates
+
+    if groups:  # fewer splits than tiles: each split several tiles
+        monkeypatch.setattr(templates, "ATTN_SPLIT_GROUPS", groups)
+    C = 700
+    be = _backend(api)
+    attrs = {"window": window, "softcap": softcap}
+    fill = be.compile(_attention_graph(C, H, Hkv, Dh, Dv, C, **attrs))
+    assert [k.name for k in fill.sources if k.name.startswith("attention")] == ["attention"]
+    state: dict = {}
+    feeds = {"q": _f(C, H, Dh), "k": _f(C, Hkv, Dh), "v": _f(C, Hkv, Dv),
+             "pos": np.arange(C, dtype=np.int32)}
+    ref = run_plain(fill.graph, {}, feeds, state)[fill.graph.outputs[0]]
+    got = fill.run(feeds)[fill.graph.outputs[0]]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    for S in (1, 2):
+        prog = be.compile(_attention_graph(S, H, Hkv, Dh, Dv, C, **attrs))
+        assert [k.name for k in prog.sources if k.name.startswith("attention")] == [
+            "attention:split", "attention:combine"]
+        for p in (0, 1, 63, 64, 65, 200, 511, C - S):
+            feeds = {"q": _f(S, H, Dh), "k": _f(S, Hkv, Dh), "v": _f(S, Hkv, Dv),
+                     "pos": np.arange(p, p + S, dtype=np.int32)}
+            ref = run_plain(prog.graph, {}, feeds, state)[prog.graph.outputs[0]]
+            got = prog.run(feeds)[prog.graph.outputs[0]]
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=f"S {S} p {p}")
+    # a node of two launches: counted twice, timed and profiled as one node
+    assert prog.launch_counts() == [1.0, 1.0, 2.0]
+    assert len(prog.launch_nodes()) == len(prog.launches) == 4
+    per_node = prog.profile(feeds)
+    assert [n for n, _ in per_node] == list(prog.graph.nodes)
+    assert all(t >= 0 for _, t in per_node)
+
+
 def test_split_objects_past_the_binding_limit(api):
     """A 16 KiB binding limit: the weights' planes and the f32 matrix are cut into chunks, the
     large activations become MultiObject storages (the layout pass), and nothing changes."""
@@ -307,6 +364,31 @@ def test_tiny_models_prefill_then_decode(api, kind):
         assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiny_models_decode_with_split_attention(api, kind, monkeypatch):
+    """Tiles of 2 keys: a 16-position cache splits at decode (the windowed layers of 3 and
+    4 keys too), and every model kind decodes as the plain evaluation."""
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "ATTN_SPLIT_TILE", 2)
+    cfg = tiny_config(kind)
+    w = tiny_weights(cfg)
+    dtypes = {k: "f32" for k in w}
+    be = _backend(api)
+    be.load_arrays(w)
+    state: dict = {}
+    for S, start in ((5, 0), *((1, p) for p in range(5, 16, 2))):
+        g = build_graph(cfg, dtypes, S, 16)
+        prog = be.compile(g)
+        if S == 1:
+            assert "attention:split" in [k.name for k in prog.sources]
+        feeds = {"tokens": (np.arange(S, dtype=np.int32) * 7 + start) % cfg.vocab_size,
+                 "positions": np.arange(start, start + S, dtype=np.int32)}
+        ref = run_plain(g, w, feeds, state)[g.outputs[0]]
+        got = prog.run(feeds)[g.outputs[0]]
+        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()), start
+
+
 PROMPT = [1, 504, 3575, 282, 4649, 314]  # token ids: the reference is the cpu backend
 
 
@@ -330,6 +412,19 @@ def smollm2_cpu(smollm2_path):
 
 @pytest.mark.slow
 def test_smollm2_greedy_32_tokens_as_the_cpu_backend(api, smollm2_path, smollm2_cpu):
+    ref_tokens, ref_logits = smollm2_cpu
+    tokens, logits = _greedy(smollm2_path, api, 32)
+    assert tokens == ref_tokens
+    assert np.abs(logits - ref_logits).max() <= 1e-2
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_with_split_attention(api, smollm2_path, smollm2_cpu, monkeypatch):
+    """Tiles of 16 keys: the 64-position cache's decode attention splits four ways (one to
+    three splits hold keys over the 38 positions); the tokens and logits as the cpu's."""
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "ATTN_SPLIT_TILE", 16)
     ref_tokens, ref_logits = smollm2_cpu
     tokens, logits = _greedy(smollm2_path, api, 32)
     assert tokens == ref_tokens

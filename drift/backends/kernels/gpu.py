@@ -9,7 +9,9 @@ a renderer; everything here is written once against both:
                    into chunks where it exceeds the device's largest binding; no float copy
     program        per node of the passed graph: an accessor per tensor (storage + where its
                    objects are: the arena at the plan's offsets, the weight or cache buffers),
-                   the op's template rendered, compiled once per distinct source, bound once
+                   the op's template rendered, compiled once per distinct source, bound once;
+                   a node of several launches (split-K attention) passes values between them
+                   through scratch: a region of the arena past the planned tensors
     run            the inputs written, every launch queued, the outputs read: one submission
 """
 
@@ -32,6 +34,7 @@ from drift.backends.kernels.templates import (
     argmax,
     argmax_groups,
     kernel_for,
+    scratch_words,
     subgroup_probe,
     topk,
 )
@@ -324,7 +327,14 @@ class GPUProgram(Program):
         self.compiled, self.graph, self.backend = compiled, compiled.graph, backend
         self.plan, self.storages = compiled.plan, compiled.storages
         assert self.plan is not None
-        backend.reserve(self.plan.arena_bytes)
+        # scratch past the planned tensors: one region, which each node that needs it uses in
+        # turn (its launches run one after another, and it is dead after the node's last)
+        shapes = {name: t.shape for name, t in self.graph.tensors.items()}
+        self._scratch_words = {id(n): scratch_words(n, shapes) for n in self.graph.nodes
+                               if not is_view(n.op)}
+        self.scratch_at = align_up(self.plan.arena_bytes, backend.align)
+        words = max(self._scratch_words.values(), default=0)
+        backend.reserve(self.scratch_at + 4 * words if words else self.plan.arena_bytes)
         backend.ensure_stacked(self.graph)
         for n in self.graph.nodes:
             if not (is_view(n.op) or backend.supports(n.op)):
@@ -332,6 +342,7 @@ class GPUProgram(Program):
         self._bound: Any = None
         self.launches: list[Any] = []
         self.sources: list[KernelSource] = []
+        self._launch_nodes: list[Any] = []  # the node each launch runs
         self._bind()  # kernels compiled and bound now: a call only writes, launches, reads
 
     # -- binding
@@ -381,18 +392,27 @@ class GPUProgram(Program):
         b = self.backend
         if self._bound is b.arena:
             return
-        self.launches, self.sources = [], []
+        self.launches, self.sources, self._launch_nodes = [], [], []
         for n in self.graph.nodes:
             if is_view(n.op):
                 continue
             names: dict = {}
             acc = {x: self._accessor(x, names) for x in (*n.inputs, *n.outputs)}
-            ks, groups = kernel_for(b.rt.renderer, n, acc)
-            places = {p.name: place for p, place in names.values()}
-            self.launches.append(b.rt.launch(b.kernel(ks), ks.params,
-                                             _places(ks.params, places), groups))
-            self.sources.append(ks)
+            words = self._scratch_words[id(n)]
+            scratch = self._scratch(words, names) if words else None
+            for ks, groups in kernel_for(b.rt.renderer, n, acc, scratch):
+                places = {p.name: place for p, place in names.values()}
+                self.launches.append(b.rt.launch(b.kernel(ks), ks.params,
+                                                 _places(ks.params, places), groups))
+                self.sources.append(ks)
+                self._launch_nodes.append(n)
         self._bound = b.arena
+
+    def _scratch(self, words: int, names: dict) -> Accessor:
+        """A node's scratch: `words` f32 at `scratch_at` of the arena."""
+        b = self.backend
+        return Accessor("scratch", (words,), "f32", StridedBuffer((words,), "f32", None, b.align),
+                        (self._obj(b.arena, self.scratch_at, 4 * words, "f32", True, names),))
 
     # -- running
 
@@ -435,35 +455,41 @@ class GPUProgram(Program):
         return self.backend.rt.timed([*self.launches, *extra], self._writes(feeds))
 
     def launch_nodes(self) -> list[Any]:
-        """The nodes that launch a kernel, in launch order (`launches[i]` runs node i)."""
-        return [n for n in self.graph.nodes if not is_view(n.op)]
+        """The node each launch runs, in launch order (`launches[i]` runs `launch_nodes()[i]`;
+        a node of several launches appears once for each, in a row)."""
+        self._bind()
+        return list(self._launch_nodes)
 
     def profile(self, feeds: dict[str, np.ndarray]) -> list[tuple[Any, float]]:
-        """Seconds per node: with device timestamps, each launch's device time within one
-        submission; without, each launch submitted alone (after the input writes) and waited
-        for, so the sum exceeds a call's time by the submissions."""
+        """Seconds per node (the sum over its launches): with device timestamps, each
+        launch's device time within one submission; without, each node's launches submitted
+        alone (after the input writes) and waited for, so the sum exceeds a call's time by
+        the submissions."""
         import time
 
         self.run(feeds)
         timing = self.timed(feeds)
+        secs: dict[int, float] = {}
         if timing is not None:
-            it = iter(timing.seconds)
-            return [(n, 0.0 if is_view(n.op) else next(it)) for n in self.graph.nodes]
-        rt, it, writes = self.backend.rt, iter(self.launches), self._writes(feeds)
-        out = []
+            for n, t in zip(self._launch_nodes, timing.seconds):
+                secs[id(n)] = secs.get(id(n), 0.0) + t
+            return [(n, secs.get(id(n), 0.0)) for n in self.graph.nodes]
+        rt, writes = self.backend.rt, self._writes(feeds)
         for n in self.graph.nodes:
-            if is_view(n.op):
-                out.append((n, 0.0))
-                continue
-            launch = next(it)
-            t0 = time.perf_counter()
-            rt.run([launch], writes, [])
-            rt.sync()
-            out.append((n, time.perf_counter() - t0))
-        return out
+            launches = [x for x, m in zip(self.launches, self._launch_nodes) if m is n]
+            if launches:
+                t0 = time.perf_counter()
+                rt.run(launches, writes, [])
+                rt.sync()
+                secs[id(n)] = time.perf_counter() - t0
+        return [(n, secs.get(id(n), 0.0)) for n in self.graph.nodes]
 
     def launch_counts(self) -> list[float]:
-        return [0.0 if is_view(n.op) else 1.0 for n in self.graph.nodes]
+        self._bind()
+        count: dict[int, int] = {}
+        for n in self._launch_nodes:
+            count[id(n)] = count.get(id(n), 0) + 1
+        return [float(count.get(id(n), 0)) for n in self.graph.nodes]
 
 
 

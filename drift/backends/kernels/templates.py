@@ -1,10 +1,12 @@
 """Kernel templates: one per op, written once for every portable API.
 
 A template takes the renderer, the node, and an `Accessor` per tensor the node touches, and
-returns a `KernelSource` and its number of workgroups. It reads and writes tensors only
-through the accessors (coordinate translation by the storages), spells everything else through
-the renderer, and bakes shapes in as constants: kernels are generated at run time for the
-graph at hand, and identical sources (the same op on every layer) compile once.
+returns a `KernelSource` and its number of workgroups, or a list of them: launches that run
+in turn (`kernel_for`; values pass between them through scratch memory, `SCRATCH`). It reads
+and writes tensors only through the accessors (coordinate translation by the storages),
+spells everything else through the renderer, and bakes shapes in as constants: kernels are
+generated at run time for the graph at hand, and identical sources (the same op on every
+layer) compile once.
 
     elementwise   one thread per element; a broadcast operand reads coordinate 0 on its
                   size-1 axes
@@ -18,7 +20,9 @@ graph at hand, and identical sources (the same op on every layer) compile once.
     rope          one thread per rotated pair (and one per passed-through element)
     kv_write      one thread per element written
     attention     one workgroup per (query, head): q in workgroup memory, scores a tile of keys
-                  at a time, online softmax across tiles, each thread some output dims
+                  at a time, online softmax across tiles, each thread some output dims; at
+                  decode split-K: several workgroups per (query, head), each a share of the
+                  keys into a partial (scratch memory), then a launch that merges them
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ GEMV_ROW_TILE = 2  # weight rows each GEMV thread reads at the same words (x reu
 GEMV_UNROLL = 4  # words each GEMV thread reads per loop step (loads issued before use)
 GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
 ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
+ATTN_SPLIT_TILE = 64  # the same in split-K (decode) attention, whose workgroups take few keys
+ATTN_SPLIT_GROUPS = 1024  # workgroups split-K attention aims at: a large GPU's cores many
+# times over (an H200's 132); `attention_splits`
 
 
 class Builder:
@@ -709,23 +716,89 @@ def rope_qkv_write(r: Renderer, n: Node, acc: dict[str, Accessor]):
     return b.finish(body, groups)
 
 
-def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    """One workgroup of ATTN_TILE threads per (query, head), keys a tile of ATTN_TILE at a
-    time: each thread scores one key (its Dh products, k read four at a time where the cache
-    allows), the tile's max and the exponentials (once per key) by workgroup reductions,
-    then the tile's values: each thread one output dim for every KG-th key (KG groups of Dv
-    threads, summed at the end), the online softmax rescaling across tiles."""
+def attention_splits(n: Node, q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> int:
+    """Workgroups each (query, head)'s keys are split over (1: the one-workgroup kernel): as
+    many as bring S * H * splits to ATTN_SPLIT_GROUPS (decode: S * H alone is a few tens of
+    workgroups, a large GPU has over a hundred cores), no more than the tiles of
+    ATTN_SPLIT_TILE keys a query can see (the cache, or the window)."""
+    S, H = q_shape[0], q_shape[1]
+    keys = k_shape[0]
+    if n.attrs.get("window", 0):
+        keys = min(keys, n.attrs["window"])
+    return max(1, min(ATTN_SPLIT_GROUPS // (S * H), -(-keys // ATTN_SPLIT_TILE)))
+
+
+def attention_scratch(n: Node, shapes: dict[str, tuple[int, ...]]) -> int:
+    """f32 words the split attention's partials take: (o[Dv], m, l) per (query, head, split);
+    0 where the one-workgroup kernel runs."""
+    q, k, v = (shapes[i] for i in n.inputs[:3])
+    splits = attention_splits(n, q, k)
+    return 0 if splits == 1 else q[0] * q[1] * splits * (v[2] + 2)
+
+
+def attention(r: Renderer, n: Node, acc: dict[str, Accessor], scratch: Accessor | None = None):
+    """Causal attention (GQA, window, softcap) over the cache. Where `attention_splits` is 1
+    (prefill: many query rows; a short cache), one workgroup of ATTN_TILE threads per
+    (query, head) walks all its keys (`_attend`) and normalizes. Else (decode) split-K:
+    S * H * splits workgroups of ATTN_SPLIT_TILE threads, each walking an equal share of the
+    keys the query sees (the split count is fixed at bind time, the share, in whole tiles,
+    comes from the position at run time; a split past the last key walks none), write their
+    partials (o unnormalized, running max m, sum l) to `scratch`; then one workgroup per
+    (query, head) merges its splits' partials (`_attention_combine`)."""
     q, k, v, pos = (acc[i] for i in n.inputs)
     out = acc[n.outputs[0]]
     S, H, Dh = q.shape
-    Hkv, Dv = k.shape[1], v.shape[2]
-    C = k.shape[0]
-    b = Builder(r, "attention", ATTN_TILE)
+    Dv = v.shape[2]
+    splits = attention_splits(n, q.shape, k.shape)
+    if splits == 1:
+        b = Builder(r, "attention", ATTN_TILE)
+        body = b.group(S * H) + [r.let("s", "u32", f"grp / {H}"),
+                                 r.let("h", "u32", f"grp % {H}")]
+        b.use(out)
+        body += _attend(b, n, q, k, v, pos, "lo", "p + 1",
+                        lambda val, d: out.store(r, f"{val} / l", "s", "h", d))
+        return [b.finish(body, S * H)]
+    assert scratch is not None and scratch.shape[0] >= attention_scratch(
+        n, {x: acc[x].shape for x in n.inputs})
+    b = Builder(r, "attention:split", ATTN_SPLIT_TILE)
+    b.use(scratch)
+    share = splits * b.wg  # keys of one tile in every split
+    W = Dv + 2  # a partial's words: o[Dv], m, l
+    body = b.group(S * H * splits) + [
+        r.let("sh", "u32", f"grp / {splits}"), r.let("sp", "u32", f"grp % {splits}"),
+        r.let("s", "u32", f"sh / {H}"), r.let("h", "u32", f"sh % {H}")]
+
+    def keys() -> list[str]:  # this split's keys: [ka, kb), empty past the last
+        return [r.let("chunk", "u32", f"(p + 1 - lo + {share - 1}) / {share} * {b.wg}"),
+                r.let("ka", "u32", "lo + sp * chunk"),
+                r.let("kb", "u32", "min(ka + chunk, p + 1)")]
+
+    body += _attend(b, n, q, k, v, pos, "ka", "kb",
+                    lambda val, d: scratch.store(r, val, f"grp * {W} + {d}"), keys)
+    body.append(f"if (lid == 0) {{ {scratch.store(r, 'm', f'grp * {W} + {Dv}')} "
+                f"{scratch.store(r, 'l', f'grp * {W} + {Dv + 1}')} }}")
+    return [b.finish(body, S * H * splits), _attention_combine(r, out, scratch, splits)]
+
+
+def _attend(b: Builder, n: Node, q: Accessor, k: Accessor, v: Accessor, pos: Accessor,
+            first: str, stop: str, store: Callable[[str, str], str],
+            keys: Callable[[], list[str]] = list) -> list[str]:
+    """The walk of query s, head h (variables the caller defines) over keys [first, stop)
+    (expressions of the position p, the window's first key lo, and what `keys()` defines
+    after them), a tile of b.wg keys at a time: each thread scores one key (its Dh products,
+    k read four at a time where the cache allows), the tile's max and the exponentials (once
+    per key) by workgroup reductions, then the tile's values: each thread one output dim for
+    every KG-th key (KG groups of Dv threads, summed at the end), the online softmax
+    rescaling across tiles. Ends with `store(value, d)` of each output dim d's unnormalized
+    sum (the running max in m, the sum of exponentials in l)."""
+    r = b.r
+    Dh, Hkv, Dv = q.shape[2], k.shape[1], v.shape[2]
+    H = q.shape[1]
     tile = b.wg  # keys per tile: one a thread
     KG = max(1, b.wg // Dv)  # key groups of the value phase
     nd = -(-Dv // b.wg)  # output dims a thread (KG == 1 only)
     window, cap = n.attrs.get("window", 0), n.attrs.get("softcap", 0)
-    b.use(q, k, v, pos, out)
+    b.use(q, k, v, pos)
     k4 = k.vec4_param() if Dh % 4 == 0 else None
     if k4 is not None:
         b.params[k4.name] = k4
@@ -737,19 +810,19 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
                         for d in range(Dh // 4))
     else:
         qk = " + ".join(f"qv[{d}] * {k.load(r, 't0 + lid', 'kh', str(d))}" for d in range(Dh))
-    body = b.group(S * H) + [
-        r.let("s", "u32", f"grp / {H}"), r.let("h", "u32", f"grp % {H}"),
+    body = [
         r.let("kh", "u32", f"h / {H // Hkv}"),
         f"{r.for_('d', 'lid', str(Dh), str(b.wg))} qv[d] = {q.load(r, 's', 'h', 'd')}; }}",
         f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
         r.uniform_let("p", "u32", "pv"),
         r.let("lo", "u32",
               r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
+        *keys(),
         r.var("m", "f32", r.f(-3e38)), r.var("l", "f32", r.f(0.0)), r.array("o", "f32", nd),
         r.let("dv", "u32", f"lid % {Dv}") if KG > 1 else r.let("dv", "u32", "lid"),
         r.let("kg", "u32", f"lid / {Dv}") if KG > 1 else r.let("kg", "u32", "0"),
-        f"{r.for_('t0', 'lo', 'p + 1', str(tile))}",
-        f"    {r.let('nk', 'u32', f'min({tile}u, p + 1 - t0)')}",
+        f"{r.for_('t0', first, stop, str(tile))}",
+        f"    {r.let('nk', 'u32', f'min({tile}u, {stop} - t0)')}",
         f"    {r.var('sj', 'f32', r.f(-3e38))}",
         f"    if (lid < nk) {{ sj = ({qk}) * {r.f(n.attrs['scale'])}; }}",
     ]
@@ -768,23 +841,57 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor]):
     for e in range(nd):
         d = f"dv + {e * b.wg}" if e else "dv"
         vv = v.load(r, "t0 + j", "kh", d)
-        guard = f"{d} < {Dv} && " if (e + 1) * b.wg > Dv and KG == 1 else ""
+        loop = f"{r.for_('j', 'kg', 'nk', str(KG))} o[{e}] = o[{e}] + sc[j] * {vv}; }}"
+        guard = f"kg < {KG}" if KG > 1 else f"{d} < {Dv}" if (e + 1) * b.wg > Dv else ""
         body += [f"    o[{e}] = o[{e}] * corr;",
-                 f"    if ({guard}kg < {KG}) {{",
-                 f"        {r.for_('j', 'kg', 'nk', str(KG))} o[{e}] = o[{e}] + sc[j] * {vv}; }}",
-                 "    }"]
+                 f"    if ({guard}) {{ {loop} }}" if guard else f"    {loop}"]
     body += ["    m = mn;", "    " + r.barrier(), "}"]
     if KG > 1:  # the key groups' parts of each output dim summed
         body += [f"if (kg < {KG}) {{ ored[kg * {Dv} + dv] = o[0]; }}", r.barrier(),
                  f"if (lid < {Dv}) {{",
                  "    " + r.let("ot", "f32", " + ".join(f"ored[{g * Dv} + lid]"
                                                       for g in range(KG))),
-                 f"    {out.store(r, 'ot / l', 's', 'h', 'lid')}",
+                 f"    {store('ot', 'lid')}",
                  "}"]
     else:
         for e in range(nd):
             d = f"lid + {e * b.wg}"
-            body.append(f"if ({d} < {Dv}) {{ {out.store(r, f'o[{e}] / l', 's', 'h', d)} }}")
+            body.append(f"if ({d} < {Dv}) {{ {store(f'o[{e}]', d)} }}")
+    return body
+
+
+def _attention_combine(r: Renderer, out: Accessor, part: Accessor,
+                       splits: int) -> tuple[KernelSource, int]:
+    """The split attention's second launch: one workgroup per (query, head); each thread
+    rescales every split's partial to their common max (a split that walked no keys has m
+    -3e38, l 0, o 0: weight 0) and writes its output dims of sum(o) / sum(l)."""
+    S, H, Dv = out.shape
+    W = Dv + 2
+    b = Builder(r, "attention:combine")
+    b.use(part, out)
+    nd = -(-Dv // b.wg)
+    body = b.group(S * H) + [
+        r.let("s", "u32", f"grp / {H}"), r.let("h", "u32", f"grp % {H}"),
+        r.let("base", "u32", f"grp * {splits * W}"),
+        r.var("mx", "f32", r.f(-3e38)),
+        f"{r.for_('i', '0', str(splits))} "
+        f"mx = max(mx, {part.load(r, f'base + i * {W} + {Dv}')}); }}",
+        r.var("lsum", "f32", r.f(0.0)), *(r.var(f"o{e}", "f32", r.f(0.0)) for e in range(nd)),
+        r.for_("i", "0", str(splits)),
+        "    " + r.let("at", "u32", f"base + i * {W}"),
+        "    " + r.let("wt", "f32", r.fn("exp", f"{part.load(r, f'at + {Dv}')} - mx")),
+        f"    lsum = lsum + wt * {part.load(r, f'at + {Dv + 1}')};",
+    ]
+    for e in range(nd):
+        d = f"lid + {e * b.wg}"
+        read = part.load(r, f"at + {d}")
+        line = f"o{e} = o{e} + wt * {read};"
+        body.append("    " + (line if (e + 1) * b.wg <= Dv else f"if ({d} < {Dv}) {{ {line} }}"))
+    body.append("}")
+    for e in range(nd):
+        d = f"lid + {e * b.wg}"
+        st = out.store(r, f"o{e} / lsum", "s", "h", d)
+        body.append(st if (e + 1) * b.wg <= Dv else f"if ({d} < {Dv}) {{ {st} }}")
     return b.finish(body, S * H)
 
 
@@ -967,7 +1074,23 @@ TEMPLATES: dict[str, Callable] = {
 }
 
 
-def kernel_for(r: Renderer, n: Node, acc: dict[str, Accessor]) -> tuple[KernelSource, int]:
+# ops whose launches pass values between them through scratch memory: the f32 words a node
+# needs (0: none), from the node and its inputs' shapes, before anything is bound
+SCRATCH: dict[str, Callable[[Node, dict[str, tuple[int, ...]]], int]] = {
+    "attention": attention_scratch,
+}
+
+
+def scratch_words(n: Node, shapes: dict[str, tuple[int, ...]]) -> int:
+    return SCRATCH[n.op](n, shapes) if n.op in SCRATCH else 0
+
+
+def kernel_for(r: Renderer, n: Node, acc: dict[str, Accessor],
+               scratch: Accessor | None = None) -> list[tuple[KernelSource, int]]:
+    """The node's launches, in order: one for most ops; two for split-K attention, whose
+    partials pass through `scratch` (a flat f32 accessor of `scratch_words` words, free
+    again once the node's launches have run)."""
     if n.op not in TEMPLATES:
         raise UnsupportedError(f"no {r.name} kernel for op {n.op!r}")
-    return TEMPLATES[n.op](r, n, acc)
+    got = TEMPLATES[n.op](r, n, acc, scratch) if n.op in SCRATCH else TEMPLATES[n.op](r, n, acc)
+    return got if isinstance(got, list) else [got]

@@ -4,15 +4,29 @@ Kernels are the shared templates (`backends/kernels/`) rendered as OpenCL C. Eac
 argument is a sub-buffer of the arena (or a weight/cache buffer), set once when the program
 is bound; a call enqueues the input copies, every kernel and the output copies on one queue
 and waits once, on the last read.
+
+A decode step is a few hundred launches, and pyopencl's `enqueue_nd_range_kernel` makes an
+Event object for each. The launches go instead to the ICD loader's `clEnqueueNDRangeKernel`
+with no event: all of a call's in one call from Python into a loop in C (`enqueue.c`,
+compiled at first use like the cpu backend's kernels), else one ctypes call each where there
+is no C compiler, else (no loader found) through pyopencl: `CLRuntime.enqueue_path`.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
 import gc
+import glob
+import hashlib
+import os
+import platform
+import subprocess
 import time
 import weakref
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +69,72 @@ def adapters() -> list[dict[str, Any]]:
     return out
 
 
+def _icd_loaders() -> list[str]:
+    """Where the OpenCL ICD loader may be, the one pyopencl itself calls first (its wheels
+    carry a copy, in `pyopencl/.libs` or `pyopencl.libs`), then the system's."""
+    import pyopencl
+
+    here = os.path.dirname(pyopencl.__file__)
+    found = sorted(glob.glob(os.path.join(here, ".libs", "libOpenCL*")) +
+                   glob.glob(os.path.join(here + ".libs", "libOpenCL*")))
+    system = ctypes.util.find_library("OpenCL")
+    return found + ([system] if system else [])
+
+
+@lru_cache(maxsize=1)
+def icd_loader() -> Any:
+    """The first of `_icd_loaders` that loads and has `clEnqueueNDRangeKernel`, as a ctypes
+    library; None where none does."""
+    for path in _icd_loaders():
+        try:
+            lib = ctypes.CDLL(path)
+            lib.clEnqueueNDRangeKernel.restype = ctypes.c_int32
+        except (OSError, AttributeError):
+            continue
+        return lib
+    return None
+
+
+def _direct_enqueue() -> Any:
+    """`clEnqueueNDRangeKernel` of the ICD loader, through ctypes (argument types left to
+    the caller's ctypes objects: no conversion per call); None where it is not found."""
+    lib = icd_loader()
+    return lib.clEnqueueNDRangeKernel if lib is not None else None
+
+
+LOOP_SOURCE = Path(__file__).with_name("enqueue.c")
+
+
+@lru_cache(maxsize=1)
+def launch_loop() -> Any:
+    """`enqueue.c`'s `enqueue_all`, compiled at first use with the system's C compiler into
+    `$DRIFT_HOME/kernels/` (keyed by the source's and compiler's hash, as the cpu backend's
+    kernels); None where there is no compiler or it fails."""
+    from drift.backends.cpu.native import _compiler
+    from drift.hub import models_dir
+
+    cc = _compiler()
+    if cc is None:
+        return None
+    try:  # (an install without the source: no loop either)
+        key = hashlib.sha256(LOOP_SOURCE.read_bytes() + cc.encode()
+                             + platform.machine().encode()).hexdigest()[:16]
+        path = models_dir().parent / "kernels" / f"opencl_enqueue-{key}.so"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(LOOP_SOURCE)],
+                           capture_output=True, check=True)
+            os.replace(tmp, path)
+        fn = ctypes.CDLL(str(path)).enqueue_all
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    p = ctypes.c_void_p
+    fn.argtypes = [p, p, ctypes.c_int, p, p, p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
 _RUNTIMES: weakref.WeakSet = weakref.WeakSet()  # the live runtimes, closed at exit
 
 
@@ -95,6 +175,16 @@ class CLRuntime(Runtime):
         # sub-buffers by (buffer, offset, bytes): one per region however many launches bind
         # it (the same arena regions serve every layer), released before their buffers
         self._views: dict[tuple[int, int, int], tuple[Any, Any]] = {}
+        # launches through the loader's clEnqueueNDRangeKernel (None: pyopencl's call), all
+        # of a call's in one call into the C loop where it builds
+        self.enqueue = _direct_enqueue()
+        self.loop = launch_loop() if self.enqueue is not None else None
+        self._queue_handle = ctypes.c_void_p(self.queue.int_ptr)
+        self._enqueue_address = (ctypes.cast(self.enqueue, ctypes.c_void_p)
+                                 if self.enqueue is not None else None)
+        # the C loop's arrays (kernel handles, sizes) per sequence of launches seen, with the
+        # launches themselves: held, their ids are not reused while the key stands
+        self._batches: dict[tuple[int, ...], tuple[list, np.ndarray, np.ndarray]] = {}
         _RUNTIMES.add(self)
 
     def buffer(self, nbytes: int) -> Any:
@@ -118,15 +208,25 @@ class CLRuntime(Runtime):
             args.append(buf if whole else self._view(buf, off, min(size, buf.size - off)))
         k.set_args(*args)
         gx = min(groups, MAX_GROUPS)
-        return k, (gx * wg, -(-groups // gx)), (wg, 1), args
+        gsize, lsize = (gx * wg, -(-groups // gx)), (wg, 1)
+        # clEnqueueNDRangeKernel's arguments after the queue, made once: the kernel, 2
+        # dimensions, no offset, the sizes, no events waited for, no event made
+        sizes = ctypes.c_size_t * 2
+        direct = (ctypes.c_void_p(k.int_ptr), ctypes.c_uint32(2), None, sizes(*gsize),
+                  sizes(*lsize), ctypes.c_uint32(0), None, None)
+        return k, gsize, lsize, args, direct
+
+    @property
+    def enqueue_path(self) -> str:
+        """How `run` enqueues kernels: "c loop", "ctypes" or "pyopencl"."""
+        return "pyopencl" if self.enqueue is None else "ctypes" if self.loop is None else "c loop"
 
     def run(self, launches, writes, reads):
         cl, q = self.cl, self.queue
         for buf, off, data in writes:  # small (token ids, positions): copied at once
             cl.enqueue_copy(q, buf, np.ascontiguousarray(data), dst_offset=off,
                             is_blocking=True)
-        for k, gsize, lsize, _ in launches:
-            cl.enqueue_nd_range_kernel(q, k, gsize, lsize)
+        self._enqueue_all(launches)
         out = []
         for i, (buf, off, nbytes) in enumerate(reads):
             host = np.empty(nbytes, dtype=np.uint8)
@@ -135,6 +235,35 @@ class CLRuntime(Runtime):
         if not reads:
             q.finish()
         return out
+
+    def _enqueue_all(self, launches) -> None:
+        if not launches:
+            return
+        if self.enqueue is None:
+            for k, gsize, lsize, *_ in launches:
+                self.cl.enqueue_nd_range_kernel(self.queue, k, gsize, lsize)
+            return
+        if self.loop is None:
+            enqueue, q = self.enqueue, self._queue_handle
+            for *_, direct in launches:
+                err = enqueue(q, *direct)
+                if err:
+                    raise RuntimeError(f"clEnqueueNDRangeKernel failed: OpenCL error {err}")
+            return
+        key = tuple(map(id, launches))
+        if key not in self._batches:
+            if len(self._batches) >= 16:  # programs come and go (one per prompt length)
+                self._batches.pop(next(iter(self._batches)))
+            kernels = np.array([k.int_ptr for k, *_ in launches], dtype=np.uintp)
+            sizes = np.array([(*g, *lo) for _, g, lo, *_ in launches], dtype=np.uintp)
+            self._batches[key] = (list(launches), kernels, sizes)
+        _, kernels, sizes = self._batches[key]
+        err = ctypes.c_int32(0)
+        done = self.loop(self._enqueue_address, self._queue_handle, len(launches),
+                         kernels.ctypes.data, sizes.ctypes.data, ctypes.byref(err))
+        if done != len(launches):
+            raise RuntimeError(f"clEnqueueNDRangeKernel failed on launch {done} of "
+                               f"{len(launches)}: OpenCL error {err.value}")
 
     def sync(self) -> None:
         self.queue.finish()
@@ -146,7 +275,9 @@ class CLRuntime(Runtime):
         return self._views[key][1]
 
     def forget(self, buf) -> None:
-        """A buffer the backend no longer uses (an arena outgrown): its views released."""
+        """A buffer the backend no longer uses (an arena outgrown): its views released (and
+        the C loop's arrays dropped: their launches bound them)."""
+        self._batches.clear()
         for key in [k for k in self._views if k[0] == id(buf)]:
             self._views.pop(key)[1].release()
 
@@ -155,6 +286,7 @@ class CLRuntime(Runtime):
         for q in (self.queue, self._profiling_queue):
             if q is not None:
                 q.finish()
+        self._batches.clear()
         for _, view in self._views.values():
             view.release()
         self._views.clear()
@@ -173,7 +305,7 @@ class CLRuntime(Runtime):
         self.queue.finish()
         t0 = time.perf_counter()
         events = [cl.enqueue_nd_range_kernel(q, k, gsize, lsize)
-                  for k, gsize, lsize, _ in launches]
+                  for k, gsize, lsize, *_ in launches]
         t1 = time.perf_counter()
         q.finish()
         wall = time.perf_counter() - t0
