@@ -1,5 +1,3 @@
-import sys
+from drift.cli import entry
 
-from drift.cli import main
-
-sys.exit(main())
+entry()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -68,5 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def entry() -> None:
+    """The `drift` script and `python -m drift`: main(), then the exit. A process that opened
+    an OpenCL runtime ends without the interpreter's teardown, its queues drained and its
+    output flushed first: NVIDIA's OpenCL driver crashed in that teardown (a segmentation
+    fault after drift bench's results, whatever the release order of drift's objects)."""
+    rc = main()
+    opencl = sys.modules.get("drift.backends.opencl")
+    if opencl is not None and opencl.close_runtimes():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

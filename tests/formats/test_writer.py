@@ -93,3 +93,25 @@ def test_bench_on_a_random_file(tmp_path, capsys, monkeypatch):
     assert main(["bench", str(path), "-p", "0", "--device", "cpu"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "must be >= 1" in err[0]
+
+
+def test_bench_on_opencl_exits_cleanly(tmp_path):
+    """`python -m drift bench --device opencl` as a process: its table, exit status 0. (The
+    process ends without the interpreter's teardown, in which NVIDIA's OpenCL crashed after the
+    results: `drift.cli.entry`.)"""
+    import os
+    import subprocess
+    import sys
+
+    from drift.backends.opencl import OpenCLBackend
+
+    if not OpenCLBackend.available():
+        pytest.skip("no OpenCL platform here")
+    path = write_random(TINY, "Q4_0", tmp_path / "tiny.gguf", seed=5, workers=1)
+    env = {**os.environ, "DRIFT_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "drift", "bench", str(path), "-p", "8", "-n",
+                           "2", "-r", "1", "--device", "opencl", "--no-ceilings"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if "| opencl |" in line]
+    assert [r.split("|")[4].strip() for r in rows] == ["pp8", "tg2"]

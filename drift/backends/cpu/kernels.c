@@ -242,26 +242,9 @@ static inline int thread_share(int n, int *i0, int *i1) {
     return t;
 }
 
-/* Ask for n bytes at p ahead of their use: a skipping layer's active rows are scattered 2-4 KB
- * pieces, too short for the hardware prefetcher to ramp up on each before it ends. */
-static inline void prefetch(const void *p, int64_t n) {
-    const char *c = (const char *)p;
-    if (prefetch_level >= 3) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 3);
-    else if (prefetch_level == 2) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 2);
-    else if (prefetch_level == 1) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 1);
-    else for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 0);
-}
-
-/* out += h * one Q8_0 row (nb blocks, f16 scales). ahead (or NULL): ahead_bytes to ask for
- * meanwhile (the next active neuron's record), a slice a block: spread over the loop, the
- * requests queue behind the loads they overlap, where a burst of a whole record's lines at
- * once would hold the core until the line fill buffers free up */
-static inline void axpy_row_q8(float h, const int8_t *q, const uint16_t *d, int nb, float *out,
-                               const char *ahead, int64_t ahead_bytes) {
-    int64_t slice = ahead ? ((ahead_bytes + nb - 1) / nb + 63) / 64 * 64 : 0;
+/* out += h * one Q8_0 row (nb blocks, f16 scales) */
+static inline void axpy_row_q8(float h, const int8_t *q, const uint16_t *d, int nb, float *out) {
     for (int b = 0; b < nb; b++) {
-        if (ahead && b * slice < ahead_bytes)
-            prefetch(ahead + b * slice, slice < ahead_bytes - b * slice ? slice : ahead_bytes - b * slice);
         float f = h * f16(d[b]);
 #if defined(DRIFT_AVX512)
         __m512 vf = _mm512_set1_ps(f);
@@ -303,7 +286,7 @@ void axpy_rows_q8(const planes_t *w, int K, const int32_t *rows, int n,
             for (int s = 0; s < S; s++) {
                 float hi = h[(int64_t)s * n + i];
                 if (hi == 0.f) continue;
-                axpy_row_q8(hi, q, w->d + r * w->d_stride, nb, acc + (int64_t)s * K, NULL, 0);
+                axpy_row_q8(hi, q, w->d + r * w->d_stride, nb, acc + (int64_t)s * K);
             }
         }
     }
@@ -314,6 +297,16 @@ void axpy_rows_q8(const planes_t *w, int K, const int32_t *rows, int n,
         for (int t = 0; t < n_work; t++) v += work[(size_t)t * total + j];
         y[j] = v;
     }
+}
+
+/* Ask for n bytes at p ahead of their use: a skipping layer's active rows are scattered 2-4 KB
+ * pieces, too short for the hardware prefetcher to ramp up on each before it ends. */
+static inline void prefetch(const void *p, int64_t n) {
+    const char *c = (const char *)p;
+    if (prefetch_level >= 3) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 3);
+    else if (prefetch_level == 2) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 2);
+    else if (prefetch_level == 1) for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 1);
+    else for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(c + o, 0, 0);
 }
 
 static inline float activation(int act, float g) {
@@ -372,34 +365,19 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
             float *acc = work + (size_t)t * D;
             memset(acc, 0, sizeof(float) * D);
             const int8_t *dq = (const int8_t *)down->qs;
-            for (int i = 0; i < mine && i < prefetch_rows; i++) { /* the first ones: at once */
-                int64_t n = rows[i0 + i];
-                prefetch(up->qs + n * up->qs_stride, rbD_u);
-                prefetch(dq + n * down->qs_stride, D);
-            }
             for (int i = 0; i < mine; i++) { /* up . x, then the neuron's down row, together */
                 int64_t j = rows[i0 + i];
-                const char *ahead = NULL;
-                int64_t ahead_bytes = 0;
                 if (prefetch_rows && i + prefetch_rows < mine) {
                     int64_t n = rows[i0 + i + prefetch_rows];
-                    const char *lo = (const char *)(up->qs + n * up->qs_stride);
-                    const char *hi = (const char *)(down->d + n * down->d_stride + nbD);
-                    if (hi > lo && hi - lo <= 4 * (rbD_u + D)) { /* one record: spread */
-                        ahead = lo;
-                        ahead_bytes = hi - lo;
-                    } else { /* four planes: each piece at once */
-                        prefetch(up->qs + n * up->qs_stride, rbD_u);
-                        prefetch(up->d + n * up->d_stride, 2 * nbD);
-                        prefetch(dq + n * down->qs_stride, D);
-                        prefetch(down->d + n * down->d_stride, 2 * nbD);
-                    }
+                    prefetch(up->qs + n * up->qs_stride, rbD_u);
+                    prefetch(up->d + n * up->d_stride, 2 * nbD);
+                    prefetch(dq + n * down->qs_stride, D);
+                    prefetch(down->d + n * down->d_stride, 2 * nbD);
                 }
                 float hj = a[j] * row_dot(up->kind, up->qs + j * up->qs_stride,
                                           up->d + j * up->d_stride,
                                           up->m ? up->m + j * up->d_stride : 0, nbD, xq, xd, xs);
-                axpy_row_q8(hj, dq + j * down->qs_stride, down->d + j * down->d_stride, nbD, acc,
-                            ahead, ahead_bytes);
+                axpy_row_q8(hj, dq + j * down->qs_stride, down->d + j * down->d_stride, nbD, acc);
             }
             #pragma omp atomic
             count += mine;
@@ -462,7 +440,7 @@ int ffn_cold_token(planes_t *gate, planes_t *up, planes_t *down, int down_rows, 
                     prefetch(dq + n * down->qs_stride, D);
                     prefetch(down->d + n * down->d_stride, 2 * nbD);
                 }
-                axpy_row_q8(h[i], dq + r * down->qs_stride, down->d + r * down->d_stride, nbD, acc, NULL, 0);
+                axpy_row_q8(h[i], dq + r * down->qs_stride, down->d + r * down->d_stride, nbD, acc);
             }
             #pragma omp barrier
             sum_accumulators(work, nt, D, y);

@@ -139,14 +139,17 @@ _RUNTIMES: weakref.WeakSet = weakref.WeakSet()  # the live runtimes, closed at e
 
 
 @atexit.register
-def _close_runtimes() -> None:
-    """Before the interpreter tears its modules down (objects in reference cycles freed in
-    any order, possibly after the driver's own exit handlers): every queue drained and every
-    sub-buffer released ahead of the buffer it views. drift bench on NVIDIA's OpenCL ended in
-    a segmentation fault after its results; this makes the release order deterministic."""
+def close_runtimes() -> bool:
+    """Every live runtime's queues drained and its sub-buffers released ahead of the buffers
+    they view (at exit: before the interpreter tears its modules down, objects in reference
+    cycles freed in any order); whether there was one. NVIDIA's OpenCL still crashed in the
+    interpreter's teardown after that (drift bench: a segmentation fault after its results),
+    so the command line ends such a process without it (`drift.cli.entry`)."""
     gc.collect()
-    for rt in list(_RUNTIMES):
+    live = list(_RUNTIMES)
+    for rt in live:
         rt.close()
+    return bool(live)
 
 
 class CLRuntime(Runtime):
