@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The `drift` script and `python -m drift`: main(), then the exit. A process that opened
-    an OpenCL runtime ends without the interpreter's teardown, its queues drained and its
-    output flushed first: NVIDIA's OpenCL driver crashed in that teardown (a segmentation
-    fault after drift bench's results, whatever the release order of drift's objects)."""
+    an OpenCL runtime ends at once (os._exit), its output flushed, without releasing its
+    objects or the interpreter's teardown: on NVIDIA's OpenCL a process ended in a
+    segmentation fault there, after drift bench's results, whatever order drift released its
+    objects in (the operating system frees a process's device memory anyway)."""
     rc = main()
     opencl = sys.modules.get("drift.backends.opencl")
-    if opencl is not None and opencl.close_runtimes():
+    if opencl is not None and opencl.runtimes_opened():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(rc)

@@ -136,20 +136,24 @@ def launch_loop() -> Any:
 
 
 _RUNTIMES: weakref.WeakSet = weakref.WeakSet()  # the live runtimes, closed at exit
+_opened = False  # whether this process made one
+
+
+def runtimes_opened() -> bool:
+    """Whether this process made a runtime (`drift.cli.entry` then ends it with os._exit)."""
+    return _opened
 
 
 @atexit.register
-def close_runtimes() -> bool:
+def _close_runtimes() -> None:
     """Every live runtime's queues drained and its sub-buffers released ahead of the buffers
-    they view (at exit: before the interpreter tears its modules down, objects in reference
-    cycles freed in any order); whether there was one. NVIDIA's OpenCL still crashed in the
-    interpreter's teardown after that (drift bench: a segmentation fault after its results),
-    so the command line ends such a process without it (`drift.cli.entry`)."""
+    they view, before the interpreter tears its modules down (objects in reference cycles
+    freed in any order). On NVIDIA's OpenCL a process still ended in a segmentation fault
+    after drift bench's results with this in place (session 15), so the command line skips
+    teardown altogether there (`drift.cli.entry`); this serves in-process users."""
     gc.collect()
-    live = list(_RUNTIMES)
-    for rt in live:
+    for rt in list(_RUNTIMES):
         rt.close()
-    return bool(live)
 
 
 class CLRuntime(Runtime):
@@ -189,6 +193,8 @@ class CLRuntime(Runtime):
         # launches themselves: held, their ids are not reused while the key stands
         self._batches: dict[tuple[int, ...], tuple[list, np.ndarray, np.ndarray]] = {}
         _RUNTIMES.add(self)
+        global _opened
+        _opened = True
 
     def buffer(self, nbytes: int) -> Any:
         buf = self.cl.Buffer(self.ctx, self.cl.mem_flags.READ_WRITE, max(4, nbytes))
