@@ -50,16 +50,20 @@ if [[ -n $SPEED ]]; then  # drift bench first (the figures), then where the time
   python3 -m drift make-random llama-3.1-8b Q4_0 /tmp/m/llama-3.1-8b-Q4_0.gguf >/dev/null 2>&1 &
   big=$!
   python3 -m drift make-random llama-3.2-1b Q4_0 /tmp/m/llama-3.2-1b-Q4_0.gguf 2>&1 | tail -1
+  # one file per kind under $OUT, each run's output appended under a header: $OUT brings back
+  # a handful of files only (session 15 lost its four profile files to that limit)
   bench() {  # model api
     timeout ${BENCH_TIMEOUT:-45} python3 -m drift bench /tmp/m/$1.gguf -p 512 -n 64 -r 2 \
-      --device $2 --no-ceilings > "$OUT/bench-$2-$1.txt" 2>&1
-    echo "rc=$? $2 $1"; grep -E "^\| |Error|error" "$OUT/bench-$2-$1.txt" | grep -v -- "---" | head -4
+      --device $2 --no-ceilings > /tmp/run.txt 2>&1
+    rc=$?; { echo "## bench $2 $1 (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/benches.txt"
+    echo "rc=$rc $2 $1"; grep -E "^\| |Error|error" /tmp/run.txt | grep -v -- "---" | head -4
   }
   prof() {  # model api
     timeout ${PROFILE_TIMEOUT:-35} python3 bench/gpuapi_profile.py /tmp/m/$1.gguf --device $2 \
-      --pos ${POS:-384} --reps ${REPS:-5} --top 16 > "$OUT/profile-$2-$1.txt" 2>&1
-    echo "rc=$? profile $2 $1"; grep -E "^subgroup|^\| (wall, logits|host time|device span|device time)" \
-      "$OUT/profile-$2-$1.txt"
+      --pos ${POS:-384} --reps ${REPS:-5} --top 16 > /tmp/run.txt 2>&1
+    rc=$?; { echo "## profile $2 $1 (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/profiles.txt"
+    echo "rc=$rc profile $2 $1"; grep -E "^subgroup|^\| (wall, logits|host time|device span|device time)" \
+      /tmp/run.txt
   }
   for dev in webgpu opencl; do bench llama-3.2-1b-Q4_0 $dev; done
   wait $big

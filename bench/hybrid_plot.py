@@ -26,7 +26,7 @@ def main() -> None:
         for row in csv.DictReader(f):
             series[f"{row['engine']}: {row['placement']}"].append(
                 (float(row["gpu_gb"]), float(row["tg"])))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(11, 4.6))
     for name, pts in sorted(series.items()):
         pts.sort()
         style = {"llama.cpp": "--", "target": ":"}.get(name.split(":")[0], "-")
@@ -36,7 +36,7 @@ def main() -> None:
     ax.set_ylabel("decode tok/s (tg32)")
     ax.set_title("Llama-3.1-8B Q4_0, one H200 + 16 CPU cores, part on the CPU", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: no line hidden
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")

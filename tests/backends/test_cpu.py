@@ -103,9 +103,12 @@ def test_default_capabilities_exercise_the_storages():
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 @pytest.mark.parametrize("rows", [1, 3, 9])  # 9: past GEMV_ROWS, the slab + BLAS path
-def test_native_quant_matrix_against_gguf_py(qtype, rows):
-    """A kept-quantized weight through the compiled GEMV (or dequantized slabs) against
-    gguf-py's dequantization in float64, fresh random weights and x."""
+def test_native_quant_matrix_against_gguf_py(qtype, rows, monkeypatch):
+    """A kept-quantized weight through the compiled GEMV (or slabs dequantized in C, then
+    BLAS) against gguf-py's dequantization in float64, fresh random weights and x."""
+    import drift.backends.cpu as cpu
+
+    monkeypatch.setattr(cpu, "SLAB_FLOATS", 96 * 300)  # slabs of 1024 rows: two, one partial
     from gguf import GGMLQuantizationType as Q
     from gguf import quants as gguf_quants
 
@@ -128,3 +131,29 @@ def test_native_quant_matrix_against_gguf_py(qtype, rows):
     assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-6
     ids = rng.integers(0, 1100, 5)
     np.testing.assert_array_equal(m.rows(ids), gguf_quants.dequantize(raw[ids], Q[qtype]))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_dequant_rows_is_gguf_py_exactly(qtype):
+    """The C dequantization of a range of rows (the prefill's slabs) gives gguf-py's float32
+    values bit for bit, from a row stride that is not the row width (a view's)."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants as gguf_quants
+
+    from drift.backends.cpu.native import RowPlanes, dequant_rows, interleaved, library
+    from drift.formats import quants
+
+    lib = library()
+    if lib is None:
+        pytest.skip("no C compiler here")
+    rng = np.random.default_rng()
+    w = rng.standard_normal((70, 576)).astype(np.float32)
+    raw = quants.quantize(w, Q[qtype])
+    ref = gguf_quants.dequantize(raw, Q[qtype]).reshape(70, 576)
+    planes = RowPlanes.from_blocks(raw, qtype, (70, 576))
+    np.testing.assert_array_equal(dequant_rows(lib, planes, 5, 61), ref[5:61])
+    down = RowPlanes.from_blocks(quants.quantize(w, Q.Q8_0), "Q8_0", (70, 576))
+    strided, _ = interleaved(planes, down)  # rows 6.6 KB apart
+    np.testing.assert_array_equal(dequant_rows(lib, strided, 0, 70), ref)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        dequant_rows(lib, planes, 0, 4, np.empty((4, 576), np.float64))

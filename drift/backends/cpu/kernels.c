@@ -511,6 +511,42 @@ void gemv_f32(int kind, const uint8_t *qs, const uint16_t *d, const uint16_t *m,
                                                   x + (int64_t)s * K);
 }
 
+/* rows r0..r1 of a (R, K) weight as float32 (out (r1 - r0, K)), exactly as the reference
+ * dequantizes them: d (q - 8), d q + m, d q. (d q is exact in float32: 11 bits of an f16
+ * scale times at most 8 bits of quant; Q4_1's + m is the one rounding, fused or not.) One
+ * thread: the caller's BLAS call comes next, and OpenMP's threads, spinning after a parallel
+ * region, would take its cores (SmolLM2's prefill ran 9x slower so). */
+void dequant_rows(const planes_t *w, int K, int r0, int r1, float *out) {
+    int nb = K / 32;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *qs = w->qs + (int64_t)r * w->qs_stride;
+        const uint16_t *d = w->d + (int64_t)r * w->d_stride;
+        const uint16_t *m = w->m ? w->m + (int64_t)r * w->d_stride : 0;
+        float *o = out + (int64_t)(r - r0) * K;
+        for (int b = 0; b < nb; b++) {
+            float db = f16(d[b]);
+            if (w->kind == KIND_Q8_0) {
+                const int8_t *q = (const int8_t *)qs + b * 32;
+                for (int i = 0; i < 32; i++) o[b * 32 + i] = db * (float)q[i];
+            } else {
+                const uint8_t *q = qs + b * 16;
+                if (w->kind == KIND_Q4_0) {
+                    for (int i = 0; i < 16; i++) {
+                        o[b * 32 + i] = db * (float)((q[i] & 15) - 8);
+                        o[b * 32 + 16 + i] = db * (float)((q[i] >> 4) - 8);
+                    }
+                } else {
+                    float mb = f16(m[b]);
+                    for (int i = 0; i < 16; i++) {
+                        o[b * 32 + i] = db * (float)(q[i] & 15) + mb;
+                        o[b * 32 + 16 + i] = db * (float)(q[i] >> 4) + mb;
+                    }
+                }
+            }
+        }
+    }
+}
+
 int n_threads(void) {
 #ifdef _OPENMP
     extern int omp_get_max_threads(void);

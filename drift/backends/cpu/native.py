@@ -111,6 +111,7 @@ def library():
                                        p, p, p, p, p, i, p]
         lib.ffn_cold_token.restype = i
         lib.gemv_f32.argtypes = [i, p, p, p, i, i, p, i, p]
+        lib.dequant_rows.argtypes = [p, i, i, i, p]
         lib.n_threads.restype = i
         lib.set_prefetch.argtypes = [i, i]
         setting = prefetch_setting()
@@ -229,6 +230,17 @@ def interleaved(up: RowPlanes, down: RowPlanes) -> tuple[RowPlanes, RowPlanes]:
     else:
         uq, ud, um, dq, dd = views
     return (RowPlanes(up.kind, uq, ud, um, up.K), RowPlanes(down.kind, dq, dd, None, down.K))
+
+
+def dequant_rows(lib, w: RowPlanes, r0: int, r1: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows r0..r1 of w as float32, exactly the reference's values (`RowPlanes.dequantize`),
+    into `out` ((r1 - r0, K) float32, C-contiguous) or a new array."""
+    if out is None:
+        out = np.empty((r1 - r0, w.K), np.float32)
+    if out.shape != (r1 - r0, w.K) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("out: (r1 - r0, K) float32, C-contiguous")
+    lib.dequant_rows(ctypes.byref(w.struct()), w.K, r0, r1, _ptr(out))
+    return out
 
 
 def gemv_f32(lib, w: RowPlanes, x: np.ndarray) -> np.ndarray:
