@@ -8,6 +8,7 @@ import pytest
 
 from drift.analysis import energy
 from drift.analysis.profile import profile_call, profile_engine, reference_walk, stored_dtypes
+from drift.backends.cpu import CPUBackend
 from drift.errors import DriftError, UnsupportedError
 from drift.ir import REGISTRY, Role
 from drift.runtime.engine import Engine
@@ -15,7 +16,21 @@ from drift.runtime.engine import Engine
 
 @pytest.fixture(scope="module")
 def engine(smollm2_path):
-    return Engine(smollm2_path, device="cpu", ctx=32)
+    """SmolLM2 on the numpy backend with its weights as float copies (a dequantization budget
+    given; by default a Q4_1 file stays in its blocks, `test_costs_count_the_blocks_held`)."""
+    from drift.backends.cpu import DEFAULT_DEQUANT_BUDGET
+
+    return Engine(smollm2_path, backend=CPUBackend(dequant_budget=DEFAULT_DEQUANT_BUDGET), ctx=32)
+
+
+def test_costs_count_the_blocks_held(smollm2_path):
+    """By default the numpy backend keeps a Q4_0/Q4_1/Q8_0 file's matrices in their blocks:
+    the profile's costs count the file's types, not float32."""
+    e = Engine(smollm2_path, device="cpu", ctx=32)
+    assert stored_dtypes(e.backend, e.graph(1)) == {}
+    r = profile_engine(e, "smollm2", prompt_len=4, decode_tokens=1, repeat=1)
+    mm = next(o for o in r.decode.cost.ops if "blk.0.attn_q.weight" in o.node.inputs)
+    assert mm.dtype == "Q4_1"
 
 
 def test_reference_walk_computes_what_run_computes(engine, smollm2_path, monkeypatch):
