@@ -32,23 +32,26 @@ from drift.ir.tensor import Role, TensorSpec, nbytes_of
 
 class RowPart:
     """Rows r0:r1 of a matrix a backend concatenated at load: one part of a horizontal fusion's
-    weights. Like the lazily dequantized weights, it offers `matmul_t` and `rows`; references
-    that see adjacent parts of one matrix run one matmul over them (`matmul_parts`)."""
+    weights. The whole is an array or a matrix held another way that offers `matmul_t`, `rows`
+    and row slices (the numpy backend's kept-quantized weights). Like those, a part offers
+    `matmul_t` and `rows`; references that see adjacent parts of one matrix run one matmul
+    over them (`matmul_parts`)."""
 
     __slots__ = ("whole", "r0", "r1", "shape")
 
-    def __init__(self, whole: np.ndarray, r0: int, r1: int):
+    def __init__(self, whole: Any, r0: int, r1: int):
         self.whole, self.r0, self.r1 = whole, r0, r1
         self.shape = (r1 - r0, whole.shape[1])
 
-    def array(self) -> np.ndarray:
+    def array(self) -> Any:
         return self.whole[self.r0 : self.r1]
 
     def matmul_t(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.array().T
+        return _matmul_t(x, self.array())
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        return self.array()[np.asarray(ids, dtype=np.int64)]
+        part, ids = self.array(), np.asarray(ids, dtype=np.int64)
+        return part.rows(ids) if hasattr(part, "rows") else part[ids]
 
 
 def stacked_rows(ws: Sequence[Any]) -> np.ndarray | None:
@@ -89,7 +92,7 @@ def matmul_parts(x: np.ndarray, ws: Sequence[Any]) -> list[np.ndarray]:
         whole = stacked_rows(ws)
     if whole is None:
         return [_matmul_t(x, w).astype(x.dtype, copy=False) for w in ws]
-    y = (x @ whole.T).astype(x.dtype, copy=False)  # (S, sum N)
+    y = _matmul_t(x, whole).astype(x.dtype, copy=False)  # (S, sum N)
     out, at = [], 0
     for w in ws:
         out.append(y[..., at : at + w.shape[0]])

@@ -220,14 +220,7 @@ def test_rope(api, mode, n_dims, factors):
 @pytest.mark.parametrize("window,softcap", [(0, 0.0), (3, 0.0), (0, 5.0)])
 def test_kv_write_and_attention(api, window, softcap):
     S, H, Hkv, Dh, Dv, C = 4, 6, 2, 12, 10, 300  # C > the 256-key tile
-    b = GraphBuilder("attn")
-    q = b.input("q", (S, H, Dh), "f32")
-    k, v = b.input("k", (S, Hkv, Dh), "f32"), b.input("v", (S, Hkv, Dv), "f32")
-    pos = b.input("pos", (S,), "i32")
-    kc = b.op("kv_write", b.state("kc", (C, Hkv, Dh), "f32"), k, pos)
-    vc = b.op("kv_write", b.state("vc", (C, Hkv, Dv), "f32"), v, pos)
-    b.output(b.op("attention", q, kc, vc, pos, scale=0.3, window=window, softcap=softcap))
-    g = b.finish()
+    g = _attention_graph(S, H, Hkv, Dh, Dv, C, window=window, softcap=softcap)
     be = _backend(api)
     prog = be.compile(g)
     state: dict = {}

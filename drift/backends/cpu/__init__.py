@@ -36,7 +36,7 @@ from drift.backends.base import Backend, DeviceInfo, HeldBytes, Program
 from drift.formats import quants
 from drift.formats.gguf import GGUFFile, TensorInfo, check_quant_supported
 from drift.ir import REGISTRY, Graph, Role, TensorSpec, storage_name
-from drift.ir.ops_fused import stacked_rows
+from drift.ir.ops_fused import RowPart, stacked_rows
 from drift.ir.tensor import NUMPY_DTYPES
 from drift.passes import Capabilities, Compiled, PassContext, run_pipeline
 from drift.passes.storage import BLOCK_FIELDS, QuantBlockPlanes, QuantBlocks, Storage
@@ -109,6 +109,38 @@ class NativeQuantMatrix:
     @property
     def nbytes(self) -> int:
         return self.planes.nbytes
+
+    @classmethod
+    def stacked(cls, parts: list[NativeQuantMatrix]) -> NativeQuantMatrix | None:
+        """One matrix of the parts' rows one after another (a horizontal fusion's weights:
+        one GEMV call instead of one per part), or None where their types or widths differ."""
+        from drift.backends.cpu.native import RowPlanes
+
+        first = parts[0].planes
+        if any(p.planes.kind != first.kind or p.planes.K != first.K for p in parts):
+            return None
+        def joined(field: str) -> np.ndarray | None:
+            if getattr(first, field) is None:
+                return None
+            return np.concatenate([getattr(p.planes, field) for p in parts])
+
+        whole = cls.__new__(cls)
+        whole.name, whole.qtype, whole.lib = "+".join(p.name for p in parts), parts[0].qtype, parts[0].lib
+        whole.shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
+        whole.planes = RowPlanes(first.kind, joined("qs"), joined("d"), joined("m"), first.K)
+        return whole
+
+    def __getitem__(self, rows: slice) -> NativeQuantMatrix:
+        """Rows r0:r1 as a matrix of their own (views of these planes)."""
+        from drift.backends.cpu.native import RowPlanes
+
+        p = self.planes
+        part = NativeQuantMatrix.__new__(NativeQuantMatrix)
+        part.name, part.qtype, part.lib = self.name, self.qtype, self.lib
+        part.planes = RowPlanes(p.kind, p.qs[rows], p.d[rows],
+                                None if p.m is None else p.m[rows], p.K)
+        part.shape = (part.planes.qs.shape[0], self.shape[1])
+        return part
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         from drift.backends.cpu.native import RowPlanes
@@ -238,6 +270,8 @@ class CPUBackend(Backend):
         for w in self.weights.values():
             if isinstance(w, LazyQuantMatrix):
                 weights += sum(o.nbytes for o in w.objs)
+            elif isinstance(w, RowPart):  # its share of the stacked blocks
+                weights += w.whole.nbytes * w.shape[0] // w.whole.shape[0]
             elif isinstance(w, (NativeQuantMatrix, np.ndarray)):
                 weights += w.nbytes
         state = sum(a.nbytes for a in self.state.values())
@@ -259,8 +293,18 @@ class CPUBackend(Backend):
             parts = [self.weights[w] for w in names]
             if stacked_rows(parts) is not None or any(w in self._packed for w in names):
                 continue
+            if all(isinstance(p, NativeQuantMatrix) for p in parts):
+                whole = NativeQuantMatrix.stacked(parts)  # in their blocks: RowParts of one
+                if whole is None:
+                    continue
+                at = 0
+                for w, p in zip(names, parts):
+                    self.weights[w] = RowPart(whole, at, at + p.shape[0])
+                    at += p.shape[0]
+                self._packed.update(names)
+                continue
             if not all(isinstance(p, np.ndarray) and p.ndim == 2 for p in parts):
-                continue  # quantized weights stay apart: three slab-wise matmuls
+                continue  # other quantized weights stay apart: slab-wise matmuls
             whole = np.concatenate(parts, axis=0)
             at = 0
             for w, p in zip(names, parts):
