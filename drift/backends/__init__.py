@@ -3,7 +3,9 @@ for, so a machine without torch or wgpu still runs the CPU backend."""
 
 from __future__ import annotations
 
+import glob
 import importlib
+import sys
 
 from drift.backends.base import Backend, DeviceInfo, Program
 from drift.errors import DeviceError
@@ -27,7 +29,21 @@ def backend_class(name: str) -> type[Backend]:
     return module.BACKEND
 
 
+# Where Linux shows a GPU to a process: NVIDIA's, AMD's compute, any render node (AMD, Intel,
+# ARM; Vulkan and OpenCL drivers open these), WSL's. Lavapipe and PoCL need none of them.
+GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dri/renderD*", "/dev/dxg")
+
+
+def no_gpu_here() -> bool:
+    """On Linux, whether no GPU device node exists: then every GPU API could only offer a CPU
+    emulation, and `auto` is the CPU without importing torch or asking wgpu and OpenCL for
+    their adapters (3-4 s of a CPU-only machine's start)."""
+    return sys.platform.startswith("linux") and not any(glob.glob(p) for p in GPU_DEVICE_NODES)
+
+
 def best_available() -> str:
+    if no_gpu_here():
+        return "cpu"
     for name in BACKENDS:
         try:
             cls = backend_class(name)

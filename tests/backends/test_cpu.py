@@ -157,3 +157,33 @@ def test_dequant_rows_is_gguf_py_exactly(qtype):
     np.testing.assert_array_equal(dequant_rows(lib, strided, 0, 70), ref)
     with pytest.raises(ValueError, match="C-contiguous"):
         dequant_rows(lib, planes, 0, 4, np.empty((4, 576), np.float64))
+
+
+def test_auto_is_the_cpu_at_once_without_gpu_device_nodes(monkeypatch):
+    """On Linux without a GPU device node, `auto` is the CPU and no GPU API is asked (no
+    backend class is even looked up); with one, every backend is tried in order as before."""
+    import drift.backends as backends
+
+    asked: list[str] = []
+
+    class Emulated:
+        @classmethod
+        def available(cls):
+            return True
+
+        @classmethod
+        def emulated(cls):
+            return True
+
+    def lookup(name):
+        asked.append(name)
+        return Emulated
+
+    monkeypatch.setattr(backends, "backend_class", lookup)
+    monkeypatch.setattr(backends.sys, "platform", "linux")
+    monkeypatch.setattr(backends.glob, "glob", lambda pattern: [])
+    assert backends.best_available() == "cpu" and asked == []
+    monkeypatch.setattr(backends.glob, "glob",
+                        lambda pattern: ["/dev/dri/renderD128"] if "dri" in pattern else [])
+    assert backends.best_available() == "cpu"  # every one emulated here
+    assert asked == list(backends.BACKENDS)
