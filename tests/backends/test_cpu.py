@@ -123,7 +123,7 @@ def test_native_quant_matrix_against_gguf_py(qtype, rows, monkeypatch):
     rng = np.random.default_rng()
     w = rng.standard_normal((1100, 96)).astype(np.float32)  # > ROWS_PER_CHUNK rows
     raw = quants.quantize(w, Q[qtype])
-    m = NativeQuantMatrix(TensorInfo("w", (1100, 96), Q[qtype], raw), lib)
+    m = NativeQuantMatrix.from_file(TensorInfo("w", (1100, 96), Q[qtype], raw), lib)
     x = rng.standard_normal((rows, 96)).astype(np.float32)
     ref = x.astype(np.float64) @ gguf_quants.dequantize(raw, Q[qtype]).reshape(1100, 96).T
     got = m.matmul_t(x)
@@ -187,3 +187,17 @@ def test_auto_is_the_cpu_at_once_without_gpu_device_nodes(monkeypatch):
                         lambda pattern: ["/dev/dri/renderD128"] if "dri" in pattern else [])
     assert backends.best_available() == "cpu"  # every one emulated here
     assert asked == list(backends.BACKENDS)
+
+
+def test_cpu_isa_setting_refused_in_one_line(monkeypatch):
+    """DRIFT_CPU_ISA takes native or avx2 (the latter builds without AVX-512)."""
+    from drift.backends.cpu.native import isa_flags
+    from drift.errors import InvalidArgumentError
+
+    monkeypatch.setenv("DRIFT_CPU_ISA", "avx2")
+    assert isa_flags() == ["-mno-avx512f"]
+    monkeypatch.setenv("DRIFT_CPU_ISA", "native")
+    assert isa_flags() == []
+    monkeypatch.setenv("DRIFT_CPU_ISA", "sse9")
+    with pytest.raises(InvalidArgumentError, match="DRIFT_CPU_ISA='sse9': native or avx2"):
+        isa_flags()

@@ -340,40 +340,27 @@ def test_lm_head_past_lavapipes_binding_limit(api):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
-def test_tiny_models_prefill_then_decode(api, kind):
-    cfg = tiny_config(kind)
-    w = tiny_weights(cfg)
-    dtypes = {k: "f32" for k in w}
-    be = _backend(api)
-    be.load_arrays(w)
-    state: dict = {}
-    for S, start in ((5, 0), (1, 5), (1, 6)):
-        g = build_graph(cfg, dtypes, S, 16)
-        feeds = {"tokens": (np.arange(S, dtype=np.int32) * 7 + start) % cfg.vocab_size,
-                 "positions": np.arange(start, start + S, dtype=np.int32)}
-        ref = run_plain(g, w, feeds, state)[g.outputs[0]]
-        got = be.compile(g).run(feeds)[g.outputs[0]]
-        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_tiny_models_decode_with_split_attention(api, kind, monkeypatch):
-    """Tiles of 2 keys: a 16-position cache splits at decode (the windowed layers of 3 and
-    4 keys too), and every model kind decodes as the plain evaluation."""
+def test_tiny_models_prefill_then_decode(api, kind, split, monkeypatch):
+    """Every model kind: a prefill, then decode steps, as the plain evaluation. split: tiles
+    of 2 keys, so that the 16-position cache splits at decode (the windowed layers of 3 and 4
+    keys too), over more decode steps."""
     from drift.backends.kernels import templates
 
-    monkeypatch.setattr(templates, "ATTN_SPLIT_TILE", 2)
+    if split:
+        monkeypatch.setattr(templates, "ATTN_SPLIT_TILE", 2)
     cfg = tiny_config(kind)
     w = tiny_weights(cfg)
     dtypes = {k: "f32" for k in w}
     be = _backend(api)
     be.load_arrays(w)
     state: dict = {}
-    for S, start in ((5, 0), *((1, p) for p in range(5, 16, 2))):
+    decode_at = range(5, 16, 2) if split else (5, 6)
+    for S, start in ((5, 0), *((1, p) for p in decode_at)):
         g = build_graph(cfg, dtypes, S, 16)
         prog = be.compile(g)
-        if S == 1:
+        if split and S == 1:
             assert "attention:split" in [k.name for k in prog.sources]
         feeds = {"tokens": (np.arange(S, dtype=np.int32) * 7 + start) % cfg.vocab_size,
                  "positions": np.arange(start, start + S, dtype=np.int32)}

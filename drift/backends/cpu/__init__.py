@@ -98,13 +98,17 @@ class NativeQuantMatrix:
     and by BLAS on slabs dequantized from the same planes for many (prefill). Both rebuild the
     weights exactly as the reference does; only the summation order differs."""
 
-    def __init__(self, info: TensorInfo, lib):
+    def __init__(self, name: str, qtype, planes, lib):
+        self.name, self.qtype, self.planes, self.lib = name, qtype, planes, lib
+        self.shape = (planes.qs.shape[0], planes.K)
+
+    @classmethod
+    def from_file(cls, info: TensorInfo, lib) -> NativeQuantMatrix:
         from drift.backends.cpu.native import RowPlanes
 
-        self.name, self.qtype, self.shape = info.name, info.qtype, info.shape
-        self.lib = lib
-        self.planes = RowPlanes.from_blocks(np.asarray(info.data), info.qtype.name,
-                                            (int(info.shape[0]), int(info.shape[1])))
+        shape = (int(info.shape[0]), int(info.shape[1]))
+        return cls(info.name, info.qtype,
+                   RowPlanes.from_blocks(np.asarray(info.data), info.qtype.name, shape), lib)
 
     @property
     def nbytes(self) -> int:
@@ -124,23 +128,16 @@ class NativeQuantMatrix:
                 return None
             return np.concatenate([getattr(p.planes, field) for p in parts])
 
-        whole = cls.__new__(cls)
-        whole.name, whole.qtype, whole.lib = "+".join(p.name for p in parts), parts[0].qtype, parts[0].lib
-        whole.shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
-        whole.planes = RowPlanes(first.kind, joined("qs"), joined("d"), joined("m"), first.K)
-        return whole
+        planes = RowPlanes(first.kind, joined("qs"), joined("d"), joined("m"), first.K)
+        return cls("+".join(p.name for p in parts), parts[0].qtype, planes, parts[0].lib)
 
     def __getitem__(self, rows: slice) -> NativeQuantMatrix:
         """Rows r0:r1 as a matrix of their own (views of these planes)."""
         from drift.backends.cpu.native import RowPlanes
 
         p = self.planes
-        part = NativeQuantMatrix.__new__(NativeQuantMatrix)
-        part.name, part.qtype, part.lib = self.name, self.qtype, self.lib
-        part.planes = RowPlanes(p.kind, p.qs[rows], p.d[rows],
-                                None if p.m is None else p.m[rows], p.K)
-        part.shape = (part.planes.qs.shape[0], self.shape[1])
-        return part
+        part = RowPlanes(p.kind, p.qs[rows], p.d[rows], None if p.m is None else p.m[rows], p.K)
+        return NativeQuantMatrix(self.name, self.qtype, part, self.lib)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         from drift.backends.cpu.native import RowPlanes
@@ -230,7 +227,7 @@ class CPUBackend(Backend):
         for info in infos:
             if len(info.shape) == 2 and not keep_float:
                 if lib is not None and info.qtype.name in KINDS and info.shape[1] % 32 == 0:
-                    self.weights[info.name] = NativeQuantMatrix(info, lib)
+                    self.weights[info.name] = NativeQuantMatrix.from_file(info, lib)
                 else:
                     self.weights[info.name] = LazyQuantMatrix(info, self._caps.quant_tile_rows)
             else:

@@ -304,15 +304,15 @@ class TritonProgram(Program):
     def _capture(self) -> None:
         """Record the launches (already compiled by the eager run) as CUDA graphs: one, or,
         with host calls, one per stretch between two host computations: a host call's input
-        copies and event (`download`) and its output copies (`upload`) are captured with the
+        copies and event (`send`) and its output copies (`upload`) are captured with the
         launches around them, its kernel (`compute`) stays host code between two graphs."""
         torch.cuda.synchronize(self.device)
         stretches: list = [[]]  # lists of capturable steps, and host computations between
         for item in self.schedule:
             if isinstance(item, list):
                 stretches[-1] += item
-            elif getattr(item, "__name__", "") == "send":
-                stretches[-1].append(item.__self__.download)
+            elif item.__func__ is HostCall.send:  # copies and an event: captured in place
+                stretches[-1].append(item)
             else:  # a receive: the host computes, the copies back start the next graph
                 call = item.__self__
                 stretches += [call.compute, [call.upload]]
@@ -354,13 +354,6 @@ class HostCall:
         self.out_arrays = [h.numpy() for h in self.host_out]
 
     def send(self) -> None:
-        self.download()
-
-    def receive(self) -> None:
-        self.compute()
-        self.upload()
-
-    def download(self) -> None:
         """The inputs to pinned host memory, then the event the host waits on (capturable)."""
         for h, t in zip(self.host_in, self.inputs):
             h.copy_(t, non_blocking=True)
@@ -380,6 +373,10 @@ class HostCall:
         """The outputs back into their arena slots (capturable: a graph's first nodes)."""
         for h, t in zip(self.host_out, self.outputs):
             t.copy_(h, non_blocking=True)
+
+    def receive(self) -> None:
+        self.compute()
+        self.upload()
 
     def eager(self) -> None:
         self.send()
