@@ -48,20 +48,24 @@ def random_blocks(qtype: str, n: int, k: int, rng) -> np.ndarray:
     return raw.reshape(n, -1)
 
 
-def time_matmul(api: str, qtype: str, S: int, N: int, K: int, reps: int, rng) -> float:
-    """Seconds per launch of the matmul kernel of x (S, K) @ w (N, K)^T."""
-    be = backend_class(api)()
+def time_matmul(api: str, qtype: str, S: int, N: int, K: int, reps: int, rng,
+                int8: bool = False) -> float:
+    """Seconds per launch of the matmul kernel of x (S, K) @ w (N, K)^T (int8: x quantized
+    to int8 blocks first, by a kernel not timed: the int8-x GEMV alone)."""
+    be = backend_class(api)(int8_dot=int8)
     be.load_raw("w", (N, K), qtype, random_blocks(qtype, N, K, rng))
     b = GraphBuilder("mm")
-    b.output(b.op("matmul", b.input("x", (S, K), "f32"), b.weight("w", (N, K), qtype)))
+    x = b.input("x", (S, K), "f32")
+    b.output(b.op("matmul", b.op("quantize_q8", x) if int8 else x, b.weight("w", (N, K), qtype)))
     prog = be.compile(b.finish())
     feeds = {"x": rng.standard_normal((S, K)).astype(np.float32)}
-    prog.run(feeds)  # warm: compiled, bound, first touch
+    prog.run(feeds)  # warm: compiled, bound, first touch (and x's int8 blocks written)
     writes = prog._writes(feeds)
+    timed = prog.launches[-1:]  # the matmul's
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        be.rt.run(prog.launches * reps, writes, [])
+        be.rt.run(timed * reps, writes, [])
         be.rt.sync()
         best = min(best, (time.perf_counter() - t0) / reps)
     return best
@@ -74,6 +78,8 @@ def main() -> None:
     p.add_argument("--shapes", default="small", choices=sorted(SHAPES))
     p.add_argument("--rows", default="1,64", help="S values: 1 is decode, more is prefill")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--x", default="f32", help="x as f32 and/or int8 blocks (S = 1 only): "
+                   "f32,int8")
     p.add_argument("--variants", action="store_true",
                    help="every value of each tile constant in VARIANTS, one at a time")
     a = p.parse_args()
@@ -97,10 +103,13 @@ def main() -> None:
                         if key and key.startswith("GEMV") != (S <= templates.GEMV_ROWS):
                             continue  # the constant does not touch this stage's kernel
                         for N, K in SHAPES[a.shapes]:
-                            t = time_matmul(api, qtype, S, N, K, a.reps, rng)
+                          for xk in a.x.split(","):
+                            if xk == "int8" and S != 1:
+                                continue
+                            t = time_matmul(api, qtype, S, N, K, a.reps, rng, xk == "int8")
                             E, B = block_size(qtype)
                             mb = N * K // E * B / 1e6
-                            print(f"| {api} | {label} | {qtype} | {S} | {N} | {K} "
+                            print(f"| {api} | {label} x {xk} | {qtype} | {S} | {N} | {K} "
                                   f"| {t * 1e6:.0f} | {mb:.1f} | {mb / 1e3 / t:.1f} "
                                   f"| {2 * S * N * K / t / 1e9:.1f} |", flush=True)
             finally:

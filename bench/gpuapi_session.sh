@@ -14,6 +14,9 @@
 # run(command="PROFILE=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   where a decode token's time goes (bench/gpuapi_profile.py, device timestamps), both
 #   models on both APIs, about 4 minutes
+# run(command="INT8=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the int8-x GEMV against f32 x: greedy check of the 1B, drift bench both ways on both
+#   models and APIs, the GEMVs alone, 8B decode profiles: about 8 minutes
 # run(command="MICRO=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   an OpenCL launch's host cost each way (bench/opencl_enqueue.py), and decode attention
 #   alone on the 8B's heads, one workgroup against split-K variants, both APIs
@@ -32,6 +35,31 @@ if [[ -z $SKIP_SETUP ]]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   mkdir -p /tmp/icd && echo /usr/local/nvidia/lib64/libnvidia-opencl.so.1 > /tmp/icd/nvidia.icd
   export OCL_ICD_VENDORS=/tmp/icd
+fi
+if [[ -n $INT8 ]]; then  # the int8-x GEMV (DRIFT_INT8_DOT=1) against f32 x (=0), one lease
+  python3 -m drift make-random llama-3.1-8b Q4_0 /tmp/m/llama-3.1-8b-Q4_0.gguf >/dev/null 2>&1 &
+  big=$!
+  python3 -m drift make-random llama-3.2-1b Q4_0 /tmp/m/llama-3.2-1b-Q4_0.gguf 2>&1 | tail -1
+  bench() {  # model api int8
+    DRIFT_INT8_DOT=$3 timeout ${BENCH_TIMEOUT:-60} python3 -m drift bench /tmp/m/$1.gguf \
+      -p 512 -n 64 -r ${R:-3} --device $2 --no-ceilings > /tmp/run.txt 2>&1
+    rc=$?; { echo "## bench $2 $1 int8=$3 (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/benches.txt"
+    echo "rc=$rc $2 $1 int8=$3"; grep -E "^\| |Error|error" /tmp/run.txt | grep -v -- "---" | head -4
+  }
+  timeout 100 python3 bench/smollm2_check.py /tmp/m/llama-3.2-1b-Q4_0.gguf --steps 6 \
+    --devices webgpu,opencl 2>&1 | tail -9 | tee "$OUT/check.txt"
+  for dev in opencl webgpu; do for i8 in 1 0; do bench llama-3.2-1b-Q4_0 $dev $i8; done; done
+  timeout 120 python3 bench/gpuapi_kernels.py --shapes 8b --types Q4_0,Q6_K --rows 1 \
+    --x f32,int8 --reps 20 > "$OUT/kernels.txt" 2>&1; echo "rc=$? kernels"; cat "$OUT/kernels.txt"
+  wait $big
+  for dev in opencl webgpu; do for i8 in 1 0; do bench llama-3.1-8b-Q4_0 $dev $i8; done; done
+  for dev in opencl webgpu; do
+    timeout 60 python3 bench/gpuapi_profile.py /tmp/m/llama-3.1-8b-Q4_0.gguf --device $dev \
+      --pos 384 --reps 5 --top 12 > /tmp/run.txt 2>&1
+    rc=$?; { echo "## profile $dev (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/profiles.txt"
+    echo "rc=$rc profile $dev"; grep -v "^device properties" /tmp/run.txt | head -30
+  done
+  exit
 fi
 if [[ -n $MICRO ]]; then
   timeout 120 python3 bench/opencl_enqueue.py --n 20000 2>&1 | tee "$OUT/enqueue.txt"

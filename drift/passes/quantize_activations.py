@@ -19,14 +19,14 @@ from drift.ir.ops_quant import Q8, QBLOCK
 from drift.passes.context import PassContext
 from drift.passes.pipeline import Pass
 
-MATMULS = ("matmul", "stacked_matmul")
+MATMULS = ("matmul", "stacked_matmul", "ffn_gate_up")  # the last: the portable backends'
 
 
 def _reads_q8(n: Node, graph: Graph, caps) -> bool:
     if n.op not in MATMULS:
         return False
     x = graph.tensors[n.inputs[0]]
-    n_weights = n.attrs.get("n", 1)
+    n_weights = 2 if n.op == "ffn_gate_up" else n.attrs.get("n", 1)
     ws = [graph.tensors[w] for w in n.inputs[1 : 1 + n_weights]]
     K = x.shape[-1]
     return (x.dtype == "f32" and x.role != Role.WEIGHT and x.numel == K and K % QBLOCK == 0

@@ -686,3 +686,111 @@ def test_smollm2_topk_sampling_as_the_cpu_backend(api, smollm2_path):
     e.backend.sampler = lambda c: made.append(sampler(c)) or made[-1]
     assert list(generate_tokens(e, PROMPT, Sampler(cfg), 12)) == want
     assert isinstance(made[0], TopKSampler)
+
+
+# -- the int8-x GEMV: x quantized to int8 blocks (two levels), dot products of packed bytes
+
+
+def test_quantize_q8_kernel_is_the_reference_arithmetic(api):
+    """The planes `ops_quant.quantize_planes` computes, from x with zero, tiny and huge
+    blocks: levels equal (a level may move by one where the division rounds otherwise, the
+    represented value then stays within the second level's step) and the values within it."""
+    from drift.ir.ops_quant import dequantize_planes, quantize_planes
+
+    K = 32 * 13
+    x = _f(1, K) * 3
+    x[0, :32] = 0.0  # an all-zero block: scale 0
+    x[0, 32:64] *= 1e-30
+    x[0, 64:96] *= 1e20
+    b = GraphBuilder("q8")
+    b.output(b.op("quantize_q8", b.input("x", (1, K), "f32")))
+    g = b.finish()
+    be = _backend(api, int8_dot=True)
+    prog = be.compile(g)
+    name = g.outputs[0]
+    ref = quantize_planes(x)
+    got = prog.run({"x": x})[name]  # the logical value read back from the planes
+    want = dequantize_planes(*ref[:3]).reshape(1, K)
+    amax = np.abs(x.reshape(-1, 32)).max(axis=1).repeat(32).reshape(1, K)
+    assert np.all(np.abs(got - want) <= amax * 2.0 ** -15)
+    assert np.all(got[0, :32] == 0)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
+def test_int8_gemv_against_gguf_py(api, qtype):
+    """The int8-x GEMV of every weight type it reads, two rows a thread (N past 128) and a
+    ragged last workgroup, against float64 on the values the int8 blocks represent."""
+    from drift.ir.ops_quant import quantize_blocks
+
+    N, K = 133, 768 if block_size(qtype)[0] == 32 else 1024
+    blocks = _random_blocks(qtype, N, K)
+    w64 = gguf_dequantize(blocks, GGMLQuantizationType[qtype]).astype(np.float64)
+    x = _f(1, K)
+    b = GraphBuilder("q8mm")
+    xq = b.op("quantize_q8", b.input("x", (1, K), "f32"))
+    b.output(b.op("matmul", xq, b.weight("w", (N, K), qtype)))
+    be = _backend(api, int8_dot=True)
+    be.load_raw("w", (N, K), qtype, blocks)
+    prog = be.compile(b.finish())
+    assert [k.name for k in prog.sources] == ["quantize_q8", "matmul:gemv_q8"]
+    got = prog.run({"x": x})[b.graph.outputs[0]]
+    ref = quantize_blocks(x).astype(np.float64) @ w64.T
+    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    # and within x's rounding (~2^-15 of each block's largest) of the f32-x product
+    ref32 = x.astype(np.float64) @ w64.T
+    assert np.abs(got - ref32).max() <= 1e-3 * max(1.0, np.abs(ref32).max())
+
+
+def test_decode_graph_reads_int8_x_in_every_matmul(api):
+    """A decode step of a quantized tiny Llama: a quantize kernel before each distinct x,
+    the Q/K/V stack, o, the fused gate/up and down all int8-x GEMVs, the logits as the
+    plain evaluation's on the values the int8 blocks represent (the pass's own graph)."""
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    qt = "Q8_0"
+    be = _backend(api, int8_dot=True)
+    from drift.formats.quants import quantize as drift_quantize
+
+    raw, dtypes = {}, {}
+    for k, v in w.items():
+        if v.ndim == 2 and v.shape[1] % 32 == 0 and "embd" not in k:
+            raw[k] = drift_quantize(v.astype(np.float32), GGMLQuantizationType[qt])
+            dtypes[k] = qt
+        else:
+            dtypes[k] = "f32"
+    g = build_graph(cfg, dtypes, 1, 16)
+    for k, v in raw.items():
+        be.load_raw(k, g.tensors[k].shape, qt, v)
+        be._host[k] = v  # what load_arrays keeps, in the file's form (stacked from it)
+    be.load_arrays({k: v for k, v in w.items() if k not in raw})
+    prog = be.compile(g)
+    names = [k.name for k in prog.sources]
+    assert "matmul:gemv" not in names and "ffn_gate_up:gemv_q8" in names, names
+    assert "stacked_matmul:gemv_q8" in names and names.count("quantize_q8") >= 4
+    feeds = {"tokens": np.array([3], np.int32), "positions": np.array([0], np.int32)}
+    got = prog.run(feeds)[g.outputs[0]]
+    deq = {k: gguf_dequantize(v, GGMLQuantizationType[qt]).reshape(w[k].shape).astype(np.float32)
+           for k, v in raw.items()}
+    ref = run_plain(prog.graph, {**w, **deq}, feeds)[g.outputs[0]]
+    # x's rounding to its blocks' grid (2^-15 of a block's largest) may go the other way on
+    # a value the device computed 1e-6 off: ~1e-4 of the logits after two layers
+    assert np.abs(got - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_on_int8_x(api, smollm2_path, smollm2_cpu, monkeypatch):
+    """The reference model with DRIFT_INT8_DOT=1: every decode GEMV on int8 x (lavapipe:
+    dot4I8Packed; PoCL: the dot product emulated), the same tokens as the cpu backend."""
+    monkeypatch.setenv("DRIFT_INT8_DOT", "1")
+    ref_tokens, ref_logits = smollm2_cpu
+    tokens, logits = _greedy(smollm2_path, api, 32)
+    assert tokens == ref_tokens
+    assert np.abs(logits - ref_logits).max() <= 1e-2
+
+
+def test_int8_choice_refuses_a_bad_value(api, monkeypatch):
+    from drift.errors import InvalidArgumentError
+
+    monkeypatch.setenv("DRIFT_INT8_DOT", "yes")
+    with pytest.raises(InvalidArgumentError, match="DRIFT_INT8_DOT"):
+        _backend(api)

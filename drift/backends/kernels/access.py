@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from drift.backends.kernels.renderer import Param, Renderer, c_index
-from drift.passes.storage import QuantBlockPlanes, Storage, StridedBuffer
+from drift.passes.storage import Q8Blocks, QuantBlockPlanes, Storage, StridedBuffer
+
+Q8_PLANES = ("xq", "xr", "scale", "sums")  # a Q8Blocks tensor's objects, in order
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,12 @@ class Obj:
 
     def f16(self, r: Renderer, offset: str) -> str:
         return self._pick(r, offset, r.load_f16)
+
+    def store_u32(self, r: Renderer, offset: str, value: str) -> str:
+        """Store a word at byte `offset` (a multiple of 4) of a byte object in one binding."""
+        assert len(self.chunks) == 1
+        c = self.chunks[0]
+        return r.store_u32(c.param, f"{c.shift} + ({offset})" if c.shift else offset, value)
 
     def u32(self, r: Renderer, offset: str) -> str:
         """The word at byte `offset` (a multiple of 4: chunks are cut at multiples of 256)."""
@@ -151,6 +159,10 @@ class Accessor:
 
     # -- quantized weights: the planes of a QuantBlockPlanes storage, by field name
     def plane(self, field: str) -> Obj:
+        """A plane of a quantized weight (QuantBlockPlanes' fields) or of an int8 activation
+        (Q8Blocks: `Q8_PLANES`, indexed by element, by element, by block, by block)."""
+        if isinstance(self.storage, Q8Blocks):
+            return self.objs[Q8_PLANES.index(field)]
         assert isinstance(self.storage, QuantBlockPlanes)
         names = [f[0] for f in self.storage.fields]
         return self.objs[names.index(field)]

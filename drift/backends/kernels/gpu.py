@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from drift.backends.kernels.templates import (
     subgroup_probe,
     topk,
 )
-from drift.errors import UnsupportedError
+from drift.errors import InvalidArgumentError, UnsupportedError
 from drift.formats.gguf import GGUFFile, check_quant_supported
 from drift.ir import REGISTRY, Role, TensorSpec, storage_name
 from drift.ir.ops import is_view
@@ -48,6 +49,19 @@ from drift.passes.storage import Storage, StridedBuffer, align_up, weight_storag
 PLAIN_WEIGHTS = ("f32", "f16")
 # the fused ops the templates implement
 FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up", "stacked_matmul", "rope_qkv_write"})
+# the weight types the GEMV reads against int8 x (their word readers give `Group.ints`)
+INT8_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"})
+
+
+def int8_choice(int8_dot: bool | None) -> bool | None:
+    """The int8-x GEMV asked for: the argument, else DRIFT_INT8_DOT (0: off, 1: on, emulated
+    where the device has no int8 dot product), else None (the default: off)."""
+    if int8_dot is not None:
+        return int8_dot
+    v = os.environ.get("DRIFT_INT8_DOT", "")
+    if v not in ("", "0", "1"):
+        raise InvalidArgumentError(f"DRIFT_INT8_DOT={v!r}: 0 or 1")
+    return None if v == "" else v == "1"
 
 
 def _kind(dtype: str) -> str:
@@ -78,6 +92,10 @@ class Runtime(ABC):
     max_binding: int  # bytes one binding may span
     subgroup_size: int = 0
     subgroup_lanes: int = 0  # shuffle lanes to try (`probe_subgroups`); 0: no shuffles
+    # the renderer's `int8` spelling of the device's int8 dot product ("" none), and the one
+    # a test or DRIFT_INT8_DOT=1 gets where there is none (the same sum, byte by byte)
+    int8: str = ""
+    int8_emulated: str = ""
 
     @abstractmethod
     def buffer(self, nbytes: int) -> Any:
@@ -161,9 +179,15 @@ class GPUBackend(Backend):
 
     kernel_tile_rows = 1  # quant plane tile: a row's blocks adjacent (the matmul walks K)
 
-    def __init__(self, max_binding_bytes: int | None = None):
+    def __init__(self, max_binding_bytes: int | None = None, int8_dot: bool | None = None):
+        """int8_dot: decode GEMVs on x as int8 blocks, through the device's int8 dot product
+        (emulated where it has none). Off unless asked for (here or DRIFT_INT8_DOT=1): on the
+        H200 the int8 GEMVs are faster alone on the large shapes but decode is slower with them
+        (the quantize kernels in front, BENCHMARKS.md, "int8 x")."""
         self.rt: Runtime = self.make_runtime()
         probe_subgroups(self.rt)
+        want = int8_choice(int8_dot)
+        self.rt.renderer.int8 = (self.rt.int8 or self.rt.int8_emulated) if want else ""
         self.limit = self.rt.max_binding
         if max_binding_bytes:  # tests: a small limit exercises the split objects cheaply
             self.limit = min(self.limit, max_binding_bytes)
@@ -185,7 +209,9 @@ class GPUBackend(Backend):
             alignment=self.align, channel_slices=False,
             max_object_bytes=self.limit - self.align, quant_planes=True,
             quant_tile_rows=self.kernel_tile_rows, inplace=True, fused_ops=FUSED_OPS,
-            int8_dot=False, weight_types=frozenset(DEQUANT) | frozenset(PLAIN_WEIGHTS),
+            int8_dot=bool(self.rt.renderer.int8),
+            int8_weights=INT8_WEIGHTS if self.rt.renderer.int8 else frozenset(),
+            weight_types=frozenset(DEQUANT) | frozenset(PLAIN_WEIGHTS),
             subgroup_size=self.rt.subgroup_size)
 
     def supports(self, op: str) -> bool:

@@ -161,11 +161,20 @@ def _q3_k(r, w, o) -> Dequant:
 @dataclass(frozen=True)
 class Group:
     """Weights `a * q + c` of one word (c "" where there is none): `elems` are (q as an f32
-    expression, the element's offset in its block)."""
+    expression, the element's offset in its block).
+
+    For the int8 GEMV (x as int8 blocks, `Renderer.dot4_i8`): `ints`, each run's four q as
+    the signed bytes of one u32, in element order; `c_lead`, where `c` is one value over a
+    whole x block of 32 (Q4_0's offset, Q4_1's min, Q4_K's sub-block min), the condition that
+    this word holds that block's first elements: its reader adds c times the block's sum
+    (`Q8Blocks`' sums), the others nothing. "" where c covers less (Q6_K's 16): the word's
+    own x sum is computed."""
 
     a: str
     c: str
     elems: list[tuple[str, str]]  # in runs of 4 consecutive elements, each from a multiple of 4
+    ints: tuple[str, ...] = ()
+    c_lead: str = ""
 
     def runs(self) -> list[list[tuple[str, str]]]:
         """The elements four at a time: the GEMV reads the x of each run as one f32x4."""
@@ -195,6 +204,9 @@ def small_f32(r: Renderer, bits: str, bias: int = 0) -> str:
     return f"({r.bitcast_f32(f'1258291200u | ({bits})')} - {r.f(8388608 + bias)})"
 
 
+NIBBLES = "252645135u"  # 0x0F0F0F0F: the low nibble of each byte
+
+
 def _nibbles(r: Renderer, q: str, shift: int) -> list[str]:
     """The four nibbles at bit `shift` of each byte of u32 `q`, as f32."""
     return [small_f32(r, f"(({q} >> {8 * i + shift}) & 15)") for i in range(4)]
@@ -208,7 +220,9 @@ def _words_q4(r: Renderer, with_min: bool) -> Words:
             lines.append(r.let("mb", "f32", _half(r, w, o, "m")))
         elems = [(v, f"4 * {j} + {i}") for i, v in enumerate(_nibbles(r, q, 0))]
         elems += [(v, f"16 + 4 * {j} + {i}") for i, v in enumerate(_nibbles(r, q, 4))]
-        return lines, [Group("d", "mb" if with_min else f"-{r.f(8)} * d", elems)]
+        ints = (f"({q} & {NIBBLES})", f"(({q} >> 4u) & {NIBBLES})")
+        return lines, [Group("d", "mb" if with_min else f"-{r.f(8)} * d", elems, ints,
+                             f"{j} == 0u")]
 
     return Words("qs", 4, lambda j: [], read)
 
@@ -218,7 +232,7 @@ def _words_q8_0(r: Renderer) -> Words:
     def read(w, o, j, q):
         elems = [(small_f32(r, f"((({q} >> {8 * i}) & 255) ^ 128u)", 128), f"4 * {j} + {i}")
                  for i in range(4)]
-        return [r.let("d", "f32", _half(r, w, o, "d"))], [Group("d", "", elems)]
+        return [r.let("d", "f32", _half(r, w, o, "d"))], [Group("d", "", elems, (q,))]
 
     return Words("qs", 8, lambda j: [], read)
 
@@ -247,7 +261,8 @@ def _words_q4_k(r: Renderer) -> Words:
             elems = [(v, f"64 * p + {32 * h} + at + {i}")
                      for i, v in enumerate(_nibbles(r, q, 4 * h))]
             groups.append(Group(f"d * {r.cast('f32', f'sc{h}')}",
-                                f"-dmin * {r.cast('f32', f'mn{h}')}", elems))
+                                f"-dmin * {r.cast('f32', f'mn{h}')}", elems,
+                                (f"(({q} >> {4 * h}u) & {NIBBLES})",), "at == 0u"))
         return lines, groups
 
     return Words("qs", 32, at, read)
@@ -272,7 +287,9 @@ def _words_q6_k(r: Renderer) -> Words:
             elems = [(small_f32(r, f"(({q} >> {8 * i + 4 * h}) & 15) | "
                                    f"(((qh >> ({8 * i + 4 * h} + sh)) & 3) << 4)"),
                       f"128 * hh + {64 * h} + l0 + {i}") for i in range(4)]
-            groups.append(Group(f"dl{h}", f"-{r.f(32)} * dl{h}", elems))
+            ints = (f"(({q} >> {4 * h}u) & {NIBBLES}) | "
+                    f"(((qh >> ({4 * h}u + sh)) & 50529027u) << 4u)",)  # 0x03030303
+            groups.append(Group(f"dl{h}", f"-{r.f(32)} * dl{h}", elems, ints))
         return lines, groups
 
     return Words("ql", 32, at, read)

@@ -55,6 +55,7 @@ class KernelSource:
     shared: list[tuple[str, str, int]] = field(default_factory=list)  # (name, type, length)
     helpers: list[Helper] = field(default_factory=list)
     subgroups: bool = False  # the body calls `Renderer.shuffle_xor`
+    int8: bool = False  # the body calls `Renderer.dot4_i8`
 
 
 class Renderer:
@@ -71,6 +72,9 @@ class Renderer:
     # smallest subgroup the device runs, checked by `gpu.probe_subgroups` when the runtime
     # starts); 0 where there are no subgroup shuffles (reductions through workgroup memory).
     subgroup_lanes = 0
+    # How `dot4_i8` is spelled on this device: a key of the renderer's table ("" where the
+    # device has no fast int8 dot product: decode GEMVs read f32 x)
+    int8 = ""
 
     # -- declarations and expressions
     def var(self, name: str, ty: str, init: str) -> str:
@@ -150,6 +154,15 @@ class Renderer:
 
     def dot4(self, a: str, b: str) -> str:
         return f"dot({a}, {b})"
+
+    def dot4_i8(self, a: str, b: str) -> str:
+        """The dot product of the four signed bytes of u32 `a` and of u32 `b`, as i32 (the
+        int8 GEMV's inner step: dp4a, `dot4I8Packed`, `dot_4x8packed_ss_int`)."""
+        raise NotImplementedError
+
+    def store_u32(self, p: Param, offset: str, value: str) -> str:
+        """Store u32 `value` at byte `offset` (a multiple of 4) of a byte buffer."""
+        raise NotImplementedError
 
     def bitcast_f32(self, x: str) -> str:
         """The bits of u32 `x` as an f32."""

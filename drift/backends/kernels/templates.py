@@ -32,10 +32,11 @@ from collections.abc import Callable
 from math import prod
 
 from drift.backends.kernels.access import Accessor
-from drift.backends.kernels.quant import WORDS, Dequant, block_offsets, dequant
+from drift.backends.kernels.quant import WORDS, Dequant, Group, block_offsets, dequant
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 from drift.errors import UnsupportedError
 from drift.ir import Node
+from drift.ir.ops_quant import Q8, QBLOCK
 from drift.passes.storage import block_size
 
 WG = 64  # threads per workgroup
@@ -63,6 +64,7 @@ class Builder:
         self.params: dict[str, Param] = {}
         self.shared: list[tuple[str, str, int]] = []
         self.subgroups = False  # shuffle_sum used
+        self.int8 = False  # dot4_i8 used
 
     def use(self, *accs: Accessor) -> None:
         for a in accs:
@@ -141,7 +143,7 @@ class Builder:
     def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
         return (KernelSource(self.name, list(self.params.values()), self.wg,
                              "\n    ".join(body), self.shared,
-                             subgroups=self.subgroups), groups)
+                             subgroups=self.subgroups, int8=self.int8), groups)
 
 
 def _max_chain(xs: list[str]) -> str:
@@ -354,10 +356,20 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     (every reader's elements come in aligned runs of four); GEMV_UNROLL words per thread
     loaded before any is used. The TPR threads of a row then sum their parts: by subgroup
     shuffles where the device has them (TPR at most `Renderer.subgroup_lanes`: no workgroup
-    memory, no barrier), else a segmented tree in workgroup memory."""
-    b = Builder(r, f"{n.op}:gemv")
+    memory, no barrier), else a segmented tree in workgroup memory.
+
+    x as int8 blocks (dtype q8x, one row: the quantize pass's, where the device has int8 dot
+    products): each run of four weights is one `dot4_i8` against the word of x's first level
+    and one against its second, the group's sum `a * xd * (254 l1 + l2) + c * xs` (xd the x
+    block's scale, xs its sum): per word of Q4_0 four dot products and three mask/shift ops
+    instead of eight multiply-adds and sixteen integer ops, so the GEMV reads at the memory's
+    speed, not the ALUs'."""
+    q8 = x.dtype == Q8
+    b = Builder(r, f"{n.op}:gemv{'_q8' if q8 else ''}")
+    b.int8 = q8
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    assert not q8 or S == 1, "int8 x: one row"
     readers = [WORDS[w.dtype](r) for w in ws]
     W = max(K // block_size(w.dtype)[0] * rd.per_block for w, rd in zip(ws, readers))
     R = max(1, min(GEMV_ROW_TILE, N // 64))  # rows per thread (small N: threads instead)
@@ -368,7 +380,7 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         TPR = min(TPR, lanes)  # a row's threads within one subgroup: summed by shuffles
     RPW = b.wg // TPR * R  # rows per workgroup
     groups = -(-N // RPW)
-    x4 = x.vec4_param() if K % 4 == 0 else None
+    x4 = x.vec4_param() if K % 4 == 0 and not q8 else None
     if x4 is not None:
         b.params[x4.name] = x4
     body = b.group(groups) + [
@@ -396,6 +408,9 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         _, o = block_offsets(r, w, "wr0", "k0")
         _, grps = rd.read(w, o, "wj", "q")  # the element offsets: the same for every row
         for g, grp in enumerate(grps):
+            if q8:
+                word += _x_int8(r, x, g, grp)
+                continue
             for c, run in enumerate(grp.runs()):
                 for t in range(S):
                     word.append(r.let(f"xv{g}_{c}_{t}", "f32x4", xrun(t, run[0][1])))
@@ -410,6 +425,15 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
             row = [*offs, r.let("q", "u32", w.plane(rd.plane).u32(r, f"{o[rd.plane]} + 4 * wj")),
                    *lines]
             for g, grp in enumerate(grps):
+                a = f"acc{i}[{ri}]"
+                if q8:  # the two levels' integer dot products, then the group's scales
+                    levels = [" + ".join(r.dot4_i8(v, f"x{lv}{g}_{c}")
+                                         for c, v in enumerate(grp.ints)) for lv in "qr"]
+                    row.append(r.let(f"l{g}", "i32", f"254 * ({levels[0]}) + {levels[1]}"))
+                    more = f" + ({grp.c}) * xs{g}" if grp.c else ""
+                    row.append(f"{a} = {a} + ({grp.a}) * xd{g} * {r.cast('f32', f'l{g}')}"
+                               f"{more};")
+                    continue
                 for c, run in enumerate(grp.runs()):
                     row.append(r.let(f"q{g}_{c}", "f32x4", r.vec4(*(qf for qf, _ in run))))
                 for t in range(S):
@@ -437,6 +461,31 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         st = out.store(r, value, *coords_of(str(t), out.shape[:-1]), col)
         body.append(f"if (c0 + {ri} < {N} && kl == 0) {{ {pre}{st} }}")
     return b.finish(body, groups)
+
+
+ONES = "16843009u"  # 0x01010101: dot4_i8 against it sums a word's four bytes
+
+
+def _x_int8(r: Renderer, x: Accessor, g: int, grp: Group) -> list[str]:
+    """For weight group `g` of the word at `k0`: x's level words under each of its runs
+    (xq{g}_{c}, xr{g}_{c}), the scale of the x block holding them (xd{g}) and, where the
+    group has a `c`, the x sum it multiplies (xs{g}): the block's whole sum on the word that
+    leads it (`Group.c_lead`), or this word's own."""
+    assert grp.ints, "int8 x: the weight type has no int8 reading"
+    offs = [run[0][1] for run in grp.runs()]
+    lines = [r.let(f"x{lv}{g}_{c}", "u32", x.plane(f"x{lv}").u32(r, f"k0 + {off}"))
+             for lv in "qr" for c, off in enumerate(offs)]
+    block = f"(k0 + {offs[0]}) / {QBLOCK}"
+    lines.append(r.let(f"xd{g}", "f32", x.plane("scale").load(r, block)))
+    if grp.c and grp.c_lead:
+        lines.append(r.let(f"xs{g}", "f32", r.select(grp.c_lead, x.plane("sums").load(r, block),
+                                                      r.f(0.0))))
+    elif grp.c:
+        levels = [" + ".join(r.dot4_i8(ONES, f"x{lv}{g}_{c}") for c in range(len(offs)))
+                  for lv in "qr"]
+        lines.append(r.let(f"xs{g}", "f32", f"xd{g} * "
+                           + r.cast("f32", f"254 * ({levels[0]}) + {levels[1]}")))
+    return lines
 
 
 def _word_loop(r: Renderer, word: list[str], Wi: int, TPR: int) -> list[str]:
@@ -613,6 +662,39 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
     if S <= GEMV_ROWS and all(w.dtype in WORDS for w in ws):
         return _gemv(r, n, x, out, ws, biases)
     return _matmul_blocks(r, n, x, out, ws, biases)
+
+
+def quantize_q8(r: Renderer, n: Node, acc: dict[str, Accessor]):
+    """x (f32) -> its int8 blocks (`Q8Blocks`: two levels, scale, sum), one thread per block
+    of 32: the arithmetic of `ops_quant.quantize_planes` step for step (round half away
+    from zero, the remainder in steps of 1/254), the levels packed four to a word."""
+    x, out = acc[n.inputs[0]], acc[n.outputs[0]]
+    b = Builder(r, "quantize_q8")
+    b.use(x, out)
+    body, groups = _threads(b, prod(x.shape) // QBLOCK)
+    body += [r.let(f"v{t}", "f32", x.load(r, *coords_of(f"i * {QBLOCK} + {t}", x.shape)))
+             for t in range(QBLOCK)]
+    body.append(r.let("amax", "f32", _max_chain([r.fn("abs", f"v{t}") for t in range(QBLOCK)])))
+    body.append(r.let("inv", "f32", r.select(f"amax > {r.f(0)}",
+                                             f"{r.f(127)} / max(amax, {r.f(1e-30)})", r.f(0))))
+
+    def away(v: str) -> str:  # round half away from zero: the cast truncates
+        return r.cast("i32", f"{v} + {r.select(f'{v} >= {r.f(0)}', r.f(0.5), r.f(-0.5))}")
+
+    for t in range(QBLOCK):
+        body += [r.let(f"s{t}", "f32", f"v{t} * inv"), r.let(f"q{t}", "i32", away(f"s{t}")),
+                 r.let(f"e{t}", "f32", f"(s{t} - {r.cast('f32', f'q{t}')}) * {r.f(254)}"),
+                 r.let(f"p{t}", "i32", away(f"e{t}"))]
+    for lv, name in (("q", "xq"), ("p", "xr")):
+        for wd in range(QBLOCK // 4):
+            packed = " | ".join(f"(({r.cast('u32', f'{lv}{4 * wd + k}')} & 255u) << {8 * k}u)"
+                                for k in range(4))
+            body.append(out.plane(name).store_u32(r, f"i * {QBLOCK} + {4 * wd}", packed))
+    levels = " + ".join(f"254 * q{t} + p{t}" for t in range(QBLOCK))
+    body += [r.let("scale", "f32", f"amax / {r.f(127)} / {r.f(254)}"),
+             out.plane("scale").store(r, "i", "scale"),
+             out.plane("sums").store(r, "i", f"scale * {r.cast('f32', levels)}")]
+    return b.finish(body, groups)
 
 
 def embedding(r: Renderer, n: Node, acc: dict[str, Accessor]):
@@ -1067,6 +1149,7 @@ TEMPLATES: dict[str, Callable] = {
     "ffn_gate_up": matmul,
     "stacked_matmul": matmul,
     "embedding": embedding,
+    "quantize_q8": quantize_q8,
     "kv_write": kv_write,
     "rope": rope,
     "rope_qkv_write": rope_qkv_write,

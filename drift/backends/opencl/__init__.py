@@ -64,7 +64,8 @@ def adapters() -> list[dict[str, Any]]:
                         "binding_alignment": d.mem_base_addr_align // 8,
                         "workgroup_storage": d.local_mem_size,
                         "fp16": "cl_khr_fp16" in ext,
-                        "int8_dot": "cl_khr_integer_dot_product" in ext,
+                        "int8_dot": ("cl_khr_integer_dot_product" in ext
+                                     or "cl_nv_device_attribute_query" in ext),  # dp4a: PTX
                         "subgroups": "cl_khr_subgroups" in ext})
     return out
 
@@ -175,6 +176,11 @@ class CLRuntime(Runtime):
             self.renderer.shuffles, self.subgroup_lanes = "khr", 8
         elif "cl_nv_device_attribute_query" in ext:  # NVIDIA: warps, reached through PTX
             self.renderer.shuffles, self.subgroup_lanes = "ptx", self.dev.warp_size_nv
+        if "cl_khr_integer_dot_product" in ext:
+            self.int8 = "khr"
+        elif "cl_nv_device_attribute_query" in ext:  # NVIDIA: dp4a, through PTX
+            self.int8 = "ptx"
+        self.int8_emulated = "bytes"
         self.binding_alignment = max(4, self.dev.mem_base_addr_align // 8)
         self.max_binding = self.dev.max_mem_alloc_size
         self._keep: list[np.ndarray] = []

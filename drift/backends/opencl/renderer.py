@@ -21,12 +21,30 @@ SHUFFLES = {
             "shuffle_xor_f32({x}, {mask})"),
 }
 
+# int8 dot products, by what the device reports: the Khronos extension; NVIDIA's dp4a
+# through PTX (its driver has no extension); or "bytes", the same sum in plain C, for
+# devices with neither when a test asks for the int8 kernels anyway (PoCL)
+DOT4_I8 = {
+    "khr": ("#pragma OPENCL EXTENSION cl_khr_integer_dot_product : enable\n",
+            "dot_4x8packed_ss_int({a}, {b})"),
+    "ptx": ("inline int dot4_i8(uint a, uint b) {\n"
+            "    int d, z = 0;\n"
+            '    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(z));\n'
+            "    return d;\n}\n",
+            "dot4_i8({a}, {b})"),
+    "bytes": ("inline int dot4_i8(uint a, uint b) {\n"
+              "    return (int)(char)a * (int)(char)b + (int)(char)(a >> 8) * (int)(char)(b >> 8)"
+              " + (int)(char)(a >> 16) * (int)(char)(b >> 16)"
+              " + (int)(char)(a >> 24) * (int)(char)(b >> 24);\n}\n",
+              "dot4_i8({a}, {b})"),
+}
+
 
 class OpenCLRenderer(Renderer):
     name = "opencl"
     types: ClassVar[dict[str, str]] = {"f32": "float", "u32": "uint", "i32": "int",
                                        "f32x4": "float4"}
-    functions: ClassVar[dict[str, str]] = {}
+    functions: ClassVar[dict[str, str]] = {"abs": "fabs"}  # C's abs is for integers
     tanh_clamp = 0.0
     helpers_take_buffers = True  # OpenCL functions see no kernel arguments: pass them
     shuffles = ""  # a key of SHUFFLES, set by the runtime from the device's extensions
@@ -64,6 +82,12 @@ class OpenCLRenderer(Renderer):
     def shuffle_xor(self, x, mask):
         return SHUFFLES[self.shuffles][1].format(x=x, mask=mask)
 
+    def dot4_i8(self, a, b):
+        return DOT4_I8[self.int8][1].format(a=a, b=b)
+
+    def store_u32(self, p: Param, offset, value):
+        return f"*(__global uint*)({p.name} + ({offset})) = {value};"
+
     def vec4(self, *xs):
         return f"((float4)({', '.join(xs)}))"
 
@@ -95,6 +119,8 @@ class OpenCLRenderer(Renderer):
 
     def render(self, k: KernelSource) -> str:
         out = [SHUFFLES[self.shuffles][0]] if k.subgroups else []
+        if k.int8:
+            out.append(DOT4_I8[self.int8][0])
         for h in k.helpers:
             args = [self._param(p) for p in h.buffers]
             args += [f"{self.types[t]} {a}" for a, t in h.args]

@@ -92,6 +92,7 @@ def adapters() -> list[dict[str, Any]]:
                     "workgroup_storage": lim["max-compute-workgroup-storage-size"],
                     "subgroup": subgroup_sizes(a),
                     "shader_f16": "shader-f16" in a.features,
+                    "int8_dot": True,  # dot4I8Packed: core WGSL (lowered by naga)
                     "subgroups": "subgroup" in a.features})
     return out
 
@@ -114,6 +115,9 @@ class WGPURuntime(Runtime):
         if self.timestamps is None:
             self.timing_unavailable = "the adapter has no 'timestamp-query' feature"
         self.renderer = WGSLRenderer()
+        # WGSL's dot4I8Packed is core (naga: OpSDot where the driver has integer dot
+        # products, byte arithmetic else), so every adapter has it
+        self.int8 = "dot4I8Packed"
         self.binding_alignment = lim["min-storage-buffer-offset-alignment"]
         self.max_binding = lim["max-storage-buffer-binding-size"]
         lo, hi = subgroup_sizes(self.adapter)

@@ -66,6 +66,12 @@ class WGSLRenderer(Renderer):
     def load_u32(self, p: Param, offset):
         return f"{p.name}[({offset}) / 4]"
 
+    def dot4_i8(self, a, b):
+        return f"dot4I8Packed({a}, {b})"  # naga lowers it to OpSDot, or to byte arithmetic
+
+    def store_u32(self, p: Param, offset, value):
+        return f"{p.name}[({offset}) / 4] = {value};"
+
     def bitcast_f32(self, x):
         return f"bitcast<f32>({x})"
 
