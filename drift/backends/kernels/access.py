@@ -110,6 +110,10 @@ class Accessor:
     def load(self, r: Renderer, *coords: str) -> str:
         """Element `coords` as f32 (i32 tensors: as u32)."""
         w = self._where(coords)
+        if isinstance(self.storage, Q8Blocks):  # int8 blocks: the value they represent
+            levels = (f"{r.f(254)} * {r.i8(self.plane('xq').u8(r, w['xq']))} + "
+                      f"{r.i8(self.plane('xr').u8(r, w['xr']))}")
+            return f"({self.plane('scale').load(r, w['scale'])} * ({levels}))"
         if self.dtype == "f16":  # a plain f16 weight: halves in a byte object
             reads = [o.f16(r, f"2 * ({w['offset']})") for o in self.objs]
         else:

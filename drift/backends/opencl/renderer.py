@@ -83,7 +83,8 @@ class OpenCLRenderer(Renderer):
         return SHUFFLES[self.shuffles][1].format(x=x, mask=mask)
 
     def dot4_i8(self, a, b):
-        return DOT4_I8[self.int8][1].format(a=a, b=b)
+        # (a graph given int8 x where int8 is off still runs: the byte-by-byte sum)
+        return DOT4_I8[self.int8 or "bytes"][1].format(a=a, b=b)
 
     def store_u32(self, p: Param, offset, value):
         return f"*(__global uint*)({p.name} + ({offset})) = {value};"
@@ -120,7 +121,7 @@ class OpenCLRenderer(Renderer):
     def render(self, k: KernelSource) -> str:
         out = [SHUFFLES[self.shuffles][0]] if k.subgroups else []
         if k.int8:
-            out.append(DOT4_I8[self.int8][0])
+            out.append(DOT4_I8[self.int8 or "bytes"][0])
         for h in k.helpers:
             args = [self._param(p) for p in h.buffers]
             args += [f"{self.types[t]} {a}" for a, t in h.args]
