@@ -692,9 +692,9 @@ def test_smollm2_topk_sampling_as_the_cpu_backend(api, smollm2_path):
 
 
 def test_quantize_q8_kernel_is_the_reference_arithmetic(api):
-    """The planes `ops_quant.quantize_planes` computes, from x with zero, tiny and huge
-    blocks: levels equal (a level may move by one where the division rounds otherwise, the
-    represented value then stays within the second level's step) and the values within it."""
+    """The values `ops_quant.quantize_planes` represents, from x with zero, tiny and huge
+    blocks, within the second level's step (2^-15 of the block's largest): a level may move by
+    one where the device's division rounds otherwise, so the levels are not compared."""
     from drift.ir.ops_quant import dequantize_planes, quantize_planes
 
     K = 32 * 13

@@ -183,7 +183,7 @@ class GPUBackend(Backend):
         """int8_dot: decode GEMVs on x as int8 blocks, through the device's int8 dot product
         (emulated where it has none). Off unless asked for (here or DRIFT_INT8_DOT=1): on the
         H200 the int8 GEMVs are faster alone on the large shapes but decode is slower with them
-        (the quantize kernels in front, BENCHMARKS.md, "int8 x")."""
+        (the quantize kernels in front; BENCHMARKS.md, "fifth run")."""
         self.rt: Runtime = self.make_runtime()
         probe_subgroups(self.rt)
         want = int8_choice(int8_dot)

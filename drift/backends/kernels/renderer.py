@@ -72,8 +72,8 @@ class Renderer:
     # smallest subgroup the device runs, checked by `gpu.probe_subgroups` when the runtime
     # starts); 0 where there are no subgroup shuffles (reductions through workgroup memory).
     subgroup_lanes = 0
-    # How `dot4_i8` is spelled on this device: a key of the renderer's table ("" where the
-    # device has no fast int8 dot product: decode GEMVs read f32 x)
+    # How `dot4_i8` is spelled on this device: a key of the renderer's table, set by
+    # `GPUBackend` when int8 x is asked for ("": off, decode GEMVs read f32 x)
     int8 = ""
 
     # -- declarations and expressions

@@ -362,8 +362,9 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     products): each run of four weights is one `dot4_i8` against the word of x's first level
     and one against its second, the group's sum `a * xd * (254 l1 + l2) + c * xs` (xd the x
     block's scale, xs its sum): per word of Q4_0 four dot products and three mask/shift ops
-    instead of eight multiply-adds and sixteen integer ops, so the GEMV reads at the memory's
-    speed, not the ALUs'."""
+    instead of eight multiply-adds and sixteen integer ops. (Predicted to make the GEMV
+    memory-bound; measured on the H200 it is 1.2-1.4x faster on WebGPU's large shapes and no
+    faster on OpenCL, where the x loads per word double: BENCHMARKS.md, "fifth run".)"""
     q8 = x.dtype == Q8
     b = Builder(r, f"{n.op}:gemv{'_q8' if q8 else ''}")
     b.int8 = q8
