@@ -29,7 +29,11 @@ $PIP -c scripts/constraints.txt wgpu pyopencl
 $PY -m drift pull smollm2-135m
 $PY -m drift pull gemma3-270m
 # The references the tests compare against: a missing one would turn its tests into skips.
-$PY -c "import torch, triton, transformers, accelerate, hypothesis, matplotlib, gguf, wgpu, pyopencl"
+$PY -c "import torch, triton, transformers, accelerate, hypothesis, matplotlib, gguf, wgpu, pyopencl, xdist"
 # ... and the C kernels must build, or their tests would skip.
 $PY -c "from drift.backends.cpu.native import library; assert library() is not None, 'C kernels did not build'"
-exec $PY -m pytest -q -p no:cacheprovider "$@"
+# One pytest worker per CPU (pytest-xdist): the suite is mostly single-threaded Python (the
+# Triton interpreter, small numpy ops), so two workers on CI's two cores take it from ~13 to
+# ~7 minutes. DRIFT_TEST_WORKERS=0 runs it in this process (a debugger, -x on the first
+# failure in order).
+exec $PY -m pytest -q -p no:cacheprovider -n "${DRIFT_TEST_WORKERS:-auto}" "$@"
