@@ -14,12 +14,14 @@ anything.
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 
 import numpy as np
 
 from drift.backends import backend_class
 from drift.backends.kernels import templates
+from drift.backends.kernels.gpu import GPUBackend
 from drift.ir import GraphBuilder
 from drift.passes.storage import BLOCK_FIELDS, block_size
 
@@ -29,13 +31,27 @@ SHAPES = {  # (N, K) of a layer's matmuls: attention q/o, kv, ffn gate/up, ffn d
     "8b": [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 4096)],
 }
 
-# templates' tile constants tried by --variants (the first of each: the defaults)
+# tile constants tried by --variants, one at a time (the first of each: the default): the
+# templates' and the quant planes' tile (GPUBackend.kernel_tile_rows: 1 is the GEMV with a
+# row's threads on consecutive words, GEMV_LANES the one with rows on lanes)
 VARIANTS = {
-    "GEMV_WORDS": [templates.GEMV_WORDS, 2, 8, 16],
-    "GEMV_ROW_TILE": [templates.GEMV_ROW_TILE, 1, 4],
-    "GEMV_UNROLL": [templates.GEMV_UNROLL, 1, 8],
+    "GEMV_VEC_UNROLL": [templates.GEMV_VEC_UNROLL, 1, 4, 8],
+    "GEMV_WG": [templates.GEMV_WG, 128, 512],
+    "GEMV_MIN_STEPS": [templates.GEMV_MIN_STEPS, 2, 8],
+    "GEMV_VEC": [templates.GEMV_VEC, 1],
+    "kernel_tile_rows": [GPUBackend.kernel_tile_rows, 1],
     "GEMM_TILE": [templates.GEMM_TILE, (64, 32, 32, 8, 4), (32, 64, 32, 4, 8), (64, 64, 16, 8, 8)],
 }
+# ... and together: the GEMV of a row's threads on consecutive words, at its tile constants
+COMBOS = [
+    {"kernel_tile_rows": 1, "GEMV_ROW_TILE": 4},
+    {"kernel_tile_rows": 1, "GEMV_VEC": 1},
+    {"kernel_tile_rows": 1, "GEMV_VEC": 1, "GEMV_ROW_TILE": 4},
+]
+
+
+def _owner(key: str):
+    return GPUBackend if key == "kernel_tile_rows" else templates
 
 
 def random_blocks(qtype: str, n: int, k: int, rng) -> np.ndarray:
@@ -48,15 +64,32 @@ def random_blocks(qtype: str, n: int, k: int, rng) -> np.ndarray:
     return raw.reshape(n, -1)
 
 
+_BACKENDS: dict = {}
+
+
+def backend_for(api: str, int8: bool):
+    """One backend per (api, int8) for the whole run, its weights loaded once: NVIDIA's
+    OpenCL has crashed when a second context was made after the first was dropped."""
+    key = (api, int8, GPUBackend.kernel_tile_rows)  # (the planes' tile: another upload)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = backend_class(api)(int8_dot=int8)
+    return _BACKENDS[key]
+
+
 def time_matmul(api: str, qtype: str, S: int, N: int, K: int, reps: int, rng,
-                int8: bool = False) -> float:
+                int8: bool = False) -> tuple[float, float | None]:
     """Seconds per launch of the matmul kernel of x (S, K) @ w (N, K)^T (int8: x quantized
-    to int8 blocks first, by a kernel not timed: the int8-x GEMV alone)."""
-    be = backend_class(api)(int8_dot=int8)
-    be.load_raw("w", (N, K), qtype, random_blocks(qtype, N, K, rng))
+    to int8 blocks first, by a kernel not timed: the int8-x GEMV alone): on the host over
+    `reps` launches in one submission (bounded below by the API's launch cost), and the
+    median of the device's own timestamps of each (None where it gives none)."""
+    be = backend_for(api, int8)
+    name = f"w_{qtype}_{N}_{K}"
+    if not be.has_weight(name):
+        be.load_raw(name, (N, K), qtype, random_blocks(qtype, N, K, rng))
     b = GraphBuilder("mm")
     x = b.input("x", (S, K), "f32")
-    b.output(b.op("matmul", b.op("quantize_q8", x) if int8 else x, b.weight("w", (N, K), qtype)))
+    b.output(b.op("matmul", b.op("quantize_q8", x) if int8 else x,
+                  b.weight(name, (N, K), qtype)))
     prog = be.compile(b.finish())
     feeds = {"x": rng.standard_normal((S, K)).astype(np.float32)}
     prog.run(feeds)  # warm: compiled, bound, first touch (and x's int8 blocks written)
@@ -68,7 +101,9 @@ def time_matmul(api: str, qtype: str, S: int, N: int, K: int, reps: int, rng,
         be.rt.run(timed * reps, writes, [])
         be.rt.sync()
         best = min(best, (time.perf_counter() - t0) / reps)
-    return best
+    timing = be.rt.timed(timed * reps, writes)
+    device = float(np.median(timing.seconds)) if timing is not None else None
+    return best, device
 
 
 def main() -> None:
@@ -82,39 +117,53 @@ def main() -> None:
                    "f32,int8")
     p.add_argument("--variants", action="store_true",
                    help="every value of each tile constant in VARIANTS, one at a time")
+    p.add_argument("--set", default="", metavar="K=V,..",
+                   help="constants for the whole run instead (a fresh process per setting: "
+                   "NVIDIA's OpenCL has crashed on a second backend in one process)")
     a = p.parse_args()
     rng = np.random.default_rng(0)
-    settings = [("default", None, None)]
+    fixed = dict(kv.split("=", 1) for kv in a.set.split(",") if kv)
+    settings: list[tuple[str, dict]] = [(a.set or "default",
+                                         {k: ast.literal_eval(v) for k, v in fixed.items()})]
     if a.variants:
-        settings += [(f"{k}={v}", k, v) for k, vs in VARIANTS.items() for v in vs[1:]]
-    print("| api | variant | type | S | N | K | us/launch | weight MB | GB/s | GFLOP/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        settings += [(f"{k}={v}", {k: v}) for k, vs in VARIANTS.items() for v in vs[1:]]
+        settings += [(",".join(f"{k}={v}" for k, v in c.items()), c) for c in COMBOS]
+    print("| api | variant | type | S | N | K | us/launch | device us | weight MB "
+          "| GB/s (device) | GFLOP/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for api in a.apis.split(","):
         if not backend_class(api).available():
             print(f"| {api} | (no device) |")
             continue
-        for label, key, value in settings:
-            saved = getattr(templates, key) if key else None
-            if key:
-                setattr(templates, key, value)
+        for label, setting in settings:
+            saved = {k: getattr(_owner(k), k) for k in setting}
+            for k, v in setting.items():
+                setattr(_owner(k), k, v)
             try:
                 for qtype in a.types.split(","):
                     for S in (int(s) for s in a.rows.split(",")):
-                        if key and key.startswith("GEMV") != (S <= templates.GEMV_ROWS):
-                            continue  # the constant does not touch this stage's kernel
+                        gemv = S <= templates.GEMV_ROWS
+                        if setting and a.variants and not any(k.startswith("GEMV") == gemv
+                                               or k == "kernel_tile_rows" for k in setting):
+                            continue  # the constants do not touch this stage's kernel
                         for N, K in SHAPES[a.shapes]:
-                          for xk in a.x.split(","):
-                            if xk == "int8" and S != 1:
-                                continue
-                            t = time_matmul(api, qtype, S, N, K, a.reps, rng, xk == "int8")
-                            E, B = block_size(qtype)
-                            mb = N * K // E * B / 1e6
-                            print(f"| {api} | {label} x {xk} | {qtype} | {S} | {N} | {K} "
-                                  f"| {t * 1e6:.0f} | {mb:.1f} | {mb / 1e3 / t:.1f} "
-                                  f"| {2 * S * N * K / t / 1e9:.1f} |", flush=True)
+                            for xk in a.x.split(","):
+                                if xk == "int8" and S != 1:
+                                    continue
+                                row(api, label, qtype, S, N, K, xk, a.reps, rng)
             finally:
-                if key:
-                    setattr(templates, key, saved)
+                for k, v in saved.items():
+                    setattr(_owner(k), k, v)
+
+
+def row(api, label, qtype, S, N, K, xk, reps, rng) -> None:
+    t, dev = time_matmul(api, qtype, S, N, K, reps, rng, xk == "int8")
+    E, B = block_size(qtype)
+    mb = N * K // E * B / 1e6
+    td = dev or t
+    print(f"| {api} | {label} x {xk} | {qtype} | {S} | {N} | {K} | {t * 1e6:.1f} "
+          f"| {dev * 1e6 if dev else float('nan'):.1f} | {mb:.1f} | {mb / 1e3 / td:.1f} "
+          f"| {2 * S * N * K / td / 1e9:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

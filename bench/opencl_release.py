@@ -4,17 +4,25 @@ its exit status printed.
 
     python bench/opencl_release.py            # every variant, one line each
     python bench/opencl_release.py VARIANT    # one, in this process
+    OPENCL_RELEASE_MODEL=m.gguf python bench/opencl_release.py   # also the model variants
+
+The model variants: an Engine that prefills and decodes, then is dropped (`engine`); the same
+after a longer prompt has grown the arena (`engine-grow`: the old arena's sub-buffers
+released by `forget`); `drift bench` through `drift.cli.main`, returning normally
+(`cli-bench`). Each prints a line at every stage, so the last line says how far it got.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 
 import numpy as np
 
 VARIANTS = ("make", "run", "run-pyopencl-launches", "run-keep-runtime", "two-runs")
+MODEL_VARIANTS = ("engine", "engine-grow", "cli-bench")
 _kept = []
 
 
@@ -29,8 +37,34 @@ def _matmul(be, rng):
     return prog
 
 
+def model_variant(name: str, model: str) -> None:
+    if name == "cli-bench":
+        from drift.cli import main
+
+        rc = main(["bench", model, "-p", "64", "-n", "4", "-r", "1", "--device", "opencl",
+                   "--no-ceilings"])
+        print(f"{name}: main returned {rc}", flush=True)
+        return
+    from drift.runtime.engine import Engine
+
+    eng = Engine(model, device="opencl", ctx=512)
+    eng.prefill([1, 2, 3, 4])
+    eng.forward([5], 4)
+    print(f"{name}: ran", flush=True)
+    if name == "engine-grow":
+        eng.reset()
+        eng.prefill(list(range(1, 300)))
+        print(f"{name}: grown", flush=True)
+    del eng
+    gc.collect()
+    print(f"{name}: released", flush=True)
+
+
 def variant(name: str) -> None:
     from drift.backends import backend_class
+
+    if name in MODEL_VARIANTS:
+        return model_variant(name, os.environ["OPENCL_RELEASE_MODEL"])
 
     rng = np.random.default_rng(0)
     for _ in range(2 if name == "two-runs" else 1):
@@ -52,7 +86,8 @@ def main() -> int:
     if len(sys.argv) > 1:
         variant(sys.argv[1])
         return 0
-    for v in VARIANTS:
+    model_variants = MODEL_VARIANTS if os.environ.get("OPENCL_RELEASE_MODEL") else ()
+    for v in (*VARIANTS, *model_variants):
         p = subprocess.run([sys.executable, __file__, v], capture_output=True, text=True)
         print(f"{v}: rc={p.returncode} {p.stdout.strip().splitlines()[-1:] or ''}", flush=True)
     return 0

@@ -131,12 +131,18 @@ def test_quantized_matmul_against_gguf_py(api, qtype):
     assert np.abs(got[b.graph.outputs[0]] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.parametrize("tile", [8, 1])
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
 @pytest.mark.parametrize("S,N", [(1, 131), (2, 200), (4, 67), (9, 131)])
-def test_matmul_stages_against_gguf_py(api, qtype, S, N):
-    """The GEMV (S <= GEMV_ROWS: weight words, two rows a thread past 128 rows) and the tiled
-    GEMM (past that), on N not a multiple of any tile and K of several steps."""
+def test_matmul_stages_against_gguf_py(api, qtype, S, N, tile, monkeypatch):
+    """The GEMV (S <= GEMV_ROWS: weight words; rows on lanes where the planes are tiled, the
+    backends' 8, or a row's threads on consecutive words, two rows a thread past 128 rows,
+    at tile 1) and the tiled GEMM (past that), on N not a multiple of any tile and K of
+    several steps."""
     from drift.backends.kernels import templates
+    from drift.backends.kernels.gpu import GPUBackend
+
+    monkeypatch.setattr(GPUBackend, "kernel_tile_rows", tile)
 
     K = 768 if block_size(qtype)[0] == 32 else 1024
     blocks = _random_blocks(qtype, N, K)
@@ -716,11 +722,16 @@ def test_quantize_q8_kernel_is_the_reference_arithmetic(api):
     assert np.all(got[0, :32] == 0)
 
 
+@pytest.mark.parametrize("tile", [8, 1])
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
-def test_int8_gemv_against_gguf_py(api, qtype):
-    """The int8-x GEMV of every weight type it reads, two rows a thread (N past 128) and a
-    ragged last workgroup, against float64 on the values the int8 blocks represent."""
+def test_int8_gemv_against_gguf_py(api, qtype, tile, monkeypatch):
+    """The int8-x GEMV of every weight type it reads, rows on lanes (planes tiled by 8) and
+    a row's threads on consecutive words (tile 1: two rows a thread, N past 128), a ragged
+    last workgroup, against float64 on the values the int8 blocks represent."""
+    from drift.backends.kernels.gpu import GPUBackend
     from drift.ir.ops_quant import quantize_blocks
+
+    monkeypatch.setattr(GPUBackend, "kernel_tile_rows", tile)
 
     N, K = 133, 768 if block_size(qtype)[0] == 32 else 1024
     blocks = _random_blocks(qtype, N, K)

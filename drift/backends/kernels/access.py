@@ -30,6 +30,11 @@ class Chunk:
     shift: int
 
 
+def _x4(p: Param) -> Param:
+    """Byte binding `p` seen as 16-byte words (bound a second time at the same place)."""
+    return Param(f"{p.name}x4", "u32x4", False, view_of=p.name)
+
+
 @dataclass(frozen=True)
 class Obj:
     """A physical object: one binding, or several of `chunk` units each (units are elements
@@ -71,6 +76,21 @@ class Obj:
     def u32(self, r: Renderer, offset: str) -> str:
         """The word at byte `offset` (a multiple of 4: chunks are cut at multiples of 256)."""
         return self._pick(r, offset, r.load_u32)
+
+    def wide(self) -> bool:
+        """Whether `u32x4` may read this byte object: every chunk bound at its start (no
+        shift) and cut at a multiple of 16 bytes, so no aligned 16 bytes straddle two."""
+        return (self.kind == "u8" and all(c.shift == 0 for c in self.chunks)
+                and (len(self.chunks) == 1 or self.chunk % 16 == 0))
+
+    def u32x4_params(self) -> list[Param]:
+        """The views `u32x4` reads through: each chunk's binding seen as 16-byte words."""
+        return [_x4(c.param) for c in self.chunks]
+
+    def u32x4(self, r: Renderer, offset: str) -> str:
+        """The four words at byte `offset` (a multiple of 16) as one u32x4: one 16-byte load
+        (`wide()` must hold; the kernel binds `u32x4_params()`)."""
+        return self._pick(r, offset, lambda p, at: r.load(_x4(p), f"({at}) / 16"))
 
     def store(self, r: Renderer, index: str, value: str) -> str:
         if len(self.chunks) == 1:

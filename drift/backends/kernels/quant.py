@@ -168,13 +168,21 @@ class Group:
     whole x block of 32 (Q4_0's offset, Q4_1's min, Q4_K's sub-block min), the condition that
     this word holds that block's first elements: its reader adds c times the block's sum
     (`Q8Blocks`' sums), the others nothing. "" where c covers less (Q6_K's 16): the word's
-    own x sum is computed."""
+    own x sum is computed. `ints_c`: the int8 reading's c where it differs from the f32
+    one (Q4_0, Q6_K: the f32 elems carry their offset, subtracted in the conversion for free;
+    the ints do not)."""
 
     a: str
     c: str
     elems: list[tuple[str, str]]  # in runs of 4 consecutive elements, each from a multiple of 4
     ints: tuple[str, ...] = ()
     c_lead: str = ""
+    ints_c: str | None = None
+
+    @property
+    def int_c(self) -> str:
+        """c of the int8 reading."""
+        return self.c if self.ints_c is None else self.ints_c
 
     def runs(self) -> list[list[tuple[str, str]]]:
         """The elements four at a time: the GEMV reads the x of each run as one f32x4."""
@@ -207,9 +215,9 @@ def small_f32(r: Renderer, bits: str, bias: int = 0) -> str:
 NIBBLES = "252645135u"  # 0x0F0F0F0F: the low nibble of each byte
 
 
-def _nibbles(r: Renderer, q: str, shift: int) -> list[str]:
-    """The four nibbles at bit `shift` of each byte of u32 `q`, as f32."""
-    return [small_f32(r, f"(({q} >> {8 * i + shift}) & 15)") for i in range(4)]
+def _nibbles(r: Renderer, q: str, shift: int, bias: int = 0) -> list[str]:
+    """The four nibbles at bit `shift` of each byte of u32 `q`, less `bias`, as f32."""
+    return [small_f32(r, f"(({q} >> {8 * i + shift}) & 15)", bias) for i in range(4)]
 
 
 def _words_q4(r: Renderer, with_min: bool) -> Words:
@@ -218,11 +226,13 @@ def _words_q4(r: Renderer, with_min: bool) -> Words:
         lines = [r.let("d", "f32", _half(r, w, o, "d"))]
         if with_min:
             lines.append(r.let("mb", "f32", _half(r, w, o, "m")))
-        elems = [(v, f"4 * {j} + {i}") for i, v in enumerate(_nibbles(r, q, 0))]
-        elems += [(v, f"16 + 4 * {j} + {i}") for i, v in enumerate(_nibbles(r, q, 4))]
+        bias = 0 if with_min else 8  # Q4_0's offset: in the f32 elems, not in the ints
+        elems = [(v, f"4 * {j} + {i}") for i, v in enumerate(_nibbles(r, q, 0, bias))]
+        elems += [(v, f"16 + 4 * {j} + {i}") for i, v in enumerate(_nibbles(r, q, 4, bias))]
         ints = (f"({q} & {NIBBLES})", f"(({q} >> 4u) & {NIBBLES})")
-        return lines, [Group("d", "mb" if with_min else f"-{r.f(8)} * d", elems, ints,
-                             f"{j} == 0u")]
+        if with_min:
+            return lines, [Group("d", "mb", elems, ints, f"{j} == 0u")]
+        return lines, [Group("d", "", elems, ints, f"{j} == 0u", f"-{r.f(8)} * d")]
 
     return Words("qs", 4, lambda j: [], read)
 
@@ -285,11 +295,11 @@ def _words_q6_k(r: Renderer) -> Words:
             lines.append(r.let(f"dl{h}", "f32",
                                f"d * {r.i8(_byte(r, w, o, 'scales', sb))}"))
             elems = [(small_f32(r, f"(({q} >> {8 * i + 4 * h}) & 15) | "
-                                   f"(((qh >> ({8 * i + 4 * h} + sh)) & 3) << 4)"),
+                                   f"(((qh >> ({8 * i + 4 * h} + sh)) & 3) << 4)", 32),
                       f"128 * hh + {64 * h} + l0 + {i}") for i in range(4)]
             ints = (f"(({q} >> {4 * h}u) & {NIBBLES}) | "
                     f"(((qh >> ({4 * h}u + sh)) & 50529027u) << 4u)",)  # 0x03030303
-            groups.append(Group(f"dl{h}", f"-{r.f(32)} * dl{h}", elems, ints))
+            groups.append(Group(f"dl{h}", "", elems, ints, ints_c=f"-{r.f(32)} * dl{h}"))
         return lines, groups
 
     return Words("ql", 32, at, read)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 # Kinds of buffer a kernel binds: float32 elements, int32 elements, raw bytes (quant planes,
-# f16 weights), which WGSL can only hold as u32 words, or float32 read four at a time (a
-# second binding of an f32 buffer: `view_of`).
-KINDS = ("f32", "i32", "u8", "f32x4")
+# f16 weights), which WGSL can only hold as u32 words, or float32 / u32 read four at a time
+# (a second binding of an f32 or a byte buffer: `view_of`).
+KINDS = ("f32", "i32", "u8", "f32x4", "u32x4")
 
 
 @dataclass(frozen=True)

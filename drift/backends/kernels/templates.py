@@ -12,10 +12,11 @@ layer) compile once.
                   size-1 axes
     rms_norm      one workgroup per row: strided sum of squares, tree reduction (fused
                   with the residual add before it: add_rms_norm)
-    matmul        one workgroup per (columns, tile of up to 8 rows): each thread walks its
-                  blocks of K dequantizing the weight once per element for the tile's rows,
-                  then a segmented tree reduction; ffn_gate_up: two weights, the gated
-                  activation as epilogue (x read in one kernel, the projections never stored)
+    matmul        decode: the GEMV over the weight's quant words (rows on lanes of a tile
+                  of the planes); prefill: the tiled GEMM; else one workgroup per (columns,
+                  tile of up to 8 rows) walking its blocks of K; ffn_gate_up: two weights,
+                  the gated activation as epilogue (x read in one kernel, the projections
+                  never stored)
     embedding     one thread per output element (quantized tables dequantize the row read)
     rope          one thread per rotated pair (and one per passed-through element)
     kv_write      one thread per element written
@@ -28,6 +29,7 @@ layer) compile once.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from math import prod
 
@@ -48,6 +50,12 @@ GEMV_ROWS = 4  # rows of x up to which a matmul is a GEMV (decode), past which a
 GEMV_WORDS = 4  # quant words each GEMV thread reads at least (fewer threads per row below)
 GEMV_ROW_TILE = 2  # weight rows each GEMV thread reads at the same words (x reused)
 GEMV_UNROLL = 4  # words each GEMV thread reads per loop step (loads issued before use)
+GEMV_VEC = 4  # words of a weight row a GEMV thread reads in one (16-byte) load where it can
+GEMV_VEC_UNROLL = 2  # such loads per row each GEMV thread issues per loop step
+# The GEMV with rows on lanes, for weights whose quant planes are tiled by T > 1 rows (the
+# GPU backends tile them by GEMV_LANES): a workgroup of up to GEMV_WG threads, T (one a row
+# of the tile) times the shares of K, each share at least GEMV_MIN_STEPS loads
+GEMV_LANES, GEMV_WG, GEMV_MIN_STEPS = 8, 256, 4
 GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
 ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 ATTN_SPLIT_TILE = 64  # the same in split-K (decode) attention, whose workgroups take few keys
@@ -141,8 +149,12 @@ class Builder:
         return lines + [f"{var} = {total};"]
 
     def finish(self, body: list[str], groups: int) -> tuple[KernelSource, int]:
-        return (KernelSource(self.name, list(self.params.values()), self.wg,
-                             "\n    ".join(body), self.shared,
+        """The kernel, binding only the params its body names (a template may `use` a whole
+        accessor and read some of its planes only, or only through a wide view of them)."""
+        text = "\n    ".join(body)
+        named = set(re.findall(r"\w+", text))
+        params = [p for p in self.params.values() if p.name in named or not p.name.isidentifier()]
+        return (KernelSource(self.name, params, self.wg, text, self.shared,
                              subgroups=self.subgroups, int8=self.int8), groups)
 
 
@@ -348,45 +360,73 @@ def _epilogue(r: Renderer, n: Node, vals: list[str], biases: list[Accessor],
 
 def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
           biases: list[Accessor]):
-    """Decode (a few rows of x): TPR consecutive threads read a weight row as consecutive
-    32-bit words of its quant plane (coalesced), each thread GEMV_ROW_TILE rows at the same
-    words so that every x value it loads serves them all; each word's weights are multiplied
-    into the S rows of x in f32 registers (one multiply-add per weight and row, the group's
-    scale once: `quant.Words`), x read four elements at a time where its binding allows
-    (every reader's elements come in aligned runs of four); GEMV_UNROLL words per thread
-    loaded before any is used. The TPR threads of a row then sum their parts: by subgroup
-    shuffles where the device has them (TPR at most `Renderer.subgroup_lanes`: no workgroup
-    memory, no barrier), else a segmented tree in workgroup memory.
+    """Decode (a few rows of x), reading each weight row as the 32-bit words of its quant
+    plane, GEMV_VEC words (16 bytes) a load where the plane allows (`_wide_words`), each
+    word's weights multiplied into the S rows of x in f32 registers (one multiply-add per
+    weight and row, the group's scale once: `quant.Words`; Q4_0's and Q6_K's offsets taken
+    off in the conversion), x read four elements at a time where its binding allows. Two
+    ways to map threads, by the planes' tile (`QuantBlockPlanes.tile_rows`):
+
+    rows on lanes (tile T > 1, the GPU backends' GEMV_LANES): thread lid % T on row
+        grp * T + lid % T, so consecutive threads read the consecutive 16-byte slots of one
+        block of T rows and the same x (one broadcast load); the lid / T-th of up to
+        GEMV_WG / T contiguous shares of the row's loads; the shares summed through
+        workgroup memory. x is read once per T rows, and the workgroups are N / T (on the
+        H200, tiles of 8 rows: 8B decode 230 tok/s against 158 for one row, 161 for 32;
+        BENCHMARKS.md, "sixth run").
+    a row's threads on consecutive words (tile 1): TPR consecutive threads on one row, each
+        GEMV_ROW_TILE rows at the same words (x reused), GEMV_UNROLL (GEMV_VEC_UNROLL) loads
+        in flight, the TPR parts summed by subgroup shuffles where the device has them (TPR
+        at most `Renderer.subgroup_lanes`), else a segmented tree in workgroup memory. With
+        16-byte loads a thread's x is a whole block, so a subgroup's x loads stride across
+        32 blocks: the reason the tile exists.
 
     x as int8 blocks (dtype q8x, one row: the quantize pass's, where the device has int8 dot
     products): each run of four weights is one `dot4_i8` against the word of x's first level
     and one against its second, the group's sum `a * xd * (254 l1 + l2) + c * xs` (xd the x
     block's scale, xs its sum): per word of Q4_0 four dot products and three mask/shift ops
-    instead of eight multiply-adds and sixteen integer ops. (Predicted to make the GEMV
-    memory-bound; measured on the H200 it is 1.2-1.4x faster on WebGPU's large shapes and no
-    faster on OpenCL, where the x loads per word double: BENCHMARKS.md, "fifth run".)"""
+    instead of eight multiply-adds and sixteen integer ops. (Measured on the H200 with rows
+    on lanes of 8 it is slower end to end than f32 x, 205 against 230 tok/s on the 8B: the
+    quantize launches in front.)"""
     q8 = x.dtype == Q8
-    b = Builder(r, f"{n.op}:gemv{'_q8' if q8 else ''}")
-    b.int8 = q8
-    b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     assert not q8 or S == 1, "int8 x: one row"
     readers = [WORDS[w.dtype](r) for w in ws]
     W = max(K // block_size(w.dtype)[0] * rd.per_block for w, rd in zip(ws, readers))
-    R = max(1, min(GEMV_ROW_TILE, N // 64))  # rows per thread (small N: threads instead)
-    # threads per row: a power of 2 leaving each thread at least GEMV_WORDS words
-    TPR = min(b.wg, 1 << max(0, (W // GEMV_WORDS).bit_length() - 1))
-    lanes = r.subgroup_lanes
-    if lanes:
-        TPR = min(TPR, lanes)  # a row's threads within one subgroup: summed by shuffles
-    RPW = b.wg // TPR * R  # rows per workgroup
-    groups = -(-N // RPW)
+    T = ws[0].storage.tile_rows
+    on_lanes = T > 1 and all(w.storage.tile_rows == T for w in ws)
+    if on_lanes:
+        # rows on lanes: thread lid % T on row grp * T + lid % T (a tile: consecutive
+        # threads read consecutive slots, x the same for all of them), the lid / T-th of
+        # `split` contiguous shares of the row's steps
+        R = 1
+        steps = [K // block_size(w.dtype)[0] * rd.per_block
+                 // (GEMV_VEC if _wide_words(w, rd) else 1) for w, rd in zip(ws, readers)]
+        split = max(1, GEMV_WG // T)
+        while split > 1 and (any(st % split for st in steps)
+                             or min(steps) // split < GEMV_MIN_STEPS):
+            split //= 2
+        b = Builder(r, f"{n.op}:gemv{'_q8' if q8 else ''}", T * split)
+        RPW, TPR, groups = T, split, -(-N // T)
+        mapping = [r.let("kl", "u32", f"lid / {T}"), r.let("c0", "u32", f"grp * {T} + lid % {T}")]
+    else:
+        b = Builder(r, f"{n.op}:gemv{'_q8' if q8 else ''}")
+        R = max(1, min(GEMV_ROW_TILE, N // 64))  # rows per thread (small N: threads instead)
+        # threads per row: a power of 2 leaving each thread at least GEMV_WORDS words
+        TPR = min(b.wg, 1 << max(0, (W // GEMV_WORDS).bit_length() - 1))
+        if r.subgroup_lanes:
+            TPR = min(TPR, r.subgroup_lanes)  # a row's threads in one subgroup: shuffles
+        RPW = b.wg // TPR * R  # rows per workgroup
+        groups = -(-N // RPW)
+        mapping = [r.let("kl", "u32", f"lid % {TPR}"),
+                   r.let("c0", "u32", f"grp * {RPW} + lid / {TPR} * {R}")]
+    b.int8 = q8
+    b.use(x, out, *biases)
     x4 = x.vec4_param() if K % 4 == 0 and not q8 else None
     if x4 is not None:
         b.params[x4.name] = x4
     body = b.group(groups) + [
-        r.let("kl", "u32", f"lid % {TPR}"),
-        r.let("c0", "u32", f"grp * {RPW} + lid / {TPR} * {R}"),
+        *mapping,
         # rows past N read row N - 1 and store nothing: every thread reaches the reduction
         *(r.let(f"wr{ri}", "u32", f"min(c0 + {ri}, {N - 1}u)") for ri in range(R)),
         *(r.array(f"acc{i}", "f32", S * R) for i in range(len(ws))),
@@ -403,52 +443,80 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     for i, (w, rd) in enumerate(zip(ws, readers)):
         b.use(w)
         E = block_size(w.dtype)[0]
-        word = [r.let("blk", "u32", f"wi / {rd.per_block}"),
-                r.let("wj", "u32", f"wi % {rd.per_block}"),
-                r.let("k0", "u32", f"blk * {E}"), *rd.at("wj")]
-        _, o = block_offsets(r, w, "wr0", "k0")
-        _, grps = rd.read(w, o, "wj", "q")  # the element offsets: the same for every row
-        for g, grp in enumerate(grps):
-            if q8:
-                word += _x_int8(r, x, g, grp)
-                continue
-            for c, run in enumerate(grp.runs()):
-                for t in range(S):
-                    word.append(r.let(f"xv{g}_{c}_{t}", "f32x4", xrun(t, run[0][1])))
-            if grp.c:
-                for t in range(S):
-                    total = " + ".join(r.dot4(f"xv{g}_{c}_{t}", one4)
-                                       for c in range(len(grp.runs())))
-                    word.append(r.let(f"xs{g}_{t}", "f32", total))
+        plane = w.plane(rd.plane)
+        V = GEMV_VEC if _wide_words(w, rd) else 1  # words per load
+        if V > 1:
+            b.params.update((p.name, p) for p in plane.u32x4_params())
+        # a step: V consecutive words of one block for each of the thread's rows, loaded
+        # together, then each word's groups
+        step = [r.let("wv", "u32", f"wi * {V}"), r.let("blk", "u32", f"wv / {rd.per_block}"),
+                r.let("wj0", "u32", f"wv % {rd.per_block}"), r.let("k0", "u32", f"blk * {E}")]
         for ri in range(R):
-            offs, o = block_offsets(r, w, f"wr{ri}", "k0")
-            lines, grps = rd.read(w, o, "wj", "q")
-            row = [*offs, r.let("q", "u32", w.plane(rd.plane).u32(r, f"{o[rd.plane]} + 4 * wj")),
-                   *lines]
+            at = f"{w.block_at(r, f'wr{ri}', 'k0')[rd.plane]} + 4 * wj0"
+            step.append(r.let(f"qv{ri}", "u32x4", plane.u32x4(r, at)) if V > 1
+                        else r.let(f"qv{ri}", "u32", plane.u32(r, at)))
+        for v in range(V):
+            q = [f"qv{ri}.{'xyzw'[v]}" if V > 1 else f"qv{ri}" for ri in range(R)]
+            word = [r.let("wj", "u32", f"wj0 + {v}" if V > 1 else "wj0"), *rd.at("wj")]
+            _, o = block_offsets(r, w, "wr0", "k0")
+            _, grps = rd.read(w, o, "wj", q[0])  # the element offsets: the same for every row
             for g, grp in enumerate(grps):
-                a = f"acc{i}[{ri}]"
-                if q8:  # the two levels' integer dot products, then the group's scales
-                    levels = [" + ".join(r.dot4_i8(v, f"x{lv}{g}_{c}")
-                                         for c, v in enumerate(grp.ints)) for lv in "qr"]
-                    row.append(r.let(f"l{g}", "i32", f"254 * ({levels[0]}) + {levels[1]}"))
-                    more = f" + ({grp.c}) * xs{g}" if grp.c else ""
-                    row.append(f"{a} = {a} + ({grp.a}) * xd{g} * {r.cast('f32', f'l{g}')}"
-                               f"{more};")
+                if q8:
+                    word += _x_int8(r, x, g, grp)
                     continue
                 for c, run in enumerate(grp.runs()):
-                    row.append(r.let(f"q{g}_{c}", "f32x4", r.vec4(*(qf for qf, _ in run))))
-                for t in range(S):
-                    dot = " + ".join(r.dot4(f"q{g}_{c}", f"xv{g}_{c}_{t}")
-                                     for c in range(len(grp.runs())))
-                    more = f" + ({grp.c}) * xs{g}_{t}" if grp.c else ""
-                    a = f"acc{i}[{t * R + ri}]"
-                    row.append(f"{a} = {a} + ({grp.a}) * ({dot}){more};")
-            word += ["{", *("    " + x for x in row), "}"]
-        Wi = K // E * rd.per_block
-        body += ["{", *("    " + x for x in _word_loop(r, word, Wi, TPR)), "}"]
+                    for t in range(S):
+                        word.append(r.let(f"xv{g}_{c}_{t}", "f32x4", xrun(t, run[0][1])))
+                if grp.c:
+                    for t in range(S):
+                        total = " + ".join(r.dot4(f"xv{g}_{c}_{t}", one4)
+                                           for c in range(len(grp.runs())))
+                        word.append(r.let(f"xs{g}_{t}", "f32", total))
+            for ri in range(R):
+                offs, o = block_offsets(r, w, f"wr{ri}", "k0")
+                lines, grps = rd.read(w, o, "wj", q[ri])
+                row = [*offs, *lines]
+                for g, grp in enumerate(grps):
+                    a = f"acc{i}[{ri}]"
+                    if q8:  # the two levels' integer dot products, then the group's scales
+                        levels = [" + ".join(r.dot4_i8(v, f"x{lv}{g}_{c}")
+                                             for c, v in enumerate(grp.ints)) for lv in "qr"]
+                        row.append(r.let(f"l{g}", "i32", f"254 * ({levels[0]}) + {levels[1]}"))
+                        more = f" + ({grp.int_c}) * xs{g}" if grp.int_c else ""
+                        row.append(f"{a} = {a} + ({grp.a}) * xd{g} * {r.cast('f32', f'l{g}')}"
+                                   f"{more};")
+                        continue
+                    for c, run in enumerate(grp.runs()):
+                        row.append(r.let(f"q{g}_{c}", "f32x4", r.vec4(*(qf for qf, _ in run))))
+                    for t in range(S):
+                        dot = " + ".join(r.dot4(f"q{g}_{c}", f"xv{g}_{c}_{t}")
+                                         for c in range(len(grp.runs())))
+                        more = f" + ({grp.c}) * xs{g}_{t}" if grp.c else ""
+                        a = f"acc{i}[{t * R + ri}]"
+                        row.append(f"{a} = {a} + ({grp.a}) * ({dot}){more};")
+                word += ["{", *("    " + x for x in row), "}"]
+            step += ["{", *("    " + x for x in word), "}"]
+        n_steps = K // E * rd.per_block // V
+        unroll = GEMV_UNROLL if V == 1 else GEMV_VEC_UNROLL
+        if on_lanes:  # this share: steps kl * per ..; each weight's steps divide by TPR
+            per = n_steps // TPR
+            assert per * TPR == n_steps, "the shares of a row's steps are not equal"
+            loop = _word_loop(r, step, per, unroll, f"kl * {per}", 1)
+        else:  # steps kl, kl + TPR, ..
+            loop = _word_loop(r, step, n_steps // TPR, unroll, "kl", TPR,
+                              n_steps if n_steps % TPR else 0)
+        body += ["{", *("    " + x for x in loop), "}"]
     values = [f"acc{i}[{t * R + ri}]" for i in range(len(ws)) for t in range(S)
               for ri in range(R)]
-    if lanes:
+    if on_lanes:  # the shares of each row summed through workgroup memory
+        sums = values
+        if TPR > 1:
+            b.shared.append(("red", "f32", len(values) * b.wg))
+            body += [f"red[{v * b.wg} + lid] = {val};" for v, val in enumerate(values)]
+            body.append(r.barrier())
+            sums = [" + ".join(f"red[{v * b.wg + k * RPW} + lid]" for k in range(TPR))
+                    for v in range(len(values))]
+    elif r.subgroup_lanes:
         body += b.shuffle_sum(values, TPR)
         sums = values
     else:
@@ -478,10 +546,10 @@ def _x_int8(r: Renderer, x: Accessor, g: int, grp: Group) -> list[str]:
              for lv in "qr" for c, off in enumerate(offs)]
     block = f"(k0 + {offs[0]}) / {QBLOCK}"
     lines.append(r.let(f"xd{g}", "f32", x.plane("scale").load(r, block)))
-    if grp.c and grp.c_lead:
+    if grp.int_c and grp.c_lead:
         lines.append(r.let(f"xs{g}", "f32", r.select(grp.c_lead, x.plane("sums").load(r, block),
                                                       r.f(0.0))))
-    elif grp.c:
+    elif grp.int_c:
         levels = [" + ".join(r.dot4_i8(ONES, f"x{lv}{g}_{c}") for c in range(len(offs)))
                   for lv in "qr"]
         lines.append(r.let(f"xs{g}", "f32", f"xd{g} * "
@@ -489,27 +557,34 @@ def _x_int8(r: Renderer, x: Accessor, g: int, grp: Group) -> list[str]:
     return lines
 
 
-def _word_loop(r: Renderer, word: list[str], Wi: int, TPR: int) -> list[str]:
-    """`word` (statements over word index `wi`) for wi = kl, kl + TPR, .. < Wi: a counted loop
-    of GEMV_UNROLL copies (each thread's loads of them issued together), the copies left
-    over, and a last guarded one where TPR does not divide Wi."""
-    U, full = GEMV_UNROLL, Wi // TPR
+def _wide_words(w: Accessor, rd) -> bool:
+    """Whether the GEMV may read GEMV_VEC words of `w`'s quant plane in one load: whole
+    16-byte runs inside one block, at 16-byte offsets of a binding."""
+    size = next(sz for name, _, sz, _ in w.storage.fields if name == rd.plane)
+    return rd.per_block % GEMV_VEC == 0 and size % 16 == 0 and w.plane(rd.plane).wide()
+
+
+def _word_loop(r: Renderer, word: list[str], count: int, U: int, start: str, stride: int,
+               ragged: int = 0) -> list[str]:
+    """`word` (statements over step index `wi`) for wi = start + it * stride, it < count: a
+    counted loop of U copies (each thread's loads of them issued together), the copies left
+    over, and where `ragged`, one more guarded copy (wi < ragged)."""
 
     def copy(it: str, guard: bool = False) -> list[str]:
-        inner = word if not guard else [f"if (wi < {Wi}) {{", *("    " + x for x in word), "}"]
-        return ["{", "    " + r.let("wi", "u32", f"kl + ({it}) * {TPR}"),
+        inner = word if not guard else [f"if (wi < {ragged}) {{", *("    " + x for x in word), "}"]
+        return ["{", "    " + r.let("wi", "u32", f"{start} + ({it}) * {stride}"),
                 *("    " + x for x in inner), "}"]
 
     lines = []
-    if full // U:
-        lines.append(r.for_("it", "0", str(full // U)))
+    if count // U:
+        lines.append(r.for_("it", "0", str(count // U)))
         for u in range(U):
             lines += ["    " + x for x in copy(f"it * {U} + {u}")]
         lines.append("}")
-    for it in range(full // U * U, full):
+    for it in range(count // U * U, count):
         lines += copy(str(it))
-    if Wi % TPR:
-        lines += copy(str(full), guard=True)
+    if ragged:
+        lines += copy(str(count), guard=True)
     return lines
 
 

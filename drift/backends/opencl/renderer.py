@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 
-_ELEM = {"f32": "float", "i32": "int", "u8": "uchar", "f32x4": "float4"}
+_ELEM = {"f32": "float", "i32": "int", "u8": "uchar", "f32x4": "float4", "u32x4": "uint4"}
 
 # Subgroup shuffles, by what the device reports: the Khronos extension, or (NVIDIA's driver,
 # which has none) the PTX instruction through inline assembly (cl_nv_* devices compile PTX)
@@ -43,7 +43,7 @@ DOT4_I8 = {
 class OpenCLRenderer(Renderer):
     name = "opencl"
     types: ClassVar[dict[str, str]] = {"f32": "float", "u32": "uint", "i32": "int",
-                                       "f32x4": "float4"}
+                                       "f32x4": "float4", "u32x4": "uint4"}
     functions: ClassVar[dict[str, str]] = {"abs": "fabs"}  # C's abs is for integers
     tanh_clamp = 0.0
     helpers_take_buffers = True  # OpenCL functions see no kernel arguments: pass them
