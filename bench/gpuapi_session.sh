@@ -21,6 +21,25 @@
 #   an OpenCL launch's host cost each way (bench/opencl_enqueue.py), and decode attention
 #   alone on the 8B's heads, one workgroup against split-K variants, both APIs
 #   (bench/gpuapi_attention.py): about a minute
+# (session 17's call 1, the 16-byte GEMV loads at tile 1, was bench/gpuapi_kernels.py
+#  --shapes 8b --types Q4_0 --rows 1 --reps 20 --variants when tile 1 was the default)
+# run(command="LANES=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the GEMV with rows on lanes (quant planes tiled by 32 rows; the kernel variants ran at
+#   32, the default then, and run at the default now) against a row's threads on
+#   consecutive words (kernel_tile_rows=1): the matmul kernels' variants (decode and
+#   prefill, f32 and int8 x), drift bench both ways (and int8 x) on both models and APIs,
+#   the 1B greedy check, the 8B OpenCL profile, the OpenCL release bisect: about 9 minutes
+# run(command="TILES=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the quant planes' tile (8, 16, 32 rows: the GEMV's rows on lanes) against one row
+#   (a row's threads on consecutive words): the matmul kernels alone, each setting in a
+#   fresh process (OpenCL), drift bench on both models (OpenCL with f32 and int8 x, WebGPU
+#   f32), then the OpenCL release bisect: about 8 minutes
+# run(command="FINAL=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the committed defaults: the 1B greedy check, drift bench -r 3 on both models and APIs,
+#   the 8B decode profile on both APIs: about 5 minutes
+# run(command="NORM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the 8B's decode with the norm's workgroup at 256 (the default), 512 and 1024 threads on
+#   OpenCL, WebGPU at the default, and the OpenCL profile: about 3 minutes
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -59,6 +78,94 @@ if [[ -n $INT8 ]]; then  # the int8-x GEMV (DRIFT_INT8_DOT=1) against f32 x (=0)
     rc=$?; { echo "## profile $dev (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/profiles.txt"
     echo "rc=$rc profile $dev"; grep -v "^device properties" /tmp/run.txt | head -30
   done
+  exit
+fi
+# session 17's modes share these: the random models (the 8B written in the background: $big),
+# a drift bench with kernel constants set (bench/drift_with.py; int8 x where the label says
+# so), the 8B's decode profile
+models() {
+  python3 -m drift make-random llama-3.1-8b Q4_0 /tmp/m/llama-3.1-8b-Q4_0.gguf >/dev/null 2>&1 &
+  big=$!
+  python3 -m drift make-random llama-3.2-1b Q4_0 /tmp/m/llama-3.2-1b-Q4_0.gguf 2>&1 | tail -1
+}
+bench_with() {  # model api label [constant=value ...]
+  local m=$1 dev=$2 label=$3 i8=0; shift 3
+  [[ $label == *int8* ]] && i8=1
+  DRIFT_INT8_DOT=$i8 timeout ${BENCH_TIMEOUT:-50} python3 bench/drift_with.py "$@" -- bench \
+    /tmp/m/$m.gguf -p 512 -n 64 -r ${R:-3} --device $dev --no-ceilings > /tmp/run.txt 2>&1
+  rc=$?; { echo "## bench $dev $m $label $* (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/benches.txt"
+  echo "rc=$rc $dev $m $label $*"; grep -E "^\| " /tmp/run.txt | grep -v -- "---" | tail -2
+}
+profile_8b() {  # api
+  timeout 60 python3 bench/gpuapi_profile.py /tmp/m/llama-3.1-8b-Q4_0.gguf --device $1 \
+    --pos 384 --reps 5 --top 12 > /tmp/run.txt 2>&1
+  rc=$?; { echo "## profile $1 (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/profiles.txt"
+  echo "rc=$rc profile $1"; grep -v "^device properties" /tmp/run.txt | sed -n 8,45p
+}
+check_1b() {
+  timeout 100 python3 bench/smollm2_check.py /tmp/m/llama-3.2-1b-Q4_0.gguf --steps 6 \
+    --devices webgpu,opencl 2>&1 | tail -9 | tee "$OUT/check.txt"
+}
+release() {
+  OPENCL_RELEASE_MODEL=/tmp/m/llama-3.2-1b-Q4_0.gguf timeout 150 python3 bench/opencl_release.py \
+    2>&1 | tee "$OUT/release.txt"
+}
+kernels() {  # api flags...: bench/gpuapi_kernels.py on the 8B's Q4_0 shapes
+  local api=$1; shift
+  timeout ${KERNELS_TIMEOUT:-170} python3 bench/gpuapi_kernels.py --apis $api --shapes 8b \
+    --types Q4_0 "$@" > /tmp/run.txt 2>&1
+  rc=$?; { echo "## kernels $api $* (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/kernels.txt"
+  echo "rc=$rc kernels $api $*"; grep "^| $api" /tmp/run.txt |
+    awk -F'|' '{printf "%s S=%s %s x %s: %s us (device) %s GB/s\n", $3, $5, $6, $7, $9, $11}'
+}
+if [[ -n $NORM ]]; then
+  models; wait $big
+  for set in NORM_WG=256 NORM_WG=512 NORM_WG=1024; do
+    bench_with llama-3.1-8b-Q4_0 opencl f32 $set
+  done
+  bench_with llama-3.1-8b-Q4_0 webgpu f32
+  profile_8b opencl
+  exit
+fi
+if [[ -n $FINAL ]]; then
+  models; check_1b
+  for dev in opencl webgpu; do bench_with llama-3.2-1b-Q4_0 $dev f32; done
+  wait $big
+  for dev in opencl webgpu; do bench_with llama-3.1-8b-Q4_0 $dev f32; done
+  for dev in opencl webgpu; do profile_8b $dev; done
+  exit
+fi
+if [[ -n $TILES ]]; then
+  models
+  for set in kernel_tile_rows=1 kernel_tile_rows=8 kernel_tile_rows=16 kernel_tile_rows=32; do
+    kernels opencl --rows 1 --x f32,int8 --reps 10 --set $set
+    kernels opencl --rows 512 --reps 10 --set $set
+  done
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for t in 1 8 16 32; do
+      R=2 bench_with $m opencl f32 kernel_tile_rows=$t
+      R=2 bench_with $m opencl int8 kernel_tile_rows=$t
+      R=2 bench_with $m webgpu f32 kernel_tile_rows=$t
+    done
+  done
+  release
+  exit
+fi
+if [[ -n $LANES ]]; then  # (session 17, call 3: every kernel variant in one process)
+  models
+  for api in opencl webgpu; do kernels $api --rows 1,512 --x f32,int8 --reps 10 --variants; done
+  check_1b
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for dev in opencl webgpu; do
+      bench_with $m $dev lanes kernel_tile_rows=32
+      bench_with $m $dev words kernel_tile_rows=1
+      bench_with $m $dev lanes-int8 kernel_tile_rows=32
+    done
+  done
+  profile_8b opencl
+  release
   exit
 fi
 if [[ -n $MICRO ]]; then

@@ -245,7 +245,8 @@ def rms_norm(r: Renderer, n: Node, acc: dict[str, Accessor]):
     """rms_norm(x, w), or add_rms_norm(a, b, w) (the sum written too, over a or b in place).
     One workgroup of NORM_WG threads per row; each thread's elements (every NORM_WG-th) are
     loaded together into registers first, so the row is read once and no load waits behind
-    a store that might alias it (in place), then the sum of squares over the workgroup."""
+    a store that might alias it (in place), then its weights, then the sum of squares over
+    the workgroup."""
     fused = n.op == "add_rms_norm"
     ins = [acc[i] for i in n.inputs]
     x, w, out = ins[0], ins[-1], acc[n.outputs[-1]]
@@ -270,13 +271,16 @@ def rms_norm(r: Renderer, n: Node, acc: dict[str, Accessor]):
         h = acc[n.outputs[0]]
         body += [each(e, h.store(r, f"v{e}", *lead, f"c{e}")) for e in range(EPT)]
     body.append("ss = " + " + ".join(f"v{e} * v{e}" for e in range(EPT)) + ";")
-    body += b.reduce_all("ss")
-    body.append(r.let("inv", "f32", r.fn("rsqrt", f"ss / {r.f(D)} + {r.f(n.attrs['eps'])}")))
+    # the weight loaded before the reduction, so that its loads overlap the barriers
     for e in range(EPT):
         wv = w.load(r, f"c{e}")
         if n.attrs.get("unit_offset"):
             wv = f"({r.f(1.0)} + {wv})"
-        body.append(each(e, out.store(r, f"v{e} * inv * {wv}", *lead, f"c{e}")))
+        body += [r.var(f"w{e}", "f32", r.f(0.0)), each(e, f"w{e} = {wv};")]
+    body += b.reduce_all("ss")
+    body.append(r.let("inv", "f32", r.fn("rsqrt", f"ss / {r.f(D)} + {r.f(n.attrs['eps'])}")))
+    for e in range(EPT):
+        body.append(each(e, out.store(r, f"v{e} * inv * w{e}", *lead, f"c{e}")))
     return b.finish(body, rows)
 
 
