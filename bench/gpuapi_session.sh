@@ -40,10 +40,6 @@
 # run(command="NORM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the 8B's decode with the norm's workgroup at 256 (the default), 512 and 1024 threads on
 #   OpenCL, WebGPU at the default, and the OpenCL profile: about 3 minutes
-# run(command="ATTN=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
-#   the value phase of attention ATTN_VALUE_UNROLL=8/1 keys at a time: the 1B greedy check,
-#   8B drift bench on OpenCL each way (MORE=1: also 16, and WebGPU at the default), the
-#   OpenCL profile: about 2 minutes
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -122,15 +118,6 @@ kernels() {  # api flags...: bench/gpuapi_kernels.py on the 8B's Q4_0 shapes
   echo "rc=$rc kernels $api $*"; grep "^| $api" /tmp/run.txt |
     awk -F'|' '{printf "%s S=%s %s x %s: %s us (device) %s GB/s\n", $3, $5, $6, $7, $9, $11}'
 }
-if [[ -n $ATTN ]]; then
-  models; check_1b; wait $big
-  for set in ATTN_VALUE_UNROLL=8 ATTN_VALUE_UNROLL=1 ${MORE:+ATTN_VALUE_UNROLL=16}; do
-    bench_with llama-3.1-8b-Q4_0 opencl f32 $set
-  done
-  [[ -n $MORE ]] && bench_with llama-3.1-8b-Q4_0 webgpu f32
-  profile_8b opencl
-  exit
-fi
 if [[ -n $NORM ]]; then
   models; wait $big
   for set in NORM_WG=256 NORM_WG=512 NORM_WG=1024; do

@@ -59,7 +59,6 @@ GEMV_LANES, GEMV_WG, GEMV_MIN_STEPS = 8, 256, 4
 GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
 ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 ATTN_SPLIT_TILE = 64  # the same in split-K (decode) attention, whose workgroups take few keys
-ATTN_VALUE_UNROLL = 8  # keys of a tile each thread loads at once in the value phase
 ATTN_SPLIT_GROUPS = 1024  # workgroups split-K attention aims at: a large GPU's cores many
 # times over (an H200's 132); `attention_splits`
 
@@ -1003,11 +1002,11 @@ def _attend(b: Builder, n: Node, q: Accessor, k: Accessor, v: Accessor, pos: Acc
     body += ["    l = l * corr + lt;"]
     for e in range(nd):
         d = f"dv + {e * b.wg}" if e else "dv"
-        loop = _value_loop(r, v, e, d, tile, KG)
+        vv = v.load(r, "t0 + j", "kh", d)
+        loop = f"{r.for_('j', 'kg', 'nk', str(KG))} o[{e}] = o[{e}] + sc[j] * {vv}; }}"
         guard = f"kg < {KG}" if KG > 1 else f"{d} < {Dv}" if (e + 1) * b.wg > Dv else ""
-        body.append(f"    o[{e}] = o[{e}] * corr;")
-        body += [f"    if ({guard}) {{", *("        " + x for x in loop), "    }"] if guard \
-            else ["    " + x for x in loop]
+        body += [f"    o[{e}] = o[{e}] * corr;",
+                 f"    if ({guard}) {{ {loop} }}" if guard else f"    {loop}"]
     body += ["    m = mn;", "    " + r.barrier(), "}"]
     if KG > 1:  # the key groups' parts of each output dim summed
         body += [f"if (kg < {KG}) {{ ored[kg * {Dv} + dv] = o[0]; }}", r.barrier(),
@@ -1021,31 +1020,6 @@ def _attend(b: Builder, n: Node, q: Accessor, k: Accessor, v: Accessor, pos: Acc
             d = f"lid + {e * b.wg}"
             body.append(f"if ({d} < {Dv}) {{ {store(f'o[{e}]', d)} }}")
     return body
-
-
-def _value_loop(r: Renderer, v: Accessor, e: int, d: str, tile: int, KG: int) -> list[str]:
-    """o[e] += sc[j] * v[t0 + j, kh, d] for this thread's keys j = kg, kg + KG, .. of the
-    tile, ATTN_VALUE_UNROLL at a time with their loads issued first: a loop to the tile's key
-    count nk with one load per step waited a memory latency per key (on the H200 split-K
-    decode attention took 19.7 us a layer at 392 keys). Keys past nk weigh nothing (their
-    sc is 0; the row read is clamped into the cache)."""
-    U, steps, rows = ATTN_VALUE_UNROLL, -(-tile // KG), v.shape[0]
-
-    def chunk(c: str, n: int) -> list[str]:
-        lines = []
-        for u in range(n):
-            lines += [r.let(f"j{u}", "u32", f"kg + ({c} * {U} + {u}) * {KG}"),
-                      r.let(f"x{u}", "f32", v.load(r, f"min(t0 + j{u}, {rows - 1}u)", "kh", d))]
-        terms = " + ".join(f"{r.select(f'j{u} < nk', f'sc[min(j{u}, {tile - 1}u)]', r.f(0.0))}"
-                           f" * x{u}" for u in range(n))
-        return ["{", *("    " + x for x in lines), f"    o[{e}] = o[{e}] + {terms};", "}"]
-
-    lines = []
-    if steps // U:
-        lines += [r.for_("c", "0", str(steps // U)), *("    " + x for x in chunk("c", U)), "}"]
-    if steps % U:
-        lines += chunk(str(steps // U), steps % U)
-    return lines
 
 
 def _attention_combine(r: Renderer, out: Accessor, part: Accessor,
