@@ -25,7 +25,10 @@ def main() -> None:
         owner = GPUBackend if key == "kernel_tile_rows" else templates
         if not hasattr(owner, key):
             sys.exit(f"drift_with: no constant {key}")
-        setattr(owner, key, ast.literal_eval(value))
+        try:
+            setattr(owner, key, ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            sys.exit(f"drift_with: {item!r} is not CONSTANT=python-literal")
         print(f"drift_with: {key} = {value}", file=sys.stderr)
     sys.argv = ["drift", *sys.argv[cut + 1 :]]
     entry()

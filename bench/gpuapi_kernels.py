@@ -122,9 +122,14 @@ def main() -> None:
                    "NVIDIA's OpenCL has crashed on a second backend in one process)")
     a = p.parse_args()
     rng = np.random.default_rng(0)
-    fixed = dict(kv.split("=", 1) for kv in a.set.split(",") if kv)
-    settings: list[tuple[str, dict]] = [(a.set or "default",
-                                         {k: ast.literal_eval(v) for k, v in fixed.items()})]
+    try:
+        fixed = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in
+                                                       a.set.split(",") if kv)}
+    except (ValueError, SyntaxError):
+        p.error(f"--set {a.set!r}: want CONSTANT=python-literal,..")
+    if unknown := [k for k in fixed if not hasattr(_owner(k), k)]:
+        p.error(f"--set: no constant {', '.join(unknown)}")
+    settings: list[tuple[str, dict]] = [(a.set or "default", fixed)]
     if a.variants:
         settings += [(f"{k}={v}", {k: v}) for k, vs in VARIANTS.items() for v in vs[1:]]
         settings += [(",".join(f"{k}={v}" for k, v in c.items()), c) for c in COMBOS]

@@ -156,6 +156,8 @@ def test_matmul_stages_against_gguf_py(api, qtype, S, N, tile, monkeypatch):
     if S <= templates.GEMV_ROWS or be.rt.renderer.tiled_gemm:  # PoCL: the block walk
         stage = "gemv" if S <= templates.GEMV_ROWS else "gemm"
         assert [k.name for k in prog.sources] == [f"matmul:{stage}"]
+    if S <= templates.GEMV_ROWS:  # the GEMV reads the quant words 16 bytes a load
+        assert any(p.kind == "u32x4" for p in prog.sources[0].params)
     got = prog.run({"x": x})[b.graph.outputs[0]]
     ref = x.astype(np.float64) @ w64.T
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())

@@ -397,6 +397,9 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     assert not q8 or S == 1, "int8 x: one row"
     readers = [WORDS[w.dtype](r) for w in ws]
     W = max(K // block_size(w.dtype)[0] * rd.per_block for w, rd in zip(ws, readers))
+    vecs = [GEMV_VEC if _wide_words(w, rd) else 1 for w, rd in zip(ws, readers)]  # words a load
+    steps = [K // block_size(w.dtype)[0] * rd.per_block // V  # loads a row
+             for w, rd, V in zip(ws, readers, vecs)]
     T = ws[0].storage.tile_rows
     on_lanes = T > 1 and all(w.storage.tile_rows == T for w in ws)
     if on_lanes:
@@ -404,8 +407,6 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         # threads read consecutive slots, x the same for all of them), the lid / T-th of
         # `split` contiguous shares of the row's steps
         R = 1
-        steps = [K // block_size(w.dtype)[0] * rd.per_block
-                 // (GEMV_VEC if _wide_words(w, rd) else 1) for w, rd in zip(ws, readers)]
         split = max(1, GEMV_WG // T)
         while split > 1 and (any(st % split for st in steps)
                              or min(steps) // split < GEMV_MIN_STEPS):
@@ -447,8 +448,7 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     for i, (w, rd) in enumerate(zip(ws, readers)):
         b.use(w)
         E = block_size(w.dtype)[0]
-        plane = w.plane(rd.plane)
-        V = GEMV_VEC if _wide_words(w, rd) else 1  # words per load
+        plane, V = w.plane(rd.plane), vecs[i]
         if V > 1:
             b.params.update((p.name, p) for p in plane.u32x4_params())
         # a step: V consecutive words of one block for each of the thread's rows, loaded
@@ -483,8 +483,8 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
                 for g, grp in enumerate(grps):
                     a = f"acc{i}[{ri}]"
                     if q8:  # the two levels' integer dot products, then the group's scales
-                        levels = [" + ".join(r.dot4_i8(v, f"x{lv}{g}_{c}")
-                                             for c, v in enumerate(grp.ints)) for lv in "qr"]
+                        levels = [" + ".join(r.dot4_i8(iv, f"x{lv}{g}_{c}")
+                                             for c, iv in enumerate(grp.ints)) for lv in "qr"]
                         row.append(r.let(f"l{g}", "i32", f"254 * ({levels[0]}) + {levels[1]}"))
                         more = f" + ({grp.int_c}) * xs{g}" if grp.int_c else ""
                         row.append(f"{a} = {a} + ({grp.a}) * xd{g} * {r.cast('f32', f'l{g}')}"
@@ -500,7 +500,7 @@ def _gemv(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
                         row.append(f"{a} = {a} + ({grp.a}) * ({dot}){more};")
                 word += ["{", *("    " + x for x in row), "}"]
             step += ["{", *("    " + x for x in word), "}"]
-        n_steps = K // E * rd.per_block // V
+        n_steps = steps[i]
         unroll = GEMV_UNROLL if V == 1 else GEMV_VEC_UNROLL
         if on_lanes:  # this share: steps kl * per ..; each weight's steps divide by TPR
             per = n_steps // TPR
