@@ -8,11 +8,9 @@ device session (the constants of `bench/gpuapi_kernels.py --variants`):
 
 from __future__ import annotations
 
-import ast
 import sys
 
-from drift.backends.kernels import templates
-from drift.backends.kernels.gpu import GPUBackend
+import kernel_constants as constants  # (bench/, the script's folder)
 from drift.cli import entry
 
 
@@ -20,16 +18,13 @@ def main() -> None:
     if "--" not in sys.argv:
         sys.exit(__doc__)
     cut = sys.argv.index("--")
-    for item in sys.argv[1:cut]:
-        key, _, value = item.partition("=")
-        owner = GPUBackend if key == "kernel_tile_rows" else templates
-        if not hasattr(owner, key):
-            sys.exit(f"drift_with: no constant {key}")
-        try:
-            setattr(owner, key, ast.literal_eval(value))
-        except (ValueError, SyntaxError):
-            sys.exit(f"drift_with: {item!r} is not CONSTANT=python-literal")
-        print(f"drift_with: {key} = {value}", file=sys.stderr)
+    try:
+        settings = constants.parse(sys.argv[1:cut])
+    except ValueError as e:
+        sys.exit(f"drift_with: {e}")
+    constants.apply(settings)
+    for key, value in settings.items():
+        print(f"drift_with: {key} = {value!r}", file=sys.stderr)
     sys.argv = ["drift", *sys.argv[cut + 1 :]]
     entry()
 

@@ -10,6 +10,12 @@ variant is checked against numpy first; then, per position, the device time of i
 
     python bench/gpuapi_attention.py --device opencl --ctx 4096 --pos 392,1024,4000
     python bench/gpuapi_attention.py --device webgpu --heads 32 --kv-heads 8 --head-dim 64
+    python bench/gpuapi_attention.py --device opencl --set ATTN_RUN_LANES=1 --variants 1024/64
+
+`--set` fixes kernel constants for the run (`kernel_constants.py`), one setting a process:
+ATTN_RUN_LANES=1 is the split kernel of one key a thread, else the split by runs of that many
+lanes a key (`templates._attend_runs`; ATTN_RUN_WG, ATTN_RUN_KEYS its workgroup and its keys
+a step).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 
 import numpy as np
 
+import kernel_constants  # (bench/, the script's folder)
 from drift.backends import backend_class
 from drift.backends.kernels import templates
 from drift.ir import REGISTRY, GraphBuilder
@@ -47,13 +54,19 @@ def main() -> None:
                    help="G/T pairs: split-K over G workgroups, tiles of T keys; 0/0: one "
                         "workgroup per (query, head)")
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--set", default="", metavar="K=V,..", help="kernel constants for the run")
     a = p.parse_args()
+    try:
+        fixed = kernel_constants.parse([kv for kv in a.set.split(",") if kv])
+    except ValueError as e:
+        p.error(f"--set: {e}")
+    kernel_constants.apply(fixed)
 
     S, H, Hkv, Dh, C = a.rows, a.heads, a.kv_heads, a.head_dim, a.ctx
     positions = [min(int(x), C - S) for x in a.pos.split(",")]
     be = backend_class(a.device)()
     print(f"# {be.device().describe()}: S={S} H={H} Hkv={Hkv} D={Dh} cache={C} "
-          f"window={a.window}")
+          f"window={a.window} {a.set}")
     rng = np.random.default_rng(0)
     cache = {n: rng.standard_normal((C, Hkv, Dh)).astype(np.float32) for n in ("kc", "vc")}
     attrs = {"scale": Dh ** -0.5, "window": a.window}

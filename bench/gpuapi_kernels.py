@@ -14,11 +14,11 @@ anything.
 from __future__ import annotations
 
 import argparse
-import ast
 import time
 
 import numpy as np
 
+import kernel_constants  # (bench/, the script's folder)
 from drift.backends import backend_class
 from drift.backends.kernels import templates
 from drift.backends.kernels.gpu import GPUBackend
@@ -48,10 +48,6 @@ COMBOS = [
     {"kernel_tile_rows": 1, "GEMV_VEC": 1},
     {"kernel_tile_rows": 1, "GEMV_VEC": 1, "GEMV_ROW_TILE": 4},
 ]
-
-
-def _owner(key: str):
-    return GPUBackend if key == "kernel_tile_rows" else templates
 
 
 def random_blocks(qtype: str, n: int, k: int, rng) -> np.ndarray:
@@ -123,12 +119,9 @@ def main() -> None:
     a = p.parse_args()
     rng = np.random.default_rng(0)
     try:
-        fixed = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in
-                                                       a.set.split(",") if kv)}
-    except (ValueError, SyntaxError):
-        p.error(f"--set {a.set!r}: want CONSTANT=python-literal,..")
-    if unknown := [k for k in fixed if not hasattr(_owner(k), k)]:
-        p.error(f"--set: no constant {', '.join(unknown)}")
+        fixed = kernel_constants.parse([kv for kv in a.set.split(",") if kv])
+    except ValueError as e:
+        p.error(f"--set: {e}")
     settings: list[tuple[str, dict]] = [(a.set or "default", fixed)]
     if a.variants:
         settings += [(f"{k}={v}", {k: v}) for k, vs in VARIANTS.items() for v in vs[1:]]
@@ -141,9 +134,7 @@ def main() -> None:
             print(f"| {api} | (no device) |")
             continue
         for label, setting in settings:
-            saved = {k: getattr(_owner(k), k) for k in setting}
-            for k, v in setting.items():
-                setattr(_owner(k), k, v)
+            saved = kernel_constants.apply(setting)
             try:
                 for qtype in a.types.split(","):
                     for S in (int(s) for s in a.rows.split(",")):
@@ -157,8 +148,7 @@ def main() -> None:
                                     continue
                                 row(api, label, qtype, S, N, K, xk, a.reps, rng)
             finally:
-                for k, v in saved.items():
-                    setattr(_owner(k), k, v)
+                kernel_constants.apply(saved)
 
 
 def row(api, label, qtype, S, N, K, xk, reps, rng) -> None:

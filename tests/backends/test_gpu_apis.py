@@ -259,23 +259,29 @@ def _attention_graph(S, H, Hkv, Dh, Dv, C, **attrs):
 
 
 @pytest.mark.parametrize("H,Hkv,Dh,Dv,window,softcap,groups", [
-    (8, 2, 64, 64, 0, 0.0, None),  # GQA, keys four at a time, a dim a thread
-    (4, 4, 10, 100, 0, 5.0, None),  # keys one at a time, two dims a thread (one cut), softcap
-    (6, 3, 16, 24, 100, 0.0, None),  # a window of two splits, two key groups a tile
-    (8, 2, 64, 64, 300, 0.0, 32),  # four splits of up to three tiles (a window of five)
-    (8, 2, 64, 64, 0, 0.0, 32),  # four splits of up to three tiles
+    (8, 2, 64, 64, 0, 0.0, None),  # GQA; by runs: 8 lanes a key (lavapipe: a subgroup)
+    (4, 4, 10, 100, 0, 5.0, None),  # one key a thread (rows not in 16-byte slots), softcap
+    (6, 3, 16, 24, 100, 0.0, None),  # a window; by runs: 2 lanes a key, runs merged by shuffles
+    (8, 2, 64, 64, 300, 0.0, 32),  # four splits of several steps (a window of five)
+    (8, 2, 64, 64, 0, 0.0, 32),  # four splits of several steps
 ])
 def test_split_attention_at_decode(api, monkeypatch, H, Hkv, Dh, Dv, window, softcap, groups):
     """Decode (S of 1 or 2) attention split over several workgroups per (query, head), merged
     by a second launch: as numpy's over a 700-key cache filled by a prefill (itself the
     one-workgroup kernel) with fresh values, at positions from 0 to the cache's last (empty
-    splits, a partly filled last tile, one split, all), with GQA, a window, a softcap."""
+    splits, a partly filled last step, one split, all), with GQA, a window, a softcap. Where
+    the device has subgroup shuffles and rows cut into 16-byte slots, the split kernel is the
+    one by runs (`_attend_runs`), else one key a thread."""
     from drift.backends.kernels import templates
 
-    if groups:  # fewer splits than tiles: each split several tiles
+    if groups:  # fewer splits than steps: each split several steps
         monkeypatch.setattr(templates, "ATTN_SPLIT_GROUPS", groups)
     C = 700
     be = _backend(api)
+    by_runs = templates.attention_run_lanes(be.rt.renderer, (1, H, Dh), (C, Hkv, Dh),
+                                            (C, Hkv, Dv)) > 0
+    if api == "webgpu" and be.rt.renderer.subgroup_lanes >= 8:  # lavapipe: 8
+        assert by_runs == (Dh % 8 == 0 and Dv % 8 == 0)
     attrs = {"window": window, "softcap": softcap}
     fill = be.compile(_attention_graph(C, H, Hkv, Dh, Dv, C, **attrs))
     assert [k.name for k in fill.sources if k.name.startswith("attention")] == ["attention"]
@@ -289,6 +295,8 @@ def test_split_attention_at_decode(api, monkeypatch, H, Hkv, Dh, Dv, window, sof
         prog = be.compile(_attention_graph(S, H, Hkv, Dh, Dv, C, **attrs))
         assert [k.name for k in prog.sources if k.name.startswith("attention")] == [
             "attention:split", "attention:combine"]
+        split = next(k for k in prog.sources if k.name == "attention:split")
+        assert any(name == "ro" for name, _, _ in split.shared) == by_runs  # the runs' merge
         for p in (0, 1, 63, 64, 65, 200, 511, C - S):
             feeds = {"q": _f(S, H, Dh), "k": _f(S, Hkv, Dh), "v": _f(S, Hkv, Dv),
                      "pos": np.arange(p, p + S, dtype=np.int32)}

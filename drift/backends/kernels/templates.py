@@ -61,6 +61,12 @@ ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 ATTN_SPLIT_TILE = 64  # the same in split-K (decode) attention, whose workgroups take few keys
 ATTN_SPLIT_GROUPS = 1024  # workgroups split-K attention aims at: a large GPU's cores many
 # times over (an H200's 132); `attention_splits`
+ATTN_RUN_WG = 128  # threads of a workgroup of split attention by runs (`_attend_runs`)
+ATTN_RUN_LANES = 8  # lanes that score a key together, at most (a run: one 16-byte slot each)
+ATTN_RUN_KEYS = 2  # keys each run loads and scores per step (loads issued together)
+ATTN_MERGE_BYTES = 12288  # workgroup memory the runs' merge may take (WebGPU guarantees 16 KiB)
+ATTN_COMBINE_WG = 128  # threads of the merge of the splits (one a split's m and l)
+ATTN_COMBINE_LOADS = 4  # splits' partials each thread of the merge loads at once
 
 
 class Builder:
@@ -922,24 +928,191 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor], scratch: Accessor 
         return [b.finish(body, S * H)]
     assert scratch is not None and scratch.shape[0] >= attention_scratch(
         n, {x: acc[x].shape for x in n.inputs})
+    lanes = attention_run_lanes(r, q.shape, k.shape, v.shape)
+    if lanes and all(a.vec4_param() is not None for a in (q, k, v)):
+        split, step = _attend_runs(r, n, q, k, v, pos, scratch, splits, lanes)
+    else:
+        split, step = _attend_split(r, n, q, k, v, pos, scratch, splits)
+    return [split, _attention_combine(r, n, out, pos, scratch, splits, step)]
+
+
+def _split_keys(r: Renderer, n: Node, splits: int, step: int) -> list[str]:
+    """Where split `sp` of the keys a query at position p sees starts and stops, [ka, kb)
+    (empty past the last key), and the splits that hold keys, `used`: the keys [lo, p] cut
+    into `splits` chunks of whole steps of `step` keys (the share fixed at run time, from p)."""
+    window = n.attrs.get("window", 0)
+    share = splits * step
+    return [r.let("lo", "u32",
+                  r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
+            r.let("chunk", "u32", f"(p + 1 - lo + {share - 1}) / {share} * {step}"),
+            r.let("used", "u32", f"(p + 1 - lo + chunk - 1) / chunk"),
+            r.let("ka", "u32", "lo + sp * chunk"),
+            r.let("kb", "u32", "min(ka + chunk, p + 1)")]
+
+
+def _attend_split(r: Renderer, n: Node, q: Accessor, k: Accessor, v: Accessor,
+                  pos: Accessor, scratch: Accessor, splits: int) -> tuple[tuple, int]:
+    """Split attention where there are no subgroup shuffles (or the rows do not split into
+    16-byte slots): S * H * splits workgroups of ATTN_SPLIT_TILE threads, each `_attend` over
+    its split's keys, one key a thread."""
+    S, H, _ = q.shape
+    Dv = v.shape[2]
     b = Builder(r, "attention:split", ATTN_SPLIT_TILE)
     b.use(scratch)
-    share = splits * b.wg  # keys of one tile in every split
     W = Dv + 2  # a partial's words: o[Dv], m, l
     body = b.group(S * H * splits) + [
         r.let("sh", "u32", f"grp / {splits}"), r.let("sp", "u32", f"grp % {splits}"),
         r.let("s", "u32", f"sh / {H}"), r.let("h", "u32", f"sh % {H}")]
-
-    def keys() -> list[str]:  # this split's keys: [ka, kb), empty past the last
-        return [r.let("chunk", "u32", f"(p + 1 - lo + {share - 1}) / {share} * {b.wg}"),
-                r.let("ka", "u32", "lo + sp * chunk"),
-                r.let("kb", "u32", "min(ka + chunk, p + 1)")]
-
     body += _attend(b, n, q, k, v, pos, "ka", "kb",
-                    lambda val, d: scratch.store(r, val, f"grp * {W} + {d}"), keys)
+                    lambda val, d: scratch.store(r, val, f"grp * {W} + {d}"),
+                    lambda: _split_keys(r, n, splits, b.wg)[1:])
     body.append(f"if (lid == 0) {{ {scratch.store(r, 'm', f'grp * {W} + {Dv}')} "
                 f"{scratch.store(r, 'l', f'grp * {W} + {Dv + 1}')} }}")
-    return [b.finish(body, S * H * splits), _attention_combine(r, out, scratch, splits)]
+    return b.finish(body, S * H * splits), b.wg
+
+
+def attention_run_lanes(r: Renderer, q_shape: tuple[int, ...], k_shape: tuple[int, ...],
+                        v_shape: tuple[int, ...]) -> int:
+    """Lanes of a run of `_attend_runs` here: the most, a power of 2 up to ATTN_RUN_LANES and
+    the subgroup's, that cut a key's and a value's row into whole 16-byte slots each; 0 where
+    it does not run (no shuffles, rows not a multiple of 8 elements, the runs' merge past
+    ATTN_MERGE_BYTES)."""
+    Dh, Dv = q_shape[2], v_shape[2]
+    G = q_shape[1] // k_shape[1]
+    lanes = min(ATTN_RUN_LANES, r.subgroup_lanes)
+    while lanes >= 2 and (Dh % (4 * lanes) or Dv % (4 * lanes)):
+        lanes //= 2
+    if lanes < 2 or 4 * G * Dv > ATTN_MERGE_BYTES:
+        return 0
+    return lanes
+
+
+def _attend_runs(r: Renderer, n: Node, q: Accessor, k: Accessor, v: Accessor,
+                 pos: Accessor, scratch: Accessor, splits: int,
+                 KL: int) -> tuple[tuple, int]:
+    """Split attention by runs: S * Hkv * splits workgroups, each the G = H / Hkv query heads
+    of one kv head (a key and a value row read once for all of them) over one split's keys.
+    A run of KL adjacent lanes scores a key together: lane i holds the 16-byte slots i,
+    i + KL, ... of q's rows and reads the same slots of the key's and the value's rows, so a
+    subgroup's loads are whole adjacent 16-byte runs (the one-key-a-thread kernel's loads
+    touch a cache line a lane). Each step a run issues the loads of ATTN_RUN_KEYS keys at once
+    (no load waits on the one before), sums its lanes' products by shuffles and keeps its own
+    online softmax (m, l, o per head); at the end the runs of a subgroup merge by shuffles,
+    the subgroups through workgroup memory, into the split's partial per head (as
+    `_attend_split`'s: o unnormalized, m, l). Returns the launch and the keys a step takes."""
+    S, H, Dh = q.shape
+    Hkv, Dv = k.shape[1], v.shape[2]
+    G, U = H // Hkv, ATTN_RUN_KEYS
+    sub = r.subgroup_lanes
+    wg = max(sub, min(ATTN_RUN_WG, sub * (ATTN_MERGE_BYTES // (4 * G * Dv))))
+    R, SG = wg // KL, wg // sub  # runs of a workgroup; its subgroups
+    EH, EV = Dh // (4 * KL), Dv // (4 * KL)  # 16-byte slots of a row a lane holds
+    step = R * U
+    W = Dv + 2
+    cap = n.attrs.get("softcap", 0)
+    b = Builder(r, "attention:split", wg)
+    b.use(q, k, v, pos, scratch)
+    for a in (q, k, v):  # (`attention` checked that each has a 16-byte view)
+        p4 = a.vec4_param()
+        b.params[p4.name] = p4
+
+    def slot(a: Accessor, row: str, head: str, c: int) -> str:  # lane's c-th 16-byte slot
+        return a.load4(r, row, head, f"4 * (lane + {c * KL})")
+
+    zero4 = r.vec4(*[r.f(0.0)] * 4)
+    body = b.group(S * Hkv * splits) + [
+        r.let("sk", "u32", f"grp / {splits}"), r.let("sp", "u32", f"grp % {splits}"),
+        r.let("s", "u32", f"sk / {Hkv}"), r.let("kh", "u32", f"sk % {Hkv}"),
+        r.let("lane", "u32", f"lid % {KL}"), r.let("run", "u32", f"lid / {KL}"),
+        f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
+        r.uniform_let("p", "u32", "pv"),  # uniform: the steps' bound, around shuffles
+        *_split_keys(r, n, splits, step),
+    ]
+    b.shared.append(("pv", "u32", 0))
+    for g in range(G):
+        body += [r.let(f"q{g}_{c}", "f32x4", slot(q, "s", f"kh * {G} + {g}", c))
+                 for c in range(EH)]
+        body += [r.var(f"m{g}", "f32", r.f(-3e38)), r.var(f"l{g}", "f32", r.f(0.0))]
+        body += [r.var(f"o{g}_{c}", "f32x4", zero4) for c in range(EV)]
+    body.append(r.for_("t0", "ka", "kb", str(step)))  # the same steps for every run: shuffles
+    inner = []
+    for u in range(U):
+        inner += [r.let(f"key{u}", "u32", f"t0 + {u * R} + run"),
+                  r.let(f"ok{u}", "bool", f"key{u} < kb"),
+                  r.let(f"row{u}", "u32", r.select(f"ok{u}", f"key{u}", "ka"))]
+        inner += [r.let(f"k{u}_{c}", "f32x4", slot(k, f"row{u}", "kh", c)) for c in range(EH)]
+        inner += [r.let(f"v{u}_{c}", "f32x4", slot(v, f"row{u}", "kh", c)) for c in range(EV)]
+    scores = []
+    for g in range(G):
+        for u in range(U):
+            dot = " + ".join(r.dot4(f"k{u}_{c}", f"q{g}_{c}") for c in range(EH))
+            inner.append(r.var(f"s{g}_{u}", "f32", dot))
+            scores.append(f"s{g}_{u}")
+    inner += b.shuffle_sum(scores, KL)
+    for g in range(G):
+        for u in range(U):
+            sc = f"s{g}_{u} * {r.f(n.attrs['scale'])}"
+            if cap:
+                sc = _softcap(r, sc, cap)
+            inner.append(f"s{g}_{u} = {r.select(f'ok{u}', sc, r.f(-3e38))};")
+        inner += [r.let(f"mn{g}", "f32", _max_chain([f"m{g}"] + [f"s{g}_{u}" for u in range(U)])),
+                  r.let(f"corr{g}", "f32", r.fn("exp", f"m{g} - mn{g}"))]
+        for u in range(U):
+            inner.append(r.let(f"w{g}_{u}", "f32",
+                               r.select(f"ok{u}", r.fn("exp", f"s{g}_{u} - mn{g}"), r.f(0.0))))
+        ws = " + ".join(f"w{g}_{u}" for u in range(U))
+        inner += [f"l{g} = l{g} * corr{g} + {ws};"]
+        for c in range(EV):
+            acc = " + ".join(f"w{g}_{u} * v{u}_{c}" for u in range(U))
+            inner.append(f"o{g}_{c} = o{g}_{c} * corr{g} + {acc};")
+        inner.append(f"m{g} = mn{g};")
+    body += ["    " + x for x in inner] + ["}"]
+    # the runs of a subgroup merged by a butterfly (each run's m, l, o against its partner's)
+    mask = KL
+    while mask < sub:
+        for g in range(G):
+            body += [r.let(f"pm{g}_{mask}", "f32", r.shuffle_xor(f"m{g}", f"{mask}u")),
+                     r.let(f"pl{g}_{mask}", "f32", r.shuffle_xor(f"l{g}", f"{mask}u")),
+                     r.let(f"nm{g}_{mask}", "f32", f"max(m{g}, pm{g}_{mask})"),
+                     r.let(f"a{g}_{mask}", "f32", r.fn("exp", f"m{g} - nm{g}_{mask}")),
+                     r.let(f"e{g}_{mask}", "f32", r.fn("exp", f"pm{g}_{mask} - nm{g}_{mask}")),
+                     f"l{g} = l{g} * a{g}_{mask} + pl{g}_{mask} * e{g}_{mask};",
+                     f"m{g} = nm{g}_{mask};"]
+            for c in range(EV):
+                other = r.vec4(*(r.shuffle_xor(f"o{g}_{c}.{x}", f"{mask}u") for x in "xyzw"))
+                body.append(f"o{g}_{c} = o{g}_{c} * a{g}_{mask} + {other} * e{g}_{mask};")
+        b.subgroups = True
+        mask *= 2
+    # the subgroups through workgroup memory: one run of each writes its state
+    b.shared += [("rm", "f32", SG * G), ("rl", "f32", SG * G), ("rw", "f32", SG * G),
+                 ("ro", "f32", SG * G * Dv)]
+    body.append(r.let("sgi", "u32", f"lid / {sub}"))
+    body.append(f"if (lid % {sub} < {KL}) {{")
+    for g in range(G):
+        body.append(f"    if (lane == 0) {{ rm[sgi * {G} + {g}] = m{g}; rl[sgi * {G} + {g}] = l{g}; }}")
+        for c in range(EV):
+            for i, x in enumerate("xyzw"):
+                body.append(f"    ro[(sgi * {G} + {g}) * {Dv} + 4 * (lane + {c * KL}) + {i}] = "
+                            f"o{g}_{c}.{x};")
+    body += ["}", r.barrier()]
+    # each subgroup's weight per head: exp(its m - the heads' max over subgroups)
+    head_max = _max_chain([f"rm[{j} * {G} + lid % {G}]" for j in range(SG)])
+    body += [f"if (lid < {SG * G}) {{ rw[lid] = {r.fn('exp', f'rm[lid] - {head_max}')}; }}",
+             r.barrier()]
+    # the split's partial of (query s, head kh * G + g): o[Dv], m, l
+    body.append(r.for_("e", "lid", str(G * Dv), str(wg)))
+    body += ["    " + r.let("g", "u32", f"e / {Dv}"), "    " + r.let("d", "u32", f"e % {Dv}"),
+             "    " + r.let("at", "u32", f"((s * {H} + kh * {G} + g) * {splits} + sp) * {W}"),
+             "    " + r.let("ot", "f32", " + ".join(
+                 f"rw[{j} * {G} + g] * ro[({j} * {G} + g) * {Dv} + d]" for j in range(SG))),
+             "    " + scratch.store(r, "ot", "at + d"),
+             "    if (d == 0) {",
+             "        " + scratch.store(r, _max_chain([f"rm[{j} * {G} + g]" for j in range(SG)]),
+                                        f"at + {Dv}"),
+             "        " + scratch.store(r, " + ".join(f"rw[{j} * {G} + g] * rl[{j} * {G} + g]"
+                                                   for j in range(SG)), f"at + {Dv + 1}"),
+             "    }", "}"]
+    return b.finish(body, S * Hkv * splits), step
 
 
 def _attend(b: Builder, n: Node, q: Accessor, k: Accessor, v: Accessor, pos: Accessor,
@@ -1022,33 +1195,52 @@ def _attend(b: Builder, n: Node, q: Accessor, k: Accessor, v: Accessor, pos: Acc
     return body
 
 
-def _attention_combine(r: Renderer, out: Accessor, part: Accessor,
-                       splits: int) -> tuple[KernelSource, int]:
-    """The split attention's second launch: one workgroup per (query, head); each thread
-    rescales every split's partial to their common max (a split that walked no keys has m
-    -3e38, l 0, o 0: weight 0) and writes its output dims of sum(o) / sum(l)."""
+def _attention_combine(r: Renderer, n: Node, out: Accessor, pos: Accessor, part: Accessor,
+                       splits: int, step: int) -> tuple[KernelSource, int]:
+    """The split attention's second launch: one workgroup per (query, head) merges the
+    partials of the splits that hold keys (`used`, from the position as the split kernel
+    computed it): the splits' maxima and sums are read one a thread (no load waits on
+    another), reduced over the workgroup, each split's weight exp(m - max) kept in workgroup
+    memory; then each thread its output dims of sum(w o) / sum(w l), its loads of
+    ATTN_COMBINE_LOADS splits issued before their sum."""
     S, H, Dv = out.shape
     W = Dv + 2
-    b = Builder(r, "attention:combine")
-    b.use(part, out)
+    b = Builder(r, "attention:combine", ATTN_COMBINE_WG)
+    b.use(part, out, pos)
+    b.shared += [("sw", "f32", splits), ("pv", "u32", 0)]
     nd = -(-Dv // b.wg)
+    UC = ATTN_COMBINE_LOADS
     body = b.group(S * H) + [
         r.let("s", "u32", f"grp / {H}"), r.let("h", "u32", f"grp % {H}"),
         r.let("base", "u32", f"grp * {splits * W}"),
+        f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
+        r.uniform_let("p", "u32", "pv"), r.let("sp", "u32", "0"),
+        *_split_keys(r, n, splits, step),
         r.var("mx", "f32", r.f(-3e38)),
-        f"{r.for_('i', '0', str(splits))} "
+        f"{r.for_('i', 'lid', 'used', str(b.wg))} "
         f"mx = max(mx, {part.load(r, f'base + i * {W} + {Dv}')}); }}",
-        r.var("lsum", "f32", r.f(0.0)), *(r.var(f"o{e}", "f32", r.f(0.0)) for e in range(nd)),
-        r.for_("i", "0", str(splits)),
-        "    " + r.let("at", "u32", f"base + i * {W}"),
-        "    " + r.let("wt", "f32", r.fn("exp", f"{part.load(r, f'at + {Dv}')} - mx")),
-        f"    lsum = lsum + wt * {part.load(r, f'at + {Dv + 1}')};",
+        *b.reduce_all("mx", "max"),
+        r.var("lsum", "f32", r.f(0.0)),
+        r.for_("i", "lid", "used", str(b.wg)),
+        "    " + r.let("wt", "f32", r.fn("exp", f"{part.load(r, f'base + i * {W} + {Dv}')} - mx")),
+        "    sw[i] = wt;",
+        f"    lsum = lsum + wt * {part.load(r, f'base + i * {W} + {Dv + 1}')};",
+        "}",
+        *b.reduce_all("lsum", "+"),  # (its barriers publish sw too)
     ]
     for e in range(nd):
-        d = f"lid + {e * b.wg}"
-        read = part.load(r, f"at + {d}")
-        line = f"o{e} = o{e} + wt * {read};"
-        body.append("    " + (line if (e + 1) * b.wg <= Dv else f"if ({d} < {Dv}) {{ {line} }}"))
+        body.append(r.var(f"o{e}", "f32", r.f(0.0)))
+    body.append(r.for_("j0", "0", "used", str(UC)))
+    for u in range(UC):  # splits past `used`: a valid row read, weight 0
+        body += ["    " + r.let(f"j{u + 1}", "u32", f"min(j0 + {u}u, used - 1u)"),
+                 "    " + r.let(f"w{u}", "f32",
+                                r.select(f"j0 + {u}u < used", f"sw[j{u + 1}]", r.f(0.0)))]
+    for e in range(nd):
+        d = f"lid + {e * b.wg}" if e else "lid"
+        dd = f"min({d}, {Dv - 1}u)" if (e + 1) * b.wg > Dv else d
+        loads = [part.load(r, f"base + j{u + 1} * {W} + {dd}") for u in range(UC)]
+        body.append(f"    o{e} = o{e} + " + " + ".join(f"w{u} * {ld}" for u, ld in enumerate(loads))
+                    + ";")
     body.append("}")
     for e in range(nd):
         d = f"lid + {e * b.wg}"

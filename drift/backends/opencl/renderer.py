@@ -43,7 +43,7 @@ DOT4_I8 = {
 class OpenCLRenderer(Renderer):
     name = "opencl"
     types: ClassVar[dict[str, str]] = {"f32": "float", "u32": "uint", "i32": "int",
-                                       "f32x4": "float4", "u32x4": "uint4"}
+                                       "f32x4": "float4", "u32x4": "uint4", "bool": "bool"}
     functions: ClassVar[dict[str, str]] = {"abs": "fabs"}  # C's abs is for integers
     tanh_clamp = 0.0
     helpers_take_buffers = True  # OpenCL functions see no kernel arguments: pass them

@@ -13,7 +13,7 @@ _ELEM = {"f32": "f32", "i32": "i32", "u8": "u32", "f32x4": "vec4<f32>",  # bytes
 class WGSLRenderer(Renderer):
     name = "wgsl"
     types: ClassVar[dict[str, str]] = {"f32": "f32", "u32": "u32", "i32": "i32",
-                                       "f32x4": "vec4<f32>", "u32x4": "vec4<u32>"}
+                                       "f32x4": "vec4<f32>", "u32x4": "vec4<u32>", "bool": "bool"}
     functions: ClassVar[dict[str, str]] = {"rsqrt": "inverseSqrt"}
     # Vulkan/Metal drivers may compute tanh as (e^2x - 1) / (e^2x + 1): NaN past x ~ 44
     tanh_clamp = 15.0
