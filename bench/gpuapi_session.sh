@@ -118,6 +118,41 @@ kernels() {  # api flags...: bench/gpuapi_kernels.py on the 8B's Q4_0 shapes
   echo "rc=$rc kernels $api $*"; grep "^| $api" /tmp/run.txt |
     awk -F'|' '{printf "%s S=%s %s x %s: %s us (device) %s GB/s\n", $3, $5, $6, $7, $9, $11}'
 }
+attn() {  # api head_dim kv_heads [constant=value,...]: decode attention alone, one setting a process
+  timeout 60 python3 bench/gpuapi_attention.py --device $1 --head-dim $2 --kv-heads $3 --ctx 4096 \
+    --pos 392,1024,4000 --variants ${ATTN_VARIANT:-1024/64} --reps 20 ${4:+--set $4} > /tmp/run.txt 2>&1
+  rc=$?; { echo "## attention $* (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/attention.txt"
+  echo "rc=$rc attention $*"; grep -E "^\| (split|one)" /tmp/run.txt | awk -F'|' '{printf "  pos %s: %s us\n", $5, $6}' | tr '\n' ' '; echo
+}
+# run(command="RUNS=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 18: decode attention by runs (templates._attend_runs) against one key a thread
+#   (ATTN_RUN_LANES=1): the kernel alone on the 8B's and the 1B's heads over its settings,
+#   the 1B greedy check, drift bench both ways on both models and APIs, the 8B profiles
+if [[ -n $RUNS ]]; then
+  models
+  for api in opencl webgpu; do
+    for set in "" ATTN_RUN_LANES=1 ATTN_RUN_LANES=4 ATTN_RUN_LANES=16 ATTN_RUN_LANES=32 \
+               ATTN_RUN_KEYS=1 ATTN_RUN_KEYS=4 ATTN_RUN_WG=64 ATTN_RUN_WG=256; do
+      [[ $api == webgpu && $set == *WG* ]] && continue
+      attn $api 128 8 $set
+    done
+    ATTN_VARIANT=512/64 attn $api 128 8 ATTN_SPLIT_GROUPS=512
+    attn $api 64 8; attn $api 64 8 ATTN_RUN_LANES=1
+  done
+  check_1b
+  for dev in opencl webgpu; do
+    bench_with llama-3.2-1b-Q4_0 $dev runs
+    bench_with llama-3.2-1b-Q4_0 $dev key-a-thread ATTN_RUN_LANES=1
+  done
+  wait $big
+  for dev in opencl webgpu; do
+    bench_with llama-3.1-8b-Q4_0 $dev runs
+    bench_with llama-3.1-8b-Q4_0 $dev key-a-thread ATTN_RUN_LANES=1
+    bench_with llama-3.1-8b-Q4_0 $dev runs-decode-only ATTN_RUN_PREFILL=False
+  done
+  for dev in opencl webgpu; do profile_8b $dev; done
+  exit
+fi
 if [[ -n $NORM ]]; then
   models; wait $big
   for set in NORM_WG=256 NORM_WG=512 NORM_WG=1024; do

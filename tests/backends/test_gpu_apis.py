@@ -264,6 +264,7 @@ def _attention_graph(S, H, Hkv, Dh, Dv, C, **attrs):
     (6, 3, 16, 24, 100, 0.0, None),  # a window; by runs: 2 lanes a key, runs merged by shuffles
     (8, 2, 64, 64, 300, 0.0, 32),  # four splits of several steps (a window of five)
     (8, 2, 64, 64, 0, 0.0, 32),  # four splits of several steps
+    (32, 2, 64, 64, 0, 0.0, None),  # 16 heads a kv head: more subgroups x heads than threads
 ])
 def test_split_attention_at_decode(api, monkeypatch, H, Hkv, Dh, Dv, window, softcap, groups):
     """Decode (S of 1 or 2) attention split over several workgroups per (query, head), merged

@@ -20,10 +20,12 @@ layer) compile once.
     embedding     one thread per output element (quantized tables dequantize the row read)
     rope          one thread per rotated pair (and one per passed-through element)
     kv_write      one thread per element written
-    attention     one workgroup per (query, head): q in workgroup memory, scores a tile of keys
-                  at a time, online softmax across tiles, each thread some output dims; at
-                  decode split-K: several workgroups per (query, head), each a share of the
-                  keys into a partial (scratch memory), then a launch that merges them
+    attention     where the device has subgroup shuffles: one workgroup per (query, kv head)
+                  for its G query heads, runs of lanes scoring a key each (a lane a 16-byte
+                  slot of the rows), an online softmax per run, runs merged at the end; else
+                  one workgroup per (query, head), a key a thread, a tile at a time; at
+                  decode split-K: several workgroups per query, each a share of the keys
+                  into a partial (scratch memory), then a launch that merges them
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ ATTN_RUN_WG = 128  # threads of a workgroup of split attention by runs (`_attend
 ATTN_RUN_LANES = 8  # lanes that score a key together, at most (a run: one 16-byte slot each)
 ATTN_RUN_KEYS = 2  # keys each run loads and scores per step (loads issued together)
 ATTN_MERGE_BYTES = 12288  # workgroup memory the runs' merge may take (WebGPU guarantees 16 KiB)
+ATTN_RUN_PREFILL = True  # attention of many rows (one split) by runs too, where they run
 ATTN_COMBINE_WG = 128  # threads of the merge of the splits (one a split's m and l)
 ATTN_COMBINE_LOADS = 4  # splits' partials each thread of the merge loads at once
 
@@ -906,18 +909,25 @@ def attention_scratch(n: Node, shapes: dict[str, tuple[int, ...]]) -> int:
 
 def attention(r: Renderer, n: Node, acc: dict[str, Accessor], scratch: Accessor | None = None):
     """Causal attention (GQA, window, softcap) over the cache. Where `attention_splits` is 1
-    (prefill: many query rows; a short cache), one workgroup of ATTN_TILE threads per
-    (query, head) walks all its keys (`_attend`) and normalizes. Else (decode) split-K:
-    S * H * splits workgroups of ATTN_SPLIT_TILE threads, each walking an equal share of the
-    keys the query sees (the split count is fixed at bind time, the share, in whole tiles,
-    comes from the position at run time; a split past the last key walks none), write their
-    partials (o unnormalized, running max m, sum l) to `scratch`; then one workgroup per
-    (query, head) merges its splits' partials (`_attention_combine`)."""
+    (prefill: many query rows; a short cache), each query's keys in one workgroup: by runs
+    (`_attend_runs`, one workgroup per (query, kv head)) where the device has shuffles and
+    the rows cut into 16-byte slots, else one of ATTN_TILE threads per (query, head), a key
+    a thread (`_attend`). Else (decode) split-K: each (query, kv head) or (query, head)'s
+    keys cut into `splits` equal shares (the count fixed at bind time, the share, in whole
+    steps, from the position at run time; a split past the last key walks none), each
+    share's workgroup writing its partial (o unnormalized, running max m, sum l) to
+    `scratch`; then one workgroup per (query, head) merges its splits' partials
+    (`_attention_combine`)."""
     q, k, v, pos = (acc[i] for i in n.inputs)
     out = acc[n.outputs[0]]
     S, H, Dh = q.shape
     Dv = v.shape[2]
     splits = attention_splits(n, q.shape, k.shape)
+    lanes = attention_run_lanes(r, q.shape, k.shape, v.shape)
+    if not all(a.vec4_param() is not None for a in (q, k, v)):
+        lanes = 0
+    if splits == 1 and lanes and ATTN_RUN_PREFILL:
+        return [_attend_runs(r, n, q, k, v, pos, out, 1, lanes)[0]]
     if splits == 1:
         b = Builder(r, "attention", ATTN_TILE)
         body = b.group(S * H) + [r.let("s", "u32", f"grp / {H}"),
@@ -928,8 +938,7 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor], scratch: Accessor 
         return [b.finish(body, S * H)]
     assert scratch is not None and scratch.shape[0] >= attention_scratch(
         n, {x: acc[x].shape for x in n.inputs})
-    lanes = attention_run_lanes(r, q.shape, k.shape, v.shape)
-    if lanes and all(a.vec4_param() is not None for a in (q, k, v)):
+    if lanes:
         split, step = _attend_runs(r, n, q, k, v, pos, scratch, splits, lanes)
     else:
         split, step = _attend_split(r, n, q, k, v, pos, scratch, splits)
@@ -988,7 +997,7 @@ def attention_run_lanes(r: Renderer, q_shape: tuple[int, ...], k_shape: tuple[in
 
 
 def _attend_runs(r: Renderer, n: Node, q: Accessor, k: Accessor, v: Accessor,
-                 pos: Accessor, scratch: Accessor, splits: int,
+                 pos: Accessor, dest: Accessor, splits: int,
                  KL: int) -> tuple[tuple, int]:
     """Split attention by runs: S * Hkv * splits workgroups, each the G = H / Hkv query heads
     of one kv head (a key and a value row read once for all of them) over one split's keys.
@@ -999,7 +1008,9 @@ def _attend_runs(r: Renderer, n: Node, q: Accessor, k: Accessor, v: Accessor,
     (no load waits on the one before), sums its lanes' products by shuffles and keeps its own
     online softmax (m, l, o per head); at the end the runs of a subgroup merge by shuffles,
     the subgroups through workgroup memory, into the split's partial per head (as
-    `_attend_split`'s: o unnormalized, m, l). Returns the launch and the keys a step takes."""
+    `_attend_split`'s: o unnormalized, m, l, into `dest`, the scratch); or, with one split
+    (many query rows: prefill), the output o / l into `dest`, the output. Returns the launch
+    and the keys a step takes."""
     S, H, Dh = q.shape
     Hkv, Dv = k.shape[1], v.shape[2]
     G, U = H // Hkv, ATTN_RUN_KEYS
@@ -1010,8 +1021,8 @@ def _attend_runs(r: Renderer, n: Node, q: Accessor, k: Accessor, v: Accessor,
     step = R * U
     W = Dv + 2
     cap = n.attrs.get("softcap", 0)
-    b = Builder(r, "attention:split", wg)
-    b.use(q, k, v, pos, scratch)
+    b = Builder(r, "attention:split" if splits > 1 else "attention", wg)
+    b.use(q, k, v, pos, dest)
     for a in (q, k, v):  # (`attention` checked that each has a 16-byte view)
         p4 = a.vec4_param()
         b.params[p4.name] = p4
@@ -1096,21 +1107,25 @@ def _attend_runs(r: Renderer, n: Node, q: Accessor, k: Accessor, v: Accessor,
                             f"o{g}_{c}.{x};")
     body += ["}", r.barrier()]
     # each subgroup's weight per head: exp(its m - the heads' max over subgroups)
-    head_max = _max_chain([f"rm[{j} * {G} + lid % {G}]" for j in range(SG)])
-    body += [f"if (lid < {SG * G}) {{ rw[lid] = {r.fn('exp', f'rm[lid] - {head_max}')}; }}",
-             r.barrier()]
-    # the split's partial of (query s, head kh * G + g): o[Dv], m, l
+    head_max = _max_chain([f"rm[{j} * {G} + i % {G}]" for j in range(SG)])
+    body += [f"{r.for_('i', 'lid', str(SG * G), str(wg))} "
+             f"rw[i] = {r.fn('exp', f'rm[i] - {head_max}')}; }}", r.barrier()]
+    # (query s, head kh * G + g)'s split partial, o[Dv], m, l; or its output o / l
     body.append(r.for_("e", "lid", str(G * Dv), str(wg)))
     body += ["    " + r.let("g", "u32", f"e / {Dv}"), "    " + r.let("d", "u32", f"e % {Dv}"),
-             "    " + r.let("at", "u32", f"((s * {H} + kh * {G} + g) * {splits} + sp) * {W}"),
              "    " + r.let("ot", "f32", " + ".join(
                  f"rw[{j} * {G} + g] * ro[({j} * {G} + g) * {Dv} + d]" for j in range(SG))),
-             "    " + scratch.store(r, "ot", "at + d"),
+             "    " + r.let("lt", "f32", " + ".join(
+                 f"rw[{j} * {G} + g] * rl[{j} * {G} + g]" for j in range(SG)))]
+    if splits == 1:
+        body += ["    " + dest.store(r, "ot / lt", "s", f"kh * {G} + g", "d"), "}"]
+        return b.finish(body, S * Hkv), step
+    body += ["    " + r.let("at", "u32", f"((s * {H} + kh * {G} + g) * {splits} + sp) * {W}"),
+             "    " + dest.store(r, "ot", "at + d"),
              "    if (d == 0) {",
-             "        " + scratch.store(r, _max_chain([f"rm[{j} * {G} + g]" for j in range(SG)]),
-                                        f"at + {Dv}"),
-             "        " + scratch.store(r, " + ".join(f"rw[{j} * {G} + g] * rl[{j} * {G} + g]"
-                                                   for j in range(SG)), f"at + {Dv + 1}"),
+             "        " + dest.store(r, _max_chain([f"rm[{j} * {G} + g]" for j in range(SG)]),
+                                     f"at + {Dv}"),
+             "        " + dest.store(r, "lt", f"at + {Dv + 1}"),
              "    }", "}"]
     return b.finish(body, S * Hkv * splits), step
 
