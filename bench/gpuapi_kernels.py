@@ -61,6 +61,8 @@ def random_blocks(qtype: str, n: int, k: int, rng) -> np.ndarray:
 
 
 _BACKENDS: dict = {}
+CHECK = False  # --check: each matmul's result against numpy, its error in the table
+ERRORS: dict = {}
 
 
 def backend_for(api: str, int8: bool):
@@ -81,14 +83,24 @@ def time_matmul(api: str, qtype: str, S: int, N: int, K: int, reps: int, rng,
     be = backend_for(api, int8)
     name = f"w_{qtype}_{N}_{K}"
     if not be.has_weight(name):
-        be.load_raw(name, (N, K), qtype, random_blocks(qtype, N, K, rng))
+        blocks = random_blocks(qtype, N, K, rng)
+        be.load_raw(name, (N, K), qtype, blocks)
+        if CHECK:
+            be._host_blocks = getattr(be, "_host_blocks", {}) | {name: blocks}
     b = GraphBuilder("mm")
     x = b.input("x", (S, K), "f32")
     b.output(b.op("matmul", b.op("quantize_q8", x) if int8 else x,
                   b.weight(name, (N, K), qtype)))
     prog = be.compile(b.finish())
     feeds = {"x": rng.standard_normal((S, K)).astype(np.float32)}
-    prog.run(feeds)  # warm: compiled, bound, first touch (and x's int8 blocks written)
+    got = prog.run(feeds)[prog.graph.outputs[0]]  # warm: compiled, bound, first touch
+    if CHECK:  # against gguf-py's dequantization of the same blocks, float32 numpy
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        w = dequantize(be._host_blocks[name], GGMLQuantizationType[qtype])
+        ref = feeds["x"] @ w.T
+        ERRORS[(api, qtype, S, N, K)] = float(np.abs(got - ref).max() / np.abs(ref).max())
     writes = prog._writes(feeds)
     timed = prog.launches[-1:]  # the matmul's
     best = float("inf")
@@ -108,6 +120,9 @@ def main() -> None:
     p.add_argument("--types", default="Q4_0,Q8_0")
     p.add_argument("--shapes", default="small", choices=sorted(SHAPES))
     p.add_argument("--rows", default="1,64", help="S values: 1 is decode, more is prefill")
+    p.add_argument("--check", action="store_true",
+                   help="each result against gguf-py's dequantization and numpy (max error "
+                        "over the largest output, a last column)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--x", default="f32", help="x as f32 and/or int8 blocks (S = 1 only): "
                    "f32,int8")
@@ -117,6 +132,8 @@ def main() -> None:
                    help="constants for the whole run instead (a fresh process per setting: "
                    "NVIDIA's OpenCL has crashed on a second backend in one process)")
     a = p.parse_args()
+    global CHECK
+    CHECK = a.check
     rng = np.random.default_rng(0)
     try:
         fixed = kernel_constants.parse([kv for kv in a.set.split(",") if kv])
@@ -158,7 +175,9 @@ def row(api, label, qtype, S, N, K, xk, reps, rng) -> None:
     td = dev or t
     print(f"| {api} | {label} x {xk} | {qtype} | {S} | {N} | {K} | {t * 1e6:.1f} "
           f"| {dev * 1e6 if dev else float('nan'):.1f} | {mb:.1f} | {mb / 1e3 / td:.1f} "
-          f"| {2 * S * N * K / td / 1e9:.1f} |", flush=True)
+          f"| {2 * S * N * K / td / 1e9:.1f} |"
+          + (f" {ERRORS.get((api, qtype, S, N, K), float('nan')):.2e} |" if CHECK else ""),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,54 @@ def test_matmul_stages_against_gguf_py(api, qtype, S, N, tile, monkeypatch):
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.parametrize("op", ["matmul", "ffn_gate_up", "stacked_matmul"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q6_K", "f32"])
+def test_gemm_on_matrix_units(api, op, qtype, monkeypatch):
+    """The prefill GEMM of matrix units (`_gemm_mma`, `warp_mma` in its plain spelling: the
+    fragments' semantics, tf32-rounded operands) on ragged tiles (70 rows: two row tiles,
+    N not a multiple of 64, K of several steps), with a gated epilogue and its biases, and
+    stacked outputs: as float64 numpy within tf32's rounding."""
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "GEMM_MMA", "always")
+    S, K = 70, 512 if qtype != "Q6_K" else 768
+    Ns = {"matmul": [131], "ffn_gate_up": [67, 67], "stacked_matmul": [96, 40, 40]}[op]
+    b = GraphBuilder("mma")
+    x = b.input("x", (S, K), "f32")
+    be = _backend(api)
+    if not be.rt.renderer.tiled_gemm:
+        pytest.skip("this driver runs the block walk, not tiled GEMMs (PoCL 3.1)")
+    ws = {}
+    for i, N in enumerate(Ns):
+        if qtype == "f32":
+            ws[f"w{i}"] = _f(N, K) * 0.1
+            be.load_arrays({f"w{i}": ws[f"w{i}"]})
+        else:
+            blocks = _random_blocks(qtype, N, K)
+            be.load_raw(f"w{i}", (N, K), qtype, blocks)
+            be._host[f"w{i}"] = blocks  # (a stack is made from the file's form)
+            ws[f"w{i}"] = gguf_dequantize(blocks, GGMLQuantizationType[qtype])
+    ys = [b.op("matmul", x, b.weight(f"w{i}", (N, K), qtype)) for i, N in enumerate(Ns)]
+    if op == "ffn_gate_up":
+        ws |= {"bg": _f(Ns[0]), "bu": _f(Ns[1])}
+        be.load_arrays({"bg": ws["bg"], "bu": ws["bu"]})
+        b.output(b.op("swiglu", b.op("add", ys[0], b.weight("bg", (Ns[0],), "f32")),
+                      b.op("add", ys[1], b.weight("bu", (Ns[1],), "f32"))))
+    else:
+        for y in ys:
+            b.output(y)
+    graph = b.finish()
+    prog = be.compile(graph)
+    assert [k.name for k in prog.sources] == [f"{prog.graph.nodes[0].op}:mma"]
+    assert prog.graph.nodes[0].op == op
+    feeds = {"x": _f(S, K) * (0.02 if qtype != "f32" else 1.0)}
+    ref = run_plain(graph, {k: v.astype(np.float64) for k, v in ws.items()},
+                    {"x": feeds["x"].astype(np.float64)})
+    got = prog.run(feeds)
+    for o in graph.outputs:
+        assert np.abs(got[o] - ref[o]).max() <= 3e-3 * np.abs(ref[o]).max(), o
+
+
 @pytest.mark.parametrize("act,bias", [("swiglu", False), ("geglu", True)])
 def test_ffn_gate_up_fused_over_two_quant_types(api, act, bias):
     """Gate Q4_K and up Q6_K (a Q4_K_M file may mix them), 11 rows (a ragged row tile)."""

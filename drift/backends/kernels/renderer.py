@@ -14,6 +14,7 @@ language; values are `f32`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -72,6 +73,9 @@ class Renderer:
     # smallest subgroup the device runs, checked by `gpu.probe_subgroups` when the runtime
     # starts); 0 where there are no subgroup shuffles (reductions through workgroup memory).
     subgroup_lanes = 0
+    # How `warp_mma` is spelled on this device: "" sums each lane's elements itself (any
+    # device: the semantics, what the tests run), "ptx" NVIDIA's tensor cores (OpenCL)
+    mma = ""
     # How `dot4_i8` is spelled on this device: a key of the renderer's table, set by
     # `GPUBackend` when int8 x is asked for ("": off, decode GEMVs read f32 x)
     int8 = ""
@@ -159,6 +163,21 @@ class Renderer:
         """The dot product of the four signed bytes of u32 `a` and of u32 `b`, as i32 (the
         int8 GEMV's inner step: dp4a, `dot4I8Packed`, `dot_4x8packed_ss_int`)."""
         raise NotImplementedError
+
+    def warp_mma(self, acc: list[str], a_at: Callable[[str, str], str],
+                 b_at: Callable[[str, str], str]) -> list[str]:
+        """A subgroup of 32 lanes' 16 x 8 f32 tile += A (16 x 8, element (row, k) read as
+        `a_at(row, k)`) times B (8 x 8, element (k, col) as `b_at(k, col)`), A and B in
+        workgroup memory holding tf32-rounded values. The lane whose index in the subgroup is
+        4 mg + mt (the caller defines mg and mt) holds the tile's elements (mg, 2 mt),
+        (mg, 2 mt + 1), (mg + 8, 2 mt), (mg + 8, 2 mt + 1) in `acc` (PTX's mma.m16n8k8
+        fragment). Spelled here as each lane's own sums: any device, no subgroup needed."""
+        lines = []
+        for i, name in enumerate(acc):
+            row, col = ("mg" if i < 2 else "mg + 8"), f"2 * mt + {i % 2}"
+            terms = " + ".join(f"{a_at(row, str(k))} * {b_at(str(k), col)}" for k in range(8))
+            lines.append(f"{name} = {name} + {terms};")
+        return lines
 
     def store_u32(self, p: Param, offset: str, value: str) -> str:
         """Store u32 `value` at byte `offset` (a multiple of 4) of a byte buffer."""

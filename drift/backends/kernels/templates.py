@@ -59,6 +59,11 @@ GEMV_VEC_UNROLL = 2  # such loads per row each GEMV thread issues per loop step
 # of the tile) times the shares of K, each share at least GEMV_MIN_STEPS loads
 GEMV_LANES, GEMV_WG, GEMV_MIN_STEPS = 8, 256, 4
 GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
+# Prefill on matrix units (`_gemm_mma`): "auto" where the renderer spells `warp_mma` for the
+# device's own (NVIDIA's tensor cores), "always" (its plain spelling elsewhere: the tests),
+# "never"
+GEMM_MMA = "auto"
+GEMM_MMA_TILE = (64, 64, 32)  # rows of x, columns, K step of a workgroup (4 subgroups of 32)
 ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 ATTN_SPLIT_TILE = 64  # the same in split-K (decode) attention, whose workgroups take few keys
 ATTN_SPLIT_GROUPS = 1024  # workgroups split-K attention aims at: a large GPU's cores many
@@ -638,7 +643,8 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         body.append(f"    xs[({kk}) * {XS} + {m}] = {r.select(ok, xv, r.f(0.0))};")
     for i, w in enumerate(ws):
         body.append("    {")
-        body += ["        " + x for x in _stage_weight(b, w, f"ws{i}", EPT, TPC, WS, K)]
+        body += ["        " + x for x in _stage_weight(b, w, f"ws{i}", EPT, TPC,
+                                                      lambda k, c: f"({k}) * {WS} + {c}", K)]
         body.append("    }")
     body += ["    " + r.barrier(), "    " + r.for_("kk", "0", str(BK))]
     for i in range(len(ws)):
@@ -662,10 +668,85 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     return b.finish(body, groups)
 
 
-def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int, WS: int,
-                  K: int) -> list[str]:
+def _tf32(r: Renderer, v: str) -> str:
+    """f32 `v` rounded to tf32 (10 mantissa bits, to nearest, ties away from zero): what the
+    matrix units multiply, so the plain spelling of `warp_mma` computes what they do."""
+    return r.bitcast_f32(f"({r.bitcast_u32(v)} + 4096u) & 4294959104u")
+
+
+def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
+              biases: list[Accessor]):
+    """Prefill on matrix units: one workgroup of 4 subgroups of 32 lanes per (TM rows of x) x
+    (TN columns) tile, each subgroup a 32 x 32 quarter of it as 2 x 4 tiles of 16 x 8
+    (`Renderer.warp_mma`, PTX's mma.m16n8k8 on tf32). Each step of BK along K stages x
+    (row-major) and the dequantized weights (column-major) in workgroup memory, rounded to
+    tf32, rows padded by 4 words (a fragment's 32 reads fall in 32 banks); every subgroup
+    then multiplies its fragments BK / 8 times. The epilogue stores from the fragments."""
+    TM, TN, BK = GEMM_MMA_TILE
+    wg = 128
+    b = Builder(r, f"{n.op}:mma", wg)
+    b.use(x, out, *biases)
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    EPT = TN * BK // wg  # weight elements each thread stages per step: a run of one column
+    TPC = BK // EPT  # threads per column
+    nt, steps = -(-N // TN), -(-K // BK)
+    groups = nt * -(-S // TM)
+    RS = BK + 4  # words between staged rows (x) and columns (weights)
+    MI, NI = 2, 4  # a subgroup's tiles of 16 rows, of 8 columns
+    b.shared += [("xs", "f32", TM * RS), *((f"ws{i}", "f32", TN * RS) for i in range(len(ws)))]
+    body = b.group(groups) + [
+        r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
+        r.let("wm", "u32", f"lid / 64 * 32"), r.let("wn", "u32", f"lid / 32 % 2 * 32"),
+        r.let("mg", "u32", "lid % 32 / 4"), r.let("mt", "u32", "lid % 4"),
+        r.let("wc", "u32", f"lid / {TPC}"),  # the column this thread stages
+        r.let("wr", "u32", f"min(n0 + wc, {N - 1}u)"),
+    ]
+    acc = {(i, mi, ni): [f"c{i}_{mi}_{ni}_{e}" for e in range(4)]
+           for i in range(len(ws)) for mi in range(MI) for ni in range(NI)}
+    body += [r.var(c, "f32", r.f(0.0)) for cs in acc.values() for c in cs]
+    body += [r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {BK}")]
+    for u in range(TM * BK // wg):  # x: consecutive threads along K (coalesced)
+        m, kk = f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
+        row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
+        xv = x.load(r, *row, f"min(k0 + {kk}, {K - 1}u)")
+        ok = f"{m} < {S} - s0" + (f" && k0 + {kk} < {K}" if K % BK else "")
+        body.append(f"    xs[({m}) * {RS} + {kk}] = {_tf32(r, r.select(ok, xv, r.f(0.0)))};")
+    for i, w in enumerate(ws):
+        body.append("    {")
+        body += ["        " + x for x in _stage_weight(
+            b, w, f"ws{i}", EPT, TPC, lambda k, c: f"{c} * {RS} + {k}", K,
+            lambda v: _tf32(r, v))]
+        body.append("    }")
+    body += ["    " + r.barrier(), "    " + r.for_("ks", "0", str(BK), "8")]
+    for (i, mi, ni), cs in acc.items():
+        def a_at(row, k, mi=mi):
+            return f"xs[(wm + {mi * 16} + {row}) * {RS} + ks + {k}]"
+
+        def b_at(k, col, i=i, ni=ni):
+            return f"ws{i}[(wn + {ni * 8} + {col}) * {RS} + ks + {k}]"
+        body += ["        " + x for x in r.warp_mma(cs, a_at, b_at)]
+    body += ["    }", "    " + r.barrier(), "}"]
+    # the epilogue from the fragments: element e of tile (mi, ni) is row mg + 8 (e / 2),
+    # column 2 mt + e % 2 of it
+    for mi in range(MI):
+        for ni in range(NI):
+            for e in range(4):
+                row = f"s0 + wm + {mi * 16 + 8 * (e // 2)} + mg"
+                col = f"n0 + wn + {ni * 8 + e % 2} + 2 * mt"
+                pre, value = _epilogue(r, n, [acc[(i, mi, ni)][e] for i in range(len(ws))],
+                                       biases, "oc")
+                st = out.store(r, value, *coords_of("om", out.shape[:-1]), "oc")
+                body.append(f"{{ {r.let('om', 'u32', row)} {r.let('oc', 'u32', col)} "
+                            f"if (om < {S} && oc < {N}) {{ {pre}{st} }} }}")
+    return b.finish(body, groups)
+
+
+def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int,
+                  at: Callable[[str, str], str], K: int,
+                  rounded: Callable[[str], str] = lambda v: v) -> list[str]:
     """This thread's EPT weights of the step's tile (column `wc`, K from k0 + its run) into
-    workgroup memory `dst`, transposed (k-major)."""
+    workgroup memory `dst`, element (k of the step, column) at index `at(k, column)`, each
+    value as `rounded(value)`."""
     r = b.r
     b.use(w)
     body = [r.let("kr", "u32", f"lid % {TPC} * {EPT}")]
@@ -674,7 +755,7 @@ def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int, WS: int
             v = w.load(r, "wr", f"min(k0 + kr + {e}, {K - 1}u)")
             if K % EPT or K % (EPT * TPC):
                 v = r.select(f"k0 + kr + {e} < {K}", v, r.f(0.0))
-            body.append(f"{dst}[(kr + {e}) * {WS} + wc] = {v};")
+            body.append(f"{dst}[{at(f'kr + {e}', 'wc')}] = {rounded(v)};")
         return body
     E = block_size(w.dtype)[0]
     # a run of EPT (16) elements lies in one sub-block (16 or 32) of one block
@@ -686,7 +767,8 @@ def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int, WS: int
     body += dq.sub_lines("sb")
     for e in range(EPT):
         lines, value = dq.element("sb", f"(e0 + {e})")
-        body.append("{ " + " ".join(lines) + f" {dst}[(kr + {e}) * {WS} + wc] = {value}; }}")
+        body.append("{ " + " ".join(lines) +
+                    f" {dst}[{at(f'kr + {e}', 'wc')}] = {rounded(value)}; }}")
     return body
 
 
@@ -746,6 +828,8 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
         if n.attrs.get("bias"):
             biases = [Columns([acc[i] for i in n.inputs[1 + k : 1 + 2 * k]])]
     S = prod(x.shape[:-1])
+    if S > GEMV_ROWS and r.tiled_gemm and (GEMM_MMA == "always" or GEMM_MMA == "auto" and r.mma):
+        return _gemm_mma(r, n, x, out, ws, biases)
     if S > GEMV_ROWS and r.tiled_gemm:
         return _gemm(r, n, x, out, ws, biases)
     if S <= GEMV_ROWS and all(w.dtype in WORDS for w in ws):

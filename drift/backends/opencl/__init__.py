@@ -66,7 +66,9 @@ def adapters() -> list[dict[str, Any]]:
                         "fp16": "cl_khr_fp16" in ext,
                         "int8_dot": ("cl_khr_integer_dot_product" in ext
                                      or "cl_nv_device_attribute_query" in ext),  # dp4a: PTX
-                        "subgroups": "cl_khr_subgroups" in ext})
+                        "subgroups": "cl_khr_subgroups" in ext,
+                        "matrix_units": ("cl_nv_device_attribute_query" in ext
+                                         and d.compute_capability_major_nv >= 8)})
     return out
 
 
@@ -176,6 +178,8 @@ class CLRuntime(Runtime):
             self.renderer.shuffles, self.subgroup_lanes = "khr", 8
         elif "cl_nv_device_attribute_query" in ext:  # NVIDIA: warps, reached through PTX
             self.renderer.shuffles, self.subgroup_lanes = "ptx", self.dev.warp_size_nv
+        if "cl_nv_device_attribute_query" in ext and self.dev.compute_capability_major_nv >= 8:
+            self.renderer.mma = "ptx"  # mma.m16n8k8 on tf32: Ampere (sm_80) and later
         if "cl_khr_integer_dot_product" in ext:
             self.int8 = "khr"
         elif "cl_nv_device_attribute_query" in ext:  # NVIDIA: dp4a, through PTX

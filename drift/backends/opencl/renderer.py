@@ -86,6 +86,20 @@ class OpenCLRenderer(Renderer):
         # (a graph given int8 x where int8 is off still runs: the byte-by-byte sum)
         return DOT4_I8[self.int8 or "bytes"][1].format(a=a, b=b)
 
+    def warp_mma(self, acc, a_at, b_at):
+        if self.mma != "ptx":
+            return super().warp_mma(acc, a_at, b_at)
+        # the fragments of mma.m16n8k8 (PTX ISA, "Matrix Fragments for mma.m16n8k8"), tf32
+        # operands as their f32 bits (the values are tf32-rounded where they were staged)
+        a = [a_at("mg", "mt"), a_at("mg + 8", "mt"), a_at("mg", "mt + 4"),
+             a_at("mg + 8", "mt + 4")]
+        b = [b_at("mt", "mg"), b_at("mt + 4", "mg")]
+        outs = ", ".join(f'"=f"({c})' for c in acc)
+        ins = ", ".join([f'"r"(as_uint({v}))' for v in a + b] + [f'"f"({c})' for c in acc])
+        return ['asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 '
+                '{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};" '
+                f": {outs} : {ins});"]
+
     def store_u32(self, p: Param, offset, value):
         return f"*(__global uint*)({p.name} + ({offset})) = {value};"
 
