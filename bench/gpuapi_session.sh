@@ -153,6 +153,24 @@ if [[ -n $RUNS ]]; then
   for dev in opencl webgpu; do profile_8b $dev; done
   exit
 fi
+# run(command="MMA=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 18: the prefill GEMM on tensor cores (templates._gemm_mma, PTX mma on OpenCL)
+#   against the f32 tiled GEMM (GEMM_MMA='never'): the matmul kernels alone at 512 rows with
+#   their errors, the 1B greedy check, drift bench both ways on both models (OpenCL)
+if [[ -n $MMA ]]; then
+  models
+  for set in "" "GEMM_MMA='never'"; do
+    kernels opencl --rows 512 --reps 10 --check ${set:+--set $set}
+  done
+  grep -E "^\| opencl" "$OUT/kernels.txt" | head -12
+  check_1b
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    bench_with $m opencl mma
+    bench_with $m opencl f32-gemm "GEMM_MMA='never'"
+  done
+  exit
+fi
 if [[ -n $NORM ]]; then
   models; wait $big
   for set in NORM_WG=256 NORM_WG=512 NORM_WG=1024; do
