@@ -171,6 +171,24 @@ if [[ -n $MMA ]]; then
   done
   exit
 fi
+# run(command="MMA2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 18: the tensor-core GEMM's variants (the next step's loads prefetched or not,
+#   tiles of 64 x 64, 128 x 64, 64 x 128): kernels alone at 512 rows with their errors, drift
+#   bench of the 8B on each (OpenCL), the 1B greedy check, both models on both APIs
+if [[ -n $MMA2 ]]; then
+  models
+  for set in "" "GEMM_MMA_PREFETCH=False" "GEMM_MMA_TILE=(128,64,32)" "GEMM_MMA_TILE=(64,128,32)"; do
+    kernels opencl --rows 512 --reps 10 --check ${set:+--set $set}
+  done
+  check_1b
+  for dev in opencl webgpu; do bench_with llama-3.2-1b-Q4_0 $dev default; done
+  wait $big
+  for set in "" "GEMM_MMA_PREFETCH=False" "GEMM_MMA_TILE=(128,64,32)" "GEMM_MMA_TILE=(64,128,32)"; do
+    bench_with llama-3.1-8b-Q4_0 opencl variant $set
+  done
+  bench_with llama-3.1-8b-Q4_0 webgpu default
+  exit
+fi
 if [[ -n $NORM ]]; then
   models; wait $big
   for set in NORM_WG=256 NORM_WG=512 NORM_WG=1024; do

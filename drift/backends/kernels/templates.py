@@ -63,7 +63,9 @@ GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows
 # device's own (NVIDIA's tensor cores), "always" (its plain spelling elsewhere: the tests),
 # "never"
 GEMM_MMA = "auto"
-GEMM_MMA_TILE = (64, 64, 32)  # rows of x, columns, K step of a workgroup (4 subgroups of 32)
+GEMM_MMA_TILE = (64, 64, 32)  # rows of x, columns, K step of a workgroup (a subgroup of 32
+# lanes per 32 x 32)
+GEMM_MMA_PREFETCH = True  # the next step's loads issued before this step's products
 ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 ATTN_SPLIT_TILE = 64  # the same in split-K (decode) attention, whose workgroups take few keys
 ATTN_SPLIT_GROUPS = 1024  # workgroups split-K attention aims at: a large GPU's cores many
@@ -643,8 +645,8 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         body.append(f"    xs[({kk}) * {XS} + {m}] = {r.select(ok, xv, r.f(0.0))};")
     for i, w in enumerate(ws):
         body.append("    {")
-        body += ["        " + x for x in _stage_weight(b, w, f"ws{i}", EPT, TPC,
-                                                      lambda k, c: f"({k}) * {WS} + {c}", K)]
+        body += ["        " + x for x in _stage_weight(
+            b, w, EPT, TPC, K, lambda e, v, i=i: f"ws{i}[(kr + {e}) * {WS} + wc] = {v};")]
         body.append("    }")
     body += ["    " + r.barrier(), "    " + r.for_("kk", "0", str(BK))]
     for i in range(len(ws)):
@@ -676,19 +678,23 @@ def _tf32(r: Renderer, v: str) -> str:
 
 def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
               biases: list[Accessor]):
-    """Prefill on matrix units: one workgroup of 4 subgroups of 32 lanes per (TM rows of x) x
-    (TN columns) tile, each subgroup a 32 x 32 quarter of it as 2 x 4 tiles of 16 x 8
-    (`Renderer.warp_mma`, PTX's mma.m16n8k8 on tf32). Each step of BK along K stages x
-    (row-major) and the dequantized weights (column-major) in workgroup memory, rounded to
-    tf32, rows padded by 4 words (a fragment's 32 reads fall in 32 banks); every subgroup
-    then multiplies its fragments BK / 8 times. The epilogue stores from the fragments."""
+    """Prefill on matrix units: one workgroup per (TM rows of x) x (TN columns) tile, a
+    subgroup of 32 lanes per 32 x 32 part of it, as 2 x 4 tiles of 16 x 8 (`warp_mma`,
+    PTX's mma.m16n8k8 on tf32). Each step of BK along K stages x (row-major) and the
+    dequantized weights (column-major) in workgroup memory, rounded to tf32, rows padded by 4
+    words (a fragment's 32 reads fall in 32 banks); every subgroup then multiplies its
+    fragments BK / 8 times. With GEMM_MMA_PREFETCH the next step's x and weights are loaded
+    into registers before this step's products (their latency under the matrix work); else
+    loaded, stored, multiplied in turn. The epilogue stores from the fragments."""
     TM, TN, BK = GEMM_MMA_TILE
-    wg = 128
+    WM, WN = TM // 32, TN // 32  # subgroups along rows, along columns
+    wg = 32 * WM * WN
     b = Builder(r, f"{n.op}:mma", wg)
     b.use(x, out, *biases)
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     EPT = TN * BK // wg  # weight elements each thread stages per step: a run of one column
     TPC = BK // EPT  # threads per column
+    XPT = TM * BK // wg  # x elements each thread stages per step
     nt, steps = -(-N // TN), -(-K // BK)
     groups = nt * -(-S // TM)
     RS = BK + 4  # words between staged rows (x) and columns (weights)
@@ -696,7 +702,7 @@ def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accesso
     b.shared += [("xs", "f32", TM * RS), *((f"ws{i}", "f32", TN * RS) for i in range(len(ws)))]
     body = b.group(groups) + [
         r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
-        r.let("wm", "u32", f"lid / 64 * 32"), r.let("wn", "u32", f"lid / 32 % 2 * 32"),
+        r.let("wm", "u32", f"lid / {32 * WN} * 32"), r.let("wn", "u32", f"lid / 32 % {WN} * 32"),
         r.let("mg", "u32", "lid % 32 / 4"), r.let("mt", "u32", "lid % 4"),
         r.let("wc", "u32", f"lid / {TPC}"),  # the column this thread stages
         r.let("wr", "u32", f"min(n0 + wc, {N - 1}u)"),
@@ -704,20 +710,50 @@ def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accesso
     acc = {(i, mi, ni): [f"c{i}_{mi}_{ni}_{e}" for e in range(4)]
            for i in range(len(ws)) for mi in range(MI) for ni in range(NI)}
     body += [r.var(c, "f32", r.f(0.0)) for cs in acc.values() for c in cs]
-    body += [r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {BK}")]
-    for u in range(TM * BK // wg):  # x: consecutive threads along K (coalesced)
-        m, kk = f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
-        row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
-        xv = x.load(r, *row, f"min(k0 + {kk}, {K - 1}u)")
-        ok = f"{m} < {S} - s0" + (f" && k0 + {kk} < {K}" if K % BK else "")
-        body.append(f"    xs[({m}) * {RS} + {kk}] = {_tf32(r, r.select(ok, xv, r.f(0.0)))};")
-    for i, w in enumerate(ws):
-        body.append("    {")
-        body += ["        " + x for x in _stage_weight(
-            b, w, f"ws{i}", EPT, TPC, lambda k, c: f"{c} * {RS} + {k}", K,
-            lambda v: _tf32(r, v))]
-        body.append("    }")
-    body += ["    " + r.barrier(), "    " + r.for_("ks", "0", str(BK), "8")]
+
+    def x_at(u: int) -> tuple[str, str]:  # (row, k) in the step of this thread's u-th x
+        return f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
+
+    def load(k0: str, put_x: Callable[[int, str], str],
+             put_w: Callable[[int, int, str], str]) -> list[str]:
+        """The step at `k0`'s x (consecutive threads along K: coalesced) and weights."""
+        lines = []
+        for u in range(XPT):
+            m, kk = x_at(u)
+            row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
+            xv = x.load(r, *row, f"min({k0} + {kk}, {K - 1}u)")
+            ok = f"{m} < {S} - s0" + (f" && {k0} + {kk} < {K}" if K % BK else "")
+            lines.append(put_x(u, r.select(ok, xv, r.f(0.0))))
+        for i, w in enumerate(ws):
+            lines += ["{", *_stage_weight(b, w, EPT, TPC, K,
+                                          lambda e, v, i=i: put_w(i, e, v), k0), "}"]
+        return lines
+
+    def x_slot(u: int) -> str:
+        m, kk = x_at(u)
+        return f"xs[({m}) * {RS} + {kk}]"
+
+    def w_slot(i: int, e: int) -> str:
+        return f"ws{i}[wc * {RS} + lid % {TPC} * {EPT} + {e}]"
+
+    if GEMM_MMA_PREFETCH:  # registers: the next step's values
+        body += [r.var(f"xv{u}", "f32", r.f(0.0)) for u in range(XPT)]
+        body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0)) for i in range(len(ws)) for e in range(EPT)]
+        fetch = load("k1", lambda u, v: f"xv{u} = {v};", lambda i, e, v: f"wv{i}_{e} = {v};")
+        body += ["{", r.let("k1", "u32", "0u"), *fetch, "}"]
+        stage = ([f"{x_slot(u)} = {_tf32(r, f'xv{u}')};" for u in range(XPT)] +
+                 [f"{w_slot(i, e)} = {_tf32(r, f'wv{i}_{e}')};"
+                  for i in range(len(ws)) for e in range(EPT)])
+        body += [r.for_("kb", "0", str(steps)), *("    " + x for x in stage),
+                 "    " + r.barrier(), f"    if (kb + 1u < {steps}u) {{",
+                 "        " + r.let("k1", "u32", f"(kb + 1u) * {BK}"),
+                 *("        " + x for x in fetch), "    }"]
+    else:
+        body += [r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {BK}")]
+        body += ["    " + x for x in load("k0", lambda u, v: f"{x_slot(u)} = {_tf32(r, v)};",
+                                          lambda i, e, v: f"{w_slot(i, e)} = {_tf32(r, v)};")]
+        body.append("    " + r.barrier())
+    body.append("    " + r.for_("ks", "0", str(BK), "8"))
     for (i, mi, ni), cs in acc.items():
         def a_at(row, k, mi=mi):
             return f"xs[(wm + {mi * 16} + {row}) * {RS} + ks + {k}]"
@@ -741,25 +777,23 @@ def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accesso
     return b.finish(body, groups)
 
 
-def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int,
-                  at: Callable[[str, str], str], K: int,
-                  rounded: Callable[[str], str] = lambda v: v) -> list[str]:
-    """This thread's EPT weights of the step's tile (column `wc`, K from k0 + its run) into
-    workgroup memory `dst`, element (k of the step, column) at index `at(k, column)`, each
-    value as `rounded(value)`."""
+def _stage_weight(b: Builder, w: Accessor, EPT: int, TPC: int, K: int,
+                  put: Callable[[int, str], str], k0: str = "k0") -> list[str]:
+    """This thread's EPT weights of the step's tile (column `wc`, K from `k0` + its run
+    `kr`): `put(e, value)` of each, e = 0 .. EPT - 1 along K."""
     r = b.r
     b.use(w)
     body = [r.let("kr", "u32", f"lid % {TPC} * {EPT}")]
     if w.dtype in ("f32", "f16"):
         for e in range(EPT):
-            v = w.load(r, "wr", f"min(k0 + kr + {e}, {K - 1}u)")
+            v = w.load(r, "wr", f"min({k0} + kr + {e}, {K - 1}u)")
             if K % EPT or K % (EPT * TPC):
-                v = r.select(f"k0 + kr + {e} < {K}", v, r.f(0.0))
-            body.append(f"{dst}[{at(f'kr + {e}', 'wc')}] = {rounded(v)};")
+                v = r.select(f"{k0} + kr + {e} < {K}", v, r.f(0.0))
+            body.append(put(e, v))
         return body
     E = block_size(w.dtype)[0]
     # a run of EPT (16) elements lies in one sub-block (16 or 32) of one block
-    body.append(r.let("kq", "u32", "k0 + kr"))
+    body.append(r.let("kq", "u32", f"{k0} + kr"))
     dq = dequant(r, w, "wr", f"kq - kq % {E}")
     assert EPT <= dq.sub and dq.sub % EPT == 0
     body += dq.block + [r.let("sb", "u32", f"kq % {E} / {dq.sub}"),
@@ -767,8 +801,7 @@ def _stage_weight(b: Builder, w: Accessor, dst: str, EPT: int, TPC: int,
     body += dq.sub_lines("sb")
     for e in range(EPT):
         lines, value = dq.element("sb", f"(e0 + {e})")
-        body.append("{ " + " ".join(lines) +
-                    f" {dst}[{at(f'kr + {e}', 'wc')}] = {rounded(value)}; }}")
+        body.append("{ " + " ".join(lines) + f" {put(e, value)} }}")
     return body
 
 
