@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--set", default="", metavar="K=V,..", help="kernel constants for the run")
     a = p.parse_args()
     try:
-        fixed = kernel_constants.parse([kv for kv in a.set.split(",") if kv])
+        fixed = kernel_constants.parse(kernel_constants.items(a.set))
     except ValueError as e:
         p.error(f"--set: {e}")
     kernel_constants.apply(fixed)

@@ -136,7 +136,7 @@ def main() -> None:
     CHECK = a.check
     rng = np.random.default_rng(0)
     try:
-        fixed = kernel_constants.parse([kv for kv in a.set.split(",") if kv])
+        fixed = kernel_constants.parse(kernel_constants.items(a.set))
     except ValueError as e:
         p.error(f"--set: {e}")
     settings: list[tuple[str, dict]] = [(a.set or "default", fixed)]

@@ -189,6 +189,24 @@ if [[ -n $MMA2 ]]; then
   bench_with llama-3.1-8b-Q4_0 webgpu default
   exit
 fi
+# run(command="MMA3=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 18: the tensor-core GEMM's tile (128 x 64 x 32 the default now) against 64 x 64,
+#   128 x 128 and 256 x 64 at K steps of 16, 128 x 64 x 16: kernels alone with their errors,
+#   drift bench of both models (OpenCL), then the defaults: the greedy check, drift bench
+#   on both APIs, the 8B OpenCL profile
+if [[ -n $MMA3 ]]; then
+  models
+  tiles=("" "GEMM_MMA_TILE=(64,64,32)" "GEMM_MMA_TILE=(128,128,16)" "GEMM_MMA_TILE=(256,64,16)" "GEMM_MMA_TILE=(128,64,16)")
+  for set in "${tiles[@]}"; do kernels opencl --rows 512 --reps 10 --check ${set:+--set $set}; done
+  check_1b
+  for set in "${tiles[@]}"; do bench_with llama-3.2-1b-Q4_0 opencl tile $set; done
+  bench_with llama-3.2-1b-Q4_0 webgpu default
+  wait $big
+  for set in "${tiles[@]}"; do bench_with llama-3.1-8b-Q4_0 opencl tile $set; done
+  bench_with llama-3.1-8b-Q4_0 webgpu default
+  profile_8b opencl
+  exit
+fi
 if [[ -n $NORM ]]; then
   models; wait $big
   for set in NORM_WG=256 NORM_WG=512 NORM_WG=1024; do

@@ -8,6 +8,7 @@ has crashed on a second backend in one process, and WebGPU's later settings ran 
 from __future__ import annotations
 
 import ast
+import re
 
 from drift.backends.kernels import templates
 from drift.backends.kernels.gpu import GPUBackend
@@ -15,6 +16,11 @@ from drift.backends.kernels.gpu import GPUBackend
 
 def owner(key: str):
     return GPUBackend if key == "kernel_tile_rows" else templates
+
+
+def items(text: str) -> list[str]:
+    """K=V,K=V (a comma inside parentheses or brackets belongs to its value: a tuple)."""
+    return [kv for kv in re.split(r",(?![^()\[\]]*[)\]])", text) if kv]
 
 
 def parse(items: list[str]) -> dict:

@@ -63,7 +63,7 @@ GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows
 # device's own (NVIDIA's tensor cores), "always" (its plain spelling elsewhere: the tests),
 # "never"
 GEMM_MMA = "auto"
-GEMM_MMA_TILE = (64, 64, 32)  # rows of x, columns, K step of a workgroup (a subgroup of 32
+GEMM_MMA_TILE = (128, 64, 32)  # rows of x, columns, K step of a workgroup (a subgroup of 32
 # lanes per 32 x 32)
 GEMM_MMA_PREFETCH = True  # the next step's loads issued before this step's products
 ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
