@@ -207,6 +207,18 @@ if [[ -n $MMA3 ]]; then
   profile_8b opencl
   exit
 fi
+# run(command="MMA4=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 18: the tensor-core GEMM's tile chosen per matmul (GEMM_MMA_TILES, the default
+#   now) against 128 x 64 x 32 for all: the greedy check, drift bench of both models (OpenCL)
+if [[ -n $MMA4 ]]; then
+  models; check_1b
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    bench_with $m opencl per-matmul
+    bench_with $m opencl fixed "GEMM_MMA_TILE=(128,64,32)"
+  done
+  exit
+fi
 if [[ -n $NORM ]]; then
   models; wait $big
   for set in NORM_WG=256 NORM_WG=512 NORM_WG=1024; do

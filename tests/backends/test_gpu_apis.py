@@ -176,6 +176,21 @@ def test_gemm_on_matrix_units(api, op, qtype, prefetch, monkeypatch):
 
     monkeypatch.setattr(templates, "GEMM_MMA", "always")
     monkeypatch.setattr(templates, "GEMM_MMA_PREFETCH", prefetch)
+    _gemm_on_matrix_units(api, op, qtype)
+
+
+@pytest.mark.parametrize("tile", [(128, 128, 16), (128, 64, 32)])
+def test_gemm_on_matrix_units_large_tiles(api, tile, monkeypatch):
+    """The tiles chosen for large grids (eight and 16 subgroups; K steps of 16 and 32), on
+    the gated two-weight case, whose staging takes the most workgroup memory."""
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "GEMM_MMA", "always")
+    monkeypatch.setattr(templates, "GEMM_MMA_TILE", tile)
+    _gemm_on_matrix_units(api, "ffn_gate_up", "Q4_0")
+
+
+def _gemm_on_matrix_units(api, op, qtype):
     S, K = 70, 512 if qtype != "Q6_K" else 768
     Ns = {"matmul": [131], "ffn_gate_up": [67, 67], "stacked_matmul": [96, 40, 40]}[op]
     b = GraphBuilder("mma")

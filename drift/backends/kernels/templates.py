@@ -63,8 +63,13 @@ GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows
 # device's own (NVIDIA's tensor cores), "always" (its plain spelling elsewhere: the tests),
 # "never"
 GEMM_MMA = "auto"
-GEMM_MMA_TILE = (128, 64, 32)  # rows of x, columns, K step of a workgroup (a subgroup of 32
-# lanes per 32 x 32)
+# (rows of x, columns, K step) of a workgroup, a subgroup of 32 lanes per 32 x 32 of it: the
+# first of GEMM_MMA_TILES whose grid has GEMM_MMA_MIN_GROUPS workgroups (large tiles reuse
+# more, but a grid under the GPU's cores leaves some idle: session 18's sweep on the H200's
+# 132), else the last; GEMM_MMA_TILE, where set, for every matmul
+GEMM_MMA_TILES = ((128, 128, 16), (128, 64, 32), (64, 64, 32))
+GEMM_MMA_MIN_GROUPS = 128
+GEMM_MMA_TILE: tuple[int, int, int] | None = None
 GEMM_MMA_PREFETCH = True  # the next step's loads issued before this step's products
 ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 ATTN_SPLIT_TILE = 64  # the same in split-K (decode) attention, whose workgroups take few keys
@@ -686,12 +691,14 @@ def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accesso
     fragments BK / 8 times. With GEMM_MMA_PREFETCH the next step's x and weights are loaded
     into registers before this step's products (their latency under the matrix work); else
     loaded, stored, multiplied in turn. The epilogue stores from the fragments."""
-    TM, TN, BK = GEMM_MMA_TILE
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    TM, TN, BK = GEMM_MMA_TILE or next(
+        (t for t in GEMM_MMA_TILES if -(-S // t[0]) * -(-N // t[1]) >= GEMM_MMA_MIN_GROUPS),
+        GEMM_MMA_TILES[-1])
     WM, WN = TM // 32, TN // 32  # subgroups along rows, along columns
     wg = 32 * WM * WN
     b = Builder(r, f"{n.op}:mma", wg)
     b.use(x, out, *biases)
-    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     EPT = TN * BK // wg  # weight elements each thread stages per step: a run of one column
     TPC = BK // EPT  # threads per column
     XPT = TM * BK // wg  # x elements each thread stages per step
