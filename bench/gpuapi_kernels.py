@@ -62,7 +62,8 @@ def random_blocks(qtype: str, n: int, k: int, rng) -> np.ndarray:
 
 _BACKENDS: dict = {}
 CHECK = False  # --check: each matmul's result against numpy, its error in the table
-ERRORS: dict = {}
+ERRORS: dict = {}  # (api, qtype, S, N, K) -> the largest error over the largest output
+BLOCKS: dict = {}  # a weight's blocks, by name, for the check
 
 
 def backend_for(api: str, int8: bool):
@@ -86,7 +87,7 @@ def time_matmul(api: str, qtype: str, S: int, N: int, K: int, reps: int, rng,
         blocks = random_blocks(qtype, N, K, rng)
         be.load_raw(name, (N, K), qtype, blocks)
         if CHECK:
-            be._host_blocks = getattr(be, "_host_blocks", {}) | {name: blocks}
+            BLOCKS[name] = blocks
     b = GraphBuilder("mm")
     x = b.input("x", (S, K), "f32")
     b.output(b.op("matmul", b.op("quantize_q8", x) if int8 else x,
@@ -98,7 +99,7 @@ def time_matmul(api: str, qtype: str, S: int, N: int, K: int, reps: int, rng,
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
-        w = dequantize(be._host_blocks[name], GGMLQuantizationType[qtype])
+        w = dequantize(BLOCKS[name], GGMLQuantizationType[qtype])
         ref = feeds["x"] @ w.T
         ERRORS[(api, qtype, S, N, K)] = float(np.abs(got - ref).max() / np.abs(ref).max())
     writes = prog._writes(feeds)

@@ -868,6 +868,7 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
         if n.attrs.get("bias"):
             biases = [Columns([acc[i] for i in n.inputs[1 + k : 1 + 2 * k]])]
     S = prod(x.shape[:-1])
+    assert GEMM_MMA in ("auto", "always", "never"), f"GEMM_MMA {GEMM_MMA!r}"
     if S > GEMV_ROWS and r.tiled_gemm and (GEMM_MMA == "always" or GEMM_MMA == "auto" and r.mma):
         return _gemm_mma(r, n, x, out, ws, biases)
     if S > GEMV_ROWS and r.tiled_gemm:
@@ -1069,17 +1070,24 @@ def attention(r: Renderer, n: Node, acc: dict[str, Accessor], scratch: Accessor 
     return [split, _attention_combine(r, n, out, pos, scratch, splits, step)]
 
 
-def _split_keys(r: Renderer, n: Node, splits: int, step: int) -> list[str]:
-    """Where split `sp` of the keys a query at position p sees starts and stops, [ka, kb)
-    (empty past the last key), and the splits that hold keys, `used`: the keys [lo, p] cut
-    into `splits` chunks of whole steps of `step` keys (the share fixed at run time, from p)."""
+def _window_start(r: Renderer, n: Node) -> str:
+    """`lo`, the first key a query at position p sees (its window's, else 0)."""
     window = n.attrs.get("window", 0)
+    return r.let("lo", "u32",
+                 r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0")
+
+
+def _split_share(r: Renderer, splits: int, step: int) -> list[str]:
+    """The keys [lo, p] a query sees cut into `splits` chunks of whole steps of `step` keys
+    (the share fixed at run time, from p): `chunk` keys each, the first `used` holding any."""
     share = splits * step
-    return [r.let("lo", "u32",
-                  r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
-            r.let("chunk", "u32", f"(p + 1 - lo + {share - 1}) / {share} * {step}"),
-            r.let("used", "u32", f"(p + 1 - lo + chunk - 1) / chunk"),
-            r.let("ka", "u32", "lo + sp * chunk"),
+    return [r.let("chunk", "u32", f"(p + 1 - lo + {share - 1}) / {share} * {step}"),
+            r.let("used", "u32", "(p + 1 - lo + chunk - 1) / chunk")]
+
+
+def _split_keys(r: Renderer, splits: int, step: int) -> list[str]:
+    """Split `sp`'s keys, [ka, kb) (empty past the last key), after `_split_share`."""
+    return [*_split_share(r, splits, step), r.let("ka", "u32", "lo + sp * chunk"),
             r.let("kb", "u32", "min(ka + chunk, p + 1)")]
 
 
@@ -1098,7 +1106,7 @@ def _attend_split(r: Renderer, n: Node, q: Accessor, k: Accessor, v: Accessor,
         r.let("s", "u32", f"sh / {H}"), r.let("h", "u32", f"sh % {H}")]
     body += _attend(b, n, q, k, v, pos, "ka", "kb",
                     lambda val, d: scratch.store(r, val, f"grp * {W} + {d}"),
-                    lambda: _split_keys(r, n, splits, b.wg)[1:])
+                    lambda: _split_keys(r, splits, b.wg))  # (`_attend` defines lo)
     body.append(f"if (lid == 0) {{ {scratch.store(r, 'm', f'grp * {W} + {Dv}')} "
                 f"{scratch.store(r, 'l', f'grp * {W} + {Dv + 1}')} }}")
     return b.finish(body, S * H * splits), b.wg
@@ -1161,7 +1169,7 @@ def _attend_runs(r: Renderer, n: Node, q: Accessor, k: Accessor, v: Accessor,
         r.let("lane", "u32", f"lid % {KL}"), r.let("run", "u32", f"lid / {KL}"),
         f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
         r.uniform_let("p", "u32", "pv"),  # uniform: the steps' bound, around shuffles
-        *_split_keys(r, n, splits, step),
+        _window_start(r, n), *_split_keys(r, splits, step),
     ]
     b.shared.append(("pv", "u32", 0))
     for g in range(G):
@@ -1271,7 +1279,7 @@ def _attend(b: Builder, n: Node, q: Accessor, k: Accessor, v: Accessor, pos: Acc
     tile = b.wg  # keys per tile: one a thread
     KG = max(1, b.wg // Dv)  # key groups of the value phase
     nd = -(-Dv // b.wg)  # output dims a thread (KG == 1 only)
-    window, cap = n.attrs.get("window", 0), n.attrs.get("softcap", 0)
+    cap = n.attrs.get("softcap", 0)
     b.use(q, k, v, pos)
     k4 = k.vec4_param() if Dh % 4 == 0 else None
     if k4 is not None:
@@ -1289,8 +1297,7 @@ def _attend(b: Builder, n: Node, q: Accessor, k: Accessor, v: Accessor, pos: Acc
         f"{r.for_('d', 'lid', str(Dh), str(b.wg))} qv[d] = {q.load(r, 's', 'h', 'd')}; }}",
         f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
         r.uniform_let("p", "u32", "pv"),
-        r.let("lo", "u32",
-              r.select(f"p + 1 > {window}", f"p + 1 - {window}", "0") if window else "0"),
+        _window_start(r, n),
         *keys(),
         r.var("m", "f32", r.f(-3e38)), r.var("l", "f32", r.f(0.0)), r.array("o", "f32", nd),
         r.let("dv", "u32", f"lid % {Dv}") if KG > 1 else r.let("dv", "u32", "lid"),
@@ -1353,8 +1360,7 @@ def _attention_combine(r: Renderer, n: Node, out: Accessor, pos: Accessor, part:
         r.let("s", "u32", f"grp / {H}"), r.let("h", "u32", f"grp % {H}"),
         r.let("base", "u32", f"grp * {splits * W}"),
         f"if (lid == 0) {{ pv = {pos.load(r, 's')}; }}",
-        r.uniform_let("p", "u32", "pv"), r.let("sp", "u32", "0"),
-        *_split_keys(r, n, splits, step),
+        r.uniform_let("p", "u32", "pv"), _window_start(r, n), *_split_share(r, splits, step),
         r.var("mx", "f32", r.f(-3e38)),
         f"{r.for_('i', 'lid', 'used', str(b.wg))} "
         f"mx = max(mx, {part.load(r, f'base + i * {W} + {Dv}')}); }}",
