@@ -131,10 +131,25 @@ def _tflops(x: float) -> str:
     return f"{x / 1e12:.1f}" if x >= 1e12 else f"{x / 1e12:.3f}"
 
 
+def decode_loop(engine) -> str:
+    """How the tg test's tokens are drawn (`generate_tokens`'s path on this backend)."""
+    from drift.runtime.generate import decodes_ahead
+    from drift.runtime.sampler import GREEDY
+
+    pick = engine.backend.sampler(GREEDY)
+    if pick is None:
+        return "logits to the host, argmax there"
+    if decodes_ahead(engine, pick):
+        return "argmax on the device, each step queued before the last token is read"
+    return "argmax on the device, its token read back each step"
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from drift.hub import resolve_model
     from drift.hybrid.backend import HybridBackend
     from drift.runtime.engine import Engine
+    from drift.runtime.generate import generate_tokens
+    from drift.runtime.sampler import GREEDY, Sampler
 
     p, n, reps = args.n_prompt, args.n_gen, args.repetitions
     if p < 1 or n < 1 or reps < 1:
@@ -153,21 +168,20 @@ def run_bench(args: argparse.Namespace) -> int:
         engine.forward(prompt, 0)
         return time.perf_counter() - t
 
-    def generate() -> float:
+    def generate(tokens: int = n) -> float:
+        """n greedy tokens from a one-token prompt (n calls of the model) through the loop
+        `drift run` decodes with: the device's sampler where the backend has one (the
+        token id comes back, not the logits), each step queued ahead where it can be."""
         engine.reset()
-        tok = int(prompt[0])
         t = time.perf_counter()
-        for i in range(n):
-            logits = engine.forward([tok], i)
-            tok = int(np.argmax(logits))
+        got = sum(1 for _ in generate_tokens(engine, [int(prompt[0])], Sampler(GREEDY), tokens))
+        assert got == tokens, "decode stopped early"
         return time.perf_counter() - t
 
-    # warm-up: compiles both programs (and captures the CUDA graphs)
+    # warm-up: compiles both programs and the sampler's kernels (and captures the CUDA graphs)
     t_w = time.perf_counter()
     prefill()
-    engine.reset()
-    for i in range(3):
-        engine.forward([1], i)
+    generate(3)
     warm_s = time.perf_counter() - t_w
     pp = [p / prefill() for _ in range(reps)]
     hybrid = engine.backend if isinstance(engine.backend, HybridBackend) else None
@@ -185,7 +199,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "model": str(path.name), "arch": cfg.arch, "file_bytes": path.stat().st_size,
         "device": info.describe(), "backend": engine.backend.name,
         "kernel_table": info.extra.get("kernel_table"),
-        "n_prompt": p, "n_gen": n, "repetitions": reps,
+        "n_prompt": p, "n_gen": n, "repetitions": reps, "decode_loop": decode_loop(engine),
         "load_s": load_s, "warmup_s": warm_s,
         f"pp{p}": _stats(pp), f"tg{n}": _stats(tg),
         "decode_bytes_per_token": dc_bytes, "decode_flops_per_token": dc_flops,
@@ -211,7 +225,7 @@ def run_bench(args: argparse.Namespace) -> int:
         s = _stats(xs)
         print(f"| {path.name} | {size} | {engine.backend.name} | {test} | "
               f"{s['mean']:.2f} ± {s['sd']:.2f} | {s['median']:.2f} |")
-    print(f"device: {info.describe()}")
+    print(f"device: {info.describe()}; decode loop: {res['decode_loop']}")
     if "kernel_table" in info.extra:
         print(f"kernel table: {info.extra['kernel_table']}")
     print(f"decode: {dc_bytes / 1e9:.3f} GB/token (registry), "

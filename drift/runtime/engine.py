@@ -129,6 +129,25 @@ class Engine:
         logits = self.run(tokens, start, to_host, all_logits)["logits"]
         return logits if all_logits else logits.reshape(-1)
 
+    def forward_fed(self, start: int):
+        """One decode step at position `start` whose token is on the device already, stored
+        into the step's input by the sampler that drew it (`GreedySampler.submit`): the
+        logits as the backend's tensor. The cache's record holds -1 at `start` (matching no
+        token) until `settle` names the token."""
+        if start + 1 > self.ctx:
+            raise ContextOverflowError(f"{start + 1} tokens do not fit the context of {self.ctx}")
+        program = self.program(1)
+        self.cached_tokens = self.cached_tokens[:start]
+        out = program.run({"positions": np.array([start], np.int32)}, to_host=False,
+                          fed=frozenset({"tokens"}))
+        self.cached_tokens.append(-1)
+        return out["logits"].reshape(-1)
+
+    def settle(self, position: int, token: int) -> None:
+        """The token a `forward_fed` step at `position` ran, now read back."""
+        if position < len(self.cached_tokens) and self.cached_tokens[position] == -1:
+            self.cached_tokens[position] = token
+
     def prefill(self, tokens: list[int], to_host: bool = True) -> np.ndarray:
         """Bring the cache to hold `tokens`, computing only what is not already there; return
         the logits after the last token."""

@@ -7,6 +7,7 @@ fills a `GenerationStats` as it goes.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
@@ -87,6 +88,9 @@ def generate_tokens(
     stats.reused_tokens = min(common_prefix(engine.cached_tokens, prompt), len(prompt) - 1)
     # The backend samples on its device where it can (only the token id comes back).
     device_pick = engine.backend.sampler(sampler.config)
+    if max_tokens and decodes_ahead(engine, device_pick):
+        yield from _generate_ahead(engine, prompt, device_pick, max_tokens, stop_ids, stats, t0)
+        return
     pick = device_pick or sampler
     to_host = device_pick is None
     logits = engine.prefill(prompt, to_host)
@@ -122,6 +126,63 @@ def generate_tokens(
             return
         t_step = time.perf_counter()
         logits = engine.forward([token], len(history) - 1, to_host)
+
+
+def decodes_ahead(engine: Engine, device_pick) -> bool:
+    """Whether decode queues each step before the token of the one before is read: a device
+    sampler that stores its token into the next step's input (`GreedySampler.submit`), on the
+    backend that runs the engine's programs (not one inside a hybrid split); off with
+    DRIFT_DECODE_AHEAD=0."""
+    if os.environ.get("DRIFT_DECODE_AHEAD", "1") not in ("0", "1"):
+        raise InvalidArgumentError(f"DRIFT_DECODE_AHEAD={os.environ['DRIFT_DECODE_AHEAD']!r}: "
+                                   "0 or 1")
+    return (os.environ.get("DRIFT_DECODE_AHEAD", "1") == "1"
+            and hasattr(device_pick, "submit") and device_pick.backend is engine.backend)
+
+
+def _generate_ahead(engine: Engine, prompt: list[int], pick, max_tokens: int,
+                    stop_ids: frozenset[int], stats: GenerationStats,
+                    t0: float) -> Iterator[int]:
+    """`generate_tokens` with each decode step queued before the token it runs is read back:
+    the token goes from the sampler's kernel into the step's input on the device, so the host
+    records step n + 1 while the device computes step n (on WebGPU recording a step costs
+    about as much as running it). A step queued for a token that turns out to stop the
+    answer is wasted; the cache then holds that token too, as its record says."""
+    decode = engine.program(1)  # bound before the prefill's submission stores into it
+    ticket = pick.submit(engine.prefill(prompt, to_host=False), decode)
+    history = list(prompt)
+    last = t0
+    while True:
+        position = len(history)
+        ahead = None
+        if stats.generated_tokens + 1 < max_tokens and position + 1 < engine.ctx:
+            ahead = pick.submit(engine.forward_fed(position), decode)
+        token = pick.collect(ticket)
+        if token < 0:  # a device sampler's answer to logits that are not finite
+            raise NumericalError(nonfinite_message())
+        now = time.perf_counter()
+        if stats.generated_tokens == 0:
+            stats.ttft_s = stats.prefill_s = now - t0
+        else:
+            stats.decode_s += now - last
+            stats.decode_steps += 1
+        last = now
+        stats.token_times.append(now)
+        if ahead is not None:
+            engine.settle(position, token)
+        if token in stop_ids:
+            stats.finish_reason = "stop"
+            return
+        stats.generated_tokens += 1
+        history.append(token)
+        yield token
+        if stats.generated_tokens >= max_tokens:
+            stats.finish_reason = "length"
+            return
+        if len(history) >= engine.ctx:
+            stats.finish_reason = "context"  # the context is full
+            return
+        ticket = ahead
 
 
 def stream(

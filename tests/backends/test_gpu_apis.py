@@ -588,6 +588,57 @@ def test_greedy_sampling_on_the_device(api):
     assert pick(prog.run({"x": x}, to_host=False)[prog.graph.outputs[0]], []) == 417
 
 
+def test_decode_ahead_is_the_cpu_backends_greedy_answer(api, tmp_path, monkeypatch):
+    """Decode ahead (each step queued before the token it runs is read: the argmax stores
+    the token into the step's input on the device) gives the cpu backend's greedy tokens on
+    a random Q4_0 model: to max_tokens, to a stop token (the step queued for it wasted, the
+    cache's record naming it) and to a full context; a second call reuses the cache's
+    prefix, its record right. With DRIFT_DECODE_AHEAD=0 the same tokens one step at a time."""
+    from drift.backends.kernels.gpu import GreedySampler
+    from drift.formats.writer import write_random
+    from drift.models.presets import Preset, _llama
+    from drift.runtime.engine import Engine
+    from drift.runtime.generate import GenerationStats, decodes_ahead, generate_tokens
+    from drift.runtime.sampler import GREEDY, Sampler
+
+    preset = Preset("tiny-llama", "llama", _llama(2, 64, 4, 2, 96, ctx=128), 300, False, True)
+    path = write_random(preset, "Q4_0", tmp_path / "tiny.gguf", seed=3, workers=1)
+    prompt = [5, 17, 260, 3, 99, 42, 7]
+    cpu = Engine(path, device="cpu", ctx=24)
+    want = list(generate_tokens(cpu, prompt, Sampler(GREEDY), 12))
+    gpu = Engine(path, device=api, ctx=24)
+    assert decodes_ahead(gpu, gpu.backend.sampler(GREEDY))
+    submitted = []
+    real = GreedySampler.submit
+
+    def spy(self, logits, feed):
+        submitted.append(logits.program)
+        return real(self, logits, feed)
+
+    monkeypatch.setattr(GreedySampler, "submit", spy)
+    assert list(generate_tokens(gpu, prompt, Sampler(GREEDY), 12)) == want
+    assert len(submitted) == 12 and all(p is gpu.program(1) for p in submitted[1:])
+    assert gpu.cached_tokens == prompt + want[:11]  # the 12th token is not run
+    # a stop token: the answer before it; the step queued for it ran, and the record says so
+    stats = GenerationStats()
+    got = list(generate_tokens(gpu, prompt + want[:2], Sampler(GREEDY), 12, {want[5]}, stats))
+    assert got == want[2:5] and stats.finish_reason == "stop"
+    assert gpu.cached_tokens == prompt + want[:6]
+    # the context full: 24 positions hold the prompt and 17 tokens
+    full = list(generate_tokens(cpu, prompt, Sampler(GREEDY), 40))
+    stats = GenerationStats()
+    assert list(generate_tokens(gpu, prompt, Sampler(GREEDY), 40, (), stats)) == full
+    assert stats.finish_reason == "context" and len(full) == 24 - len(prompt)
+    monkeypatch.setenv("DRIFT_DECODE_AHEAD", "0")
+    submitted.clear()
+    assert list(generate_tokens(gpu, prompt, Sampler(GREEDY), 12)) == want and not submitted
+    monkeypatch.setenv("DRIFT_DECODE_AHEAD", "yes")
+    from drift.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="DRIFT_DECODE_AHEAD"):
+        list(generate_tokens(gpu, prompt, Sampler(GREEDY), 2))
+
+
 @pytest.mark.parametrize("pass_per_dispatch", [False, True])
 def test_device_timestamps(api, pass_per_dispatch):
     """`timed`: every launch of a call timed on the device (OpenCL profiling events, WebGPU

@@ -119,6 +119,17 @@ class Runtime(ABC):
             reads: Sequence[tuple[Any, int, int]]) -> list[np.ndarray]:
         """Write, launch all, read back (uint8 arrays): one submission."""
 
+    def submit(self, launches: Sequence[Any], writes: Sequence[tuple[Any, int, np.ndarray]],
+               reads: Sequence[tuple[Any, int, int]]) -> Any:
+        """`run` without waiting: the submission queued, a ticket returned that `collect`
+        turns into the reads (a decode step queued while the one before is on the device:
+        `GreedySampler.submit`). Here: run at once (a runtime whose `run` waits anyway)."""
+        return self.run(launches, writes, reads)
+
+    def collect(self, ticket: Any) -> list[np.ndarray]:
+        """The reads of a `submit`, waited for (that submission only, not later ones)."""
+        return ticket
+
     @abstractmethod
     def sync(self) -> None:
         """Wait for everything submitted."""
@@ -446,13 +457,16 @@ class GPUProgram(Program):
 
     # -- running
 
-    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True) -> dict[str, Any]:
+    def run(self, feeds: dict[str, np.ndarray], to_host: bool = True,
+            fed: frozenset[str] = frozenset()) -> dict[str, Any]:
         """The outputs on the host; with `to_host=False`, `DeviceOutput`s: the call is held
-        back until the sampler adds its kernel (or anything else runs first)."""
+        back until the sampler adds its kernel (or anything else runs first). Inputs in
+        `fed` are not written: a kernel queued before this call stores them (the greedy
+        sampler's token, `GreedySampler.submit`)."""
         self._bind()
         self.backend.flush()
         if not to_host:
-            self.backend.pending = (self, self._writes(feeds))
+            self.backend.pending = (self, self._writes(feeds, fed))
             return {name: DeviceOutput(self, name) for name in self.graph.outputs}
         arena, writes, reads = self.backend.arena, self._writes(feeds), []
         for name in self.graph.outputs:
@@ -464,18 +478,24 @@ class GPUProgram(Program):
             out[name] = np.array(st.from_physical(st.bind(raw)), copy=True)
         return out
 
-    def _writes(self, feeds: dict[str, np.ndarray]) -> list[tuple[Any, int, np.ndarray]]:
-        """The inputs, each laid out by its storage, as (arena, offset, bytes). A call always
-        writes the arena first (a graph without inputs writes a dead word): PoCL 3.1 crashes
-        running kernels over sub-buffers of a buffer last touched by a read."""
-        arena, writes = self.backend.arena, []
-        for name in self.graph.inputs:
-            spec, st = self.graph.tensors[name], self.storages[name]
-            x = np.asarray(feeds[name], dtype=np.int32 if spec.dtype == "i32" else np.float32)
-            block = np.zeros(st.nbytes, dtype=np.uint8)
-            st.write(st.bind(block), x.reshape(spec.shape))
-            writes.append((arena, self.plan.offsets[name], block))
+    def _writes(self, feeds: dict[str, np.ndarray],
+                fed: frozenset[str] = frozenset()) -> list[tuple[Any, int, np.ndarray]]:
+        """The inputs (but those `fed` on the device), each laid out by its storage, as
+        (arena, offset, bytes). A call always writes the arena first (a graph without inputs
+        writes a dead word): PoCL 3.1 crashes running kernels over sub-buffers of a buffer
+        last touched by a read."""
+        arena = self.backend.arena
+        writes = [self.input_write(name, feeds[name]) for name in self.graph.inputs
+                  if name not in fed]
         return writes or [(arena, 0, np.zeros(4, np.uint8))]
+
+    def input_write(self, name: str, value: Any) -> tuple[Any, int, np.ndarray]:
+        """Input `name` = `value`, laid out by its storage: (arena, offset, bytes)."""
+        spec, st = self.graph.tensors[name], self.storages[name]
+        x = np.asarray(value, dtype=np.int32 if spec.dtype == "i32" else np.float32)
+        block = np.zeros(st.nbytes, dtype=np.uint8)
+        st.write(st.bind(block), x.reshape(spec.shape))
+        return self.backend.arena, self.plan.offsets[name], block
 
     def timed(self, feeds: dict[str, np.ndarray], extra: Sequence[Any] = ()) -> Timing | None:
         """One call (its launches, then `extra` launches, e.g. the sampler's) in one
@@ -552,20 +572,27 @@ class _SamplerKernels:
         self._launches: dict[tuple[int, str], list[Any]] = {}
         self._partials: dict[int, tuple[Any, Any]] = {}  # first-stage groups -> two buffers
 
-    def kernels(self, r, x: Accessor, small, G: int) -> list:
+    def kernels(self, r, x: Accessor, small, G: int, feed: Accessor | None = None) -> list:
         """[(KernelSource, groups)] over logits `x`; `small(name, dtype, buf, n)` is an
-        accessor of a small buffer, `self._partials[G]` the first stage's two buffers."""
+        accessor of a small buffer, `self._partials[G]` the first stage's two buffers; `feed`
+        an input of the next call that the sampled token is stored into (greedy only)."""
         raise NotImplementedError
 
     def partial_bytes(self, G: int) -> int:
         raise NotImplementedError
 
-    def launches(self, logits: DeviceOutput) -> list[Any]:
+    def launches(self, logits: DeviceOutput, feed: GPUProgram | None = None) -> list[Any]:
+        """The kernels bound to `logits` (and to `feed`'s "tokens" input: the sampled token
+        stored there for that program's next call)."""
         b, prog = self.backend, logits.program
-        key = (id(prog), logits.name)
-        if key not in self._launches or prog._bound is not b.arena:
+        if feed is not None:
+            feed._bind()
+        key = (id(prog), logits.name, id(feed) if feed is not None else None)
+        if (key not in self._launches or prog._bound is not b.arena
+                or feed is not None and feed._bound is not b.arena):
             names: dict = {}
             x = prog._accessor(logits.name, names)
+            into = feed._accessor("tokens", names) if feed is not None else None
             G = argmax_groups(x.shape[-1])
             if G not in self._partials:
                 n = self.partial_bytes(G)
@@ -576,7 +603,7 @@ class _SamplerKernels:
                                 (prog._obj(buf, 0, 4 * n, dtype, True, names),))
 
             self._launches[key] = []
-            for ks, groups in self.kernels(b.rt.renderer, x, small, G):
+            for ks, groups in self.kernels(b.rt.renderer, x, small, G, into):
                 places = {p.name: place for p, place in names.values()}
                 self._launches[key].append(b.rt.launch(b.kernel(ks), ks.params,
                                                        _places(ks.params, places), groups))
@@ -606,16 +633,40 @@ class GreedySampler(_SamplerKernels):
     def partial_bytes(self, G: int) -> int:
         return 4 * G  # (value, index) per group
 
-    def kernels(self, r, x, small, G):
+    def kernels(self, r, x, small, G, feed=None):
         out = small("token", "i32", self.token, 1)
         vals, idx = (small(f"part_{t}", t, buf, G)
                      for t, buf in zip(("f32", "i32"), self._partials[G]))
-        return argmax(r, x, out, vals, idx)
+        return argmax(r, x, out, vals, idx, feed)
 
     def __call__(self, logits: DeviceOutput, history=()) -> int:
         raw = self.run_pending(logits, self.token, 4)
         if raw is None:
             return int(np.argmax(np.asarray(logits)))
+        return int(raw.view(np.int32)[0])
+
+    # -- decode ahead: the next step queued before this one's token is read
+
+    def submit(self, logits: DeviceOutput, feed: GPUProgram) -> Any:
+        """The pending call and the argmax queued, the token stored into `feed`'s "tokens"
+        input as well as read back: `feed.run(..., fed={"tokens"})` may be queued behind
+        it before `collect` waits for the token. Where the call is not pending (computed
+        already) the host's argmax is written there instead."""
+        b, prog = self.backend, logits.program
+        launches = self.launches(logits, feed)
+        if b.pending is None or b.pending[0] is not prog:
+            token = int(np.argmax(np.asarray(logits)))
+            b.rt.write(*feed.input_write("tokens", [token]))
+            return ("host", token)
+        writes, b.pending = b.pending[1], None
+        return ("device", b.rt.submit([*prog.launches, *launches], writes, [(self.token, 0, 4)]))
+
+    def collect(self, ticket: Any) -> int:
+        """The token of a `submit` (negative: the logits were not finite)."""
+        kind, value = ticket
+        if kind == "host":
+            return value
+        (raw,) = self.backend.rt.collect(value)
         return int(raw.view(np.int32)[0])
 
 
@@ -639,7 +690,8 @@ class TopKSampler(_SamplerKernels):
     def partial_bytes(self, G: int) -> int:
         return 4 * G * self.k  # k (key, id) pairs per group
 
-    def kernels(self, r, x, small, G):
+    def kernels(self, r, x, small, G, feed=None):
+        assert feed is None, "top-k's token is drawn on the host"
         K = self.k
         out = small("topk", "i32", self.out, 2 * K)
         keys, ids = (small(f"part_{t}", "i32", buf, G * K)

@@ -1425,12 +1425,14 @@ def argmax_groups(V: int) -> int:
     return -(-V // (ARGMAX_WG * ARGMAX_PER_THREAD))
 
 
-def argmax(r: Renderer, x: Accessor, out: Accessor, part_v: Accessor,
-           part_i: Accessor) -> list[tuple[KernelSource, int]]:
+def argmax(r: Renderer, x: Accessor, out: Accessor, part_v: Accessor, part_i: Accessor,
+           feed: Accessor | None = None) -> list[tuple[KernelSource, int]]:
     """Greedy sampling on the device: the index of the first maximum of a (1, V) or (V,)
     tensor into out[0] (i32), in two launches: `argmax_groups(V)` workgroups each take a
     slice (each thread ARGMAX_PER_THREAD values, loaded together) to a (value, index) pair
-    in part_v / part_i, then one workgroup takes the pairs to the answer."""
+    in part_v / part_i, then one workgroup takes the pairs to the answer. With `feed` (the
+    next decode step's token input) the answer is stored there too, as a valid id (0 for
+    logits that are not finite, whose -1 the host reads from `out` and stops on)."""
     V = x.shape[-1]
     lead = ["0"] * (len(x.shape) - 1)
     G, per = argmax_groups(V), ARGMAX_PER_THREAD
@@ -1445,7 +1447,7 @@ def argmax(r: Renderer, x: Accessor, out: Accessor, part_v: Accessor,
     body.append(f"if (lid == 0) {{ {part_v.store(r, 'red[0]', 'grp')} "
                 f"{part_i.store(r, r.cast('i32', 'redi[0]'), 'grp')} }}")
     last = Builder(r, "argmax_final", ARGMAX_WG)
-    last.use(part_v, part_i, out)
+    last.use(part_v, part_i, out, *([feed] if feed is not None else []))
     body2 = [r.let("lid", "u32", r.local_id()), r.var("best", "f32", r.f(-3e38)),
              r.var("bi", "u32", "0"),
              r.for_("g", "lid", str(G), str(ARGMAX_WG)),
@@ -1455,6 +1457,9 @@ def argmax(r: Renderer, x: Accessor, out: Accessor, part_v: Accessor,
              "}"]
     body2 += _argmax_tree(last)
     body2.append(f"if (lid == 0) {{ {out.store(r, r.cast('i32', 'redi[0]'), '0')} }}")
+    if feed is not None:
+        valid = r.select("redi[0] < " + f"{V}u", r.cast("i32", "redi[0]"), "0")
+        body2.append(f"if (lid == 0) {{ {feed.store(r, valid, *['0'] * len(feed.shape))} }}")
     return [first.finish(body, G), last.finish(body2, 1)]
 
 

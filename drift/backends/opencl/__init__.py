@@ -241,18 +241,31 @@ class CLRuntime(Runtime):
         return "pyopencl" if self.enqueue is None else "ctypes" if self.loop is None else "c loop"
 
     def run(self, launches, writes, reads):
-        cl, q = self.cl, self.queue
-        for buf, off, data in writes:  # small (token ids, positions): copied at once
-            cl.enqueue_copy(q, buf, np.ascontiguousarray(data), dst_offset=off,
-                            is_blocking=True)
-        self._enqueue_all(launches)
-        out = []
-        for i, (buf, off, nbytes) in enumerate(reads):
-            host = np.empty(nbytes, dtype=np.uint8)
-            cl.enqueue_copy(q, host, buf, src_offset=off, is_blocking=i == len(reads) - 1)
-            out.append(host)
+        out = self.collect(self.submit(launches, writes, reads))
         if not reads:
-            q.finish()
+            self.queue.finish()
+        return out
+
+    def submit(self, launches, writes, reads):
+        """Writes, launches and reads enqueued without blocking (the host arrays held by the
+        ticket until `collect`), the queue flushed so that the device starts on them."""
+        cl, q = self.cl, self.queue
+        held = [np.ascontiguousarray(data) for _, _, data in writes]
+        for (buf, off, _), data in zip(writes, held):  # small (token ids, positions)
+            cl.enqueue_copy(q, buf, data, dst_offset=off, is_blocking=False)
+        self._enqueue_all(launches)
+        out, last = [], None
+        for buf, off, nbytes in reads:
+            host = np.empty(nbytes, dtype=np.uint8)
+            last = cl.enqueue_copy(q, host, buf, src_offset=off, is_blocking=False)
+            out.append(host)
+        q.flush()
+        return out, last, held
+
+    def collect(self, ticket):
+        out, last, _held = ticket
+        if last is not None:  # an in-order queue: the last read done, everything before is
+            last.wait()
         return out
 
     def _enqueue_all(self, launches) -> None:

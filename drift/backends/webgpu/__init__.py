@@ -124,7 +124,7 @@ class WGPURuntime(Runtime):
         self.subgroup_size = lo if lo == hi else 0  # a range: not known until a kernel runs
         # shuffle lanes to try, from the largest a reduction uses (probe_subgroups)
         self.subgroup_lanes = min(hi, 64) if "subgroup" in features else 0
-        self._staging: dict[tuple[int, int], Any] = {}
+        self._staging: dict[int, list[Any]] = {}  # free mappable buffers by size
         self._fence: Any = None
 
     def buffer(self, nbytes: int) -> Any:
@@ -165,15 +165,6 @@ class WGPURuntime(Runtime):
         if self._fence is None:
             self._fence = self.buffer(4)
         self.device.queue.read_buffer(self._fence, 0, 4)
-
-    def _stage(self, slot: int, nbytes: int) -> Any:
-        """The mappable buffer output `slot` of a call is copied into (one per output)."""
-        key = (slot, nbytes)
-        if key not in self._staging:
-            u = self.wgpu.BufferUsage
-            self._staging[key] = self.device.create_buffer(size=nbytes,
-                                                           usage=u.MAP_READ | u.COPY_DST)
-        return self._staging[key]
 
     def timed(self, launches, writes):
         if self.timestamps is None:
@@ -251,26 +242,81 @@ class WGPURuntime(Runtime):
             return 1.0
 
     def run(self, launches, writes, reads):
+        return self.collect(self.submit(launches, writes, reads))
+
+    def submit(self, launches, writes, reads):
+        """Writes, one compute pass of every launch and the reads' copies into mappable
+        buffers, in one command buffer; queued with its submission index and the copies'
+        maps requested, nothing waited for."""
         for buf, off, data in writes:
             self.write(buf, off, data)
         enc = self.device.create_command_encoder()
-        cpass = enc.begin_compute_pass()
-        for pipeline, group, dims in launches:
-            cpass.set_pipeline(pipeline)
-            cpass.set_bind_group(0, group)
-            cpass.dispatch_workgroups(*dims)
-        cpass.end()
+        if launches:
+            cpass = enc.begin_compute_pass()
+            for pipeline, group, dims in launches:
+                cpass.set_pipeline(pipeline)
+                cpass.set_bind_group(0, group)
+                cpass.dispatch_workgroups(*dims)
+            cpass.end()
         staged = []
-        for slot, (buf, off, nbytes) in enumerate(reads):
-            st = self._stage(slot, nbytes)
+        for buf, off, nbytes in reads:
+            st = self._staging_buffer(nbytes)
             enc.copy_buffer_to_buffer(buf, off, st, 0, nbytes)
             staged.append(st)
-        self.device.queue.submit([enc.finish()])
+        return _Submission(self, enc.finish(), staged)
+
+    def collect(self, ticket):
+        return ticket.wait()
+
+    def _staging_buffer(self, nbytes: int) -> Any:
+        """A mappable buffer of `nbytes` that no submission in flight reads into."""
+        free = self._staging.setdefault(nbytes, [])
+        if free:
+            return free.pop()
+        u = self.wgpu.BufferUsage
+        return self.device.create_buffer(size=nbytes, usage=u.MAP_READ | u.COPY_DST)
+
+
+class _Submission:
+    """A command buffer queued by `WGPURuntime.submit`, its staging buffers' maps requested
+    through wgpu-native directly: wgpu-py's `map_sync` waits on a thread that polls until
+    every submission is done, where a decode step queued behind this one must keep running
+    (`wgpuDevicePoll` given this submission's index waits for it alone)."""
+
+    def __init__(self, rt: WGPURuntime, commands: Any, staged: list[Any]):
+        from wgpu.backends.wgpu_native._api import ffi, lib, libf
+
+        self.rt, self.staged, self.ffi, self.libf = rt, staged, ffi, libf
+        self.index = libf.wgpuQueueSubmitForIndex(
+            rt.device.queue._internal, 1, ffi.new("WGPUCommandBuffer[]", [commands._internal]))
+        self.status: list[int | None] = [None] * len(staged)
+
+        def done(k):  # (the callbacks are kept: cffi frees a callback that is collected)
+            @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
+            def mapped(status, _message, _u1, _u2):
+                self.status[k] = status
+            return mapped
+
+        self.callbacks = [done(k) for k in range(len(staged))]
+        for k, st in enumerate(staged):
+            info = ffi.new("WGPUBufferMapCallbackInfo *")
+            info.mode, info.callback = lib.WGPUCallbackMode_AllowProcessEvents, self.callbacks[k]
+            libf.wgpuBufferMapAsync(st._internal, lib.WGPUMapMode_Read, 0, st.size, info[0])
+        self.ok = lib.WGPUMapAsyncStatus_Success
+
+    def wait(self) -> list[np.ndarray]:
+        ffi, libf, device = self.ffi, self.libf, self.rt.device._internal
+        libf.wgpuDevicePoll(device, True, ffi.new("WGPUSubmissionIndex *", self.index))
+        while None in self.status:  # the callbacks run from a poll after the work is done
+            libf.wgpuDevicePoll(device, True, ffi.NULL)
         out = []
-        for st in staged:
-            st.map_sync(mode=self.wgpu.MapMode.READ)
-            out.append(np.frombuffer(st.read_mapped(), dtype=np.uint8).copy())
-            st.unmap()
+        for st, status in zip(self.staged, self.status):
+            if status != self.ok:
+                raise RuntimeError(f"wgpu could not map a staging buffer (status {status})")
+            ptr = libf.wgpuBufferGetConstMappedRange(st._internal, 0, st.size)
+            out.append(np.frombuffer(ffi.buffer(ptr, st.size), dtype=np.uint8).copy())
+            libf.wgpuBufferUnmap(st._internal)
+            self.rt._staging[st.size].append(st)
         return out
 
 
