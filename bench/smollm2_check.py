@@ -1,6 +1,6 @@
 """Greedy tokens of a model on other backends (triton by default) against the numpy backend.
 
-    python bench/smollm2_check.py MODEL.gguf [--prompt-tokens 1,2,3] [--steps 8]
+    python bench/smollm2_check.py MODEL.gguf [--text "..."] [--repeat R] [--steps 8]
 
 Prints per step the two greedy tokens and the relative difference of the logits, and exits
 non-zero if the tokens differ. Without a GPU set TRITON_INTERPRET=1 DRIFT_TRITON_CPU=1 (the
@@ -22,6 +22,8 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--text", default="The capital of France is")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="the prompt this many times over (a long prefill runs the GEMMs)")
     ap.add_argument("--devices", default="triton",
                     help="backends compared with the numpy one, comma-separated")
     ap.add_argument("--json", default=None)
@@ -42,6 +44,7 @@ def main() -> int:
         prompt = [index[p] for p in pieces]
     else:
         prompt = [int(i) % cpu.config.vocab_size for i in (17, 1000, 2000, 3000, 4000)]
+    prompt = prompt * args.repeat
     out = {n: [] for n in engines}
     errs = {d: [] for d in names}
     t0 = time.perf_counter()

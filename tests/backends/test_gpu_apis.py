@@ -163,19 +163,20 @@ def test_matmul_stages_against_gguf_py(api, qtype, S, N, tile, monkeypatch):
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
-@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("prefetch,mma_type", [(True, "f16"), (False, "f16"), (True, "tf32")])
 @pytest.mark.parametrize("op", ["matmul", "ffn_gate_up", "stacked_matmul"])
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q6_K", "f32"])
-def test_gemm_on_matrix_units(api, op, qtype, prefetch, monkeypatch):
+def test_gemm_on_matrix_units(api, op, qtype, prefetch, mma_type, monkeypatch):
     """The prefill GEMM of matrix units (`_gemm_mma`, `warp_mma` in its plain spelling: the
-    fragments' semantics, tf32-rounded operands) on ragged tiles (70 rows: two row tiles,
-    N not a multiple of 64, K of several steps), with a gated epilogue and its biases, and
-    stacked outputs, the next step's loads prefetched or not: as float64 numpy within
-    tf32's rounding."""
+    fragments' semantics, operands rounded to halves or to tf32) on ragged tiles (70 rows:
+    two row tiles, N not a multiple of 64, K of several steps), with a gated epilogue and
+    its biases, and stacked outputs, the next step's loads prefetched or not: as float64
+    numpy within the operands' rounding (10 mantissa bits on both types)."""
     from drift.backends.kernels import templates
 
     monkeypatch.setattr(templates, "GEMM_MMA", "always")
     monkeypatch.setattr(templates, "GEMM_MMA_PREFETCH", prefetch)
+    monkeypatch.setattr(templates, "GEMM_MMA_TYPE", mma_type)
     _gemm_on_matrix_units(api, op, qtype)
 
 

@@ -57,6 +57,7 @@ class KernelSource:
     helpers: list[Helper] = field(default_factory=list)
     subgroups: bool = False  # the body calls `Renderer.shuffle_xor`
     int8: bool = False  # the body calls `Renderer.dot4_i8`
+    halves: bool = False  # the body calls `Renderer.pack_half2`
 
 
 class Renderer:
@@ -165,19 +166,35 @@ class Renderer:
         raise NotImplementedError
 
     def warp_mma(self, acc: list[str], a_at: Callable[[str, str], str],
-                 b_at: Callable[[str, str], str]) -> list[str]:
-        """A subgroup of 32 lanes' 16 x 8 f32 tile += A (16 x 8, element (row, k) read as
-        `a_at(row, k)`) times B (8 x 8, element (k, col) as `b_at(k, col)`), A and B in
-        workgroup memory holding tf32-rounded values. The lane whose index in the subgroup is
-        4 mg + mt (the caller defines mg and mt) holds the tile's elements (mg, 2 mt),
-        (mg, 2 mt + 1), (mg + 8, 2 mt), (mg + 8, 2 mt + 1) in `acc` (PTX's mma.m16n8k8
-        fragment). Spelled here as each lane's own sums: any device, no subgroup needed."""
+                 b_at: Callable[[str, str], str], halves: bool = False) -> list[str]:
+        """A subgroup of 32 lanes' 16 x 8 f32 tile += A (16 x 8 units of K, unit (row, k) read
+        as `a_at(row, k)`) times B (8 x 8 units, (k, col) as `b_at(k, col)`), A and B in
+        workgroup memory. A unit is one tf32-rounded f32 (PTX's mma.m16n8k8 on tf32), or with
+        `halves` a u32 of two halves, K's lower index in its low bits (`pack_half2`: PTX's
+        mma.m16n8k16 on f16, K 16). The lane whose index in the subgroup is 4 mg + mt (the
+        caller defines mg and mt) holds the tile's elements (mg, 2 mt), (mg, 2 mt + 1),
+        (mg + 8, 2 mt), (mg + 8, 2 mt + 1) in `acc` (the instructions' fragment). Spelled
+        here as each lane's own sums: any device, no subgroup needed."""
         lines = []
         for i, name in enumerate(acc):
             row, col = ("mg" if i < 2 else "mg + 8"), f"2 * mt + {i % 2}"
-            terms = " + ".join(f"{a_at(row, str(k))} * {b_at(str(k), col)}" for k in range(8))
+            if halves:
+                terms = " + ".join(
+                    f"{self.unpack_half(a_at(row, str(k)), h)} * "
+                    f"{self.unpack_half(b_at(str(k), col), h)}" for k in range(8) for h in (0, 1))
+            else:
+                terms = " + ".join(f"{a_at(row, str(k))} * {b_at(str(k), col)}"
+                                   for k in range(8))
             lines.append(f"{name} = {name} + {terms};")
         return lines
+
+    def pack_half2(self, lo: str, hi: str) -> str:
+        """f32 `lo` and `hi` rounded to halves, as one u32 (`lo` in the low 16 bits)."""
+        raise NotImplementedError
+
+    def unpack_half(self, word: str, hi: int) -> str:
+        """Half `hi` (0: the low bits) of u32 `word`, an element of workgroup memory, as f32."""
+        raise NotImplementedError
 
     def store_u32(self, p: Param, offset: str, value: str) -> str:
         """Store u32 `value` at byte `offset` (a multiple of 4) of a byte buffer."""

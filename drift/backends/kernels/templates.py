@@ -71,6 +71,10 @@ GEMM_MMA_TILES = ((128, 128, 16), (128, 64, 32), (64, 64, 32))
 GEMM_MMA_MIN_GROUPS = 128
 GEMM_MMA_TILE: tuple[int, int, int] | None = None
 GEMM_MMA_PREFETCH = True  # the next step's loads issued before this step's products
+# What the matrix units multiply: "f16" (x and the weights staged as halves, two to a word:
+# mma.m16n8k16, twice tf32's rate and half its workgroup memory) or "tf32" (f32 staged with
+# 10 mantissa bits, as f16's, and f32's range: mma.m16n8k8)
+GEMM_MMA_TYPE = "f16"
 ATTN_TILE = 256  # keys scored per attention tile: one a thread of its workgroup
 ATTN_SPLIT_TILE = 64  # the same in split-K (decode) attention, whose workgroups take few keys
 ATTN_SPLIT_GROUPS = 1024  # workgroups split-K attention aims at: a large GPU's cores many
@@ -94,6 +98,7 @@ class Builder:
         self.shared: list[tuple[str, str, int]] = []
         self.subgroups = False  # shuffle_sum used
         self.int8 = False  # dot4_i8 used
+        self.halves = False  # pack_half2 used
 
     def use(self, *accs: Accessor) -> None:
         for a in accs:
@@ -176,7 +181,8 @@ class Builder:
         named = set(re.findall(r"\w+", text))
         params = [p for p in self.params.values() if p.name in named or not p.name.isidentifier()]
         return (KernelSource(self.name, params, self.wg, text, self.shared,
-                             subgroups=self.subgroups, int8=self.int8), groups)
+                             subgroups=self.subgroups, int8=self.int8, halves=self.halves),
+                groups)
 
 
 def _max_chain(xs: list[str]) -> str:
@@ -684,29 +690,37 @@ def _tf32(r: Renderer, v: str) -> str:
 def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
               biases: list[Accessor]):
     """Prefill on matrix units: one workgroup per (TM rows of x) x (TN columns) tile, a
-    subgroup of 32 lanes per 32 x 32 part of it, as 2 x 4 tiles of 16 x 8 (`warp_mma`,
-    PTX's mma.m16n8k8 on tf32). Each step of BK along K stages x (row-major) and the
-    dequantized weights (column-major) in workgroup memory, rounded to tf32, rows padded by 4
-    words (a fragment's 32 reads fall in 32 banks); every subgroup then multiplies its
-    fragments BK / 8 times. With GEMM_MMA_PREFETCH the next step's x and weights are loaded
-    into registers before this step's products (their latency under the matrix work); else
-    loaded, stored, multiplied in turn. The epilogue stores from the fragments."""
+    subgroup of 32 lanes per 32 x 32 part of it, as 2 x 4 tiles of 16 x 8 (`warp_mma`).
+    Each step of BK along K stages x (row-major) and the dequantized weights (column-major)
+    in workgroup memory as GEMM_MMA_TYPE's units (a tf32-rounded f32, or a word of two
+    halves), rows padded by 4 words (a fragment's 32 reads fall in 32 banks); every subgroup
+    then multiplies its fragments BK / KS times. Each thread loads its share of a step into
+    registers and stores it staged; with GEMM_MMA_PREFETCH the next step's loads are issued
+    before this step's products (their latency under the matrix work). The epilogue stores
+    from the fragments."""
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     TM, TN, BK = GEMM_MMA_TILE or next(
         (t for t in GEMM_MMA_TILES if -(-S // t[0]) * -(-N // t[1]) >= GEMM_MMA_MIN_GROUPS),
         GEMM_MMA_TILES[-1])
+    assert GEMM_MMA_TYPE in ("f16", "tf32"), f"GEMM_MMA_TYPE {GEMM_MMA_TYPE!r}"
+    halves = GEMM_MMA_TYPE == "f16"
+    P = 2 if halves else 1  # K elements per staged unit
+    KS = 8 * P  # K of one warp_mma
     WM, WN = TM // 32, TN // 32  # subgroups along rows, along columns
     wg = 32 * WM * WN
     b = Builder(r, f"{n.op}:mma", wg)
     b.use(x, out, *biases)
+    b.halves = halves
     EPT = TN * BK // wg  # weight elements each thread stages per step: a run of one column
     TPC = BK // EPT  # threads per column
-    XPT = TM * BK // wg  # x elements each thread stages per step
+    XPT = TM * BK // wg // P  # x units each thread stages per step (P elements along K each)
+    assert BK % KS == 0 and EPT % P == 0 and XPT * P * wg == TM * BK, (TM, TN, BK)
     nt, steps = -(-N // TN), -(-K // BK)
     groups = nt * -(-S // TM)
-    RS = BK + 4  # words between staged rows (x) and columns (weights)
+    RS = BK // P + 4  # units between staged rows (x) and columns (weights)
     MI, NI = 2, 4  # a subgroup's tiles of 16 rows, of 8 columns
-    b.shared += [("xs", "f32", TM * RS), *((f"ws{i}", "f32", TN * RS) for i in range(len(ws)))]
+    unit = "u32" if halves else "f32"
+    b.shared += [("xs", unit, TM * RS), *((f"ws{i}", unit, TN * RS) for i in range(len(ws)))]
     body = b.group(groups) + [
         r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
         r.let("wm", "u32", f"lid / {32 * WN} * 32"), r.let("wn", "u32", f"lid / 32 % {WN} * 32"),
@@ -718,56 +732,57 @@ def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accesso
            for i in range(len(ws)) for mi in range(MI) for ni in range(NI)}
     body += [r.var(c, "f32", r.f(0.0)) for cs in acc.values() for c in cs]
 
-    def x_at(u: int) -> tuple[str, str]:  # (row, k) in the step of this thread's u-th x
-        return f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
+    def x_at(u: int) -> tuple[str, str]:  # (row, unit along K) in the step of x unit u
+        return f"(lid + {u * wg}) / {BK // P}", f"(lid + {u * wg}) % {BK // P}"
 
-    def load(k0: str, put_x: Callable[[int, str], str],
-             put_w: Callable[[int, int, str], str]) -> list[str]:
-        """The step at `k0`'s x (consecutive threads along K: coalesced) and weights."""
+    def fetch(k0: str) -> list[str]:
+        """The step at `k0`'s x (consecutive threads along K: coalesced) and weights into
+        this thread's registers xv{u}_{h} and wv{i}_{e}."""
         lines = []
         for u in range(XPT):
-            m, kk = x_at(u)
+            m, kw = x_at(u)
             row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
-            xv = x.load(r, *row, f"min({k0} + {kk}, {K - 1}u)")
-            ok = f"{m} < {S} - s0" + (f" && {k0} + {kk} < {K}" if K % BK else "")
-            lines.append(put_x(u, r.select(ok, xv, r.f(0.0))))
+            for h in range(P):
+                k = f"{k0} + ({kw}) * {P} + {h}" if halves else f"{k0} + {kw}"
+                xv = x.load(r, *row, f"min({k}, {K - 1}u)")
+                ok = f"{m} < {S} - s0" + (f" && {k} < {K}" if K % BK else "")
+                lines.append(f"xv{u}_{h} = {r.select(ok, xv, r.f(0.0))};")
         for i, w in enumerate(ws):
             lines += ["{", *_stage_weight(b, w, EPT, TPC, K,
-                                          lambda e, v, i=i: put_w(i, e, v), k0), "}"]
+                                          lambda e, v, i=i: f"wv{i}_{e} = {v};", k0), "}"]
         return lines
 
-    def x_slot(u: int) -> str:
-        m, kk = x_at(u)
-        return f"xs[({m}) * {RS} + {kk}]"
+    def staged(*vs: str) -> str:  # a unit from its P values
+        return r.pack_half2(*vs) if halves else _tf32(r, vs[0])
 
-    def w_slot(i: int, e: int) -> str:
-        return f"ws{i}[wc * {RS} + lid % {TPC} * {EPT} + {e}]"
-
+    stage = []
+    for u in range(XPT):
+        m, kw = x_at(u)
+        stage.append(f"xs[({m}) * {RS} + {kw}] = {staged(*(f'xv{u}_{h}' for h in range(P)))};")
+    for i in range(len(ws)):
+        for e in range(0, EPT, P):
+            slot = f"ws{i}[wc * {RS} + lid % {TPC} * {EPT // P} + {e // P}]"
+            stage.append(f"{slot} = {staged(*(f'wv{i}_{e + h}' for h in range(P)))};")
+    body += [r.var(f"xv{u}_{h}", "f32", r.f(0.0)) for u in range(XPT) for h in range(P)]
+    body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0)) for i in range(len(ws)) for e in range(EPT)]
     if GEMM_MMA_PREFETCH:  # registers: the next step's values
-        body += [r.var(f"xv{u}", "f32", r.f(0.0)) for u in range(XPT)]
-        body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0)) for i in range(len(ws)) for e in range(EPT)]
-        fetch = load("k1", lambda u, v: f"xv{u} = {v};", lambda i, e, v: f"wv{i}_{e} = {v};")
-        body += ["{", r.let("k1", "u32", "0u"), *fetch, "}"]
-        stage = ([f"{x_slot(u)} = {_tf32(r, f'xv{u}')};" for u in range(XPT)] +
-                 [f"{w_slot(i, e)} = {_tf32(r, f'wv{i}_{e}')};"
-                  for i in range(len(ws)) for e in range(EPT)])
+        body += ["{", r.let("k1", "u32", "0u"), *fetch("k1"), "}"]
         body += [r.for_("kb", "0", str(steps)), *("    " + x for x in stage),
                  "    " + r.barrier(), f"    if (kb + 1u < {steps}u) {{",
                  "        " + r.let("k1", "u32", f"(kb + 1u) * {BK}"),
-                 *("        " + x for x in fetch), "    }"]
+                 *("        " + x for x in fetch("k1")), "    }"]
     else:
         body += [r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {BK}")]
-        body += ["    " + x for x in load("k0", lambda u, v: f"{x_slot(u)} = {_tf32(r, v)};",
-                                          lambda i, e, v: f"{w_slot(i, e)} = {_tf32(r, v)};")]
+        body += ["    " + x for x in fetch("k0") + stage]
         body.append("    " + r.barrier())
-    body.append("    " + r.for_("ks", "0", str(BK), "8"))
+    body.append("    " + r.for_("ks", "0", str(BK // P), "8"))
     for (i, mi, ni), cs in acc.items():
         def a_at(row, k, mi=mi):
             return f"xs[(wm + {mi * 16} + {row}) * {RS} + ks + {k}]"
 
         def b_at(k, col, i=i, ni=ni):
             return f"ws{i}[(wn + {ni * 8} + {col}) * {RS} + ks + {k}]"
-        body += ["        " + x for x in r.warp_mma(cs, a_at, b_at)]
+        body += ["        " + x for x in r.warp_mma(cs, a_at, b_at, halves)]
     body += ["    }", "    " + r.barrier(), "}"]
     # the epilogue from the fragments: element e of tile (mi, ni) is row mg + 8 (e / 2),
     # column 2 mt + e % 2 of it

@@ -39,6 +39,19 @@ DOT4_I8 = {
               "dot4_i8({a}, {b})"),
 }
 
+# Two f32 as a u32 of halves: PTX's cvt where `warp_mma` is PTX's (sm_80 and later), else
+# vstore_half2 (core OpenCL: no cl_khr_fp16 needed to store halves)
+PACK_HALF2 = {
+    "ptx": ("inline uint pack_half2(float lo, float hi) {\n"
+            "    uint d;\n"
+            '    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));\n'
+            "    return d;\n}\n"),
+    "": ("inline uint pack_half2(float lo, float hi) {\n"
+         "    uint d;\n"
+         "    vstore_half2((float2)(lo, hi), 0, (half*)&d);\n"
+         "    return d;\n}\n"),
+}
+
 
 class OpenCLRenderer(Renderer):
     name = "opencl"
@@ -86,19 +99,30 @@ class OpenCLRenderer(Renderer):
         # (a graph given int8 x where int8 is off still runs: the byte-by-byte sum)
         return DOT4_I8[self.int8 or "bytes"][1].format(a=a, b=b)
 
-    def warp_mma(self, acc, a_at, b_at):
+    def warp_mma(self, acc, a_at, b_at, halves=False):
         if self.mma != "ptx":
-            return super().warp_mma(acc, a_at, b_at)
-        # the fragments of mma.m16n8k8 (PTX ISA, "Matrix Fragments for mma.m16n8k8"), tf32
-        # operands as their f32 bits (the values are tf32-rounded where they were staged)
+            return super().warp_mma(acc, a_at, b_at, halves)
+        # the fragments of mma.m16n8k8 on tf32 and of mma.m16n8k16 on f16 (PTX ISA, "Matrix
+        # Fragments for mma.m16n8k8 / m16n8k16"), whose registers hold the same (row, unit)
+        # of A and (unit, column) of B: tf32 operands as their f32 bits (tf32-rounded where
+        # they were staged), f16 ones as the u32 of two halves they are staged as
         a = [a_at("mg", "mt"), a_at("mg + 8", "mt"), a_at("mg", "mt + 4"),
              a_at("mg + 8", "mt + 4")]
         b = [b_at("mt", "mg"), b_at("mt + 4", "mg")]
         outs = ", ".join(f'"=f"({c})' for c in acc)
-        ins = ", ".join([f'"r"(as_uint({v}))' for v in a + b] + [f'"f"({c})' for c in acc])
-        return ['asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 '
+        bits = "{}" if halves else "as_uint({})"
+        ins = ", ".join([f'"r"({bits.format(v)})' for v in a + b] + [f'"f"({c})' for c in acc])
+        shape = ("m16n8k16.row.col.f32.f16.f16.f32" if halves else
+                 "m16n8k8.row.col.f32.tf32.tf32.f32")
+        return [f'asm volatile("mma.sync.aligned.{shape} '
                 '{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};" '
                 f": {outs} : {ins});"]
+
+    def pack_half2(self, lo, hi):
+        return f"pack_half2({lo}, {hi})"
+
+    def unpack_half(self, word, hi):
+        return f"vload_half({hi}, (__local const half*)&({word}))"
 
     def store_u32(self, p: Param, offset, value):
         return f"*(__global uint*)({p.name} + ({offset})) = {value};"
@@ -136,6 +160,8 @@ class OpenCLRenderer(Renderer):
         out = [SHUFFLES[self.shuffles][0]] if k.subgroups else []
         if k.int8:
             out.append(DOT4_I8[self.int8 or "bytes"][0])
+        if k.halves:
+            out.append(PACK_HALF2[self.mma])
         for h in k.helpers:
             args = [self._param(p) for p in h.buffers]
             args += [f"{self.types[t]} {a}" for a, t in h.args]

@@ -70,6 +70,12 @@ class WGSLRenderer(Renderer):
     def dot4_i8(self, a, b):
         return f"dot4I8Packed({a}, {b})"  # naga lowers it to OpSDot, or to byte arithmetic
 
+    def pack_half2(self, lo, hi):
+        return f"pack2x16float(vec2<f32>({lo}, {hi}))"
+
+    def unpack_half(self, word, hi):
+        return f"unpack2x16float({word}).{'xy'[hi]}"
+
     def store_u32(self, p: Param, offset, value):
         return f"{p.name}[({offset}) / 4] = {value};"
 
