@@ -37,6 +37,16 @@
 # run(command="FINAL=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the committed defaults: the 1B greedy check, drift bench -r 3 on both models and APIs,
 #   the 8B decode profile on both APIs: about 5 minutes
+# run(command="AHEAD=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 19: decode ahead (each step queued before the last token is read) against
+#   DRIFT_DECODE_AHEAD=0, the prefill GEMM on f16 tensor cores against tf32, both models on
+#   both APIs and the Triton backend under the same tg loop; the 1B greedy check over a
+#   200-token prompt (the GEMMs), the 8B's prefill matmuls checked: about 9 minutes
+# run(command="ENCODE=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl", ".base"])
+#   session 19: WebGPU's launches encoded through wgpu-native's functions against wgpu-py's
+#   methods (.base/webgpu__init__.py: the backend before, run from a copy of the tree),
+#   alternating, both models; then the committed defaults on opencl and cuda, the 1B greedy
+#   check, the 8B's WebGPU profile, the adapters' features: about 7 minutes
 # run(command="NORM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the 8B's decode with the norm's workgroup at 256 (the default), 512 and 1024 threads on
 #   OpenCL, WebGPU at the default, and the OpenCL profile: about 3 minutes
@@ -102,9 +112,9 @@ profile_8b() {  # api
   rc=$?; { echo "## profile $1 (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/profiles.txt"
   echo "rc=$rc profile $1"; grep -v "^device properties" /tmp/run.txt | sed -n 8,45p
 }
-check_1b() {
-  timeout 100 python3 bench/smollm2_check.py /tmp/m/llama-3.2-1b-Q4_0.gguf --steps 6 \
-    --devices webgpu,opencl 2>&1 | tail -9 | tee "$OUT/check.txt"
+check_1b() {  # REPEAT=R: the prompt R times over (a prefill long enough for the GEMMs)
+  timeout 200 python3 bench/smollm2_check.py /tmp/m/llama-3.2-1b-Q4_0.gguf --steps 6 \
+    --repeat ${REPEAT:-1} --devices webgpu,opencl 2>&1 | tail -9 | tee "$OUT/check.txt"
 }
 release() {
   OPENCL_RELEASE_MODEL=/tmp/m/llama-3.2-1b-Q4_0.gguf timeout 150 python3 bench/opencl_release.py \
@@ -226,6 +236,38 @@ if [[ -n $NORM ]]; then
   done
   bench_with llama-3.1-8b-Q4_0 webgpu f32
   profile_8b opencl
+  exit
+fi
+if [[ -n $ENCODE ]]; then
+  models; check_1b
+  mkdir -p /tmp/base && cp -r drift /tmp/base/ && cp .base/webgpu__init__.py /tmp/base/drift/backends/webgpu/__init__.py
+  python3 -m drift devices 2>&1 | tee "$OUT/devices.txt"
+  python3 -c "import wgpu; a = wgpu.gpu.request_adapter_sync(power_preference='high-performance'); print(a.summary); print(sorted(a.features))" 2>&1 | tee -a "$OUT/devices.txt"
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for rep in 1 2; do
+      bench_with $m webgpu raw-encode
+      PYTHONPATH=/tmp/site:/tmp/base bench_with $m webgpu wgpu-py-encode
+    done
+    bench_with $m opencl final
+    BENCH_TIMEOUT=150 bench_with $m cuda final
+  done
+  profile_8b webgpu
+  exit
+fi
+if [[ -n $AHEAD ]]; then
+  models; REPEAT=40 check_1b
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for dev in opencl webgpu; do
+      bench_with $m $dev ahead
+      DRIFT_DECODE_AHEAD=0 bench_with $m $dev ahead-off
+    done
+    bench_with $m opencl tf32 "GEMM_MMA_TYPE='tf32'"
+    BENCH_TIMEOUT=150 bench_with $m cuda triton
+  done
+  kernels opencl --rows 512 --check --reps 10
+  kernels opencl --rows 512 --check --reps 10 --set "GEMM_MMA_TYPE='tf32'"
   exit
 fi
 if [[ -n $FINAL ]]; then

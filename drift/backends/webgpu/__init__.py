@@ -253,10 +253,7 @@ class WGPURuntime(Runtime):
         enc = self.device.create_command_encoder()
         if launches:
             cpass = enc.begin_compute_pass()
-            for pipeline, group, dims in launches:
-                cpass.set_pipeline(pipeline)
-                cpass.set_bind_group(0, group)
-                cpass.dispatch_workgroups(*dims)
+            _encode(cpass, launches)
             cpass.end()
         staged = []
         for buf, off, nbytes in reads:
@@ -275,6 +272,24 @@ class WGPURuntime(Runtime):
             return free.pop()
         u = self.wgpu.BufferUsage
         return self.device.create_buffer(size=nbytes, usage=u.MAP_READ | u.COPY_DST)
+
+
+def _encode(cpass: Any, launches: list) -> None:
+    """Each launch's pipeline, bind group and dispatch into compute pass `cpass`, through
+    wgpu-native's functions themselves: wgpu-py's methods (argument checks, an error scope
+    around each call) cost about 10 us a launch of the host's time where these cost 4, and a
+    decode step is hundreds of launches (an error here invalidates the encoder, and wgpu-py
+    reports it when the command buffer is finished)."""
+    from wgpu.backends.wgpu_native._api import ffi, lib
+
+    pass_, null = cpass._internal, ffi.NULL
+    set_pipeline = lib.wgpuComputePassEncoderSetPipeline
+    set_group = lib.wgpuComputePassEncoderSetBindGroup
+    dispatch = lib.wgpuComputePassEncoderDispatchWorkgroups
+    for pipeline, group, (x, y, z) in launches:
+        set_pipeline(pass_, pipeline._internal)
+        set_group(pass_, 0, group._internal, 0, null)
+        dispatch(pass_, x, y, z)
 
 
 class _Submission:
