@@ -47,6 +47,12 @@
 #   methods (.base/webgpu__init__.py: the backend before, run from a copy of the tree),
 #   alternating, both models; then the committed defaults on opencl and cuda, the 1B greedy
 #   check, the 8B's WebGPU profile, the adapters' features: about 7 minutes
+# run(command="COOP=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 19: WGSL's cooperative matrices on NVIDIA's Vulkan (bench/webgpu_coop_probe.py)
+# run(command="CHECKS=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 19: WGSL kernels without naga's run-time checks (the default) against
+#   DRIFT_WGSL_CHECKS=1, alternating, both models; the WebGPU matmul kernels both ways and
+#   the tiled GEMM's tiles: about 7 minutes
 # run(command="NORM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the 8B's decode with the norm's workgroup at 256 (the default), 512 and 1024 threads on
 #   OpenCL, WebGPU at the default, and the OpenCL profile: about 3 minutes
@@ -238,6 +244,26 @@ if [[ -n $NORM ]]; then
   profile_8b opencl
   exit
 fi
+if [[ -n $CHECKS ]]; then
+  models; check_1b
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for rep in 1 2; do
+      bench_with $m webgpu unchecked
+      DRIFT_WGSL_CHECKS=1 bench_with $m webgpu checked
+    done
+  done
+  KERNELS_TIMEOUT=100 kernels webgpu --rows 1,512 --reps 10 --check
+  DRIFT_WGSL_CHECKS=1 KERNELS_TIMEOUT=100 kernels webgpu --rows 1,512 --reps 10
+  for t in "(64, 64, 16, 8, 8)" "(64, 32, 32, 8, 4)" "(32, 64, 32, 4, 8)" "(64, 64, 32, 8, 8)"; do
+    KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check --set "GEMM_TILE=$t"
+  done
+  exit
+fi
+if [[ -n $COOP ]]; then
+  timeout 120 python3 bench/webgpu_coop_probe.py 2>&1 | tee "$OUT/coop.txt"
+  exit
+fi
 if [[ -n $ENCODE ]]; then
   models; check_1b
   mkdir -p /tmp/base && cp -r drift /tmp/base/ && cp .base/webgpu__init__.py /tmp/base/drift/backends/webgpu/__init__.py
@@ -372,6 +398,9 @@ if [[ -n $CHECK ]]; then  # greedy 32 tokens on the reference models: cpu, cuda,
     tail -c +98362433 /tmp/all > /tmp/m/gemma3.gguf && rm /tmp/all
   sha256sum /tmp/m/*.gguf | head -2
   for m in smollm2 gemma3; do timeout 300 python3 bench/smollm2_check.py /tmp/m/$m.gguf --steps 32 --devices cuda,webgpu,opencl 2>&1 | tail -10 | tee "$OUT/check4-$m.txt"; done
+  # (session 19) the prompt 12 times over: a 60-token prefill, on the GEMMs (OpenCL's on f16
+  # tensor cores)
+  for m in smollm2 gemma3; do timeout 300 python3 bench/smollm2_check.py /tmp/m/$m.gguf --steps 16 --repeat 12 --devices cuda,webgpu,opencl 2>&1 | tail -10 | tee "$OUT/check4-long-$m.txt"; done
   exit
 fi
 for m in "llama-3.2-1b Q4_0" "llama-3.1-8b Q4_0"; do

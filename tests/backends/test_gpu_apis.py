@@ -934,3 +934,41 @@ def test_int8_choice_refuses_a_bad_value(api, monkeypatch):
     monkeypatch.setenv("DRIFT_INT8_DOT", "yes")
     with pytest.raises(InvalidArgumentError, match="DRIFT_INT8_DOT"):
         _backend(api)
+
+
+def test_wgsl_runtime_checks_setting(monkeypatch):
+    """WGSL kernels are made without naga's run-time checks (wgpu-native's trusted modules)
+    unless DRIFT_WGSL_CHECKS=1: both give numpy's answer on a ragged tiled GEMM and a GEMV
+    (the templates' own clamps keep every index in bounds); another value is refused with
+    one line."""
+    from drift.backends.kernels import templates
+    from drift.errors import InvalidArgumentError
+
+    S, N, K = 37, 70, 96
+    x, w = _f(S, K), _f(N, K)
+    b = GraphBuilder("checks")
+    b.output(b.op("matmul", b.input("x", (S, K), "f32"), b.weight("w", (N, K), "f32")))
+    graph = b.finish()
+    assert S > templates.GEMV_ROWS
+    be = _backend("webgpu")  # (skips without an adapter, before wgpu is imported here)
+    from wgpu.backends.wgpu_native import _api
+
+    trusted = []
+    make = _api.libf.wgpuDeviceCreateShaderModuleTrusted
+    monkeypatch.setattr(_api.libf, "wgpuDeviceCreateShaderModuleTrusted",
+                        lambda *a: trusted.append(a[2]) or make(*a))
+    for checks in ("0", "1"):
+        monkeypatch.setenv("DRIFT_WGSL_CHECKS", checks)
+        trusted.clear()
+        be = _backend("webgpu")
+        be.load_arrays({"w": w})
+        got = be.compile(graph).run({"x": x})[graph.outputs[0]]
+        ref = x.astype(np.float64) @ w.astype(np.float64).T
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), checks
+        # every kernel without checks (0: WGPUShaderRuntimeChecks_None), or none trusted
+        assert trusted and set(trusted) == {0} if checks == "0" else not trusted
+    monkeypatch.setenv("DRIFT_WGSL_CHECKS", "off")
+    be = _backend("webgpu")
+    be.load_arrays({"w": w})
+    with pytest.raises(InvalidArgumentError, match="DRIFT_WGSL_CHECKS='off': 0 or 1"):
+        be.compile(graph).run({"x": x})

@@ -21,6 +21,7 @@ from drift.backends.kernels.gpu import GPUBackend, Runtime, Timing
 from drift.backends.kernels.renderer import KernelSource
 from drift.backends.kernels.templates import MAX_GROUPS
 from drift.backends.webgpu.renderer import WGSLRenderer
+from drift.errors import InvalidArgumentError
 
 # The limits drift asks the device for (WebGPU's defaults are lower than most adapters').
 _LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size",
@@ -46,6 +47,33 @@ def _gpu():
     except Exception:  # another wgpu build, or the instance exists already: all backends
         pass
     return wgpu.gpu
+
+
+def _shader_module(device: Any, code: str) -> Any:
+    """The module of WGSL `code` without naga's run-time checks (wgpu's default: every index
+    clamped into its buffer and every loop given an iteration counter, in each kernel's
+    innermost loops), where drift's templates keep their own indices in bounds: through
+    wgpu-native's trusted module call. DRIFT_WGSL_CHECKS=1 keeps the checks (a kernel under
+    suspicion), as does a wgpu build without that call."""
+    checks = os.environ.get("DRIFT_WGSL_CHECKS", "0")
+    if checks not in ("0", "1"):
+        raise InvalidArgumentError(f"DRIFT_WGSL_CHECKS={checks!r}: 0 or 1")
+    from wgpu.backends.wgpu_native import _api
+
+    ffi, lib = _api.ffi, _api.lib
+    if checks == "1" or not hasattr(lib, "wgpuDeviceCreateShaderModuleTrusted"):
+        return device.create_shader_module(code=code)
+    text = ffi.new("char[]", code.encode())
+    source = ffi.new("WGPUShaderSourceWGSL *")
+    source.chain.sType = lib.WGPUSType_ShaderSourceWGSL
+    source.code.data, source.code.length = text, len(text) - 1
+    desc = ffi.new("WGPUShaderModuleDescriptor *")
+    desc.nextInChain = ffi.cast("WGPUChainedStruct *", source)
+    handle = _api.libf.wgpuDeviceCreateShaderModuleTrusted(device._internal, desc,
+                                                            lib.WGPUShaderRuntimeChecks_None)
+    if handle == ffi.NULL:
+        raise RuntimeError("wgpu could not create a shader module")
+    return _api.GPUShaderModule("", handle, device)
 
 
 @contextmanager
@@ -140,7 +168,7 @@ class WGPURuntime(Runtime):
 
     def compile(self, k: KernelSource) -> Any:
         src = self.renderer.render(k)
-        module = self.device.create_shader_module(code=src)
+        module = _shader_module(self.device, src)
         bt = self.wgpu.BufferBindingType
         layout = self.device.create_bind_group_layout(entries=[
             {"binding": i, "visibility": self.wgpu.ShaderStage.COMPUTE,
