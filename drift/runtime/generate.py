@@ -96,36 +96,51 @@ def generate_tokens(
     logits = engine.prefill(prompt, to_host)
     stats.prefill_s = time.perf_counter() - t0
     history = list(prompt)
+    t_step = t0
     while True:
         if stats.generated_tokens >= max_tokens:
             stats.finish_reason = "length"
             return
         token = pick(logits, history)
-        if token < 0:  # a device sampler's answer to logits that are not finite
-            raise NumericalError(nonfinite_message())
-        # A GPU runs asynchronously: a step has ended only when its token is on the host, so
-        # the prefill and each decode step are timed up to the sampled token.
-        now = time.perf_counter()
-        if stats.generated_tokens == 0:
-            stats.ttft_s = stats.prefill_s = now - t0
-        else:
-            stats.decode_s += now - t_step
-            stats.decode_steps += 1
-        stats.token_times.append(now)
+        _arrived(stats, token, t0, t_step)
         if token in stop_ids:
             stats.finish_reason = "stop"
             return
         stats.generated_tokens += 1
         history.append(token)
         yield token
-        if stats.generated_tokens >= max_tokens:
-            stats.finish_reason = "length"
-            return
-        if len(history) >= engine.ctx:
-            stats.finish_reason = "context"  # the context is full
+        if _full(stats, history, max_tokens, engine.ctx):
             return
         t_step = time.perf_counter()
         logits = engine.forward([token], len(history) - 1, to_host)
+
+
+def _arrived(stats: GenerationStats, token: int, t0: float, since: float) -> float:
+    """Account for a sampled token on the host: the prefill's end (the first token, timed
+    from t0) or a decode step's (from `since`). A GPU runs asynchronously: a step has ended
+    only when its token is on the host, so each is timed up to the sampled token."""
+    if token < 0:  # a device sampler's answer to logits that are not finite
+        raise NumericalError(nonfinite_message())
+    now = time.perf_counter()
+    if stats.generated_tokens == 0:
+        stats.ttft_s = stats.prefill_s = now - t0
+    else:
+        stats.decode_s += now - since
+        stats.decode_steps += 1
+    stats.token_times.append(now)
+    return now
+
+
+def _full(stats: GenerationStats, history: list[int], max_tokens: int, ctx: int) -> bool:
+    """Whether the answer ends after the token just yielded (max_tokens, or a full context),
+    its finish reason recorded."""
+    if stats.generated_tokens >= max_tokens:
+        stats.finish_reason = "length"
+    elif len(history) >= ctx:
+        stats.finish_reason = "context"
+    else:
+        return False
+    return True
 
 
 def decodes_ahead(engine: Engine, device_pick) -> bool:
@@ -158,16 +173,7 @@ def _generate_ahead(engine: Engine, prompt: list[int], pick, max_tokens: int,
         if stats.generated_tokens + 1 < max_tokens and position + 1 < engine.ctx:
             ahead = pick.submit(engine.forward_fed(position), decode)
         token = pick.collect(ticket)
-        if token < 0:  # a device sampler's answer to logits that are not finite
-            raise NumericalError(nonfinite_message())
-        now = time.perf_counter()
-        if stats.generated_tokens == 0:
-            stats.ttft_s = stats.prefill_s = now - t0
-        else:
-            stats.decode_s += now - last
-            stats.decode_steps += 1
-        last = now
-        stats.token_times.append(now)
+        last = _arrived(stats, token, t0, last)
         if ahead is not None:
             engine.settle(position, token)
         if token in stop_ids:
@@ -176,11 +182,7 @@ def _generate_ahead(engine: Engine, prompt: list[int], pick, max_tokens: int,
         stats.generated_tokens += 1
         history.append(token)
         yield token
-        if stats.generated_tokens >= max_tokens:
-            stats.finish_reason = "length"
-            return
-        if len(history) >= engine.ctx:
-            stats.finish_reason = "context"  # the context is full
+        if _full(stats, history, max_tokens, engine.ctx):
             return
         ticket = ahead
 
