@@ -191,7 +191,24 @@ def test_gemm_on_matrix_units_large_tiles(api, tile, monkeypatch):
     _gemm_on_matrix_units(api, "ffn_gate_up", "Q4_0")
 
 
-def _gemm_on_matrix_units(api, op, qtype):
+@pytest.mark.parametrize("prefetch,tile", [(False, (32, 32, 32, 4, 4)),
+                                           (True, (32, 32, 32, 4, 4)),
+                                           (True, (32, 64, 32, 4, 8))])
+@pytest.mark.parametrize("op", ["matmul", "ffn_gate_up", "stacked_matmul"])
+def test_tiled_gemm_variants(api, op, prefetch, tile, monkeypatch):
+    """The f32 tiled GEMM (`_gemm`, prefill where no matrix units are reached) with the next
+    step's loads in registers or not and a wider register tile, on the ragged shapes, gated
+    epilogue and stacked outputs of the matrix-unit test: as float64 numpy."""
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "GEMM_MMA", "never")
+    monkeypatch.setattr(templates, "GEMM_PREFETCH", prefetch)
+    monkeypatch.setattr(templates, "GEMM_TILE", tile)
+    _gemm_on_matrix_units(api, op, "Q4_K" if op == "matmul" else "Q4_0", stage="gemm",
+                          tol=1e-4)
+
+
+def _gemm_on_matrix_units(api, op, qtype, stage="mma", tol=3e-3):
     S, K = 70, 512 if qtype != "Q6_K" else 768
     Ns = {"matmul": [131], "ffn_gate_up": [67, 67], "stacked_matmul": [96, 40, 40]}[op]
     b = GraphBuilder("mma")
@@ -220,14 +237,14 @@ def _gemm_on_matrix_units(api, op, qtype):
             b.output(y)
     graph = b.finish()
     prog = be.compile(graph)
-    assert [k.name for k in prog.sources] == [f"{prog.graph.nodes[0].op}:mma"]
+    assert [k.name for k in prog.sources] == [f"{prog.graph.nodes[0].op}:{stage}"]
     assert prog.graph.nodes[0].op == op
     feeds = {"x": _f(S, K) * (0.02 if qtype != "f32" else 1.0)}
     ref = run_plain(graph, {k: v.astype(np.float64) for k, v in ws.items()},
                     {"x": feeds["x"].astype(np.float64)})
     got = prog.run(feeds)
     for o in graph.outputs:
-        assert np.abs(got[o] - ref[o]).max() <= 3e-3 * np.abs(ref[o]).max(), o
+        assert np.abs(got[o] - ref[o]).max() <= tol * np.abs(ref[o]).max(), o
 
 
 @pytest.mark.parametrize("act,bias", [("swiglu", False), ("geglu", True)])

@@ -59,6 +59,7 @@ GEMV_VEC_UNROLL = 2  # such loads per row each GEMV thread issues per loop step
 # of the tile) times the shares of K, each share at least GEMV_MIN_STEPS loads
 GEMV_LANES, GEMV_WG, GEMV_MIN_STEPS = 8, 256, 4
 GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
+GEMM_PREFETCH = False  # the f32 GEMM's next step loaded into registers under this step's FMAs
 # Prefill on matrix units (`_gemm_mma`): "auto" where the renderer spells `warp_mma` for the
 # device's own (NVIDIA's tensor cores), "always" (its plain spelling elsewhere: the tests),
 # "never"
@@ -645,21 +646,53 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         r.let("wr", "u32", f"min(n0 + wc, {N - 1}u)"),
         r.let("rows", "u32", f"{S} - s0"), r.let("cols", "u32", f"{N} - n0"),
         *(r.array(f"acc{i}", "f32", RM * RN) for i in range(len(ws))),
-        r.for_("kb", "0", str(steps)),
-        "    " + r.let("k0", "u32", f"kb * {BK}"),
     ]
-    for u in range(TM * BK // wg):  # x: consecutive threads along K (coalesced)
-        m, kk = f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
-        row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
-        xv = x.load(r, *row, f"min(k0 + {kk}, {K - 1}u)")
-        ok = f"{m} < {S} - s0" + (f" && k0 + {kk} < {K}" if K % BK else "")
-        body.append(f"    xs[({kk}) * {XS} + {m}] = {r.select(ok, xv, r.f(0.0))};")
-    for i, w in enumerate(ws):
-        body.append("    {")
-        body += ["        " + x for x in _stage_weight(
-            b, w, EPT, TPC, K, lambda e, v, i=i: f"ws{i}[(kr + {e}) * {WS} + wc] = {v};")]
-        body.append("    }")
-    body += ["    " + r.barrier(), "    " + r.for_("kk", "0", str(BK))]
+    XPT = TM * BK // wg  # x elements each thread stages per step
+
+    def x_at(u: int) -> tuple[str, str]:  # (row, K in the step) of this thread's x element u
+        return f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
+
+    def fetch(k0: str, put_x: Callable[[int, str, str, str], str],
+              put_w: Callable[[int, int, str], str]) -> list[str]:
+        """The step at `k0`'s x (consecutive threads along K: coalesced) and this thread's
+        dequantized weights, each handed to put_x(u, row, k, value) / put_w(i, e, value)."""
+        lines = []
+        for u in range(XPT):
+            m, kk = x_at(u)
+            row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
+            xv = x.load(r, *row, f"min({k0} + {kk}, {K - 1}u)")
+            ok = f"{m} < {S} - s0" + (f" && {k0} + {kk} < {K}" if K % BK else "")
+            lines.append(put_x(u, m, kk, r.select(ok, xv, r.f(0.0))))
+        for i, w in enumerate(ws):
+            lines += ["{", *_stage_weight(b, w, EPT, TPC, K,
+                                          lambda e, v, i=i: put_w(i, e, v), k0), "}"]
+        return lines
+
+    def x_slot(m: str, kk: str) -> str:
+        return f"xs[({kk}) * {XS} + {m}]"
+
+    def w_slot(i: int, e: int) -> str:
+        return f"ws{i}[(lid % {TPC} * {EPT} + {e}) * {WS} + wc]"
+
+    if GEMM_PREFETCH:  # the next step's loads into registers before this step's products
+        body += [r.var(f"xv{u}", "f32", r.f(0.0)) for u in range(XPT)]
+        body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0))
+                 for i in range(len(ws)) for e in range(EPT)]
+        into_regs = (lambda u, m, kk, v: f"xv{u} = {v};", lambda i, e, v: f"wv{i}_{e} = {v};")
+        stage = [f"{x_slot(*x_at(u))} = xv{u};" for u in range(XPT)]
+        stage += [f"{w_slot(i, e)} = wv{i}_{e};" for i in range(len(ws)) for e in range(EPT)]
+        body += ["{", r.let("k1", "u32", "0u"), *fetch("k1", *into_regs), "}"]
+        body += [r.for_("kb", "0", str(steps)), *("    " + x for x in stage),
+                 "    " + r.barrier(), f"    if (kb + 1u < {steps}u) {{",
+                 "        " + r.let("k1", "u32", f"(kb + 1u) * {BK}"),
+                 *("        " + x for x in fetch("k1", *into_regs)), "    }"]
+    else:  # each step's loads stored straight into workgroup memory
+        body += [r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {BK}")]
+        body += ["    " + x for x in fetch(
+            "k0", lambda u, m, kk, v: f"{x_slot(m, kk)} = {v};",
+            lambda i, e, v: f"{w_slot(i, e)} = {v};")]
+        body.append("    " + r.barrier())
+    body.append("    " + r.for_("kk", "0", str(BK)))
     for i in range(len(ws)):
         body += [f"        {r.let(f'a{i}_{a}', 'f32', f'xs[kk * {XS} + ty + {a * TY}]')}"
                  for a in range(RM) if i == 0]
