@@ -47,6 +47,10 @@
 #   methods (.base/webgpu__init__.py: the backend before, run from a copy of the tree),
 #   alternating, both models; then the committed defaults on opencl and cuda, the 1B greedy
 #   check, the 8B's WebGPU profile, the adapters' features: about 7 minutes
+# run(command="WTILE=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 19: the f32 tiled GEMM on WebGPU (no matrix units there), its tiles and the next
+#   step's loads in registers (GEMM_PREFETCH): the kernels alone at each, then drift bench on
+#   both models at the default and at (32, 64, 32, 4, 8) with prefetch: about 4 minutes
 # run(command="COOP=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   session 19: WGSL's cooperative matrices on NVIDIA's Vulkan (bench/webgpu_coop_probe.py)
 # run(command="CHECKS=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
@@ -242,6 +246,20 @@ if [[ -n $NORM ]]; then
   done
   bench_with llama-3.1-8b-Q4_0 webgpu f32
   profile_8b opencl
+  exit
+fi
+if [[ -n $WTILE ]]; then
+  models
+  for t in "GEMM_PREFETCH=False" "GEMM_PREFETCH=True" "GEMM_TILE=(32, 64, 32, 4, 8)" \
+      "GEMM_TILE=(32, 64, 32, 4, 8),GEMM_PREFETCH=True" "GEMM_TILE=(32, 64, 16, 4, 8),GEMM_PREFETCH=True" \
+      "GEMM_TILE=(64, 64, 16, 4, 8),GEMM_PREFETCH=True"; do
+    KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check --set "$t"
+  done
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    R=2 bench_with $m webgpu default
+    R=2 bench_with $m webgpu wide-prefetch "GEMM_TILE=(32, 64, 32, 4, 8)" GEMM_PREFETCH=True
+  done
   exit
 fi
 if [[ -n $CHECKS ]]; then
