@@ -51,6 +51,8 @@
 #   session 19: the f32 tiled GEMM on WebGPU (no matrix units there), its tiles and the next
 #   step's loads in registers (GEMM_PREFETCH): the kernels alone at each, then drift bench on
 #   both models at the default and at (32, 64, 32, 4, 8) with prefetch: about 4 minutes
+# run(command="WTILE2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   WTILE's short form (three settings of the kernels, the 1B end to end): about 2 minutes
 # run(command="COOP=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   session 19: WGSL's cooperative matrices on NVIDIA's Vulkan (bench/webgpu_coop_probe.py)
 # run(command="CHECKS=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
@@ -246,6 +248,15 @@ if [[ -n $NORM ]]; then
   done
   bench_with llama-3.1-8b-Q4_0 webgpu f32
   profile_8b opencl
+  exit
+fi
+if [[ -n $WTILE2 ]]; then  # WTILE's short form: three settings, the 1B end to end
+  python3 -m drift make-random llama-3.2-1b Q4_0 /tmp/m/llama-3.2-1b-Q4_0.gguf 2>&1 | tail -1
+  for t in "GEMM_PREFETCH=False" "GEMM_PREFETCH=True" "GEMM_TILE=(32, 64, 32, 4, 8),GEMM_PREFETCH=True"; do
+    KERNELS_TIMEOUT=40 kernels webgpu --rows 512 --reps 3 --check --set "$t"
+  done
+  R=2 bench_with llama-3.2-1b-Q4_0 webgpu default
+  R=2 bench_with llama-3.2-1b-Q4_0 webgpu wide-prefetch "GEMM_TILE=(32, 64, 32, 4, 8)" GEMM_PREFETCH=True
   exit
 fi
 if [[ -n $WTILE ]]; then
