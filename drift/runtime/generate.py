@@ -161,30 +161,36 @@ def _generate_ahead(engine: Engine, prompt: list[int], pick, max_tokens: int,
     """`generate_tokens` with each decode step queued before the token it runs is read back:
     the token goes from the sampler's kernel into the step's input on the device, so the host
     records step n + 1 while the device computes step n (on WebGPU recording a step costs
-    about as much as running it). A step queued for a token that turns out to stop the
-    answer is wasted; the cache then holds that token too, as its record says."""
+    about as much as running it). A step queued for a token that turns out to end the
+    answer is wasted, waited out before returning; the cache then holds that token too, as
+    its record says."""
     decode = engine.program(1)  # bound before the prefill's submission stores into it
     ticket = pick.submit(engine.prefill(prompt, to_host=False), decode)
     history = list(prompt)
     last = t0
-    while True:
-        position = len(history)
-        ahead = None
-        if stats.generated_tokens + 1 < max_tokens and position + 1 < engine.ctx:
-            ahead = pick.submit(engine.forward_fed(position), decode)
-        token = pick.collect(ticket)
-        last = _arrived(stats, token, t0, last)
-        if ahead is not None:
-            engine.settle(position, token)
-        if token in stop_ids:
-            stats.finish_reason = "stop"
-            return
-        stats.generated_tokens += 1
-        history.append(token)
-        yield token
-        if _full(stats, history, max_tokens, engine.ctx):
-            return
-        ticket = ahead
+    ahead = None
+    try:
+        while True:
+            position = len(history)
+            ahead = None
+            if stats.generated_tokens + 1 < max_tokens and position + 1 < engine.ctx:
+                ahead = pick.submit(engine.forward_fed(position), decode)
+            token = pick.collect(ticket)
+            last = _arrived(stats, token, t0, last)
+            if ahead is not None:
+                engine.settle(position, token)
+            if token in stop_ids:
+                stats.finish_reason = "stop"
+                return
+            stats.generated_tokens += 1
+            history.append(token)
+            yield token
+            if _full(stats, history, max_tokens, engine.ctx):
+                return
+            ticket, ahead = ahead, None
+    finally:
+        if ahead is not None:  # the step queued for a token that ended the answer (a stop
+            pick.collect(ahead)  # token, an error, the caller closing us): waited out
 
 
 def stream(

@@ -611,7 +611,8 @@ def test_decode_ahead_is_the_cpu_backends_greedy_answer(api, tmp_path, monkeypat
     the token into the step's input on the device) gives the cpu backend's greedy tokens on
     a random Q4_0 model: to max_tokens, to a stop token (the step queued for it wasted, the
     cache's record naming it) and to a full context; a second call reuses the cache's
-    prefix, its record right. With DRIFT_DECODE_AHEAD=0 the same tokens one step at a time."""
+    prefix, its record right. Every step queued is waited for, also when the caller stops
+    reading early. With DRIFT_DECODE_AHEAD=0 the same tokens one step at a time."""
     from drift.backends.kernels.gpu import GreedySampler
     from drift.formats.writer import write_random
     from drift.models.presets import Preset, _llama
@@ -626,22 +627,37 @@ def test_decode_ahead_is_the_cpu_backends_greedy_answer(api, tmp_path, monkeypat
     want = list(generate_tokens(cpu, prompt, Sampler(GREEDY), 12))
     gpu = Engine(path, device=api, ctx=24)
     assert decodes_ahead(gpu, gpu.backend.sampler(GREEDY))
-    submitted = []
-    real = GreedySampler.submit
+    submitted, collected = [], []
+    real_submit, real_collect = GreedySampler.submit, GreedySampler.collect
 
     def spy(self, logits, feed):
         submitted.append(logits.program)
-        return real(self, logits, feed)
+        return real_submit(self, logits, feed)
+
+    def spy_collect(self, ticket):
+        collected.append(ticket)
+        return real_collect(self, ticket)
 
     monkeypatch.setattr(GreedySampler, "submit", spy)
+    monkeypatch.setattr(GreedySampler, "collect", spy_collect)
     assert list(generate_tokens(gpu, prompt, Sampler(GREEDY), 12)) == want
     assert len(submitted) == 12 and all(p is gpu.program(1) for p in submitted[1:])
     assert gpu.cached_tokens == prompt + want[:11]  # the 12th token is not run
-    # a stop token: the answer before it; the step queued for it ran, and the record says so
+    assert len(collected) == 12
+    # a stop token: the answer before it; the step queued for it ran (waited for), and the
+    # record says so
     stats = GenerationStats()
+    submitted.clear(), collected.clear()
     got = list(generate_tokens(gpu, prompt + want[:2], Sampler(GREEDY), 12, {want[5]}, stats))
     assert got == want[2:5] and stats.finish_reason == "stop"
-    assert gpu.cached_tokens == prompt + want[:6]
+    assert gpu.cached_tokens == prompt + want[:6] and len(collected) == len(submitted) == 5
+    # the caller stops reading after two tokens: the step queued behind them is waited for
+    submitted.clear(), collected.clear()
+    tokens = generate_tokens(gpu, prompt, Sampler(GREEDY), 12)
+    assert [next(tokens), next(tokens)] == want[:2]
+    tokens.close()
+    assert len(collected) == len(submitted) == 3
+    assert list(generate_tokens(gpu, prompt, Sampler(GREEDY), 12)) == want
     # the context full: 24 positions hold the prompt and 17 tokens
     full = list(generate_tokens(cpu, prompt, Sampler(GREEDY), 40))
     stats = GenerationStats()

@@ -8,6 +8,7 @@ mappable buffer in the same command buffer, then mapped.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from contextlib import contextmanager
@@ -320,6 +321,25 @@ def _encode(cpass: Any, launches: list) -> None:
         dispatch(pass_, x, y, z)
 
 
+# Staging buffers' map requests, by key: wgpu-native's callback records each one's outcome
+# here. One callback serves every request and lives as long as the module, so a request
+# whose submission is never waited for (a decode step queued for an answer that ended)
+# cannot call back into freed memory.
+_MAP_STATUS: dict[int, int] = {}
+_MAP_KEYS = itertools.count(1)
+
+
+@lru_cache(maxsize=1)
+def _map_callback() -> Any:
+    from wgpu.backends.wgpu_native._api import ffi
+
+    @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
+    def mapped(status, _message, key, _unused):
+        _MAP_STATUS[int(ffi.cast("uintptr_t", key))] = status
+
+    return mapped
+
+
 class _Submission:
     """A command buffer queued by `WGPURuntime.submit`, its staging buffers' maps requested
     through wgpu-native directly: wgpu-py's `map_sync` waits on a thread that polls until
@@ -332,28 +352,22 @@ class _Submission:
         self.rt, self.staged, self.ffi, self.libf = rt, staged, ffi, libf
         self.index = libf.wgpuQueueSubmitForIndex(
             rt.device.queue._internal, 1, ffi.new("WGPUCommandBuffer[]", [commands._internal]))
-        self.status: list[int | None] = [None] * len(staged)
-
-        def done(k):  # (the callbacks are kept: cffi frees a callback that is collected)
-            @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
-            def mapped(status, _message, _u1, _u2):
-                self.status[k] = status
-            return mapped
-
-        self.callbacks = [done(k) for k in range(len(staged))]
-        for k, st in enumerate(staged):
+        self.keys = [next(_MAP_KEYS) for _ in staged]
+        for key, st in zip(self.keys, staged):
             info = ffi.new("WGPUBufferMapCallbackInfo *")
-            info.mode, info.callback = lib.WGPUCallbackMode_AllowProcessEvents, self.callbacks[k]
+            info.mode, info.callback = lib.WGPUCallbackMode_AllowProcessEvents, _map_callback()
+            info.userdata1 = ffi.cast("void *", key)
             libf.wgpuBufferMapAsync(st._internal, lib.WGPUMapMode_Read, 0, st.size, info[0])
         self.ok = lib.WGPUMapAsyncStatus_Success
 
     def wait(self) -> list[np.ndarray]:
         ffi, libf, device = self.ffi, self.libf, self.rt.device._internal
         libf.wgpuDevicePoll(device, True, ffi.new("WGPUSubmissionIndex *", self.index))
-        while None in self.status:  # the callbacks run from a poll after the work is done
+        while any(k not in _MAP_STATUS for k in self.keys):  # called back from a poll
             libf.wgpuDevicePoll(device, True, ffi.NULL)
         out = []
-        for st, status in zip(self.staged, self.status):
+        for st, key in zip(self.staged, self.keys):
+            status = _MAP_STATUS.pop(key)
             if status != self.ok:
                 raise RuntimeError(f"wgpu could not map a staging buffer (status {status})")
             ptr = libf.wgpuBufferGetConstMappedRange(st._internal, 0, st.size)
