@@ -1,7 +1,9 @@
 """Decoding: the one generator behind the CLI, the Python API and (later) the server.
 
-`generate_tokens` is the loop (prefill, then sample and decode one token at a time);
-`stream` turns its tokens into text, cutting at stop strings and end-of-turn tokens, and
+`generate_tokens` is the loop: it takes the sampled tokens from a producer (`_drawn`: prefill,
+then a decode step once each token is on the host; `_drawn_ahead`: each step queued on the
+device before the token before it is read) and ends the answer (stop token, max_tokens, a
+full context); `stream` turns its tokens into text, cutting at stop strings and end-of-turn tokens, and
 fills a `GenerationStats` as it goes.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
@@ -88,30 +91,45 @@ def generate_tokens(
     stats.reused_tokens = min(common_prefix(engine.cached_tokens, prompt), len(prompt) - 1)
     # The backend samples on its device where it can (only the token id comes back).
     device_pick = engine.backend.sampler(sampler.config)
-    if max_tokens and decodes_ahead(engine, device_pick):
-        yield from _generate_ahead(engine, prompt, device_pick, max_tokens, stop_ids, stats, t0)
+    history = list(prompt)
+    if max_tokens == 0:  # the prompt cached, nothing drawn
+        engine.prefill(prompt, device_pick is None)
+        stats.prefill_s = time.perf_counter() - t0
+        stats.finish_reason = "length"
         return
-    pick = device_pick or sampler
-    to_host = device_pick is None
+    if decodes_ahead(engine, device_pick):
+        drawn = _drawn_ahead(engine, prompt, history, device_pick, max_tokens, stats, t0)
+    else:
+        drawn = _drawn(engine, prompt, history, device_pick or sampler, device_pick is None,
+                       stats, t0)
+    with closing(drawn):  # (closed, a producer waits out what it has queued)
+        for token in drawn:
+            if token in stop_ids:
+                stats.finish_reason = "stop"
+                return
+            stats.generated_tokens += 1
+            history.append(token)
+            yield token
+            if stats.generated_tokens >= max_tokens:
+                stats.finish_reason = "length"
+                return
+            if len(history) >= engine.ctx:
+                stats.finish_reason = "context"  # the context is full
+                return
+
+
+def _drawn(engine: Engine, prompt: list[int], history: list[int], pick, to_host: bool,
+           stats: GenerationStats, t0: float) -> Iterator[int]:
+    """The sampled tokens, one decode step at a time: each step runs once the token before
+    it is on the host and in `history` (which `generate_tokens` extends)."""
     logits = engine.prefill(prompt, to_host)
     stats.prefill_s = time.perf_counter() - t0
-    history = list(prompt)
-    t_step = t0
+    since = t0
     while True:
-        if stats.generated_tokens >= max_tokens:
-            stats.finish_reason = "length"
-            return
         token = pick(logits, history)
-        _arrived(stats, token, t0, t_step)
-        if token in stop_ids:
-            stats.finish_reason = "stop"
-            return
-        stats.generated_tokens += 1
-        history.append(token)
+        _arrived(stats, token, t0, since)
         yield token
-        if _full(stats, history, max_tokens, engine.ctx):
-            return
-        t_step = time.perf_counter()
+        since = time.perf_counter()
         logits = engine.forward([token], len(history) - 1, to_host)
 
 
@@ -131,44 +149,30 @@ def _arrived(stats: GenerationStats, token: int, t0: float, since: float) -> flo
     return now
 
 
-def _full(stats: GenerationStats, history: list[int], max_tokens: int, ctx: int) -> bool:
-    """Whether the answer ends after the token just yielded (max_tokens, or a full context),
-    its finish reason recorded."""
-    if stats.generated_tokens >= max_tokens:
-        stats.finish_reason = "length"
-    elif len(history) >= ctx:
-        stats.finish_reason = "context"
-    else:
-        return False
-    return True
-
-
 def decodes_ahead(engine: Engine, device_pick) -> bool:
     """Whether decode queues each step before the token of the one before is read: a device
     sampler that stores its token into the next step's input (`GreedySampler.submit`), on the
     backend that runs the engine's programs (not one inside a hybrid split); off with
     DRIFT_DECODE_AHEAD=0."""
-    if os.environ.get("DRIFT_DECODE_AHEAD", "1") not in ("0", "1"):
-        raise InvalidArgumentError(f"DRIFT_DECODE_AHEAD={os.environ['DRIFT_DECODE_AHEAD']!r}: "
-                                   "0 or 1")
-    return (os.environ.get("DRIFT_DECODE_AHEAD", "1") == "1"
-            and hasattr(device_pick, "submit") and device_pick.backend is engine.backend)
+    setting = os.environ.get("DRIFT_DECODE_AHEAD", "1")
+    if setting not in ("0", "1"):
+        raise InvalidArgumentError(f"DRIFT_DECODE_AHEAD={setting!r}: 0 or 1")
+    return (setting == "1" and hasattr(device_pick, "submit")
+            and device_pick.backend is engine.backend)
 
 
-def _generate_ahead(engine: Engine, prompt: list[int], pick, max_tokens: int,
-                    stop_ids: frozenset[int], stats: GenerationStats,
-                    t0: float) -> Iterator[int]:
-    """`generate_tokens` with each decode step queued before the token it runs is read back:
-    the token goes from the sampler's kernel into the step's input on the device, so the host
+def _drawn_ahead(engine: Engine, prompt: list[int], history: list[int], pick,
+                 max_tokens: int, stats: GenerationStats, t0: float) -> Iterator[int]:
+    """`_drawn` with each decode step queued before the token it runs is read back: the
+    token goes from the sampler's kernel into the step's input on the device, so the host
     records step n + 1 while the device computes step n (on WebGPU recording a step costs
-    about as much as running it). A step queued for a token that turns out to end the
-    answer is wasted, waited out before returning; the cache then holds that token too, as
-    its record says."""
+    about as much as running it). A step is queued only where `generate_tokens` will go on
+    after the token before it (max_tokens, the context); one queued for a token that ends
+    the answer anyway (a stop token, an error, the caller closing) is wasted, waited out
+    when this generator closes, and the cache holds that token too, as its record says."""
     decode = engine.program(1)  # bound before the prefill's submission stores into it
     ticket = pick.submit(engine.prefill(prompt, to_host=False), decode)
-    history = list(prompt)
-    last = t0
-    ahead = None
+    last, ahead = t0, None
     try:
         while True:
             position = len(history)
@@ -179,18 +183,11 @@ def _generate_ahead(engine: Engine, prompt: list[int], pick, max_tokens: int,
             last = _arrived(stats, token, t0, last)
             if ahead is not None:
                 engine.settle(position, token)
-            if token in stop_ids:
-                stats.finish_reason = "stop"
-                return
-            stats.generated_tokens += 1
-            history.append(token)
             yield token
-            if _full(stats, history, max_tokens, engine.ctx):
-                return
             ticket, ahead = ahead, None
     finally:
-        if ahead is not None:  # the step queued for a token that ended the answer (a stop
-            pick.collect(ahead)  # token, an error, the caller closing us): waited out
+        if ahead is not None:
+            pick.collect(ahead)
 
 
 def stream(
