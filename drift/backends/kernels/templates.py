@@ -625,7 +625,8 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     """Prefill: one workgroup per (TM rows of x) x (TN columns) tile. Each step of BK along K
     stages the tile's x and its dequantized weights in workgroup memory (each weight
     element dequantized once per TM rows), then every thread accumulates an RM x RN register
-    tile from them (rows ty + RM-strided, columns tx + RN-strided: conflict-free reads)."""
+    tile from them (rows ty + RM-strided, columns tx + RN-strided: conflict-free reads). With
+    GEMM_PREFETCH the next step's loads are issued before this step's products (`_k_steps`)."""
     TM, TN, BK, RM, RN = GEMM_TILE
     TX, TY = TN // RN, TM // RM  # threads along columns, along rows
     wg = TX * TY
@@ -652,46 +653,30 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     def x_at(u: int) -> tuple[str, str]:  # (row, K in the step) of this thread's x element u
         return f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
 
-    def fetch(k0: str, put_x: Callable[[int, str, str, str], str],
-              put_w: Callable[[int, int, str], str]) -> list[str]:
+    def fetch(k0: str) -> list[str]:
         """The step at `k0`'s x (consecutive threads along K: coalesced) and this thread's
-        dequantized weights, each handed to put_x(u, row, k, value) / put_w(i, e, value)."""
+        dequantized weights into its registers xv{u} and wv{i}_{e}."""
         lines = []
         for u in range(XPT):
             m, kk = x_at(u)
             row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
             xv = x.load(r, *row, f"min({k0} + {kk}, {K - 1}u)")
             ok = f"{m} < {S} - s0" + (f" && {k0} + {kk} < {K}" if K % BK else "")
-            lines.append(put_x(u, m, kk, r.select(ok, xv, r.f(0.0))))
+            lines.append(f"xv{u} = {r.select(ok, xv, r.f(0.0))};")
         for i, w in enumerate(ws):
             lines += ["{", *_stage_weight(b, w, EPT, TPC, K,
-                                          lambda e, v, i=i: put_w(i, e, v), k0), "}"]
+                                          lambda e, v, i=i: f"wv{i}_{e} = {v};", k0), "}"]
         return lines
 
-    def x_slot(m: str, kk: str) -> str:
-        return f"xs[({kk}) * {XS} + {m}]"
-
-    def w_slot(i: int, e: int) -> str:
-        return f"ws{i}[(lid % {TPC} * {EPT} + {e}) * {WS} + wc]"
-
-    if GEMM_PREFETCH:  # the next step's loads into registers before this step's products
-        body += [r.var(f"xv{u}", "f32", r.f(0.0)) for u in range(XPT)]
-        body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0))
-                 for i in range(len(ws)) for e in range(EPT)]
-        into_regs = (lambda u, m, kk, v: f"xv{u} = {v};", lambda i, e, v: f"wv{i}_{e} = {v};")
-        stage = [f"{x_slot(*x_at(u))} = xv{u};" for u in range(XPT)]
-        stage += [f"{w_slot(i, e)} = wv{i}_{e};" for i in range(len(ws)) for e in range(EPT)]
-        body += ["{", r.let("k1", "u32", "0u"), *fetch("k1", *into_regs), "}"]
-        body += [r.for_("kb", "0", str(steps)), *("    " + x for x in stage),
-                 "    " + r.barrier(), f"    if (kb + 1u < {steps}u) {{",
-                 "        " + r.let("k1", "u32", f"(kb + 1u) * {BK}"),
-                 *("        " + x for x in fetch("k1", *into_regs)), "    }"]
-    else:  # each step's loads stored straight into workgroup memory
-        body += [r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {BK}")]
-        body += ["    " + x for x in fetch(
-            "k0", lambda u, m, kk, v: f"{x_slot(m, kk)} = {v};",
-            lambda i, e, v: f"{w_slot(i, e)} = {v};")]
-        body.append("    " + r.barrier())
+    stage = []
+    for u in range(XPT):
+        m, kk = x_at(u)
+        stage.append(f"xs[({kk}) * {XS} + {m}] = xv{u};")
+    stage += [f"ws{i}[(lid % {TPC} * {EPT} + {e}) * {WS} + wc] = wv{i}_{e};"
+              for i in range(len(ws)) for e in range(EPT)]
+    body += [r.var(f"xv{u}", "f32", r.f(0.0)) for u in range(XPT)]
+    body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0)) for i in range(len(ws)) for e in range(EPT)]
+    body += _k_steps(r, steps, BK, fetch, stage, GEMM_PREFETCH)
     body.append("    " + r.for_("kk", "0", str(BK)))
     for i in range(len(ws)):
         body += [f"        {r.let(f'a{i}_{a}', 'f32', f'xs[kk * {XS} + ty + {a * TY}]')}"
@@ -712,6 +697,23 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     st = out.store(r, value, *coords_of("s0 + om", out.shape[:-1]), "n0 + oc")
     body += [f"    if (om < rows && oc < cols) {{ {pre}{st} }}", "}"]
     return b.finish(body, groups)
+
+
+def _k_steps(r: Renderer, steps: int, BK: int, fetch: Callable[[str], list[str]],
+             stage: list[str], prefetch: bool) -> list[str]:
+    """The head of a tiled GEMM's loop over K (`kb`, steps of BK): each step's loads
+    (`fetch(k)`: into this thread's registers) stored into workgroup memory (`stage`), then a
+    barrier. With `prefetch` the next step's loads are issued after that barrier, before
+    this step's products (their latency under them); else loaded and stored in turn. The
+    caller adds the products and closes the loop with a barrier."""
+    if prefetch:
+        return ["{", r.let("k1", "u32", "0u"), *fetch("k1"), "}",
+                r.for_("kb", "0", str(steps)), *("    " + x for x in stage),
+                "    " + r.barrier(), f"    if (kb + 1u < {steps}u) {{",
+                "        " + r.let("k1", "u32", f"(kb + 1u) * {BK}"),
+                *("        " + x for x in fetch("k1")), "    }"]
+    return [r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {BK}"),
+            *("    " + x for x in fetch("k0") + stage), "    " + r.barrier()]
 
 
 def _tf32(r: Renderer, v: str) -> str:
@@ -798,16 +800,7 @@ def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accesso
             stage.append(f"{slot} = {staged(*(f'wv{i}_{e + h}' for h in range(P)))};")
     body += [r.var(f"xv{u}_{h}", "f32", r.f(0.0)) for u in range(XPT) for h in range(P)]
     body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0)) for i in range(len(ws)) for e in range(EPT)]
-    if GEMM_MMA_PREFETCH:  # registers: the next step's values
-        body += ["{", r.let("k1", "u32", "0u"), *fetch("k1"), "}"]
-        body += [r.for_("kb", "0", str(steps)), *("    " + x for x in stage),
-                 "    " + r.barrier(), f"    if (kb + 1u < {steps}u) {{",
-                 "        " + r.let("k1", "u32", f"(kb + 1u) * {BK}"),
-                 *("        " + x for x in fetch("k1")), "    }"]
-    else:
-        body += [r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {BK}")]
-        body += ["    " + x for x in fetch("k0") + stage]
-        body.append("    " + r.barrier())
+    body += _k_steps(r, steps, BK, fetch, stage, GEMM_MMA_PREFETCH)
     body.append("    " + r.for_("ks", "0", str(BK // P), "8"))
     for (i, mi, ni), cs in acc.items():
         def a_at(row, k, mi=mi):
