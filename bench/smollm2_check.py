@@ -28,6 +28,8 @@ def main() -> int:
                     help="backends compared with the numpy one, comma-separated")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.repeat < 1 or args.steps < 1:
+        ap.error("--repeat and --steps must be at least 1")
 
     from drift.runtime.engine import Engine
 

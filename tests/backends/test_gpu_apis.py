@@ -1005,3 +1005,45 @@ def test_wgsl_runtime_checks_setting(monkeypatch):
     be.load_arrays({"w": w})
     with pytest.raises(InvalidArgumentError, match="DRIFT_WGSL_CHECKS='off': 0 or 1"):
         be.compile(graph).run({"x": x})
+
+
+def test_webgpu_needs_the_native_calls_it_makes(monkeypatch):
+    """The WebGPU runtime calls wgpu-native's C functions itself (submission indices, maps,
+    the encoding loop): a wgpu whose library lacks one is not offered as a device."""
+    from drift.backends.webgpu import WebGPUBackend
+
+    if not WebGPUBackend.available():
+        pytest.skip("no webgpu device (scripts/test.sh installs lavapipe)")
+    from wgpu.backends.wgpu_native import _api
+
+    class Without:  # the library as a wgpu without submission indices would have it
+        def __getattr__(self, name):
+            if name == "wgpuQueueSubmitForIndex":
+                raise AttributeError(name)
+            return getattr(_api.lib, name)
+
+    monkeypatch.setattr(_api, "lib", Without())
+    assert not WebGPUBackend.available()
+
+
+def test_greedy_submit_after_the_call_ran(api):
+    """`GreedySampler.submit` on logits whose call is no longer pending (something ran it
+    first): the host's argmax of them, written into the next program's token input, and
+    that program then runs on it as on the same token fed from the host."""
+    from drift.backends.kernels.gpu import GreedySampler
+
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    be.load_arrays(w)
+    prog = be.compile(build_graph(cfg, {k: "f32" for k in w}, 1, 16))
+    logits = prog.run({"tokens": np.array([3], np.int32),
+                       "positions": np.array([0], np.int32)}, to_host=False)["logits"]
+    be.flush()  # the call runs before the sampler's kernel could join it
+    want = int(np.argmax(np.asarray(logits)))  # (before the token input is written: the
+    pick = GreedySampler(be)  # arena may hold both in one place)
+    assert pick.collect(pick.submit(logits, prog)) == want
+    fed = prog.run({"positions": np.array([1], np.int32)}, fed=frozenset({"tokens"}))
+    again = prog.run({"tokens": np.array([want], np.int32),
+                      "positions": np.array([1], np.int32)})
+    np.testing.assert_array_equal(fed["logits"], again["logits"])

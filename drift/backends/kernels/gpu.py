@@ -468,7 +468,7 @@ class GPUProgram(Program):
         if not to_host:
             self.backend.pending = (self, self._writes(feeds, fed))
             return {name: DeviceOutput(self, name) for name in self.graph.outputs}
-        arena, writes, reads = self.backend.arena, self._writes(feeds), []
+        arena, writes, reads = self.backend.arena, self._writes(feeds, fed), []
         for name in self.graph.outputs:
             reads.append((arena, self.plan.offsets[name], self.storages[name].nbytes))
         got = self.backend.rt.run(self.launches, writes, reads)

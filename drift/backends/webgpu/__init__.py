@@ -303,6 +303,20 @@ class WGPURuntime(Runtime):
         return self.device.create_buffer(size=nbytes, usage=u.MAP_READ | u.COPY_DST)
 
 
+# wgpu-native's functions the runtime calls itself, past wgpu-py's methods (wgpu 0.32's C
+# API, the version scripts/constraints.txt pins): a wgpu without them is not used
+_NATIVE_CALLS = ("wgpuQueueSubmitForIndex", "wgpuDevicePoll", "wgpuBufferMapAsync",
+                 "wgpuBufferGetConstMappedRange", "wgpuBufferUnmap",
+                 "wgpuComputePassEncoderSetPipeline", "wgpuComputePassEncoderSetBindGroup",
+                 "wgpuComputePassEncoderDispatchWorkgroups")
+
+
+def _has_native_calls() -> bool:
+    from wgpu.backends.wgpu_native._api import lib
+
+    return all(hasattr(lib, name) for name in _NATIVE_CALLS)
+
+
 def _encode(cpass: Any, launches: list) -> None:
     """Each launch's pipeline, bind group and dispatch into compute pass `cpass`, through
     wgpu-native's functions themselves: wgpu-py's methods (argument checks, an error scope
@@ -383,7 +397,7 @@ class WebGPUBackend(GPUBackend):
     @classmethod
     def available(cls) -> bool:
         try:
-            return _adapter() is not None
+            return _adapter() is not None and _has_native_calls()
         except Exception:  # no wgpu, no driver, no adapter
             return False
 
