@@ -153,6 +153,24 @@ def test_unknown_device(smollm2_path):
     assert_one_line_error(drift("run", str(smollm2_path), "--device", "tpu", "hi"), "tpu")
 
 
+@pytest.mark.parametrize("name, value, device", [
+    ("DRIFT_DECODE_AHEAD", "yes", "cpu"),
+    ("DRIFT_WGSL_CHECKS", "off", "webgpu"),
+])
+def test_a_bad_setting_in_the_environment_is_one_line(smollm2_path, monkeypatch, name, value,
+                                                      device):
+    """The environment's switches (decode ahead, WGSL's run-time checks) refuse a value they
+    do not know: one line naming it, a non-zero exit."""
+    if device == "webgpu":
+        from drift.backends.webgpu import WebGPUBackend
+
+        if not WebGPUBackend.available():
+            pytest.skip("no webgpu device (scripts/test.sh installs lavapipe)")
+    monkeypatch.setenv(name, value)
+    proc = drift("run", str(smollm2_path), "--device", device, "--temp", "0", "-n", "2", "hi")
+    assert_one_line_error(proc, f"{name}={value!r}", "0 or 1")
+
+
 def test_list_shows_known_models():
     proc = drift("list", "--json")
     assert proc.returncode == 0 and "smollm2-135m" in proc.stdout
