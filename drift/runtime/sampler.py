@@ -96,10 +96,19 @@ class Sampler:
         return self.draw(*_cut(np.asarray(ids), kept, self.config))
 
     def draw(self, ids: np.ndarray, kept: np.ndarray) -> int:
-        """One of the candidates `ids` (logits `kept`), by the softmax at the temperature."""
-        probs = np.exp((kept - kept.max()) / self.config.temperature)
-        probs /= probs.sum()
-        return int(ids[self.rng.choice(len(ids), p=probs)])
+        """One of the candidates `ids` (logits `kept`), by the softmax at the temperature:
+        the first whose cumulative probability exceeds one uniform of the generator (what
+        `rng.choice(len(ids), p=probs)` does, spelled out: a device that draws for the host
+        is given the same uniform, `TopKSampler.draw_writes`)."""
+        return int(ids[pick_by_uniform(kept, self.config.temperature, self.rng.random())])
+
+
+def pick_by_uniform(kept: np.ndarray, temperature: float, u: float) -> int:
+    """The index drawn from softmax(kept / temperature) by the uniform `u` in [0, 1): the
+    number of cumulative probabilities at or below it (numpy's `choice`, side "right")."""
+    cdf = np.cumsum(np.exp((kept - kept.max()) / temperature))
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(u, side="right"))
 
 
 def check_finite(best: float) -> None:

@@ -89,3 +89,21 @@ def test_partial_selection_equals_a_full_sort(top_k, top_p, min_p):
         want = _candidates_by_full_sort(logits, c)
         np.testing.assert_array_equal(ids, want)
         np.testing.assert_array_equal(kept, logits[want])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+def test_draw_by_one_uniform_is_numpys_choice(seed, temperature):
+    """`Sampler.draw` takes one uniform and walks the cdf (so a device given that uniform
+    draws the same): the picks, and the generator's state after, those of `rng.choice`."""
+    sampler = Sampler(SamplerConfig(temperature=temperature, seed=seed))
+    reference = np.random.default_rng(seed)
+    logits_rng = np.random.default_rng(100 + seed)
+    for _ in range(200):
+        n = int(logits_rng.integers(1, 70))
+        kept = np.sort(logits_rng.normal(0, 3, n))[::-1]
+        ids = logits_rng.permutation(1000)[:n]
+        probs = np.exp((kept - kept.max()) / temperature)
+        expected = ids[reference.choice(n, p=probs / probs.sum())]
+        assert sampler.draw(ids, kept) == expected
+    assert sampler.rng.random() == reference.random()
