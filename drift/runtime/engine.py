@@ -131,7 +131,7 @@ class Engine:
 
     def forward_fed(self, start: int):
         """One decode step at position `start` whose token is on the device already, stored
-        into the step's input by the sampler that drew it (`GreedySampler.submit`): the
+        into the step's input by the sampler that drew it (`_SamplerKernels.submit`): the
         logits as the backend's tensor. The cache's record holds -1 at `start` (matching no
         token) until `settle` names the token."""
         if start + 1 > self.ctx:

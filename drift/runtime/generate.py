@@ -151,7 +151,8 @@ def _arrived(stats: GenerationStats, token: int, t0: float, since: float) -> flo
 
 def decodes_ahead(engine: Engine, device_pick) -> bool:
     """Whether decode queues each step before the token of the one before is read: a device
-    sampler that stores its token into the next step's input (`GreedySampler.submit`), on the
+    sampler that stores its token into the next step's input (`_SamplerKernels.submit`:
+    greedy, and top-k up to TOPK_MAX without a repetition penalty), on the
     backend that runs the engine's programs (not one inside a hybrid split); off with
     DRIFT_DECODE_AHEAD=0."""
     setting = os.environ.get("DRIFT_DECODE_AHEAD", "1")

@@ -673,6 +673,39 @@ def test_decode_ahead_is_the_cpu_backends_greedy_answer(api, tmp_path, monkeypat
         list(generate_tokens(gpu, prompt, Sampler(GREEDY), 2))
 
 
+def test_sampled_decode_ahead_is_the_cpu_backends_answer(api, tmp_path, monkeypatch):
+    """Top-k sampling decodes ahead too (the device draws with the host generator's next
+    uniform and feeds the token to the next step): for each seed and cut, the tokens of the
+    cpu backend's host sampling on a random Q4_0 model, every step queued on the device but
+    the prefill's; with DRIFT_DECODE_AHEAD=0 the same tokens a step at a time."""
+    from drift.backends.kernels.gpu import TopKSampler
+    from drift.formats.writer import write_random
+    from drift.models.presets import Preset, _llama
+    from drift.runtime.engine import Engine
+    from drift.runtime.generate import decodes_ahead, generate_tokens
+    from drift.runtime.sampler import Sampler, SamplerConfig
+
+    preset = Preset("tiny-llama", "llama", _llama(2, 64, 4, 2, 96, ctx=128), 300, False, True)
+    path = write_random(preset, "Q4_0", tmp_path / "tiny.gguf", seed=5, workers=1)
+    prompt = [5, 17, 260, 3, 99, 42, 7]
+    cpu, gpu = Engine(path, device="cpu", ctx=32), Engine(path, device=api, ctx=32)
+    tickets = []
+    real_submit = TopKSampler.submit
+    monkeypatch.setattr(TopKSampler, "submit", lambda self, logits, feed: tickets.append(
+        real_submit(self, logits, feed)) or tickets[-1])
+    for cfg in (SamplerConfig(seed=1), SamplerConfig(temperature=1.3, top_k=64, seed=2),
+                SamplerConfig(temperature=0.5, top_k=7, top_p=1.0, min_p=0.0, seed=3)):
+        assert decodes_ahead(gpu, gpu.backend.sampler(cfg))
+        want = list(generate_tokens(cpu, prompt, Sampler(cfg), 16))
+        tickets.clear()
+        assert list(generate_tokens(gpu, prompt, Sampler(cfg), 16)) == want, cfg
+        assert len(tickets) == 16 and all(kind == "device" for kind, _ in tickets)
+        assert gpu.cached_tokens == prompt + want[:15]
+    monkeypatch.setenv("DRIFT_DECODE_AHEAD", "0")
+    tickets.clear()
+    assert list(generate_tokens(gpu, prompt, Sampler(cfg), 16)) == want and not tickets
+
+
 @pytest.mark.parametrize("pass_per_dispatch", [False, True])
 def test_device_timestamps(api, pass_per_dispatch):
     """`timed`: every launch of a call timed on the device (OpenCL profiling events, WebGPU
@@ -810,11 +843,31 @@ def test_topk_sampling_stops_on_non_finite_logits(api):
     assert pick(on_device(x), []) >= 4000
 
 
-@pytest.mark.parametrize("top_k", [1, 5, 40])
-def test_topk_sampling_draws_the_host_samplers_tokens(api, top_k):
+def _fed_program(be):
+    """A decode step's program, whose "tokens" input a sampler's `submit` stores into, and
+    a reader of what it holds there."""
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    be.load_arrays(w)
+    prog = be.compile(build_graph(cfg, {k: "f32" for k in w}, 1, 16))
+    prog._bind()
+
+    def fed() -> int:
+        be.synchronize()
+        (raw,) = be.rt.run([], [], [(be.arena, prog.plan.offsets["tokens"], 4)])
+        return int(prog.storages["tokens"].from_physical(
+            prog.storages["tokens"].bind(raw)).reshape(-1)[0])
+
+    return prog, fed
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 40, 64])
+@pytest.mark.parametrize("ahead", [False, True])
+def test_topk_sampling_draws_the_host_samplers_tokens(api, top_k, ahead):
     """`sampler(config)` with 0 < top_k <= TOPK_MAX: the device's top-k, then the host's cut
-    and draw with its generator: for each seed, top-p and min-p, the tokens of `Sampler` on
-    the same logits, step after step."""
+    and draw with its generator (called), or the device's (`submit`, decode ahead: given the
+    generator's next uniform, the token stored into the next step's input too): for each
+    seed, top-p and min-p, the tokens of `Sampler` on the same logits, step after step."""
     from drift.backends.kernels.gpu import TopKSampler
     from drift.runtime.sampler import Sampler, SamplerConfig
 
@@ -823,6 +876,7 @@ def test_topk_sampling_draws_the_host_samplers_tokens(api, top_k):
     assert be.sampler(SamplerConfig(top_k=65)) is None
     assert be.sampler(SamplerConfig(top_k=40, repeat_penalty=1.1)) is None
     on_device = _vector_program(be, V)
+    feed, fed = _fed_program(be) if ahead else (None, None)
     g = np.random.default_rng(top_k)
     steps = [(g.standard_normal((1, V)) * 2.5).astype(np.float32) for _ in range(6)]
     for seed in (0, 1, 2):
@@ -832,8 +886,35 @@ def test_topk_sampling_draws_the_host_samplers_tokens(api, top_k):
                                     seed=seed)
                 pick, host = be.sampler(cfg), Sampler(cfg)
                 assert isinstance(pick, TopKSampler)
-                got = [pick(on_device(x), []) for x in steps]
-                assert got == [host(x, []) for x in steps], cfg
+                for x in steps:
+                    want = host(x, [])
+                    if not ahead:
+                        assert pick(on_device(x), []) == want, cfg
+                        continue
+                    ticket = pick.submit(on_device(x), feed)
+                    assert ticket[0] == "device"
+                    assert pick.collect(ticket) == want == fed(), cfg
+
+
+def test_topk_draw_on_the_device_stops_on_non_finite_logits(api):
+    """Decoding ahead, logits no token can be drawn from (a NaN, +inf, all -inf) give -1
+    (the host raises on it) and a valid id, 0, in the next step's input; -inf among the
+    candidates is drawn from as on the host."""
+    from drift.runtime.sampler import SamplerConfig
+
+    be = _backend(api)
+    pick = be.sampler(SamplerConfig(temperature=0.7, top_k=5, seed=4))
+    on_device = _vector_program(be, 4097)
+    feed, fed = _fed_program(be)
+    for value, where in ((np.nan, 4000), (np.inf, 17), (-np.inf, slice(None))):
+        x = _f(1, 4097)
+        x[0, where] = value
+        assert pick.collect(pick.submit(on_device(x), feed)) == -1
+        assert fed() == 0
+    x = _f(1, 4097)
+    x[0, :4094] = -np.inf  # three finite candidates of five
+    for _ in range(8):
+        assert pick.collect(pick.submit(on_device(x), feed)) >= 4094
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ from drift.backends.kernels.templates import (
     scratch_words,
     subgroup_probe,
     topk,
+    topk_draw,
 )
 from drift.errors import InvalidArgumentError, UnsupportedError
 from drift.formats.gguf import GGUFFile, check_quant_supported
@@ -123,7 +124,7 @@ class Runtime(ABC):
                reads: Sequence[tuple[Any, int, int]]) -> Any:
         """`run` without waiting: the submission queued, a ticket returned that `collect`
         turns into the reads (a decode step queued while the one before is on the device:
-        `GreedySampler.submit`). Here: run at once (a runtime whose `run` waits anyway)."""
+        `_SamplerKernels.submit`). Here: run at once (a runtime whose `run` waits anyway)."""
         return self.run(launches, writes, reads)
 
     def collect(self, ticket: Any) -> list[np.ndarray]:
@@ -352,7 +353,7 @@ class GPUBackend(Backend):
     def sampler(self, config) -> GreedySampler | TopKSampler | None:
         """Greedy sampling on the device (the argmax joins the step's submission; only the
         token id comes back), and top-k sampling up to TOPK_MAX (the device's top-k joins
-        it, the k pairs come back, the host finishes: `TopKSampler`). Other configurations
+        it; the host or, decoding ahead, the device finishes: `TopKSampler`). Other configurations
         (a repetition penalty, top-k off or above TOPK_MAX) sample on the host."""
         if config.repeat_penalty != 1.0:
             return None
@@ -462,7 +463,7 @@ class GPUProgram(Program):
         """The outputs on the host; with `to_host=False`, `DeviceOutput`s: the call is held
         back until the sampler adds its kernel (or anything else runs first). Inputs in
         `fed` are not written: a kernel queued before this call stores them (the greedy
-        sampler's token, `GreedySampler.submit`)."""
+        sampler's token, `_SamplerKernels.submit`)."""
         self._bind()
         self.backend.flush()
         if not to_host:
@@ -575,7 +576,7 @@ class _SamplerKernels:
     def kernels(self, r, x: Accessor, small, G: int, feed: Accessor | None = None) -> list:
         """[(KernelSource, groups)] over logits `x`; `small(name, dtype, buf, n)` is an
         accessor of a small buffer, `self._partials[G]` the first stage's two buffers; `feed`
-        an input of the next call that the sampled token is stored into (greedy only)."""
+        an input of the next call that the sampled token is stored into (decode ahead)."""
         raise NotImplementedError
 
     def partial_bytes(self, G: int) -> int:
@@ -621,6 +622,47 @@ class _SamplerKernels:
         (raw,) = b.rt.run([*prog.launches, *launches], writes, [(out, 0, nbytes)])
         return raw
 
+    # -- decode ahead: the next step queued before this one's token is read
+
+    token: Any  # the device buffer of the drawn token (i32)
+
+    def draws_on_device(self, logits: DeviceOutput) -> bool:
+        return True
+
+    def on_host(self, logits: DeviceOutput) -> int:
+        """The token drawn on the host, from the logits brought back."""
+        raise NotImplementedError
+
+    def draw_writes(self) -> list[tuple[Any, int, np.ndarray]]:
+        """What the kernels need written before each draw (top-k's uniform)."""
+        return []
+
+    def submit(self, logits: DeviceOutput, feed: GPUProgram) -> Any:
+        """The pending call and the sampler's kernels queued, the token stored into `feed`'s
+        "tokens" input as well as read back: `feed.run(..., fed={"tokens"})` may be queued
+        behind it before `collect` waits for the token. Where the call is not pending
+        (computed already) or the device does not draw, the host's token is written there
+        instead."""
+        b, prog = self.backend, logits.program
+        if self.draws_on_device(logits):
+            launches = self.launches(logits, feed)
+            if b.pending is not None and b.pending[0] is prog:
+                writes, b.pending = b.pending[1], None
+                return ("device", b.rt.submit([*prog.launches, *launches],
+                                              [*writes, *self.draw_writes()],
+                                              [(self.token, 0, 4)]))
+        token = self.on_host(logits)
+        b.rt.write(*feed.input_write("tokens", [token]))
+        return ("host", token)
+
+    def collect(self, ticket: Any) -> int:
+        """The token of a `submit` (negative: the logits were not finite)."""
+        kind, value = ticket
+        if kind == "host":
+            return value
+        (raw,) = self.backend.rt.collect(value)
+        return int(raw.view(np.int32)[0])
+
 
 class GreedySampler(_SamplerKernels):
     """argmax(logits) on the device: the pending call's launches, then the argmax kernels
@@ -642,40 +684,22 @@ class GreedySampler(_SamplerKernels):
     def __call__(self, logits: DeviceOutput, history=()) -> int:
         raw = self.run_pending(logits, self.token, 4)
         if raw is None:
-            return int(np.argmax(np.asarray(logits)))
+            return self.on_host(logits)
         return int(raw.view(np.int32)[0])
 
-    # -- decode ahead: the next step queued before this one's token is read
-
-    def submit(self, logits: DeviceOutput, feed: GPUProgram) -> Any:
-        """The pending call and the argmax queued, the token stored into `feed`'s "tokens"
-        input as well as read back: `feed.run(..., fed={"tokens"})` may be queued behind
-        it before `collect` waits for the token. Where the call is not pending (computed
-        already) the host's argmax is written there instead."""
-        b, prog = self.backend, logits.program
-        launches = self.launches(logits, feed)
-        if b.pending is None or b.pending[0] is not prog:
-            token = int(np.argmax(np.asarray(logits)))
-            b.rt.write(*feed.input_write("tokens", [token]))
-            return ("host", token)
-        writes, b.pending = b.pending[1], None
-        return ("device", b.rt.submit([*prog.launches, *launches], writes, [(self.token, 0, 4)]))
-
-    def collect(self, ticket: Any) -> int:
-        """The token of a `submit` (negative: the logits were not finite)."""
-        kind, value = ticket
-        if kind == "host":
-            return value
-        (raw,) = self.backend.rt.collect(value)
-        return int(raw.view(np.int32)[0])
+    def on_host(self, logits: DeviceOutput) -> int:
+        return int(np.argmax(np.asarray(logits)))
 
 
 class TopKSampler(_SamplerKernels):
     """Top-k sampling (0 < top_k <= TOPK_MAX, no repetition penalty) with the device's help:
-    the pending call's launches, then `templates.topk`'s two stages, in one submission; the
-    k (order key, id) pairs read back (8k bytes) and the host's `Sampler.from_best` finishes
-    (top-p, min-p, temperature, the draw, with its generator): for a seed, the tokens of
-    host sampling. A vocabulary of at most top_k samples on the host."""
+    the pending call's launches, then `templates.topk`'s two stages, in one submission.
+    Called (a step at a time), the k (order key, id) pairs come back (8k bytes) and the
+    host's `Sampler.from_best` finishes (top-p, min-p, temperature, the draw, with its
+    generator): for a seed, the tokens of host sampling. Decoding ahead (`submit`), the
+    device finishes too (`templates.topk_draw`, given the uniform the host's generator
+    draws next), so that the token can feed the next step on the device: the same tokens
+    but where f32 rounding moves a cut. A vocabulary of at most top_k samples on the host."""
 
     def __init__(self, backend: GPUBackend, config):
         from drift.runtime.sampler import Sampler
@@ -686,17 +710,22 @@ class TopKSampler(_SamplerKernels):
         self.config, self.k = config, config.top_k
         self.host = Sampler(config)
         self.out = backend.rt.buffer(8 * self.k)
+        self.token, self.uniform = backend.rt.buffer(4), backend.rt.buffer(4)
 
     def partial_bytes(self, G: int) -> int:
         return 4 * G * self.k  # k (key, id) pairs per group
 
     def kernels(self, r, x, small, G, feed=None):
-        assert feed is None, "top-k's token is drawn on the host"
-        K = self.k
+        K, c = self.k, self.config
         out = small("topk", "i32", self.out, 2 * K)
         keys, ids = (small(f"part_{t}", "i32", buf, G * K)
                      for t, buf in zip(("k", "i"), self._partials[G]))
-        return topk(r, x, K, keys, ids, out)
+        launches = topk(r, x, K, keys, ids, out)
+        if feed is not None:
+            launches.append(topk_draw(r, out, small("uniform", "f32", self.uniform, 1),
+                                      small("token", "i32", self.token, 1), feed, K,
+                                      c.top_p, c.min_p, c.temperature))
+        return launches
 
     def best(self, logits: DeviceOutput) -> tuple[np.ndarray, np.ndarray] | None:
         """The pending call run with the top-k: (ids, logits) of the k best, best first;
@@ -707,11 +736,21 @@ class TopKSampler(_SamplerKernels):
         return raw.view(np.int32)[self.k :].copy(), logits_of_keys(raw.view(np.uint32)[: self.k])
 
     def __call__(self, logits: DeviceOutput, history=()) -> int:
-        if logits.program.graph.tensors[logits.name].shape[-1] > self.k:
+        if self.draws_on_device(logits):
             got = self.best(logits)
             if got is not None:
                 return self.host.from_best(*got)
-        return self.host(np.asarray(logits), history)
+        return self.on_host(logits)
+
+    def draws_on_device(self, logits: DeviceOutput) -> bool:
+        return logits.program.graph.tensors[logits.name].shape[-1] > self.k
+
+    def on_host(self, logits: DeviceOutput) -> int:
+        return self.host(np.asarray(logits))
+
+    def draw_writes(self):
+        # the generator's next uniform, as the host's draw would take it
+        return [(self.uniform, 0, np.array([self.host.rng.random()], np.float32).view(np.uint8))]
 
 
 def logits_of_keys(keys: np.ndarray) -> np.ndarray:

@@ -1592,6 +1592,61 @@ def topk(r: Renderer, x: Accessor, K: int, part_k: Accessor, part_i: Accessor,
     return [first.finish(body, G), last.finish(body2, 1)]
 
 
+def topk_draw(r: Renderer, pairs: Accessor, u: Accessor, out: Accessor, feed: Accessor,
+              K: int, top_p: float, min_p: float, temperature: float) -> tuple[KernelSource, int]:
+    """Top-k sampling's last step on the device, so that the next decode step can be queued
+    before this one's token is read (`_SamplerKernels.submit`): the host's `_cut` and
+    `draw` over `topk`'s K (key, id) pairs (best first) for one uniform u[0] the host's
+    generator drew. K threads stage the logits in workgroup memory (one load each, where one
+    thread would wait on K loads a pass), then one thread takes the K, cuts them by top-p
+    (the candidates while the cumulative probability at temperature 1 is below top_p, and
+    one more) and min-p (those at least min_p times the best's probability), and picks the
+    first whose cumulative probability at the temperature exceeds u (numpy's `choice`).
+    The id goes to out[0] and to `feed` (the next step's token input); logits that are not
+    finite give -1 in out[0] (the host stops on it) and 0 in `feed`. In f32 where the host
+    works in f64: the same token unless u or top_p falls within rounding of a cumulative
+    probability."""
+    b = Builder(r, f"topk{K}_draw", TOPK_MAX)
+    b.use(pairs, u, out, feed)
+    b.shared.append(("lv", "f32", TOPK_MAX))
+    k = r.cast("u32", pairs.load(r, "lid"))
+    logit = r.bitcast_f32(r.select(f"({k} & 0x80000000u) != 0u", f"{k} ^ 0x80000000u",
+                                   f"~{k}"))  # `order_key`'s inverse
+
+    def over(n: str, e: str, *lines: str) -> list[str]:  # for j < n, with e = exp(`e`)
+        return [r.for_("j", "0u", n), "    " + r.let("e", "f32", r.fn("exp", e)),
+                *("    " + x for x in lines), "}"]
+
+    at_t1, at_t = "lv[j] - v0", f"(lv[j] - v0) * {r.f(1.0 / temperature)}"
+    body = [r.let("lid", "u32", r.local_id()),
+            f"if (lid < {K}u) {{ lv[lid] = {logit}; }}", r.barrier(),
+            "if (lid != 0u) { return; }",
+            r.let("v0", "f32", "lv[0]"), r.var("tok", "i32", "-1"),
+            f"if (({r.bitcast_u32('v0')} & 0x7F800000u) != 0x7F800000u) {{",
+            r.var("total", "f32", r.f(0.0)), *over(f"{K}u", at_t1, "total = total + e;"),
+            r.var("n", "u32", f"{K}u")]
+    if top_p < 1.0:
+        body += [r.var("cum", "f32", r.f(0.0)), r.var("below", "u32", "0u"),
+                 *over(f"{K}u", at_t1, "cum = cum + e / total;",
+                       f"if (cum < {r.f(top_p)}) {{ below = below + 1u; }}"),
+                 "n = min(n, below + 1u);"]
+    if min_p > 0.0:
+        body += [r.var("kept", "u32", "0u"),
+                 *over(f"{K}u", at_t1,
+                       f"if (e / total >= {r.f(min_p)} * ({r.f(1.0)} / total)) "
+                       "{ kept = kept + 1u; }"),
+                 "n = min(n, max(kept, 1u));"]
+    body += [r.var("s", "f32", r.f(0.0)), *over("n", at_t, "s = s + e;"),
+             r.var("c", "f32", r.f(0.0)), r.var("pick", "u32", "0u"),
+             *over("n", at_t, "c = c + e;",
+                   f"if (c / s <= {u.load(r, '0')}) {{ pick = pick + 1u; }}"),
+             f"tok = {r.cast('i32', pairs.load(r, f'{K}u + min(pick, n - 1u)'))};",
+             "}",
+             out.store(r, "tok", "0"),
+             feed.store(r, r.select("tok >= 0", "tok", "0"), *["0"] * len(feed.shape))]
+    return b.finish(body, 1)
+
+
 def subgroup_probe(r: Renderer, lanes: int) -> KernelSource:
     """What `gpu.probe_subgroups` runs: each thread's f32(lid) summed over its run of `lanes`
     threads by the butterfly of `Builder.shuffle_sum`, into out[lid]."""
