@@ -34,7 +34,7 @@ from math import prod
 import numpy as np
 
 from drift.backends import backend_class
-from drift.backends.kernels.gpu import GreedySampler
+from drift.backends.kernels.gpu import GreedySampler, TopKSampler
 from drift.ir import Role
 from drift.ir.ops import cost_of
 from drift.runtime.engine import Engine
@@ -85,6 +85,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--prefill", action="store_true",
                    help="fill the cache with a real prompt of --pos tokens first")
+    p.add_argument("--sample", action="store_true",
+                   help="the sampler's kernels are drift run's top-40 sampling decoding ahead "
+                        "(top-k, then the draw feeding the next step), not the argmax")
     p.add_argument("--top", type=int, default=40, help="kernels listed, slowest first")
     p.add_argument("--pass-per-dispatch", action="store_true",
                    help="webgpu: time each dispatch in a compute pass of its own, even where "
@@ -112,10 +115,17 @@ def main() -> None:
     prog = engine.program(1)
     feeds = {"tokens": np.array([1], np.int32), "positions": np.array([a.pos], np.int32)}
     prog.run(feeds)
-    sampler = GreedySampler(backend)
+    if a.sample:
+        from drift.runtime.sampler import SamplerConfig
+
+        sampler = TopKSampler(backend, SamplerConfig(seed=0))
+    else:
+        sampler = GreedySampler(backend)
     out = prog.run(feeds, to_host=False)
     sampler(out["logits"])  # the argmax kernels compiled and bound
-    argmax_launches = sampler.launches(out["logits"])
+    # the kernels decode ahead runs: the token stored into the next step's input too
+    argmax_launches = sampler.launches(prog.run(feeds, to_host=False)["logits"], prog)
+    backend.flush()
     print(f"decode program: compiled and first run in {time.perf_counter() - t1:.1f} s")
     for _ in range(a.warmup):
         prog.run(feeds)
@@ -188,7 +198,8 @@ def main() -> None:
         secs = per_launch[i]
         if n is None:
             stage = i - len(nodes) + 1
-            op, label, key, nbytes = "argmax", f"argmax (sampler) {stage}", f"argmax{stage}", 0
+            op = "top-k sampling" if a.sample else "argmax"
+            label, key, nbytes = f"{op} (sampler) {stage}", f"{op}{stage}", 0
         else:
             ins = [graph.tensors[x] for x in n.inputs]
             outs = [graph.tensors[x] for x in n.outputs]

@@ -51,6 +51,12 @@
 #   session 19: the f32 tiled GEMM on WebGPU (no matrix units there), its tiles and the next
 #   step's loads in registers (GEMM_PREFETCH): the kernels alone at each, then drift bench on
 #   both models at the default and at (32, 64, 32, 4, 8) with prefetch: about 4 minutes
+# run(command="SAMPLE=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 20: sampled decode (drift run's defaults) drawn on the device and decoding ahead,
+#   against DRIFT_DECODE_AHEAD=0 (the host draws, a step at a time) and greedy, both models
+#   on both APIs; the device's draw against the host's on the 1B: about 8 minutes
+# run(command="SAMPLE2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   SAMPLE again after a change, with the 1B's decode profile (--sample) on both APIs
 # run(command="WTILE2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   WTILE's short form (three settings of the kernels, the 1B end to end): about 2 minutes
 # run(command="COOP=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
@@ -114,9 +120,11 @@ bench_with() {  # model api label [constant=value ...]
   local m=$1 dev=$2 label=$3 i8=0; shift 3
   [[ $label == *int8* ]] && i8=1
   DRIFT_INT8_DOT=$i8 timeout ${BENCH_TIMEOUT:-50} python3 bench/drift_with.py "$@" -- bench \
-    /tmp/m/$m.gguf -p 512 -n 64 -r ${R:-3} --device $dev --no-ceilings > /tmp/run.txt 2>&1
+    /tmp/m/$m.gguf -p 512 -n 64 -r ${R:-3} --device $dev --no-ceilings $BENCH_ARGS \
+    > /tmp/run.txt 2>&1
   rc=$?; { echo "## bench $dev $m $label $* (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/benches.txt"
-  echo "rc=$rc $dev $m $label $*"; grep -E "^\| " /tmp/run.txt | grep -v -- "---" | tail -2
+  echo "rc=$rc $dev $m $label $*"
+  grep -E "^\| |decode loop" /tmp/run.txt | grep -v -- "---" | tail -3
 }
 profile_8b() {  # api
   timeout 60 python3 bench/gpuapi_profile.py /tmp/m/llama-3.1-8b-Q4_0.gguf --device $1 \
@@ -248,6 +256,40 @@ if [[ -n $NORM ]]; then
   done
   bench_with llama-3.1-8b-Q4_0 webgpu f32
   profile_8b opencl
+  exit
+fi
+if [[ -n $SAMPLE ]]; then  # session 20: sampled decode drawn on the device, decoding ahead
+  models
+  timeout 150 python3 bench/sampled_check.py /tmp/m/llama-3.2-1b-Q4_0.gguf --steps 32 \
+    --seeds 0,1,2 2>&1 | tail -7 | tee "$OUT/sampled_check.txt"
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for dev in webgpu opencl; do
+      BENCH_ARGS=--sample bench_with $m $dev sampled
+      BENCH_ARGS=--sample DRIFT_DECODE_AHEAD=0 bench_with $m $dev sampled-step
+      bench_with $m $dev greedy
+    done
+  done
+  exit
+fi
+if [[ -n $SAMPLE2 ]]; then  # SAMPLE after the draw's logits were staged: where the time goes
+  models
+  timeout 150 python3 bench/sampled_check.py /tmp/m/llama-3.2-1b-Q4_0.gguf --steps 32 \
+    --seeds 0,1,2 2>&1 | tail -7 | tee "$OUT/sampled_check.txt"
+  for dev in webgpu opencl; do
+    timeout 60 python3 bench/gpuapi_profile.py /tmp/m/llama-3.2-1b-Q4_0.gguf --device $dev \
+      --pos 384 --reps 5 --top 12 --sample > /tmp/run.txt 2>&1
+    rc=$?; { echo "## profile 1b $dev --sample (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/profiles.txt"
+    echo "rc=$rc profile $dev"; grep -E "^\| (wall|device|idle|top-k|argmax)" /tmp/run.txt
+  done
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for dev in webgpu opencl; do
+      BENCH_ARGS=--sample bench_with $m $dev sampled
+      bench_with $m $dev greedy
+    done
+    BENCH_ARGS=--sample DRIFT_DECODE_AHEAD=0 bench_with $m opencl sampled-step
+  done
   exit
 fi
 if [[ -n $WTILE2 ]]; then  # WTILE's short form: three settings, the 1B end to end

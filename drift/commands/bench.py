@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-r", "--repetitions", type=int, default=5)
     p.add_argument("--device", default="auto", help="backend: cpu, cuda (triton), ...")
     add_hybrid_arguments(p)
+    p.add_argument("--sample", action="store_true",
+                   help="tg draws its tokens as `drift run` does by default (temperature 0.8, "
+                        "top-k 40, top-p 0.95, min-p 0.05; seed 0), not greedy")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no-ceilings", action="store_true",
                    help="no MBU/MFU (and no probe of the device's ceilings)")
@@ -131,17 +134,24 @@ def _tflops(x: float) -> str:
     return f"{x / 1e12:.1f}" if x >= 1e12 else f"{x / 1e12:.3f}"
 
 
-def decode_loop(engine) -> str:
+def decode_loop(engine, config) -> str:
     """How the tg test's tokens are drawn (`generate_tokens`'s path on this backend)."""
     from drift.runtime.generate import decodes_ahead
-    from drift.runtime.sampler import GREEDY
 
-    pick = engine.backend.sampler(GREEDY)
+    what = "argmax" if config.greedy else f"top-{config.top_k} sampling"
+    pick = engine.backend.sampler(config)
     if pick is None:
-        return "logits to the host, argmax there"
+        return f"logits to the host, {what} there"
     if decodes_ahead(engine, pick):
-        return "argmax on the device, each step queued before the last token is read"
-    return "argmax on the device, its token read back each step"
+        return f"{what} on the device, each step queued before the last token is read"
+    return f"{what} on the device, its token read back each step"
+
+
+def bench_sampling(args: argparse.Namespace):
+    """The tg test's sampler: greedy, or with --sample `drift run`'s defaults, seeded."""
+    from drift.runtime.sampler import GREEDY, SamplerConfig
+
+    return SamplerConfig(seed=0) if args.sample else GREEDY
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -149,7 +159,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from drift.hybrid.backend import HybridBackend
     from drift.runtime.engine import Engine
     from drift.runtime.generate import generate_tokens
-    from drift.runtime.sampler import GREEDY, Sampler
+    from drift.runtime.sampler import Sampler
 
     p, n, reps = args.n_prompt, args.n_gen, args.repetitions
     if p < 1 or n < 1 or reps < 1:
@@ -158,7 +168,7 @@ def run_bench(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     engine = Engine(path, device=args.device, ctx=max(p, n) + 1, **engine_options(args))
     load_s = time.perf_counter() - t0
-    cfg = engine.config
+    cfg, sampling = engine.config, bench_sampling(args)
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, cfg.vocab_size, p).tolist()
 
@@ -169,12 +179,14 @@ def run_bench(args: argparse.Namespace) -> int:
         return time.perf_counter() - t
 
     def generate(tokens: int = n) -> float:
-        """n greedy tokens from a one-token prompt (n calls of the model) through the loop
-        `drift run` decodes with: the device's sampler where the backend has one (the
-        token id comes back, not the logits), each step queued ahead where it can be."""
+        """n tokens (greedy, or sampled with --sample) from a one-token prompt (n calls of
+        the model) through the loop `drift run` decodes with: the device's sampler where
+        the backend has one (the token id comes back, not the logits), each step queued
+        ahead where it can be."""
         engine.reset()
         t = time.perf_counter()
-        got = sum(1 for _ in generate_tokens(engine, [int(prompt[0])], Sampler(GREEDY), tokens))
+        got = sum(1 for _ in generate_tokens(engine, [int(prompt[0])], Sampler(sampling),
+                                             tokens))
         assert got == tokens, "decode stopped early"
         return time.perf_counter() - t
 
@@ -199,7 +211,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "model": str(path.name), "arch": cfg.arch, "file_bytes": path.stat().st_size,
         "device": info.describe(), "backend": engine.backend.name,
         "kernel_table": info.extra.get("kernel_table"),
-        "n_prompt": p, "n_gen": n, "repetitions": reps, "decode_loop": decode_loop(engine),
+        "n_prompt": p, "n_gen": n, "repetitions": reps,
+        "decode_loop": decode_loop(engine, sampling), "sampled": args.sample,
         "load_s": load_s, "warmup_s": warm_s,
         f"pp{p}": _stats(pp), f"tg{n}": _stats(tg),
         "decode_bytes_per_token": dc_bytes, "decode_flops_per_token": dc_flops,

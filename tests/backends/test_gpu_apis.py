@@ -706,6 +706,26 @@ def test_sampled_decode_ahead_is_the_cpu_backends_answer(api, tmp_path, monkeypa
     assert list(generate_tokens(gpu, prompt, Sampler(cfg), 16)) == want and not tickets
 
 
+def test_bench_sample_times_the_sampled_loop(api, tmp_path, capsys):
+    """`drift bench --sample`: tg draws with `drift run`'s default sampling, on the device
+    and decoding ahead, and says so; without it, greedy."""
+    import json
+
+    from drift.cli import main
+    from drift.formats.writer import write_random
+    from drift.models.presets import Preset, _llama
+
+    preset = Preset("tiny-llama", "llama", _llama(2, 64, 4, 2, 96, ctx=128), 300, False, True)
+    path = write_random(preset, "Q4_0", tmp_path / "tiny.gguf", seed=2, workers=1)
+    for flag, loop in (("--sample", "top-40 sampling on the device, each step queued"),
+                       (None, "argmax on the device, each step queued")):
+        args = ["bench", str(path), "-p", "4", "-n", "3", "-r", "1", "--device", api,
+                "--no-ceilings", "--json", *([flag] if flag else [])]
+        assert main(args) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["decode_loop"].startswith(loop) and res["sampled"] == (flag is not None)
+
+
 @pytest.mark.parametrize("pass_per_dispatch", [False, True])
 def test_device_timestamps(api, pass_per_dispatch):
     """`timed`: every launch of a call timed on the device (OpenCL profiling events, WebGPU
