@@ -191,29 +191,77 @@ def test_gemm_on_matrix_units_large_tiles(api, tile, monkeypatch):
     _gemm_on_matrix_units(api, "ffn_gate_up", "Q4_0")
 
 
-@pytest.mark.parametrize("prefetch,tile", [(False, (32, 32, 32, 4, 4)),
-                                           (True, (32, 32, 32, 4, 4)),
-                                           (True, (32, 64, 32, 4, 8))])
+@pytest.mark.parametrize("vec4,prefetch,tile", [(False, False, (32, 32, 32, 4, 4)),
+                                                (False, True, (32, 32, 32, 4, 4)),
+                                                (False, True, (32, 64, 32, 4, 8)),
+                                                (True, False, (32, 32, 32, 4, 4)),
+                                                (True, True, (32, 64, 32, 4, 8)),
+                                                (True, True, (64, 64, 16, 8, 8)),
+                                                (True, False, None)])
 @pytest.mark.parametrize("op", ["matmul", "ffn_gate_up", "stacked_matmul"])
-def test_tiled_gemm_variants(api, op, prefetch, tile, monkeypatch):
-    """The f32 tiled GEMM (`_gemm`, prefill where no matrix units are reached) with the next
-    step's loads in registers or not and a wider register tile, on the ragged shapes, gated
-    epilogue and stacked outputs of the matrix-unit test: as float64 numpy."""
+def test_tiled_gemm_variants(api, op, vec4, prefetch, tile, monkeypatch):
+    """The f32 tiled GEMM (`_gemm`, prefill where no matrix units are reached) with its
+    tiles in workgroup memory as f32 or f32x4, the next step's loads in registers or not and
+    wider register tiles, on the ragged shapes, gated epilogue and stacked outputs of the
+    matrix-unit test: as float64 numpy. Tile None: the tile chosen per matmul, on a grid
+    small enough to take the wide tile (gate/up: the narrow, by its accumulators)."""
     from drift.backends.kernels import templates
 
     monkeypatch.setattr(templates, "GEMM_MMA", "never")
+    monkeypatch.setattr(templates, "GEMM_VEC4", vec4)
     monkeypatch.setattr(templates, "GEMM_PREFETCH", prefetch)
     monkeypatch.setattr(templates, "GEMM_TILE", tile)
+    if tile is None:
+        monkeypatch.setattr(templates, "GEMM_MIN_GROUPS", 1)
     _gemm_on_matrix_units(api, op, "Q4_K" if op == "matmul" else "Q4_0", stage="gemm",
                           tol=1e-4)
 
 
-def _gemm_on_matrix_units(api, op, qtype, stage="mma", tol=3e-3):
-    S, K = 70, 512 if qtype != "Q6_K" else 768
-    Ns = {"matmul": [131], "ffn_gate_up": [67, 67], "stacked_matmul": [96, 40, 40]}[op]
+def test_gemm_tile_choice(monkeypatch):
+    """The f32 GEMM's tile per matmul, on Llama-3.1-8B's and 3.2-1B's prefill at 512 rows:
+    the wide tile where its grid keeps GEMM_MIN_GROUPS workgroups, never for fused gate/up
+    (two weights' accumulators), and GEMM_TILE over both where set."""
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "GEMM_TILE", None)
+    wide, narrow = templates.GEMM_TILES
+    assert templates.gemm_tile(512, 4096, 1) == wide  # 8B q / o: 16 x 64 workgroups
+    assert templates.gemm_tile(512, 6144, 1) == wide  # 8B q, k, v stacked
+    assert templates.gemm_tile(512, 14336, 2) == narrow  # 8B gate/up: 64 accumulators wide
+    assert templates.gemm_tile(512, 1024, 1) == narrow  # 8B k alone: 256 workgroups wide
+    assert templates.gemm_tile(512, 2048, 1) == narrow  # 1B q / o: 512
+    assert templates.gemm_tile(70, 131, 1) == narrow  # a short prompt
+    monkeypatch.setattr(templates, "GEMM_TILE", (64, 64, 16, 8, 8))
+    assert templates.gemm_tile(512, 14336, 2) == (64, 64, 16, 8, 8)
+
+
+@pytest.mark.parametrize("vec4,tile", [(False, (32, 32, 32, 4, 4)), (True, (32, 32, 32, 4, 4)),
+                                       (True, (32, 64, 32, 4, 8))])
+@pytest.mark.parametrize("op", ["matmul", "ffn_gate_up", "stacked_matmul"])
+def test_tiled_gemm_on_whole_tiles(api, op, vec4, tile, monkeypatch):
+    """The f32 tiled GEMM on shapes of whole tiles (no output store guarded off), where
+    PoCL runs it too (its guard bug needs a partial tile; `tiled_gemm` is off there for
+    prompts of any length): OpenCL C's spelling of the f32x4 tiles (`Renderer.lane`) is
+    checked in CI, not only on NVIDIA's driver. As float64 numpy."""
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "GEMM_MMA", "never")
+    monkeypatch.setattr(templates, "GEMM_VEC4", vec4)
+    monkeypatch.setattr(templates, "GEMM_TILE", tile)
+    Ns = {"matmul": [128], "ffn_gate_up": [64, 64], "stacked_matmul": [64, 32, 32]}[op]
+    _gemm_on_matrix_units(api, op, "Q4_0", stage="gemm", tol=1e-4, S=64, Ns=Ns,
+                          force_tiled=True)
+
+
+def _gemm_on_matrix_units(api, op, qtype, stage="mma", tol=3e-3, S=70, Ns=None,
+                          force_tiled=False):
+    K = 512 if qtype != "Q6_K" else 768
+    Ns = Ns or {"matmul": [131], "ffn_gate_up": [67, 67], "stacked_matmul": [96, 40, 40]}[op]
     b = GraphBuilder("mma")
     x = b.input("x", (S, K), "f32")
     be = _backend(api)
+    if force_tiled:
+        be.rt.renderer.tiled_gemm = True
     if not be.rt.renderer.tiled_gemm:
         pytest.skip("this driver runs the block walk, not tiled GEMMs (PoCL 3.1)")
     ws = {}

@@ -157,6 +157,12 @@ class Renderer:
         """Four f32 as a vector (`f32x4`)."""
         raise NotImplementedError
 
+    def lane(self, vec: str, i: str) -> str:
+        """Element `i` (a run-time u32 below 4) of the f32x4 of workgroup memory `vec` (an
+        element `name[index]`), readable and assignable; a constant element is `vec.x` ..
+        `vec.w` in both languages."""
+        raise NotImplementedError
+
     def dot4(self, a: str, b: str) -> str:
         return f"dot({a}, {b})"
 

@@ -58,8 +58,17 @@ GEMV_VEC_UNROLL = 2  # such loads per row each GEMV thread issues per loop step
 # GPU backends tile them by GEMV_LANES): a workgroup of up to GEMV_WG threads, T (one a row
 # of the tile) times the shares of K, each share at least GEMV_MIN_STEPS loads
 GEMV_LANES, GEMV_WG, GEMV_MIN_STEPS = 8, 256, 4
-GEMM_TILE = (32, 32, 32, 4, 4)  # rows of x, columns, K step, register tile rows, columns
+# The f32 tiled GEMM's (rows of x, columns, K step, register tile rows, columns): the first
+# of GEMM_TILES whose grid has GEMM_MIN_GROUPS workgroups and whose accumulators (RM x RN a
+# weight: two for ffn_gate_up) number at most GEMM_MAX_ACC, else the last. The wider tile
+# reads x half as often, but on a small grid leaves the GPU's cores short of warps, and
+# fused gate/up at 64 accumulators a thread was slower end to end (session 21 on the H200).
+# GEMM_TILE, where set, for every matmul
+GEMM_TILES = ((32, 64, 32, 4, 8), (32, 32, 32, 4, 4))
+GEMM_MIN_GROUPS, GEMM_MAX_ACC = 1024, 32
+GEMM_TILE: tuple[int, int, int, int, int] | None = None
 GEMM_PREFETCH = False  # the f32 GEMM's next step loaded into registers under this step's FMAs
+GEMM_VEC4 = True  # the f32 GEMM's tiles in workgroup memory as f32x4: a quarter of the loads
 # Prefill on matrix units (`_gemm_mma`): "auto" where the renderer spells `warp_mma` for the
 # device's own (NVIDIA's tensor cores), "always" (its plain spelling elsewhere: the tests),
 # "never"
@@ -620,26 +629,47 @@ def _word_loop(r: Renderer, word: list[str], count: int, U: int, start: str, str
     return lines
 
 
+def gemm_tile(S: int, N: int, weights: int) -> tuple[int, int, int, int, int]:
+    """The f32 tiled GEMM's tile for S rows of x, N columns and `weights` weights summed
+    apart (two for ffn_gate_up): GEMM_TILE where set, else the first of GEMM_TILES whose
+    grid has GEMM_MIN_GROUPS workgroups and whose accumulators fit GEMM_MAX_ACC."""
+    return GEMM_TILE or next(
+        (t for t in GEMM_TILES if -(-S // t[0]) * -(-N // t[1]) >= GEMM_MIN_GROUPS
+         and t[3] * t[4] * weights <= GEMM_MAX_ACC), GEMM_TILES[-1])
+
+
 def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
           biases: list[Accessor]):
     """Prefill: one workgroup per (TM rows of x) x (TN columns) tile. Each step of BK along K
     stages the tile's x and its dequantized weights in workgroup memory (each weight
     element dequantized once per TM rows), then every thread accumulates an RM x RN register
     tile from them (rows ty + RM-strided, columns tx + RN-strided: conflict-free reads). With
-    GEMM_PREFETCH the next step's loads are issued before this step's products (`_k_steps`)."""
-    TM, TN, BK, RM, RN = GEMM_TILE
+    GEMM_PREFETCH the next step's loads are issued before this step's products (`_k_steps`).
+    With GEMM_VEC4 the tiles are held as f32x4 (four rows of x, four columns of weights) and
+    a thread reads its RM rows and RN columns at a K in RM / 4 + RN / 4 loads, not RM + RN
+    (runs of four rows and columns, ty- and tx-strided): a quarter of the workgroup-memory
+    loads for the same products."""
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    tile = gemm_tile(S, N, len(ws))
+    TM, TN, BK, RM, RN = tile
     TX, TY = TN // RN, TM // RM  # threads along columns, along rows
     wg = TX * TY
+    vec = GEMM_VEC4
+    V = 4 if vec else 1  # f32 a workgroup-memory element
+    assert RM % V == 0 and RN % V == 0, f"GEMM_VEC4 takes register tiles of fours: {tile}"
     b = Builder(r, f"{n.op}:gemm", wg)
     b.use(x, out, *biases)
-    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
     EPT = TN * BK // wg  # weight elements each thread dequantizes per step: a run of one column
     TPC = BK // EPT  # threads per column
+    XPT = TM * BK // wg  # x elements each thread stages per step
+    assert XPT % V == 0, f"GEMM_VEC4: each thread stages runs of four rows of x: {tile}"
     nt, steps = -(-N // TN), -(-K // BK)
     groups = nt * -(-S // TM)
-    XS, WS = TM + 1, TN + 1  # padded rows of the staged tiles
-    b.shared += [("xs", "f32", BK * XS),  # the weights' tiles hold the output tile at the end
-                 *((f"ws{i}", "f32", max(BK * WS, TM * TN)) for i in range(len(ws)))]
+    # padded rows of the staged tiles, in elements (f32, or f32x4 of four rows / columns)
+    XS, WS = TM // V + 1, TN // V + 1
+    ty_ = "f32x4" if vec else "f32"
+    b.shared += [("xs", ty_, BK * XS),  # the weights' tiles hold the output tile at the end
+                 *((f"ws{i}", ty_, max(BK * WS, TM * TN // V)) for i in range(len(ws)))]
     body = b.group(groups) + [
         r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
         r.let("tx", "u32", f"lid % {TX}"), r.let("ty", "u32", f"lid / {TX}"),
@@ -648,9 +678,11 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         r.let("rows", "u32", f"{S} - s0"), r.let("cols", "u32", f"{N} - n0"),
         *(r.array(f"acc{i}", "f32", RM * RN) for i in range(len(ws))),
     ]
-    XPT = TM * BK // wg  # x elements each thread stages per step
 
     def x_at(u: int) -> tuple[str, str]:  # (row, K in the step) of this thread's x element u
+        if vec:  # runs of four rows at one K
+            at = f"(lid + {u // V * wg})"
+            return f"{at} / {BK} * {V} + {u % V}", f"{at} % {BK}"
         return f"(lid + {u * wg}) / {BK}", f"(lid + {u * wg}) % {BK}"
 
     def fetch(k0: str) -> list[str]:
@@ -669,31 +701,61 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         return lines
 
     stage = []
-    for u in range(XPT):
+    for u in range(0, XPT, V):
         m, kk = x_at(u)
-        stage.append(f"xs[({kk}) * {XS} + {m}] = xv{u};")
-    stage += [f"ws{i}[(lid % {TPC} * {EPT} + {e}) * {WS} + wc] = wv{i}_{e};"
-              for i in range(len(ws)) for e in range(EPT)]
+        if vec:
+            stage.append(f"xs[({kk}) * {XS} + ({m}) / 4] = "
+                         f"{r.vec4(*(f'xv{u + t}' for t in range(4)))};")
+        else:
+            stage.append(f"xs[({kk}) * {XS} + {m}] = xv{u};")
+    for i in range(len(ws)):
+        for e in range(EPT):
+            at = f"(lid % {TPC} * {EPT} + {e}) * {WS}"
+            if vec:  # one column: one element of an f32x4
+                stage.append(f"{r.lane(f'ws{i}[{at} + wc / 4]', 'wc % 4')} = wv{i}_{e};")
+            else:
+                stage.append(f"ws{i}[{at} + wc] = wv{i}_{e};")
     body += [r.var(f"xv{u}", "f32", r.f(0.0)) for u in range(XPT)]
     body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0)) for i in range(len(ws)) for e in range(EPT)]
     body += _k_steps(r, steps, BK, fetch, stage, GEMM_PREFETCH)
     body.append("    " + r.for_("kk", "0", str(BK)))
+    # the register tile's element (a, c): row `row_of(a)`, column `col_of(c)` of the tile;
+    # `a_of(a)` / `b_of(c)` its x and weight at this K, from the loads `a*` / `b{i}*`
+    if vec:
+        row_of = lambda a: f"(ty + {a // 4 * TY}) * 4 + {a % 4}"  # noqa: E731
+        col_of = lambda c: f"(tx + {c // 4 * TX}) * 4 + {c % 4}"  # noqa: E731
+        a_loads = [(f"a_{a}", f"xs[kk * {XS} + ty + {a * TY}]") for a in range(RM // 4)]
+        a_of = lambda a: f"a_{a // 4}.{'xyzw'[a % 4]}"  # noqa: E731
+        b_loads = [(f"b_{c}", f"kk * {WS} + tx + {c * TX}") for c in range(RN // 4)]
+        b_of = lambda i, c: f"b{i}_{c // 4}.{'xyzw'[c % 4]}"  # noqa: E731
+    else:
+        row_of = lambda a: f"ty + {a * TY}"  # noqa: E731
+        col_of = lambda c: f"tx + {c * TX}"  # noqa: E731
+        a_loads = [(f"a_{a}", f"xs[kk * {XS} + ty + {a * TY}]") for a in range(RM)]
+        a_of = lambda a: f"a_{a}"  # noqa: E731
+        b_loads = [(f"b_{c}", f"kk * {WS} + tx + {c * TX}") for c in range(RN)]
+        b_of = lambda i, c: f"b{i}_{c}"  # noqa: E731
+    body += [f"        {r.let(name, ty_, at)}" for name, at in a_loads]
     for i in range(len(ws)):
-        body += [f"        {r.let(f'a{i}_{a}', 'f32', f'xs[kk * {XS} + ty + {a * TY}]')}"
-                 for a in range(RM) if i == 0]
-        body += [f"        {r.let(f'b{i}_{c}', 'f32', f'ws{i}[kk * {WS} + tx + {c * TX}]')}"
-                 for c in range(RN)]
-        body += [f"        acc{i}[{a * RN + c}] = acc{i}[{a * RN + c}] + a0_{a} * b{i}_{c};"
+        body += [f"        {r.let(f'b{i}_' + name[2:], ty_, f'ws{i}[{at}]')}"
+                 for name, at in b_loads]
+        body += [f"        acc{i}[{a * RN + c}] = acc{i}[{a * RN + c}] + {a_of(a)} * {b_of(i, c)};"
                  for a in range(RM) for c in range(RN)]
     body += ["    }", "    " + r.barrier(), "}"]
     # the tile out through workgroup memory, then stored by consecutive threads along N
     # (coalesced)
     for i in range(len(ws)):
-        body += [f"ws{i}[(ty + {a * TY}) * {TN} + tx + {c * TX}] = acc{i}[{a * RN + c}];"
-                 for a in range(RM) for c in range(RN)]
+        if vec:  # four columns of a row at once
+            body += [f"ws{i}[({row_of(a)}) * {TN // 4} + tx + {c // 4 * TX}] = "
+                     + r.vec4(*(f"acc{i}[{a * RN + c + t}]" for t in range(4))) + ";"
+                     for a in range(RM) for c in range(0, RN, 4)]
+        else:
+            body += [f"ws{i}[({row_of(a)}) * {TN} + {col_of(c)}] = acc{i}[{a * RN + c}];"
+                     for a in range(RM) for c in range(RN)]
     body += [r.barrier(), r.for_("o", "lid", str(TM * TN), str(wg)),
              "    " + r.let("om", "u32", f"o / {TN}"), "    " + r.let("oc", "u32", f"o % {TN}")]
-    pre, value = _epilogue(r, n, [f"ws{i}[o]" for i in range(len(ws))], biases, "n0 + oc")
+    tile = [r.lane(f"ws{i}[o / 4]", "o % 4") if vec else f"ws{i}[o]" for i in range(len(ws))]
+    pre, value = _epilogue(r, n, tile, biases, "n0 + oc")
     st = out.store(r, value, *coords_of("s0 + om", out.shape[:-1]), "n0 + oc")
     body += [f"    if (om < rows && oc < cols) {{ {pre}{st} }}", "}"]
     return b.finish(body, groups)

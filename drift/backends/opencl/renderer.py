@@ -130,6 +130,9 @@ class OpenCLRenderer(Renderer):
     def vec4(self, *xs):
         return f"((float4)({', '.join(xs)}))"
 
+    def lane(self, vec, i):
+        return f"((__local float*)&{vec})[{i}]"  # OpenCL C has no run-time vector index
+
     def uniform_let(self, name, ty, shared):
         return f"barrier(CLK_LOCAL_MEM_FENCE); const {self.types[ty]} {name} = {shared};"
 

@@ -55,6 +55,9 @@ class WGSLRenderer(Renderer):
     def vec4(self, *xs):
         return f"vec4<f32>({', '.join(xs)})"
 
+    def lane(self, vec, i):
+        return f"{vec}[{i}]"  # a vector reference indexed: a reference to its element
+
     def uniform_let(self, name, ty, shared):
         return f"let {name}: {self.types[ty]} = workgroupUniformLoad(&{shared});"
 
