@@ -40,7 +40,8 @@ VARIANTS = {
     "GEMV_MIN_STEPS": [templates.GEMV_MIN_STEPS, 2, 8],
     "GEMV_VEC": [templates.GEMV_VEC, 1],
     "kernel_tile_rows": [GPUBackend.kernel_tile_rows, 1],
-    "GEMM_TILE": [templates.GEMM_TILE, (64, 32, 32, 8, 4), (32, 64, 32, 4, 8), (64, 64, 16, 8, 8)],
+    "GEMM_TILE": [templates.GEMM_TILE, (32, 32, 32, 4, 4), (64, 32, 32, 8, 4), (32, 64, 32, 4, 8),
+                  (64, 64, 16, 8, 8)],
 }
 # ... and together: the GEMV of a row's threads on consecutive words, at its tile constants
 COMBOS = [

@@ -37,6 +37,9 @@
 # run(command="FINAL=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the committed defaults: the 1B greedy check, drift bench -r 3 on both models and APIs,
 #   the 8B decode profile on both APIs: about 5 minutes
+# run(command="FINAL2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 21: the committed defaults, the 1B greedy check over a 60-token prompt, drift
+#   bench -r 3 greedy and --sample on both models and APIs: about 5 minutes
 # run(command="AHEAD=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   session 19: decode ahead (each step queued before the last token is read) against
 #   DRIFT_DECODE_AHEAD=0, the prefill GEMM on f16 tensor cores against tf32, both models on
@@ -57,6 +60,18 @@
 #   on both APIs; the device's draw against the host's on the 1B: about 8 minutes
 # run(command="SAMPLE2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   SAMPLE again after a change, with the 1B's decode profile (--sample) on both APIs
+# run(command="VEC4=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 21: the f32 GEMM (WebGPU's prefill) with its tiles as f32x4 (GEMM_VEC4), at
+#   several tiles: the kernels alone (and on OpenCL with GEMM_MMA='never'), the 1B end to end
+# run(command="VEC4B=1 SETTINGS='GEMM_VEC4=False;GEMM_VEC4=True' bash bench/gpuapi_session.sh", ...)
+#   the 1B and (twice, alternating) the 8B end to end at each setting, then the 1B's greedy
+#   check against the cpu backend at the tree's defaults
+# run(command="VEC4C=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the tile choice (GEMM_TILES by GEMM_MIN_GROUPS) on the 1B: its matmuls alone at each
+#   tile, the 8B's with and without prefetch, the 1B end to end three times alternating
+# run(command="VEC4D=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   GEMM_MAX_ACC (32: fused gate/up on the narrow tile) against 64 and one tile everywhere,
+#   both models end to end (the 8B twice, alternating), the 1B greedy check
 # run(command="WTILE2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   WTILE's short form (three settings of the kernels, the 1B end to end): about 2 minutes
 # run(command="COOP=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
@@ -142,7 +157,7 @@ release() {
 }
 kernels() {  # api flags...: bench/gpuapi_kernels.py on the 8B's Q4_0 shapes
   local api=$1; shift
-  timeout ${KERNELS_TIMEOUT:-170} python3 bench/gpuapi_kernels.py --apis $api --shapes 8b \
+  timeout ${KERNELS_TIMEOUT:-170} python3 bench/gpuapi_kernels.py --apis $api --shapes ${SHAPES:-8b} \
     --types Q4_0 "$@" > /tmp/run.txt 2>&1
   rc=$?; { echo "## kernels $api $* (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/kernels.txt"
   echo "rc=$rc kernels $api $*"; grep "^| $api" /tmp/run.txt |
@@ -292,6 +307,70 @@ if [[ -n $SAMPLE2 ]]; then  # SAMPLE after the draw's logits were staged: where 
   done
   exit
 fi
+if [[ -n $VEC4 ]]; then  # session 21: the f32 GEMM's tiles as f32x4 (GEMM_VEC4), WebGPU
+  models
+  for t in "GEMM_VEC4=False" "GEMM_VEC4=False,GEMM_PREFETCH=True" \
+      "GEMM_VEC4=False,GEMM_TILE=(32, 64, 32, 4, 8),GEMM_PREFETCH=True" \
+      "GEMM_VEC4=True" "GEMM_VEC4=True,GEMM_PREFETCH=True" \
+      "GEMM_VEC4=True,GEMM_TILE=(32, 64, 32, 4, 8),GEMM_PREFETCH=True" \
+      "GEMM_VEC4=True,GEMM_TILE=(64, 64, 16, 8, 8),GEMM_PREFETCH=True" \
+      "GEMM_VEC4=True,GEMM_TILE=(64, 32, 32, 8, 4),GEMM_PREFETCH=True"; do
+    KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check --set "$t"
+  done
+  for t in "GEMM_MMA='never',GEMM_VEC4=False" "GEMM_MMA='never',GEMM_VEC4=True"; do
+    KERNELS_TIMEOUT=60 kernels opencl --rows 512 --reps 5 --check --set "$t"
+  done
+  # end to end: each setting's constants apart by "|"
+  for t in "GEMM_VEC4=False" "GEMM_VEC4=True" \
+      "GEMM_VEC4=True|GEMM_TILE=(32, 64, 32, 4, 8)|GEMM_PREFETCH=True" \
+      "GEMM_VEC4=True|GEMM_TILE=(64, 64, 16, 8, 8)|GEMM_PREFETCH=True"; do
+    IFS='|' read -r -a kv <<< "$t"
+    R=2 bench_with llama-3.2-1b-Q4_0 webgpu vec4 "${kv[@]}"
+  done
+  exit
+fi
+if [[ -n $VEC4B ]]; then  # each of $SETTINGS ("K=V|K=V;K=V"): the 1B once, the 8B twice,
+  models                  # alternating; then the 1B greedy on a 60-token prompt (defaults)
+  IFS=';' read -r -a sets <<< "$SETTINGS"
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for t in "${sets[@]}"; do
+      IFS='|' read -r -a kv <<< "$t"
+      R=2 bench_with $m webgpu vec4 "${kv[@]}"
+    done
+  done
+  REPEAT=12 check_1b
+  exit
+fi
+if [[ -n $VEC4C ]]; then  # the tile choice on the 1B: its matmuls alone at each tile (and the
+  models                  # 8B's at the default, with and without prefetch), then the 1B end
+  for t in "GEMM_PREFETCH=False" "GEMM_TILE=(32, 32, 32, 4, 4)" "GEMM_TILE=(32, 64, 32, 4, 8)" \
+      "GEMM_VEC4=False,GEMM_TILE=(32, 32, 32, 4, 4)"; do  # to end alternating three times
+    SHAPES=1b KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check --set "$t"
+  done
+  wait $big
+  for t in "GEMM_PREFETCH=False" "GEMM_PREFETCH=True"; do
+    KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --set "$t"
+  done
+  for r in 1 2 3; do
+    R=2 bench_with llama-3.2-1b-Q4_0 webgpu vec4 GEMM_VEC4=False "GEMM_TILE=(32, 32, 32, 4, 4)"
+    R=2 bench_with llama-3.2-1b-Q4_0 webgpu vec4 "GEMM_TILE=(32, 32, 32, 4, 4)"
+    R=2 bench_with llama-3.2-1b-Q4_0 webgpu vec4 GEMM_PREFETCH=False
+  done
+  exit
+fi
+if [[ -n $VEC4D ]]; then  # the accumulator cap (GEMM_MAX_ACC: fused gate/up on the narrow
+  models                  # tile) against the cap off (64) and one tile everywhere, both models
+  wait $big               # end to end, the 8B twice, alternating; then the 1B greedy check
+  for m in llama-3.1-8b-Q4_0 llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0; do
+    R=2 bench_with $m webgpu vec4 GEMM_VEC4=False "GEMM_TILE=(32, 32, 32, 4, 4)"
+    R=2 bench_with $m webgpu vec4 "GEMM_TILE=(32, 32, 32, 4, 4)"
+    R=2 bench_with $m webgpu vec4 GEMM_MAX_ACC=64
+    R=2 bench_with $m webgpu vec4 GEMM_MAX_ACC=32
+  done
+  REPEAT=12 check_1b
+  exit
+fi
 if [[ -n $WTILE2 ]]; then  # WTILE's short form: three settings, the 1B end to end
   python3 -m drift make-random llama-3.2-1b Q4_0 /tmp/m/llama-3.2-1b-Q4_0.gguf 2>&1 | tail -1
   for t in "GEMM_PREFETCH=False" "GEMM_PREFETCH=True" "GEMM_TILE=(32, 64, 32, 4, 8),GEMM_PREFETCH=True"; do
@@ -365,6 +444,17 @@ if [[ -n $AHEAD ]]; then
   done
   kernels opencl --rows 512 --check --reps 10
   kernels opencl --rows 512 --check --reps 10 --set "GEMM_MMA_TYPE='tf32'"
+  exit
+fi
+if [[ -n $FINAL2 ]]; then  # the committed defaults, greedy and sampled (drift run's default
+  models; REPEAT=12 check_1b  # top-k sampling, seed 0), both models on both APIs
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    for dev in opencl webgpu; do
+      bench_with $m $dev greedy
+      BENCH_ARGS=--sample bench_with $m $dev sampled
+    done
+  done
   exit
 fi
 if [[ -n $FINAL ]]; then
