@@ -197,6 +197,7 @@ def test_gemm_on_matrix_units_large_tiles(api, tile, monkeypatch):
                                                 (True, False, (32, 32, 32, 4, 4)),
                                                 (True, True, (32, 64, 32, 4, 8)),
                                                 (True, True, (64, 64, 16, 8, 8)),
+                                                (True, False, (32, 128, 32, 4, 8)),
                                                 (True, False, None)])
 @pytest.mark.parametrize("op", ["matmul", "ffn_gate_up", "stacked_matmul"])
 def test_tiled_gemm_variants(api, op, vec4, prefetch, tile, monkeypatch):
@@ -204,7 +205,7 @@ def test_tiled_gemm_variants(api, op, vec4, prefetch, tile, monkeypatch):
     tiles in workgroup memory as f32 or f32x4, the next step's loads in registers or not and
     wider register tiles, on the ragged shapes, gated epilogue and stacked outputs of the
     matrix-unit test: as float64 numpy. Tile None: the tile chosen per matmul, on a grid
-    small enough to take the wide tile (gate/up: the narrow, by its accumulators)."""
+    small enough to take the widest tile (gate/up: the narrow, by its accumulators)."""
     from drift.backends.kernels import templates
 
     monkeypatch.setattr(templates, "GEMM_MMA", "never")
@@ -212,43 +213,62 @@ def test_tiled_gemm_variants(api, op, vec4, prefetch, tile, monkeypatch):
     monkeypatch.setattr(templates, "GEMM_PREFETCH", prefetch)
     monkeypatch.setattr(templates, "GEMM_TILE", tile)
     if tile is None:
-        monkeypatch.setattr(templates, "GEMM_MIN_GROUPS", 1)
+        monkeypatch.setattr(templates, "GEMM_MIN_THREADS", 1)
     _gemm_on_matrix_units(api, op, "Q4_K" if op == "matmul" else "Q4_0", stage="gemm",
                           tol=1e-4)
 
 
 def test_gemm_tile_choice(monkeypatch):
     """The f32 GEMM's tile per matmul, on Llama-3.1-8B's and 3.2-1B's prefill at 512 rows:
-    the wide tile where its grid keeps GEMM_MIN_GROUPS workgroups, never for fused gate/up
-    (two weights' accumulators), and GEMM_TILE over both where set."""
+    the widest whose grid keeps GEMM_MIN_THREADS threads, never for fused gate/up (two
+    weights' accumulators), the next where the device's workgroup memory is WebGPU's
+    minimum, and GEMM_TILE over all where set."""
     from drift.backends.kernels import templates
 
     monkeypatch.setattr(templates, "GEMM_TILE", None)
-    wide, narrow = templates.GEMM_TILES
-    assert templates.gemm_tile(512, 4096, 1) == wide  # 8B q / o: 16 x 64 workgroups
-    assert templates.gemm_tile(512, 6144, 1) == wide  # 8B q, k, v stacked
-    assert templates.gemm_tile(512, 14336, 2) == narrow  # 8B gate/up: 64 accumulators wide
-    assert templates.gemm_tile(512, 1024, 1) == narrow  # 8B k alone: 256 workgroups wide
-    assert templates.gemm_tile(512, 2048, 1) == narrow  # 1B q / o: 512
+    monkeypatch.setattr(templates, "GEMM_VEC4", True)
+    widest, wide, narrow = templates.GEMM_TILES
+    assert templates.gemm_tile(512, 4096, 1) == widest  # 8B q / o: 16 x 32 workgroups of 128
+    assert templates.gemm_tile(512, 6144, 1) == widest  # 8B q, k, v stacked
+    assert templates.gemm_tile(512, 14336, 2) == narrow  # 8B gate/up: 64 accumulators wider
+    assert templates.gemm_tile(512, 1024, 1) == narrow  # 8B k alone: 16 384 threads widest
+    assert templates.gemm_tile(512, 2048, 1) == narrow  # 1B q / o: 32 768
     assert templates.gemm_tile(70, 131, 1) == narrow  # a short prompt
+    assert templates.gemm_storage(widest, 1) > 16384 >= templates.gemm_storage(wide, 1)
+    assert templates.gemm_tile(512, 4096, 1, storage=16384) == wide
+    assert templates.gemm_storage(narrow, 2) <= 16384
     monkeypatch.setattr(templates, "GEMM_TILE", (64, 64, 16, 8, 8))
     assert templates.gemm_tile(512, 14336, 2) == (64, 64, 16, 8, 8)
 
 
+def test_renderer_knows_workgroup_storage(api):
+    """Each runtime tells its renderer the device's workgroup memory (the GEMM's tile
+    choice reads it): at least the 16 KiB WebGPU guarantees, as the driver reports it."""
+    rt = _backend(api).rt
+    assert rt.renderer.workgroup_storage >= 16384
+    if api == "webgpu":
+        lim = rt.adapter.limits["max-compute-workgroup-storage-size"]
+    else:
+        lim = rt.dev.local_mem_size
+    assert rt.renderer.workgroup_storage == lim
+
+
 @pytest.mark.parametrize("vec4,tile", [(False, (32, 32, 32, 4, 4)), (True, (32, 32, 32, 4, 4)),
-                                       (True, (32, 64, 32, 4, 8))])
+                                       (True, (32, 64, 32, 4, 8)), (True, (32, 128, 32, 4, 8))])
 @pytest.mark.parametrize("op", ["matmul", "ffn_gate_up", "stacked_matmul"])
 def test_tiled_gemm_on_whole_tiles(api, op, vec4, tile, monkeypatch):
     """The f32 tiled GEMM on shapes of whole tiles (no output store guarded off), where
     PoCL runs it too (its guard bug needs a partial tile; `tiled_gemm` is off there for
     prompts of any length): OpenCL C's spelling of the f32x4 tiles (`Renderer.lane`) is
-    checked in CI, not only on NVIDIA's driver. As float64 numpy."""
+    checked in CI, not only on NVIDIA's driver. As float64 numpy. (PoCL also stores wrong
+    values where one 128-column tile holds three stacked outputs' columns, 64 + 32 + 32;
+    lavapipe does not: those shapes are `test_tiled_gemm_variants`'.)"""
     from drift.backends.kernels import templates
 
     monkeypatch.setattr(templates, "GEMM_MMA", "never")
     monkeypatch.setattr(templates, "GEMM_VEC4", vec4)
     monkeypatch.setattr(templates, "GEMM_TILE", tile)
-    Ns = {"matmul": [128], "ffn_gate_up": [64, 64], "stacked_matmul": [64, 32, 32]}[op]
+    Ns = {"matmul": [256], "ffn_gate_up": [128, 128], "stacked_matmul": [128, 64, 64]}[op]
     _gemm_on_matrix_units(api, op, "Q4_0", stage="gemm", tol=1e-4, S=64, Ns=Ns,
                           force_tiled=True)
 

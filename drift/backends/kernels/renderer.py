@@ -70,6 +70,9 @@ class Renderer:
     # overflows to NaN for large arguments
     helpers_take_buffers = False  # helper functions get buffers as arguments (no globals)
     tiled_gemm = True  # prefill matmuls as the tiled GEMM (False: the block walk), per driver
+    # Bytes of workgroup memory a kernel may declare (the runtime sets the device's; WebGPU
+    # guarantees 16 KiB): the tiled GEMM takes no tile that needs more
+    workgroup_storage = 16384
     # Lanes of a subgroup that `shuffle_xor` may exchange values across (a power of 2: the
     # smallest subgroup the device runs, checked by `gpu.probe_subgroups` when the runtime
     # starts); 0 where there are no subgroup shuffles (reductions through workgroup memory).

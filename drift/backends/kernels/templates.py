@@ -59,13 +59,15 @@ GEMV_VEC_UNROLL = 2  # such loads per row each GEMV thread issues per loop step
 # of the tile) times the shares of K, each share at least GEMV_MIN_STEPS loads
 GEMV_LANES, GEMV_WG, GEMV_MIN_STEPS = 8, 256, 4
 # The f32 tiled GEMM's (rows of x, columns, K step, register tile rows, columns): the first
-# of GEMM_TILES whose grid has GEMM_MIN_GROUPS workgroups and whose accumulators (RM x RN a
-# weight: two for ffn_gate_up) number at most GEMM_MAX_ACC, else the last. The wider tile
-# reads x half as often, but on a small grid leaves the GPU's cores short of warps, and
-# fused gate/up at 64 accumulators a thread was slower end to end (session 21 on the H200).
+# of GEMM_TILES whose grid has GEMM_MIN_THREADS threads (1024 workgroups of 64), whose
+# accumulators (RM x RN a weight: two for ffn_gate_up) number at most GEMM_MAX_ACC and
+# whose workgroup memory fits the device's, else the last. A wider tile reads x less often,
+# but on a small grid leaves the GPU's cores short of warps, and fused gate/up at 64
+# accumulators a thread was slower end to end (session 21 on the H200). (32, 64) is for
+# devices with under 21 KiB of workgroup memory (WebGPU guarantees 16), which (32, 128) needs.
 # GEMM_TILE, where set, for every matmul
-GEMM_TILES = ((32, 64, 32, 4, 8), (32, 32, 32, 4, 4))
-GEMM_MIN_GROUPS, GEMM_MAX_ACC = 1024, 32
+GEMM_TILES = ((32, 128, 32, 4, 8), (32, 64, 32, 4, 8), (32, 32, 32, 4, 4))
+GEMM_MIN_THREADS, GEMM_MAX_ACC = 65536, 32
 GEMM_TILE: tuple[int, int, int, int, int] | None = None
 GEMM_PREFETCH = False  # the f32 GEMM's next step loaded into registers under this step's FMAs
 GEMM_VEC4 = True  # the f32 GEMM's tiles in workgroup memory as f32x4: a quarter of the loads
@@ -629,13 +631,27 @@ def _word_loop(r: Renderer, word: list[str], count: int, U: int, start: str, str
     return lines
 
 
-def gemm_tile(S: int, N: int, weights: int) -> tuple[int, int, int, int, int]:
+def gemm_tile(S: int, N: int, weights: int,
+              storage: int = 1 << 30) -> tuple[int, int, int, int, int]:
     """The f32 tiled GEMM's tile for S rows of x, N columns and `weights` weights summed
-    apart (two for ffn_gate_up): GEMM_TILE where set, else the first of GEMM_TILES whose
-    grid has GEMM_MIN_GROUPS workgroups and whose accumulators fit GEMM_MAX_ACC."""
-    return GEMM_TILE or next(
-        (t for t in GEMM_TILES if -(-S // t[0]) * -(-N // t[1]) >= GEMM_MIN_GROUPS
-         and t[3] * t[4] * weights <= GEMM_MAX_ACC), GEMM_TILES[-1])
+    apart (two for ffn_gate_up) on a device of `storage` bytes of workgroup memory:
+    GEMM_TILE where set, else the first of GEMM_TILES whose grid has GEMM_MIN_THREADS
+    threads, whose accumulators fit GEMM_MAX_ACC and whose staged tiles fit `storage`."""
+    def fits(t):
+        TM, TN, BK, RM, RN = t
+        threads = -(-S // TM) * -(-N // TN) * (TM // RM) * (TN // RN)
+        return (threads >= GEMM_MIN_THREADS and RM * RN * weights <= GEMM_MAX_ACC
+                and gemm_storage(t, weights) <= storage)
+
+    return GEMM_TILE or next(filter(fits, GEMM_TILES), GEMM_TILES[-1])
+
+
+def gemm_storage(tile: tuple[int, int, int, int, int], weights: int) -> int:
+    """Bytes of workgroup memory `_gemm` declares at this tile: x's staged tile and each
+    weight's (which holds the output tile at the end), rows padded by one element."""
+    TM, TN, BK, _, _ = tile
+    V = 4 if GEMM_VEC4 else 1
+    return 4 * V * (BK * (TM // V + 1) + weights * max(BK * (TN // V + 1), TM * TN // V))
 
 
 def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
@@ -650,7 +666,7 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     (runs of four rows and columns, ty- and tx-strided): a quarter of the workgroup-memory
     loads for the same products."""
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
-    tile = gemm_tile(S, N, len(ws))
+    tile = gemm_tile(S, N, len(ws), r.workgroup_storage)
     TM, TN, BK, RM, RN = tile
     TX, TY = TN // RN, TM // RM  # threads along columns, along rows
     wg = TX * TY

@@ -168,6 +168,7 @@ class CLRuntime(Runtime):
         self.ctx = cl.Context([self.dev])
         self.queue = cl.CommandQueue(self.ctx)
         self.renderer = OpenCLRenderer()
+        self.renderer.workgroup_storage = self.dev.local_mem_size
         if "Portable Computing Language" in self.dev.platform.name:
             # PoCL 3.1 (LLVM 15) runs the guarded-off output stores of the tiled GEMM (rows
             # past S written: wrong rows, or a corrupted heap), whatever form the guard takes

@@ -144,6 +144,7 @@ class WGPURuntime(Runtime):
         if self.timestamps is None:
             self.timing_unavailable = "the adapter has no 'timestamp-query' feature"
         self.renderer = WGSLRenderer()
+        self.renderer.workgroup_storage = lim["max-compute-workgroup-storage-size"]
         # WGSL's dot4I8Packed is core (naga: OpSDot where the driver has integer dot
         # products, byte arithmetic else), so every adapter has it
         self.int8 = "dot4I8Packed"
