@@ -67,11 +67,20 @@
 #   the 1B and (twice, alternating) the 8B end to end at each setting, then the 1B's greedy
 #   check against the cpu backend at the tree's defaults
 # run(command="VEC4C=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
-#   the tile choice (GEMM_TILES by GEMM_MIN_GROUPS) on the 1B: its matmuls alone at each
-#   tile, the 8B's with and without prefetch, the 1B end to end three times alternating
+#   the tile choice then (GEMM_TILES by GEMM_MIN_GROUPS, now GEMM_MIN_THREADS) on the 1B:
+#   its matmuls alone at each tile, the 8B's with and without prefetch, the 1B end to end
+#   three times alternating
 # run(command="VEC4D=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   GEMM_MAX_ACC (32: fused gate/up on the narrow tile) against 64 and one tile everywhere,
 #   both models end to end (the 8B twice, alternating), the 1B greedy check
+# run(command="VEC4E=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   128-thread f32x4 tiles: the 8B's kernels alone at each, both models end to end with
+#   them as GEMM_TILES' first (the 8B twice, alternating): about 6 minutes. (Run in session
+#   21 with GEMM_MIN_GROUPS=512, which GEMM_MIN_THREADS' default now is for 128 threads, and
+#   the (32, 64) tile as the default then)
+# run(command="VEC4F=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the committed tile choice: the 8B's kernels alone, the 1B greedy check, drift bench -r 3
+#   on both models (WebGPU): about 3 minutes
 # run(command="WTILE2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   WTILE's short form (three settings of the kernels, the 1B end to end): about 2 minutes
 # run(command="COOP=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
@@ -369,6 +378,29 @@ if [[ -n $VEC4D ]]; then  # the accumulator cap (GEMM_MAX_ACC: fused gate/up on 
     R=2 bench_with $m webgpu vec4 GEMM_MAX_ACC=32
   done
   REPEAT=12 check_1b
+  exit
+fi
+if [[ -n $VEC4E ]]; then  # 128-thread f32x4 tiles (TM = 64, 4 x 8 or 4 x 4 a thread; and TN
+  models                  # = 128): the 8B's kernels alone at each, then both models end to
+  for t in "GEMM_PREFETCH=False" "GEMM_TILE=(64, 64, 32, 4, 8)" "GEMM_TILE=(64, 32, 32, 4, 4)" \
+      "GEMM_TILE=(64, 64, 16, 4, 8)" "GEMM_TILE=(32, 128, 32, 4, 8)"; do  # end with each as
+    KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check --set "$t"  # the wide tile
+  done                    # (GEMM_TILES), the 8B twice, alternating
+  wait $big
+  for m in llama-3.1-8b-Q4_0 llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0; do
+    R=2 bench_with $m webgpu vec4 GEMM_PREFETCH=False
+    R=2 bench_with $m webgpu vec4 "GEMM_TILES=((64, 64, 32, 4, 8), (32, 32, 32, 4, 4))"
+    R=2 bench_with $m webgpu vec4 "GEMM_TILES=((32, 128, 32, 4, 8), (32, 32, 32, 4, 4))"
+    R=2 bench_with $m webgpu vec4 "GEMM_TILES=((64, 32, 32, 4, 4), (32, 32, 32, 4, 4))"
+  done
+  exit
+fi
+if [[ -n $VEC4F ]]; then  # the committed tile choice (GEMM_TILES from (32, 128)): the 8B's
+  models                  # kernels alone, the 1B greedy check, both models end to end
+  KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check
+  REPEAT=12 check_1b
+  wait $big
+  for m in llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0; do bench_with $m webgpu default; done
   exit
 fi
 if [[ -n $WTILE2 ]]; then  # WTILE's short form: three settings, the 1B end to end
