@@ -647,11 +647,18 @@ def gemm_tile(S: int, N: int, weights: int,
 
 
 def gemm_storage(tile: tuple[int, int, int, int, int], weights: int) -> int:
-    """Bytes of workgroup memory `_gemm` declares at this tile: x's staged tile and each
-    weight's (which holds the output tile at the end), rows padded by one element."""
+    """Bytes of workgroup memory `_gemm` declares at this tile (`_gemm_shared`)."""
+    return sum((16 if ty == "f32x4" else 4) * count for _, ty, count in _gemm_shared(tile, weights))
+
+
+def _gemm_shared(tile: tuple[int, int, int, int, int], weights: int) -> list[tuple[str, str, int]]:
+    """`_gemm`'s workgroup arrays: x's staged tile (BK rows of TM) and each weight's (BK rows
+    of TN, which holds the TM x TN output tile at the end), rows padded by one element (f32,
+    or with GEMM_VEC4 f32x4 of four rows / columns): conflict-free reads."""
     TM, TN, BK, _, _ = tile
-    V = 4 if GEMM_VEC4 else 1
-    return 4 * V * (BK * (TM // V + 1) + weights * max(BK * (TN // V + 1), TM * TN // V))
+    V, ty = (4, "f32x4") if GEMM_VEC4 else (1, "f32")
+    return [("xs", ty, BK * (TM // V + 1)),
+            *((f"ws{i}", ty, max(BK * (TN // V + 1), TM * TN // V)) for i in range(weights))]
 
 
 def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
@@ -681,11 +688,9 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     assert XPT % V == 0, f"GEMM_VEC4: each thread stages runs of four rows of x: {tile}"
     nt, steps = -(-N // TN), -(-K // BK)
     groups = nt * -(-S // TM)
-    # padded rows of the staged tiles, in elements (f32, or f32x4 of four rows / columns)
-    XS, WS = TM // V + 1, TN // V + 1
+    XS, WS = TM // V + 1, TN // V + 1  # padded rows of the staged tiles, in elements
     ty_ = "f32x4" if vec else "f32"
-    b.shared += [("xs", ty_, BK * XS),  # the weights' tiles hold the output tile at the end
-                 *((f"ws{i}", ty_, max(BK * WS, TM * TN // V)) for i in range(len(ws)))]
+    b.shared += _gemm_shared(tile, len(ws))
     body = b.group(groups) + [
         r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
         r.let("tx", "u32", f"lid % {TX}"), r.let("ty", "u32", f"lid / {TX}"),
@@ -735,11 +740,11 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0)) for i in range(len(ws)) for e in range(EPT)]
     body += _k_steps(r, steps, BK, fetch, stage, GEMM_PREFETCH)
     body.append("    " + r.for_("kk", "0", str(BK)))
-    # the register tile's element (a, c): row `row_of(a)`, column `col_of(c)` of the tile;
-    # `a_of(a)` / `b_of(c)` its x and weight at this K, from the loads `a*` / `b{i}*`
+    # the register tile's element (a, c): row `row_of(a)` of the tile (column `col_of(c)`
+    # unvectorized; with f32x4, run c // 4 of the thread's, tx-strided); `a_of(a)` /
+    # `b_of(c)` its x and weight at this K, from the loads `a*` / `b{i}*`
     if vec:
         row_of = lambda a: f"(ty + {a // 4 * TY}) * 4 + {a % 4}"  # noqa: E731
-        col_of = lambda c: f"(tx + {c // 4 * TX}) * 4 + {c % 4}"  # noqa: E731
         a_loads = [(f"a_{a}", f"xs[kk * {XS} + ty + {a * TY}]") for a in range(RM // 4)]
         a_of = lambda a: f"a_{a // 4}.{'xyzw'[a % 4]}"  # noqa: E731
         b_loads = [(f"b_{c}", f"kk * {WS} + tx + {c * TX}") for c in range(RN // 4)]
@@ -770,8 +775,8 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
                      for a in range(RM) for c in range(RN)]
     body += [r.barrier(), r.for_("o", "lid", str(TM * TN), str(wg)),
              "    " + r.let("om", "u32", f"o / {TN}"), "    " + r.let("oc", "u32", f"o % {TN}")]
-    tile = [r.lane(f"ws{i}[o / 4]", "o % 4") if vec else f"ws{i}[o]" for i in range(len(ws))]
-    pre, value = _epilogue(r, n, tile, biases, "n0 + oc")
+    sums = [r.lane(f"ws{i}[o / 4]", "o % 4") if vec else f"ws{i}[o]" for i in range(len(ws))]
+    pre, value = _epilogue(r, n, sums, biases, "n0 + oc")
     st = out.store(r, value, *coords_of("s0 + om", out.shape[:-1]), "n0 + oc")
     body += [f"    if (om < rows && oc < cols) {{ {pre}{st} }}", "}"]
     return b.finish(body, groups)
