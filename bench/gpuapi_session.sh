@@ -92,6 +92,30 @@
 # run(command="NORM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the 8B's decode with the norm's workgroup at 256 (the default), 512 and 1024 threads on
 #   OpenCL, WebGPU at the default, and the OpenCL profile: about 3 minutes
+# run(command="HALF=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 22: prefill's GEMM on packed halves (GEMM_HALF, WebGPU's shader-f16) against the
+#   f32 GEMM: the 8B's kernels alone at several tiles, the 1B greedy check over a 60-token
+#   prompt, both models end to end both ways (alternating); then a fresh process's load and
+#   time to first token with the drivers' shader caches empty and then warm: about 9 minutes
+# run(command="HALF2=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   HALF's follow-up: the half GEMM's next-step loads in registers (GEMM_PREFETCH) and
+#   wider tiles, the kernels alone (prefetch first this time), both models end to end with
+#   and without prefetch (alternating): about 6 minutes
+# run(command="HALF3=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the half GEMM's own tile list (GEMM_HALF_TILES: 64 x 128 first, on grids of 32 768
+#   threads, 64 accumulators) against HALF's choice (the f32 GEMM's list): the 1B greedy
+#   check, both models end to end both ways (alternating): about 5 minutes
+# run(command="HALF4=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   more half-GEMM tiles alone (128 x 128 of 256 threads, K steps of 16, 64 x 64 at 32
+#   accumulators), then the 8B end to end with fused gate/up on (64, 64, 32, 8, 4) against
+#   the default (32, 128, 32, 4, 8), alternating: about 4 minutes
+# run(command="FINAL3=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 22's committed defaults: the 1B greedy check over a 60-token prompt, drift bench
+#   -r 3 on both models and APIs, the 1B on WebGPU against HALF3's tile list (alternating),
+#   the 8B greedy check (cuda and webgpu against cpu): about 7 minutes
+# run(command="HALF5=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the half GEMM's staged tiles in two buffers (one barrier a step) against one: the 8B's
+#   kernels alone both ways (checked), both models end to end (alternating): about 5 minutes
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -163,6 +187,21 @@ check_1b() {  # REPEAT=R: the prompt R times over (a prefill long enough for the
 release() {
   OPENCL_RELEASE_MODEL=/tmp/m/llama-3.2-1b-Q4_0.gguf timeout 150 python3 bench/opencl_release.py \
     2>&1 | tee "$OUT/release.txt"
+}
+cold_start() {  # a fresh process's load and time to first token, the drivers' caches empty
+  # (NVIDIA's Vulkan shader cache, its OpenCL/CUDA compute cache: fresh folders), then warm
+  local dev m rc
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do for dev in webgpu opencl; do
+    rm -rf /tmp/shadercache; mkdir -p /tmp/shadercache
+    for state in cold warm warm; do
+      __GL_SHADER_DISK_CACHE_PATH=/tmp/shadercache CUDA_CACHE_PATH=/tmp/shadercache \
+        timeout 120 python3 -m drift run /tmp/m/$m.gguf --device $dev --raw --temp 0 -n 8 \
+        "The capital of France is" > /tmp/run.txt 2>&1
+      rc=$?; { echo "## start $dev $m $state (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/starts.txt"
+      echo "rc=$rc start $dev $m $state: $(grep -E '^\[' /tmp/run.txt | tail -1)"
+    done
+    du -sh /tmp/shadercache
+  done; done
 }
 kernels() {  # api flags...: bench/gpuapi_kernels.py on the 8B's Q4_0 shapes
   local api=$1; shift
@@ -393,6 +432,92 @@ if [[ -n $VEC4E ]]; then  # 128-thread f32x4 tiles (TM = 64, 4 x 8 or 4 x 4 a th
     R=2 bench_with $m webgpu vec4 "GEMM_TILES=((32, 128, 32, 4, 8), (32, 32, 32, 4, 4))"
     R=2 bench_with $m webgpu vec4 "GEMM_TILES=((64, 32, 32, 4, 4), (32, 32, 32, 4, 4))"
   done
+  exit
+fi
+if [[ -n $HALF ]]; then  # session 22: the GEMM on packed halves against the f32 GEMM
+  models
+  for t in "GEMM_HALF='never'" "GEMM_HALF='always'" "GEMM_HALF='always',GEMM_PREFETCH=True" \
+      "GEMM_HALF='always',GEMM_TILE=(32, 64, 32, 4, 8)" \
+      "GEMM_HALF='always',GEMM_TILE=(64, 64, 16, 8, 8)"; do
+    KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check --set "$t"
+  done
+  REPEAT=12 check_1b
+  wait $big
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do for i in 1 2; do
+    R=3 bench_with $m webgpu half
+    R=3 bench_with $m webgpu f32 "GEMM_HALF='never'"
+  done; done
+  cold_start
+  exit
+fi
+if [[ -n $HALF2 ]]; then  # the half GEMM's prefetch and wider tiles
+  models
+  for t in "GEMM_HALF='always',GEMM_PREFETCH=True" "GEMM_HALF='always'" \
+      "GEMM_HALF='always',GEMM_TILE=(64, 256, 32, 8, 8)" \
+      "GEMM_HALF='always',GEMM_TILE=(64, 128, 32, 8, 8),GEMM_PREFETCH=True" \
+      "GEMM_HALF='always',GEMM_TILE=(64, 128, 32, 8, 8)" \
+      "GEMM_HALF='always',GEMM_TILE=(64, 128, 32, 8, 4)"; do
+    KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check --set "$t"
+  done
+  wait $big
+  for m in llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0; do for i in 1 2; do
+    R=3 bench_with $m webgpu half
+    R=3 bench_with $m webgpu half-prefetch GEMM_PREFETCH=True
+  done; done
+  exit
+fi
+if [[ -n $HALF3 ]]; then  # the half GEMM's tile list against the f32 GEMM's
+  models
+  REPEAT=12 check_1b
+  wait $big
+  f32tiles="GEMM_HALF_TILES=((32, 128, 32, 4, 8), (32, 64, 32, 4, 8), (32, 32, 32, 4, 4))"
+  for m in llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0; do for i in 1 2; do
+    R=3 bench_with $m webgpu half-tiles
+    R=3 bench_with $m webgpu f32-tiles "$f32tiles" GEMM_HALF_MIN_THREADS=65536 GEMM_HALF_MAX_ACC=32
+  done; done
+  exit
+fi
+if [[ -n $HALF4 ]]; then  # more half-GEMM tiles; fused gate/up's tile end to end
+  models
+  for t in "GEMM_HALF='always',GEMM_TILE=(128, 128, 32, 8, 8)" \
+      "GEMM_HALF='always',GEMM_TILE=(64, 128, 16, 8, 8)" \
+      "GEMM_HALF='always',GEMM_TILE=(64, 64, 32, 8, 4)"; do
+    KERNELS_TIMEOUT=60 kernels webgpu --rows 512 --reps 5 --check --set "$t"
+  done
+  wait $big
+  gu="GEMM_HALF_TILES=((64, 128, 32, 8, 8), (64, 64, 32, 8, 4), (32, 128, 32, 4, 8), (32, 64, 32, 4, 8), (32, 32, 32, 4, 4))"
+  for i in 1 2; do
+    R=3 bench_with llama-3.1-8b-Q4_0 webgpu default
+    R=3 bench_with llama-3.1-8b-Q4_0 webgpu gate-up-64x64 "$gu"
+  done
+  exit
+fi
+if [[ -n $FINAL3 ]]; then  # session 22's committed defaults
+  models
+  REPEAT=12 check_1b
+  wait $big
+  for m in llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0; do for dev in webgpu opencl; do
+    bench_with $m $dev default
+  done; done
+  half3="GEMM_HALF_TILES=((64, 128, 32, 8, 8), (32, 128, 32, 4, 8), (32, 64, 32, 4, 8), (32, 32, 32, 4, 4))"
+  for i in 1 2; do
+    bench_with llama-3.2-1b-Q4_0 webgpu half3-tiles "$half3"
+    bench_with llama-3.2-1b-Q4_0 webgpu default
+  done
+  timeout 170 python3 bench/smollm2_check.py /tmp/m/llama-3.1-8b-Q4_0.gguf --steps 3 \
+    --repeat 12 --devices cuda,webgpu 2>&1 | tail -7 | tee "$OUT/check_8b.txt"
+  exit
+fi
+if [[ -n $HALF5 ]]; then  # the half GEMM's staged tiles in two buffers
+  models
+  for t in "GEMM_HALF_BUFFERS=2" "GEMM_HALF_BUFFERS=1"; do
+    KERNELS_TIMEOUT=50 kernels webgpu --rows 512 --reps 5 --check --set "$t"
+  done
+  wait $big
+  for m in llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0; do for i in 1 2; do
+    R=3 bench_with $m webgpu two-buffers GEMM_HALF_BUFFERS=2
+    R=3 bench_with $m webgpu one-buffer GEMM_HALF_BUFFERS=1
+  done; done
   exit
 fi
 if [[ -n $VEC4F ]]; then  # the committed tile choice (GEMM_TILES from (32, 128)): the 8B's

@@ -218,6 +218,34 @@ def test_tiled_gemm_variants(api, op, vec4, prefetch, tile, monkeypatch):
                           tol=1e-4)
 
 
+@pytest.mark.parametrize("prefetch,buffers,tile", [(False, 1, (32, 32, 32, 4, 4)),
+                                                   (True, 1, (32, 64, 32, 4, 8)),
+                                                   (False, 1, (64, 64, 16, 8, 8)),
+                                                   (False, 2, (64, 64, 32, 8, 4)),
+                                                   (True, 2, (32, 128, 32, 4, 8)),
+                                                   (False, 1, None), (False, 2, None)])
+@pytest.mark.parametrize("op", ["matmul", "ffn_gate_up", "stacked_matmul"])
+def test_tiled_gemm_on_halves(api, op, prefetch, buffers, tile, monkeypatch):
+    """Prefill's GEMM on packed halves (`_gemm_half`), where the device computes on them
+    (lavapipe's `shader-f16`; PoCL has no fp16): x and the weights rounded to halves (2^-11),
+    their products summed in halves over a step's 16 pairs, in f32 across steps; the staged
+    tiles in one buffer or two. On the ragged shapes, gated epilogue and stacked outputs of the matrix-unit test, as float64
+    numpy, within the f16 matrix units' tolerance (errors of 6e-4 to 1e-3 of the largest
+    output seen on lavapipe, the matrix units' 3e-4)."""
+    from drift.backends.kernels import templates
+
+    if not _backend(api).rt.renderer.f16_math:
+        pytest.skip(f"{api}: this device does not compute on halves")
+    monkeypatch.setattr(templates, "GEMM_MMA", "never")
+    monkeypatch.setattr(templates, "GEMM_HALF", "always")
+    monkeypatch.setattr(templates, "GEMM_HALF_BUFFERS", buffers)
+    monkeypatch.setattr(templates, "GEMM_PREFETCH", prefetch)
+    monkeypatch.setattr(templates, "GEMM_TILE", tile)
+    if tile is None:
+        monkeypatch.setattr(templates, "GEMM_MIN_THREADS", 1)
+    _gemm_on_matrix_units(api, op, "Q4_K" if op == "matmul" else "Q4_0", stage="gemm_half")
+
+
 def test_gemm_tile_choice(monkeypatch):
     """The f32 GEMM's tile per matmul, on Llama-3.1-8B's and 3.2-1B's prefill at 512 rows:
     the widest whose grid keeps GEMM_MIN_THREADS threads, never for fused gate/up (two
@@ -239,6 +267,52 @@ def test_gemm_tile_choice(monkeypatch):
     assert templates.gemm_storage(narrow, 2) <= 16384
     monkeypatch.setattr(templates, "GEMM_TILE", (64, 64, 16, 8, 8))
     assert templates.gemm_tile(512, 14336, 2) == (64, 64, 16, 8, 8)
+
+
+def test_half_gemm_tile_choice(monkeypatch):
+    """The GEMM on packed halves takes its own list (GEMM_HALF_TILES): 64 x 128 where the
+    grid keeps 32 768 threads (8B q / o, stacked q, k, v, down, the LM head), 64 x 64 for
+    fused gate/up (2 x 32 accumulators; 13 KiB of workgroup memory, so on a 16 KiB device
+    too) and the 1B's q / o, the narrowest for the 8B's k alone (16 384 threads at any wider
+    tile) and a short prompt; each declares less workgroup memory than the f32 GEMM at its
+    tile."""
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "GEMM_TILE", None)
+    big, square, _, _, narrow = templates.GEMM_HALF_TILES
+    tile = templates.gemm_tile
+    assert [tile(512, N, 1, 49152, halves=True) for N in (4096, 6144, 128256)] == [big] * 3
+    assert tile(512, 14336, 2, 49152, halves=True) == square
+    assert tile(512, 2048, 1, 49152, halves=True) == square
+    assert tile(512, 14336, 2, 16384, halves=True) == square
+    assert tile(512, 1024, 1, 49152, halves=True) == narrow
+    assert tile(60, 2048, 1, 49152, halves=True) == narrow
+    assert tile(512, 4096, 1, 12288, halves=True) == square  # under big's 12.5 KiB
+    for t in templates.GEMM_HALF_TILES:
+        assert templates.gemm_storage(t, 1, halves=True) < templates.gemm_storage(t, 1)
+
+
+def test_renderer_knows_halves(api, monkeypatch):
+    """WebGPU computes on halves where the adapter has `shader-f16` (the runtime asks for
+    it) and runs prefill's GEMM on them by default on a GPU, not on a CPU driver (lavapipe);
+    OpenCL does not spell f16 arithmetic. Where `f16_gemm` is set, "auto" picks the half
+    GEMM, and GEMM_HALF="never" the f32 one."""
+    from drift.backends.kernels import templates
+
+    rt = _backend(api).rt
+    r = rt.renderer
+    if api == "webgpu":
+        assert r.f16_math == ("shader-f16" in rt.adapter.features)
+        assert r.f16_gemm == (r.f16_math and rt.adapter.info["adapter_type"] != "CPU")
+    else:
+        assert not r.f16_math and not r.f16_gemm
+    if not r.f16_math:
+        pytest.skip(f"{api}: this device does not compute on halves")
+    monkeypatch.setattr(templates, "GEMM_MMA", "never")
+    _gemm_on_matrix_units(api, "matmul", "Q4_0", stage="gemm_half", f16_gemm=True)
+    _gemm_on_matrix_units(api, "matmul", "Q4_0", stage="gemm", tol=1e-4, f16_gemm=False)
+    monkeypatch.setattr(templates, "GEMM_HALF", "never")
+    _gemm_on_matrix_units(api, "matmul", "Q4_0", stage="gemm", tol=1e-4, f16_gemm=True)
 
 
 def test_renderer_knows_workgroup_storage(api):
@@ -274,7 +348,7 @@ def test_tiled_gemm_on_whole_tiles(api, op, vec4, tile, monkeypatch):
 
 
 def _gemm_on_matrix_units(api, op, qtype, stage="mma", tol=3e-3, S=70, Ns=None,
-                          force_tiled=False):
+                          force_tiled=False, f16_gemm=None):
     K = 512 if qtype != "Q6_K" else 768
     Ns = Ns or {"matmul": [131], "ffn_gate_up": [67, 67], "stacked_matmul": [96, 40, 40]}[op]
     b = GraphBuilder("mma")
@@ -282,6 +356,8 @@ def _gemm_on_matrix_units(api, op, qtype, stage="mma", tol=3e-3, S=70, Ns=None,
     be = _backend(api)
     if force_tiled:
         be.rt.renderer.tiled_gemm = True
+    if f16_gemm is not None:  # as the runtime sets it on a GPU
+        be.rt.renderer.f16_gemm = f16_gemm
     if not be.rt.renderer.tiled_gemm:
         pytest.skip("this driver runs the block walk, not tiled GEMMs (PoCL 3.1)")
     ws = {}
@@ -1128,6 +1204,25 @@ def test_smollm2_greedy_on_int8_x(api, smollm2_path, smollm2_cpu, monkeypatch):
     tokens, logits = _greedy(smollm2_path, api, 32)
     assert tokens == ref_tokens
     assert np.abs(logits - ref_logits).max() <= 1e-2
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_on_halves(api, smollm2_path, smollm2_cpu, monkeypatch):
+    """The reference model with prefill's GEMMs on packed halves (GEMM_HALF="always":
+    lavapipe's shader-f16; the 6-token prompt takes the tiled GEMM): the same 32 tokens as
+    the cpu backend, logits within the halves' rounding."""
+    from drift.backends.kernels import templates
+
+    if not _backend(api).rt.renderer.f16_math:
+        pytest.skip(f"{api}: this device does not compute on halves")
+    monkeypatch.setattr(templates, "GEMM_HALF", "always")
+    ref_tokens, ref_logits = smollm2_cpu
+    tokens, logits = _greedy(smollm2_path, api, 32)
+    assert tokens == ref_tokens
+    # x and the weights rounded to halves in prefill: 2e-3 of the largest logit there on
+    # lavapipe (the f32 GEMM's 1e-2 absolute is 4e-4), less as decode goes on
+    rel = np.abs(logits - ref_logits).max(axis=1) / np.abs(ref_logits).max(axis=1)
+    assert rel.max() <= 5e-3
 
 
 def test_int8_choice_refuses_a_bad_value(api, monkeypatch):

@@ -58,6 +58,7 @@ class KernelSource:
     subgroups: bool = False  # the body calls `Renderer.shuffle_xor`
     int8: bool = False  # the body calls `Renderer.dot4_i8`
     halves: bool = False  # the body calls `Renderer.pack_half2`
+    f16: bool = False  # the body computes on halves (`Renderer.half2`: WGSL's `enable f16;`)
 
 
 class Renderer:
@@ -80,6 +81,12 @@ class Renderer:
     # How `warp_mma` is spelled on this device: "" sums each lane's elements itself (any
     # device: the semantics, what the tests run), "ptx" NVIDIA's tensor cores (OpenCL)
     mma = ""
+    # The device computes on halves (`half2`, the "f16x2" type): WebGPU's `shader-f16`, set
+    # by the runtime where it asks for the feature
+    f16_math = False
+    # Prefill's tiled GEMM on packed halves by default (`templates.GEMM_HALF` "auto"): where
+    # the device has `f16_math` and is a GPU (a CPU driver's halves are converted floats)
+    f16_gemm = False
     # How `dot4_i8` is spelled on this device: a key of the renderer's table, set by
     # `GPUBackend` when int8 x is asked for ("": off, decode GEMVs read f32 x)
     int8 = ""
@@ -160,10 +167,19 @@ class Renderer:
         """Four f32 as a vector (`f32x4`)."""
         raise NotImplementedError
 
-    def lane(self, vec: str, i: str) -> str:
-        """Element `i` (a run-time u32 below 4) of the f32x4 of workgroup memory `vec` (an
-        element `name[index]`), readable and assignable; a constant element is `vec.x` ..
-        `vec.w` in both languages."""
+    def lane(self, vec: str, i: str, ty: str = "f32") -> str:
+        """Element `i` (a run-time u32 below 4) of the f32x4 (or the u32x4, f16x2x4 for `ty`
+        "u32", "f16x2") of workgroup memory `vec` (an element `name[index]`), readable and
+        assignable; a constant element of an f32x4 is `vec.x` .. `vec.w` in both languages."""
+        raise NotImplementedError
+
+    def half2(self, lo: str, hi: str) -> str:
+        """f32 `lo` and `hi` rounded to halves as an "f16x2" value (`lo` its `.x`), on which
+        `+`, `*` and `fma` compute in halves (`f16_math` devices only)."""
+        raise NotImplementedError
+
+    def halves4(self, *pairs: str) -> str:
+        """Four f16x2 as one "f16x2x4" (16 bytes; pair j read as `lane(v, j, "f16x2")`)."""
         raise NotImplementedError
 
     def dot4(self, a: str, b: str) -> str:

@@ -71,6 +71,21 @@ GEMM_MIN_THREADS, GEMM_MAX_ACC = 65536, 32
 GEMM_TILE: tuple[int, int, int, int, int] | None = None
 GEMM_PREFETCH = False  # the f32 GEMM's next step loaded into registers under this step's FMAs
 GEMM_VEC4 = True  # the f32 GEMM's tiles in workgroup memory as f32x4: a quarter of the loads
+# Prefill on packed halves (`_gemm_half`) where the device computes on them (`f16_math`):
+# "auto" where the runtime finds that the default (`Renderer.f16_gemm`: a GPU, not a CPU
+# driver), "always" (the tests, on lavapipe), "never"
+GEMM_HALF = "auto"
+# Its tiles, chosen as GEMM_TILES are: its products' registers are half-width and its staged
+# tiles half the bytes, so it takes twice the accumulators on grids of half the threads
+# (session 22 on the H200: 64 x 128 rows x columns at 64 a thread ran the 8B's large shapes
+# 10-20 % faster than 32 x 128 at 32; fused gate/up on 64 x 64 at 2 x 32 took its pp512 from
+# 2 718 to 2 990 tok/s)
+GEMM_HALF_TILES = ((64, 128, 32, 8, 8), (64, 64, 32, 8, 4), (32, 128, 32, 4, 8),
+                   (32, 64, 32, 4, 8), (32, 32, 32, 4, 4))
+GEMM_HALF_MIN_THREADS, GEMM_HALF_MAX_ACC = 32768, 64
+# its staged tiles in one buffer (two barriers a step) or two (one): two ran the 8B's pp512 at
+# 1 844 against 2 975 tok/s (session 22 on the H200)
+GEMM_HALF_BUFFERS = 1
 # Prefill on matrix units (`_gemm_mma`): "auto" where the renderer spells `warp_mma` for the
 # device's own (NVIDIA's tensor cores), "always" (its plain spelling elsewhere: the tests),
 # "never"
@@ -111,6 +126,7 @@ class Builder:
         self.subgroups = False  # shuffle_sum used
         self.int8 = False  # dot4_i8 used
         self.halves = False  # pack_half2 used
+        self.f16 = False  # half2 used (halves computed on)
 
     def use(self, *accs: Accessor) -> None:
         for a in accs:
@@ -193,7 +209,8 @@ class Builder:
         named = set(re.findall(r"\w+", text))
         params = [p for p in self.params.values() if p.name in named or not p.name.isidentifier()]
         return (KernelSource(self.name, params, self.wg, text, self.shared,
-                             subgroups=self.subgroups, int8=self.int8, halves=self.halves),
+                             subgroups=self.subgroups, int8=self.int8, halves=self.halves,
+                             f16=self.f16),
                 groups)
 
 
@@ -631,31 +648,43 @@ def _word_loop(r: Renderer, word: list[str], count: int, U: int, start: str, str
     return lines
 
 
-def gemm_tile(S: int, N: int, weights: int,
-              storage: int = 1 << 30) -> tuple[int, int, int, int, int]:
-    """The f32 tiled GEMM's tile for S rows of x, N columns and `weights` weights summed
-    apart (two for ffn_gate_up) on a device of `storage` bytes of workgroup memory:
-    GEMM_TILE where set, else the first of GEMM_TILES whose grid has GEMM_MIN_THREADS
-    threads, whose accumulators fit GEMM_MAX_ACC and whose staged tiles fit `storage`."""
+def gemm_tile(S: int, N: int, weights: int, storage: int = 1 << 30,
+              halves: bool = False) -> tuple[int, int, int, int, int]:
+    """The tiled GEMM's tile (f32, or with `halves` `_gemm_half`'s) for S rows of x, N
+    columns and `weights` weights summed apart (two for ffn_gate_up) on a device of
+    `storage` bytes of workgroup memory: GEMM_TILE where set, else the first of GEMM_TILES
+    (GEMM_HALF_TILES) whose grid has GEMM_MIN_THREADS (GEMM_HALF_MIN_THREADS) threads, whose
+    accumulators fit GEMM_MAX_ACC (GEMM_HALF_MAX_ACC) and whose staged tiles fit `storage`."""
+    tiles, min_threads, max_acc = ((GEMM_HALF_TILES, GEMM_HALF_MIN_THREADS, GEMM_HALF_MAX_ACC)
+                                   if halves else (GEMM_TILES, GEMM_MIN_THREADS, GEMM_MAX_ACC))
+
     def fits(t):
         TM, TN, BK, RM, RN = t
         threads = -(-S // TM) * -(-N // TN) * (TM // RM) * (TN // RN)
-        return (threads >= GEMM_MIN_THREADS and RM * RN * weights <= GEMM_MAX_ACC
-                and gemm_storage(t, weights) <= storage)
+        return (threads >= min_threads and RM * RN * weights <= max_acc
+                and gemm_storage(t, weights, halves) <= storage)
 
-    return GEMM_TILE or next(filter(fits, GEMM_TILES), GEMM_TILES[-1])
-
-
-def gemm_storage(tile: tuple[int, int, int, int, int], weights: int) -> int:
-    """Bytes of workgroup memory `_gemm` declares at this tile (`_gemm_shared`)."""
-    return sum((16 if ty == "f32x4" else 4) * count for _, ty, count in _gemm_shared(tile, weights))
+    return GEMM_TILE or next(filter(fits, tiles), tiles[-1])
 
 
-def _gemm_shared(tile: tuple[int, int, int, int, int], weights: int) -> list[tuple[str, str, int]]:
+def gemm_storage(tile: tuple[int, int, int, int, int], weights: int, halves: bool = False) -> int:
+    """Bytes of workgroup memory `_gemm` (or `_gemm_half`) declares at this tile."""
+    return sum((16 if ty in ("f32x4", "f16x2x4") else 4) * count
+               for _, ty, count in _gemm_shared(tile, weights, halves))
+
+
+def _gemm_shared(tile: tuple[int, int, int, int, int], weights: int,
+                 halves: bool = False) -> list[tuple[str, str, int]]:
     """`_gemm`'s workgroup arrays: x's staged tile (BK rows of TM) and each weight's (BK rows
     of TN, which holds the TM x TN output tile at the end), rows padded by one element (f32,
-    or with GEMM_VEC4 f32x4 of four rows / columns): conflict-free reads."""
+    or with GEMM_VEC4 f32x4 of four rows / columns): conflict-free reads. With `halves`
+    `_gemm_half`'s: BK / 2 rows of f16x2x4 (four rows / columns at a pair of K), in each of
+    GEMM_HALF_BUFFERS buffers, the output stored from registers."""
     TM, TN, BK, _, _ = tile
+    if halves:
+        nb = GEMM_HALF_BUFFERS
+        return [("xs", "f16x2x4", nb * BK // 2 * (TM // 4 + 1)),
+                *((f"ws{i}", "f16x2x4", nb * BK // 2 * (TN // 4 + 1)) for i in range(weights))]
     V, ty = (4, "f32x4") if GEMM_VEC4 else (1, "f32")
     return [("xs", ty, BK * (TM // V + 1)),
             *((f"ws{i}", ty, max(BK * (TN // V + 1), TM * TN // V)) for i in range(weights))]
@@ -712,14 +741,8 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
         lines = []
         for u in range(XPT):
             m, kk = x_at(u)
-            row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
-            xv = x.load(r, *row, f"min({k0} + {kk}, {K - 1}u)")
-            ok = f"{m} < {S} - s0" + (f" && {k0} + {kk} < {K}" if K % BK else "")
-            lines.append(f"xv{u} = {r.select(ok, xv, r.f(0.0))};")
-        for i, w in enumerate(ws):
-            lines += ["{", *_stage_weight(b, w, EPT, TPC, K,
-                                          lambda e, v, i=i: f"wv{i}_{e} = {v};", k0), "}"]
-        return lines
+            lines.append(f"xv{u} = {_x_value(r, x, S, K, BK, m, f'{k0} + {kk}')};")
+        return lines + _stage_weights(b, ws, EPT, TPC, K, k0)
 
     stage = []
     for u in range(0, XPT, V):
@@ -779,6 +802,114 @@ def _gemm(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
     pre, value = _epilogue(r, n, sums, biases, "n0 + oc")
     st = out.store(r, value, *coords_of("s0 + om", out.shape[:-1]), "n0 + oc")
     body += [f"    if (om < rows && oc < cols) {{ {pre}{st} }}", "}"]
+    return b.finish(body, groups)
+
+
+def _gemm_half(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
+               biases: list[Accessor]):
+    """Prefill on packed halves (`f16_math` devices without reachable matrix units): `_gemm`'s
+    tiles and register tile, its products two at a time. Each step stages x and the
+    dequantized weights as halves paired along K (an f16x2 of K = 2j and 2j + 1), in runs of
+    four rows of x / four columns of weights (f16x2x4: 16 bytes), and every thread sums its
+    RM x RN products as f16x2 fmas (one instruction a pair: twice f32's rate, and half the
+    workgroup-memory reads of `_gemm` per product), in halves over one step's BK / 2 pairs
+    only: each step's sums are added into f32 accumulators, so a half sums at most BK / 2
+    products. With GEMM_HALF_BUFFERS = 2 the staged tiles alternate between two buffers, one
+    barrier a step (threads stage the next step while others still multiply this one). The
+    epilogue stores from the registers (a row's four-column runs on consecutive threads)."""
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    tile = gemm_tile(S, N, len(ws), r.workgroup_storage, halves=True)
+    TM, TN, BK, RM, RN = tile
+    TX, TY = TN // RN, TM // RM  # threads along columns, along rows
+    wg = TX * TY
+    KP = BK // 2  # pairs of K a step
+    assert RM % 4 == 0 and RN % 4 == 0 and BK % 2 == 0, f"packed halves: {tile}"
+    b = Builder(r, f"{n.op}:gemm_half", wg)
+    b.use(x, out, *biases)
+    b.f16 = True
+    EPT = TN * BK // wg  # weight elements each thread dequantizes per step: a run of one column
+    TPC = BK // EPT  # threads per column
+    XPT = TM * KP // 4 // wg  # x units (four rows at a pair of K) each thread stages per step
+    assert EPT % 2 == 0 and XPT * 4 * wg == TM * KP, f"packed halves: {tile}"
+    nt, steps = -(-N // TN), -(-K // BK)
+    groups = nt * -(-S // TM)
+    XS, WS = TM // 4 + 1, TN // 4 + 1  # padded rows of the staged tiles, in runs of four
+    assert GEMM_HALF_BUFFERS in (1, 2), f"GEMM_HALF_BUFFERS {GEMM_HALF_BUFFERS!r}"
+    # with two buffers, step kb stages into buffer kb % 2 (the runs from `xo` / `wo` on)
+    xo, wo = ((f"kb % 2 * {KP * XS} + ", f"kb % 2 * {KP * WS} + ") if GEMM_HALF_BUFFERS == 2
+              else ("", ""))
+    b.shared += _gemm_shared(tile, len(ws), halves=True)
+    body = b.group(groups) + [
+        r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
+        r.let("tx", "u32", f"lid % {TX}"), r.let("ty", "u32", f"lid / {TX}"),
+        r.let("wc", "u32", f"lid / {TPC}"),  # the column this thread dequantizes
+        r.let("wr", "u32", f"min(n0 + wc, {N - 1}u)"),
+        *(r.array(f"acc{i}", "f32", RM * RN) for i in range(len(ws))),
+        *(r.array(f"p{i}", "f16x2", RM * RN) for i in range(len(ws))),
+    ]
+
+    def x_at(u: int) -> tuple[str, str]:  # (first of four rows, pair of K) of x unit u
+        at = f"(lid + {u * wg})"
+        return f"{at} / {KP} * 4", f"{at} % {KP}"
+
+    def fetch(k0: str) -> list[str]:
+        """The step at `k0`'s x (consecutive threads along K) and this thread's dequantized
+        weights into its registers xv{u}_{t}_{h} (row t of unit u, K 2 j + h) and wv{i}_{e}."""
+        lines = []
+        for u in range(XPT):
+            m, kp = x_at(u)
+            lines += [f"xv{u}_{t}_{h} = "
+                      f"{_x_value(r, x, S, K, BK, f'{m} + {t}', f'{k0} + ({kp}) * 2 + {h}')};"
+                      for t in range(4) for h in range(2)]
+        return lines + _stage_weights(b, ws, EPT, TPC, K, k0)
+
+    stage = []
+    for u in range(XPT):
+        m, kp = x_at(u)
+        pairs = [r.half2(f"xv{u}_{t}_0", f"xv{u}_{t}_1") for t in range(4)]
+        stage.append(f"xs[{xo}({kp}) * {XS} + ({m}) / 4] = {r.halves4(*pairs)};")
+    for i in range(len(ws)):
+        for e in range(0, EPT, 2):
+            at = f"(lid % {TPC} * {EPT // 2} + {e // 2}) * {WS}"
+            stage.append(f"{r.lane(f'ws{i}[{wo}{at} + wc / 4]', 'wc % 4', 'f16x2')} = "
+                         f"{r.half2(f'wv{i}_{e}', f'wv{i}_{e + 1}')};")
+    body += [r.var(f"xv{u}_{t}_{h}", "f32", r.f(0.0))
+             for u in range(XPT) for t in range(4) for h in range(2)]
+    body += [r.var(f"wv{i}_{e}", "f32", r.f(0.0)) for i in range(len(ws)) for e in range(EPT)]
+    body += _k_steps(r, steps, BK, fetch, stage, GEMM_PREFETCH)
+    body.append("    " + r.for_("kp", "0", str(KP)))
+    # register tile element (a, c): row (ty + a // 4 * TY) * 4 + a % 4 of the tile, column
+    # (tx + c // 4 * TX) * 4 + c % 4, as `_gemm`'s f32x4 runs
+    body += [f"        {r.let(f'a_{j}', 'f16x2x4', f'xs[{xo}kp * {XS} + ty + {j * TY}]')}"
+             for j in range(RM // 4)]
+    for i in range(len(ws)):
+        body += [f"        {r.let(f'b{i}_{j}', 'f16x2x4', f'ws{i}[{wo}kp * {WS} + tx + {j * TX}]')}"
+                 for j in range(RN // 4)]
+        for a in range(RM):
+            for c in range(RN):
+                pa = r.lane(f"a_{a // 4}", str(a % 4), "f16x2")
+                pb = r.lane(f"b{i}_{c // 4}", str(c % 4), "f16x2")
+                e = f"p{i}[{a * RN + c}]"
+                body.append(f"        {e} = {r.fn('fma', pa, pb, e)};")
+    body.append("    }")
+    zero = r.half2(r.f(0.0), r.f(0.0))
+    for i in range(len(ws)):  # the step's sums into f32
+        for e in range(RM * RN):
+            p = f"p{i}[{e}]"
+            body += [f"    acc{i}[{e}] = acc{i}[{e}] + {r.cast('f32', p + '.x')} + "
+                     f"{r.cast('f32', p + '.y')};", f"    {p} = {zero};"]
+    # one buffer: a barrier before the next step overwrites it; two: the next step's barrier
+    # (after its staging into the other) already keeps this one until all have read it
+    body += (["    " + r.barrier()] if GEMM_HALF_BUFFERS == 1 else []) + ["}"]
+    for a in range(RM):
+        for c in range(RN):
+            row = f"s0 + (ty + {a // 4 * TY}) * 4 + {a % 4}"
+            col = f"n0 + (tx + {c // 4 * TX}) * 4 + {c % 4}"
+            pre, value = _epilogue(r, n, [f"acc{i}[{a * RN + c}]" for i in range(len(ws))],
+                                   biases, "oc")
+            st = out.store(r, value, *coords_of("om", out.shape[:-1]), "oc")
+            body.append(f"{{ {r.let('om', 'u32', row)} {r.let('oc', 'u32', col)} "
+                        f"if (om < {S} && oc < {N}) {{ {pre}{st} }} }}")
     return b.finish(body, groups)
 
 
@@ -859,16 +990,10 @@ def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accesso
         lines = []
         for u in range(XPT):
             m, kw = x_at(u)
-            row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
             for h in range(P):
                 k = f"{k0} + ({kw}) * {P} + {h}" if halves else f"{k0} + {kw}"
-                xv = x.load(r, *row, f"min({k}, {K - 1}u)")
-                ok = f"{m} < {S} - s0" + (f" && {k} < {K}" if K % BK else "")
-                lines.append(f"xv{u}_{h} = {r.select(ok, xv, r.f(0.0))};")
-        for i, w in enumerate(ws):
-            lines += ["{", *_stage_weight(b, w, EPT, TPC, K,
-                                          lambda e, v, i=i: f"wv{i}_{e} = {v};", k0), "}"]
-        return lines
+                lines.append(f"xv{u}_{h} = {_x_value(r, x, S, K, BK, m, k)};")
+        return lines + _stage_weights(b, ws, EPT, TPC, K, k0)
 
     def staged(*vs: str) -> str:  # a unit from its P values
         return r.pack_half2(*vs) if halves else _tf32(r, vs[0])
@@ -906,6 +1031,25 @@ def _gemm_mma(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accesso
                 body.append(f"{{ {r.let('om', 'u32', row)} {r.let('oc', 'u32', col)} "
                             f"if (om < {S} && oc < {N}) {{ {pre}{st} }} }}")
     return b.finish(body, groups)
+
+
+def _x_value(r: Renderer, x: Accessor, S: int, K: int, BK: int, m: str, k: str) -> str:
+    """A tiled GEMM's x at row s0 + `m` of the tile and column `k` (S x K in all): its load
+    clamped into x, zero past the rows (and past K where K is no whole number of steps)."""
+    row = coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])
+    ok = f"{m} < {S} - s0" + (f" && {k} < {K}" if K % BK else "")
+    return r.select(ok, x.load(r, *row, f"min({k}, {K - 1}u)"), r.f(0.0))
+
+
+def _stage_weights(b: Builder, ws: list[Accessor], EPT: int, TPC: int, K: int,
+                   k0: str) -> list[str]:
+    """Each weight's EPT elements of the step at `k0` (`_stage_weight`) into this thread's
+    registers wv{i}_{e}, a block a weight."""
+    lines = []
+    for i, w in enumerate(ws):
+        lines += ["{", *_stage_weight(b, w, EPT, TPC, K,
+                                      lambda e, v, i=i: f"wv{i}_{e} = {v};", k0), "}"]
+    return lines
 
 
 def _stage_weight(b: Builder, w: Accessor, EPT: int, TPC: int, K: int,
@@ -995,6 +1139,10 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
     assert GEMM_MMA in ("auto", "always", "never"), f"GEMM_MMA {GEMM_MMA!r}"
     if S > GEMV_ROWS and r.tiled_gemm and (GEMM_MMA == "always" or GEMM_MMA == "auto" and r.mma):
         return _gemm_mma(r, n, x, out, ws, biases)
+    assert GEMM_HALF in ("auto", "always", "never"), f"GEMM_HALF {GEMM_HALF!r}"
+    if S > GEMV_ROWS and r.tiled_gemm and r.f16_math and (
+            GEMM_HALF == "always" or GEMM_HALF == "auto" and r.f16_gemm):
+        return _gemm_half(r, n, x, out, ws, biases)
     if S > GEMV_ROWS and r.tiled_gemm:
         return _gemm(r, n, x, out, ws, biases)
     if S <= GEMV_ROWS and all(w.dtype in WORDS for w in ws):

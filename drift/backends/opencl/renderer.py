@@ -130,8 +130,8 @@ class OpenCLRenderer(Renderer):
     def vec4(self, *xs):
         return f"((float4)({', '.join(xs)}))"
 
-    def lane(self, vec, i):
-        return f"((__local float*)&{vec})[{i}]"  # OpenCL C has no run-time vector index
+    def lane(self, vec, i, ty="f32"):  # OpenCL C has no run-time vector index
+        return f"((__local {self.types[ty]}*)&{vec})[{i}]"
 
     def uniform_let(self, name, ty, shared):
         return f"barrier(CLK_LOCAL_MEM_FENCE); const {self.types[ty]} {name} = {shared};"

@@ -136,6 +136,8 @@ class WGPURuntime(Runtime):
         features = [f for f in _TIMESTAMPS if f in self.adapter.features]
         if "subgroup" in self.adapter.features:  # shuffles in the reductions (probed)
             features.append("subgroup")
+        if "shader-f16" in self.adapter.features:  # prefill's GEMM on packed halves
+            features.append("shader-f16")
         self.device = self.adapter.request_device_sync(
             required_features=features, required_limits={k: lim[k] for k in _LIMITS})
         stamps = [f for f in features if f in _TIMESTAMPS]
@@ -145,6 +147,11 @@ class WGPURuntime(Runtime):
             self.timing_unavailable = "the adapter has no 'timestamp-query' feature"
         self.renderer = WGSLRenderer()
         self.renderer.workgroup_storage = lim["max-compute-workgroup-storage-size"]
+        # halves computed on where the device has them; prefill's GEMM on them by default
+        # on a GPU (lavapipe's halves are floats converted on the CPU: the tests ask for it)
+        self.renderer.f16_math = "shader-f16" in features
+        self.renderer.f16_gemm = (self.renderer.f16_math
+                                  and self.adapter.info.get("adapter_type", "") != "CPU")
         # WGSL's dot4I8Packed is core (naga: OpSDot where the driver has integer dot
         # products, byte arithmetic else), so every adapter has it
         self.int8 = "dot4I8Packed"

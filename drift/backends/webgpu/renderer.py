@@ -13,7 +13,8 @@ _ELEM = {"f32": "f32", "i32": "i32", "u8": "u32", "f32x4": "vec4<f32>",  # bytes
 class WGSLRenderer(Renderer):
     name = "wgsl"
     types: ClassVar[dict[str, str]] = {"f32": "f32", "u32": "u32", "i32": "i32",
-                                       "f32x4": "vec4<f32>", "u32x4": "vec4<u32>", "bool": "bool"}
+                                       "f32x4": "vec4<f32>", "u32x4": "vec4<u32>", "bool": "bool",
+                                       "f16x2": "vec2<f16>", "f16x2x4": "mat4x2<f16>"}
     functions: ClassVar[dict[str, str]] = {"rsqrt": "inverseSqrt"}
     # Vulkan/Metal drivers may compute tanh as (e^2x - 1) / (e^2x + 1): NaN past x ~ 44
     tanh_clamp = 15.0
@@ -55,8 +56,16 @@ class WGSLRenderer(Renderer):
     def vec4(self, *xs):
         return f"vec4<f32>({', '.join(xs)})"
 
-    def lane(self, vec, i):
+    def lane(self, vec, i, ty="f32"):
         return f"{vec}[{i}]"  # a vector reference indexed: a reference to its element
+
+    # (naga 0.32 cannot bitcast between u32 and vec2<f16>: halves are held as such, and
+    # four pairs as mat4x2<f16>, whose columns are the pairs)
+    def half2(self, lo, hi):
+        return f"vec2<f16>(vec2<f32>({lo}, {hi}))"
+
+    def halves4(self, *pairs):
+        return f"mat4x2<f16>({', '.join(pairs)})"
 
     def uniform_let(self, name, ty, shared):
         return f"let {name}: {self.types[ty]} = workgroupUniformLoad(&{shared});"
@@ -92,7 +101,8 @@ class WGSLRenderer(Renderer):
         return f"f32(bitcast<i32>(({byte}) << 24) >> 24)"
 
     def render(self, k: KernelSource) -> str:
-        out = []  # (naga takes subgroup builtins without `enable subgroups;`, refuses it)
+        # (naga takes subgroup builtins without `enable subgroups;`, refuses it)
+        out = ["enable f16;"] if k.f16 else []
         for i, p in enumerate(k.params):
             access = "read_write" if p.writable else "read"
             out.append(f"@group(0) @binding({i}) var<storage, {access}> {p.name}: "
