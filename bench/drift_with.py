@@ -3,7 +3,8 @@ device session (the constants of `bench/gpuapi_kernels.py --variants`):
 
     python bench/drift_with.py kernel_tile_rows=1 GEMV_ROW_TILE=4 -- bench M.gguf --device opencl
 
-`kernel_tile_rows` is GPUBackend's (the quant planes' tile), the others the templates'.
+`kernel_tile_rows` (the quant planes' tile) and `render_memo` are GPUBackend's, the others the
+templates'.
 """
 
 from __future__ import annotations

@@ -116,6 +116,11 @@
 # run(command="HALF5=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   the half GEMM's staged tiles in two buffers (one barrier a step) against one: the 8B's
 #   kernels alone both ways (checked), both models end to end (alternating): about 5 minutes
+# run(command="MEMO=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   a fresh process's first token with each node's kernels rendered once for all the nodes
+#   alike (GPUBackend.render_memo) against rendering each: a first run warms the drivers'
+#   shader caches, then the two alternate, both models and APIs: about 4 minutes
+#   (MEMO_MODELS=llama-3.1-8b-Q4_0 MEMO_APIS=webgpu MEMO_8B_PAIRS=2: the 8B on WebGPU again)
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -518,6 +523,27 @@ if [[ -n $HALF5 ]]; then  # the half GEMM's staged tiles in two buffers
     R=3 bench_with $m webgpu two-buffers GEMM_HALF_BUFFERS=2
     R=3 bench_with $m webgpu one-buffer GEMM_HALF_BUFFERS=1
   done; done
+  exit
+fi
+if [[ -n $MEMO ]]; then  # the render memo's effect on a fresh process's first token
+  models
+  start_with() {  # model api label constant
+    timeout 60 python3 bench/drift_with.py $4 -- run /tmp/m/$1.gguf --device $2 --raw --temp 0 \
+      -n 8 "The capital of France is" > /tmp/run.txt 2>&1
+    rc=$?; { echo "## start $2 $1 $3 $4 (rc=$rc)"; cat /tmp/run.txt; } >> "$OUT/starts.txt"
+    echo "rc=$rc start $2 $1 $3: $(grep -E '^\[' /tmp/run.txt | tail -1)"
+  }
+  for m in ${MEMO_MODELS:-llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0}; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    n=2; [[ $m == llama-3.1-8b-Q4_0 ]] && n=${MEMO_8B_PAIRS:-1}
+    for dev in ${MEMO_APIS:-webgpu opencl}; do
+      start_with $m $dev warm-up render_memo=True
+      for i in $(seq $n); do
+        start_with $m $dev memo render_memo=True
+        start_with $m $dev each render_memo=False
+      done
+    done
+  done
   exit
 fi
 if [[ -n $VEC4F ]]; then  # the committed tile choice (GEMM_TILES from (32, 128)): the 8B's

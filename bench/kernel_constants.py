@@ -2,7 +2,8 @@
 (`drift_with.py`, `gpuapi_kernels.py --set`, `gpuapi_attention.py --set`): NVIDIA's OpenCL
 has crashed on a second backend in one process, and WebGPU's later settings ran slower.
 
-`kernel_tile_rows` is GPUBackend's (the quant planes' tile), every other name the templates'.
+`kernel_tile_rows` (the quant planes' tile) and `render_memo` are GPUBackend's, every other
+name the templates'.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from drift.backends.kernels.gpu import GPUBackend
 
 
 def owner(key: str):
-    return GPUBackend if key == "kernel_tile_rows" else templates
+    return GPUBackend if key in ("kernel_tile_rows", "render_memo") else templates
 
 
 def items(text: str) -> list[str]:

@@ -585,6 +585,50 @@ def test_lm_head_past_lavapipes_binding_limit(api):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
 
 
+def test_layers_render_their_kernels_once(api, monkeypatch):
+    """A model's layers share their kernels: with the render memo each distinct launch is
+    rendered once however many layers and prompt lengths use it (`GPUBackend.kernels_for`),
+    and every program's sources are the ones rendering each node anew gives, for a prefill,
+    a decode step and another prompt length. A kernel constant changed between programs
+    (as the tests and bench/drift_with.py do) is rendered anew, not taken from the memo."""
+    from drift.backends.kernels import gpu, templates
+
+    calls = []
+    real = gpu.kernel_for
+
+    def counting(*args):
+        calls.append(args[1].op)
+        return real(*args)
+
+    monkeypatch.setattr(gpu, "kernel_for", counting)
+    cfg = tiny_config("llama").with_(n_layers=4)
+    w = tiny_weights(cfg)
+    dtypes = {k: "f32" for k in w}
+
+    def sources(memo: bool) -> list[list[str]]:
+        monkeypatch.setattr(gpu.GPUBackend, "render_memo", memo)
+        be = _backend(api)
+        be.load_arrays(w)
+        progs = [be.compile(build_graph(cfg, dtypes, S, 16)) for S in (5, 1, 7)]
+        return [[be.rt.renderer.render(k) for k in p.sources] for p in progs]
+
+    fresh = sources(False)
+    rendered_fresh = len(calls)
+    calls.clear()
+    memo = sources(True)
+    assert memo == fresh
+    # four layers alike: each layer's nodes are rendered for the first layer only
+    assert len(calls) <= rendered_fresh // 2, (len(calls), rendered_fresh)
+    be = _backend(api)
+    be.load_arrays(w)
+    g = build_graph(cfg, dtypes, 5, 16)
+    first = [be.rt.renderer.render(k) for k in be.compile(g).sources]
+    monkeypatch.setattr(templates, "NORM_WG", templates.NORM_WG // 2)
+    second = [be.rt.renderer.render(k) for k in be.compile(g).sources]
+    changed = [a != b for a, b in zip(first, second)]
+    assert any(changed) and not all(changed)  # the norms' kernels, not the others
+
+
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
 def test_tiny_models_prefill_then_decode(api, kind, split, monkeypatch):

@@ -9,7 +9,8 @@ a renderer; everything here is written once against both:
                    into chunks where it exceeds the device's largest binding; no float copy
     program        per node of the passed graph: an accessor per tensor (storage + where its
                    objects are: the arena at the plan's offsets, the weight or cache buffers),
-                   the op's template rendered, compiled once per distinct source, bound once;
+                   the op's template rendered once per distinct launch (`launch_key`: a
+                   model's layers share theirs), compiled once per source, bound once;
                    a node of several launches (split-K attention) passes values between them
                    through scratch: a region of the arena past the planned tensors
     run            the inputs written, every launch queued, the outputs read: one submission
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from drift.backends.base import Backend, HeldBytes, Program, weight_stacks
+from drift.backends.kernels import quant, templates
 from drift.backends.kernels.access import Accessor, Chunk, Obj
 from drift.backends.kernels.quant import DEQUANT
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
@@ -182,6 +184,25 @@ def _probe(rt: Runtime, lanes: int) -> bool:
     return bool(np.array_equal(raw.view(np.float32), want.astype(np.float32)))
 
 
+def _signature(a: Accessor | None) -> tuple | None:
+    """What a template reads of an accessor: its shape, type, storage and, of each binding,
+    the param and the units it is shifted by (not the place it binds: that is the launch's)."""
+    if a is None:
+        return None
+    return (a.shape, a.dtype, repr(a.storage),
+            tuple((tuple((c.param, c.shift) for c in o.chunks), o.chunk) for o in a.objs))
+
+
+def launch_key(n: Any, acc: dict[str, Accessor], scratch: Accessor | None,
+               context: tuple) -> tuple:
+    """Everything `kernel_for` reads for node `n`: its op and attributes, its inputs' and
+    outputs' accessors in order, its scratch, and `context` (`GPUBackend.render_context`).
+    Two nodes with one key get the same kernels: a template is a function of these alone."""
+    return (n.op, repr(sorted(n.attrs.items())),
+            tuple(_signature(acc[x]) for x in (*n.inputs, *n.outputs)), _signature(scratch),
+            context)
+
+
 def _places(params: Sequence[Param], places: dict[str, Any]) -> list[Any]:
     """Where each param is bound (a view, such as an f32x4 one, at its buffer's place)."""
     return [places[p.view_of or p.name] for p in params]
@@ -194,6 +215,9 @@ class GPUBackend(Backend):
     # block adjacent, so that consecutive threads on consecutive rows read consecutive bytes
     # (the prefill GEMM's weight tiles load faster too: 8B OpenCL pp512 971 -> 1498 tok/s)
     kernel_tile_rows = GEMV_LANES
+    # a node's kernels rendered once for all the nodes whose templates read the same things
+    # (`kernels_for`: a model's layers, each prompt length's program); False renders each
+    render_memo = True
 
     def __init__(self, max_binding_bytes: int | None = None, int8_dot: bool | None = None):
         """int8_dot: decode GEMVs on x as int8 blocks, through the device's int8 dot product
@@ -215,6 +239,9 @@ class GPUBackend(Backend):
         self.state: dict[str, tuple[Storage, Any]] = {}
         self.arena: Any = None
         self._kernels: dict[str, Any] = {}  # source -> compiled kernel
+        # a node's launches by what its templates read (`launch_key`): the same kernels for
+        # each layer, and for each prompt length's program, rendered once
+        self._rendered: dict[tuple, list[tuple[KernelSource, int, Any]]] = {}
         self.pending: tuple[GPUProgram, list] | None = None  # a call not yet submitted
 
     @abstractmethod
@@ -336,6 +363,31 @@ class GPUBackend(Backend):
             self._kernels[src] = self.rt.compile(k)
         return self._kernels[src]
 
+    def kernels_for(self, n: Any, acc: dict[str, Accessor], scratch: Accessor | None,
+                    context: tuple) -> list[tuple[KernelSource, int, Any]]:
+        """The node's launches (`kernel_for`) with their compiled kernels: rendered once for
+        every node whose templates read the same things (`launch_key`) in one `context`
+        (`render_context`); with `render_memo` off, every time."""
+        def render() -> list[tuple[KernelSource, int, Any]]:
+            return [(ks, g, self.kernel(ks)) for ks, g in kernel_for(self.rt.renderer, n, acc,
+                                                                      scratch)]
+
+        if not self.render_memo:
+            return render()
+        key = launch_key(n, acc, scratch, context)
+        if key not in self._rendered:
+            self._rendered[key] = render()
+        return self._rendered[key]
+
+    def render_context(self) -> tuple:
+        """What every template reads besides its node: the renderer's settings and the
+        kernel modules' constants (tests and bench/drift_with.py change them between
+        programs)."""
+        r = self.rt.renderer
+        consts = tuple((m.__name__, k, repr(v)) for m in (templates, quant)
+                       for k, v in sorted(vars(m).items()) if k.isupper())
+        return type(r), repr(sorted(vars(r).items())), consts
+
     def program(self, compiled: Compiled) -> GPUProgram:
         return GPUProgram(compiled, self)
 
@@ -429,12 +481,13 @@ class GPUProgram(Program):
         return Accessor(name, t.shape, t.dtype, st, objs)
 
     def _bind(self) -> None:
-        """Render, compile (once per distinct source) and bind every node's kernel to the
-        current arena; again only when the arena has grown since."""
+        """Render (once per distinct launch), compile (once per source) and bind every node's
+        kernel to the current arena; again only when the arena has grown since."""
         b = self.backend
         if self._bound is b.arena:
             return
         self.launches, self.sources, self._launch_nodes = [], [], []
+        context = b.render_context()
         for n in self.graph.nodes:
             if is_view(n.op):
                 continue
@@ -442,9 +495,9 @@ class GPUProgram(Program):
             acc = {x: self._accessor(x, names) for x in (*n.inputs, *n.outputs)}
             words = self._scratch_words[id(n)]
             scratch = self._scratch(words, names) if words else None
-            for ks, groups in kernel_for(b.rt.renderer, n, acc, scratch):
+            for ks, groups, kernel in b.kernels_for(n, acc, scratch, context):
                 places = {p.name: place for p, place in names.values()}
-                self.launches.append(b.rt.launch(b.kernel(ks), ks.params,
+                self.launches.append(b.rt.launch(kernel, ks.params,
                                                  _places(ks.params, places), groups))
                 self.sources.append(ks)
                 self._launch_nodes.append(n)
