@@ -120,6 +120,22 @@ def test_quant_planes_round_trip_and_split_scales_from_quants(qtype):
                                   raw[r, b * B + off : b * B + off + 2])
 
 
+@pytest.mark.parametrize("qtype,tile", [(Q.Q4_0, 8), (Q.Q6_K, 1), (Q.Q4_K, 32)])
+def test_quant_planes_written_over_old_bytes(qtype, tile):
+    """`write` into objects that held other bytes (a reused block) leaves exactly the planes
+    of a fresh block: every field's slots, and zeros in the last tile's rows past N."""
+    E = block_size(qtype.name)[0]
+    n, k = 45, 3 * E
+    raw, _ = _quantized(qtype, n, k)
+    st = QuantBlockPlanes((n, k), qtype.name, tile_rows=tile)
+    dirty = st.bind(np.full(st.nbytes, 0xA5, dtype=np.uint8))
+    st.write(dirty, raw)
+    for got, want in zip(dirty, st.to_physical(raw)):
+        np.testing.assert_array_equal(got, want)
+    if n % tile:
+        assert not any(p[-1, :, n % tile :].any() for p in dirty)
+
+
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0])
 def test_quant_plane_index_expr_dequantizes_single_elements(qtype):
     """A kernel's view: element (r, c) decoded from the planes through the generated index
