@@ -229,9 +229,9 @@ def test_tiled_gemm_on_halves(api, op, prefetch, buffers, tile, monkeypatch):
     """Prefill's GEMM on packed halves (`_gemm_half`), where the device computes on them
     (lavapipe's `shader-f16`; PoCL has no fp16): x and the weights rounded to halves (2^-11),
     their products summed in halves over a step's 16 pairs, in f32 across steps; the staged
-    tiles in one buffer or two. On the ragged shapes, gated epilogue and stacked outputs of the matrix-unit test, as float64
-    numpy, within the f16 matrix units' tolerance (errors of 6e-4 to 1e-3 of the largest
-    output seen on lavapipe, the matrix units' 3e-4)."""
+    tiles in one buffer or two. On the ragged shapes, gated epilogue and stacked outputs of
+    the matrix-unit test, as float64 numpy, within the f16 matrix units' tolerance (errors of
+    6e-4 to 1e-3 of the largest output seen on lavapipe, the matrix units' 3e-4)."""
     from drift.backends.kernels import templates
 
     if not _backend(api).rt.renderer.f16_math:

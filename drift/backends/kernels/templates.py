@@ -883,7 +883,7 @@ def _gemm_half(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Access
     body += [f"        {r.let(f'a_{j}', 'f16x2x4', f'xs[{xo}kp * {XS} + ty + {j * TY}]')}"
              for j in range(RM // 4)]
     for i in range(len(ws)):
-        body += [f"        {r.let(f'b{i}_{j}', 'f16x2x4', f'ws{i}[{wo}kp * {WS} + tx + {j * TX}]')}"
+        body += ["        " + r.let(f"b{i}_{j}", "f16x2x4", f"ws{i}[{wo}kp * {WS} + tx + {j * TX}]")
                  for j in range(RN // 4)]
         for a in range(RM):
             for c in range(RN):
