@@ -116,8 +116,10 @@ def _triton_kv() -> str:
     return TritonBackend.kv_dtype
 
 
-def _portable(name: str):
-    """The webgpu / opencl backend (lavapipe and PoCL in CI), if its API and a driver exist."""
+def _portable(name: str, f16_gemm: bool = False):
+    """The webgpu / opencl backend (lavapipe and PoCL in CI), if its API and a driver exist.
+    f16_gemm: prefill's GEMM on packed halves, as the runtime makes it the default on a GPU
+    adapter with `shader-f16` (lavapipe has the feature but is a CPU adapter)."""
 
     def make() -> Backend:
         from drift.backends import backend_class
@@ -128,7 +130,12 @@ def _portable(name: str):
             pytest.skip(f"{name}: {e}")
         if not cls.available():
             pytest.skip(f"{name}: no adapter or driver on this machine")
-        return cls()
+        b = cls()
+        if f16_gemm:
+            if not b.rt.renderer.f16_math:
+                pytest.skip(f"{name}: this device does not compute on halves")
+            b.rt.renderer.f16_gemm = True
+        return b
 
     return make
 
@@ -160,6 +167,9 @@ CONFORMANCE_BACKENDS: dict[str, Entry] = {
     "triton": Entry(_triton, _torch_state, _torch_write, _triton_kv, small=True),
     "webgpu": Entry(_portable("webgpu"), _gpu_state, _gpu_write, lambda: "f32", small=True),
     "opencl": Entry(_portable("opencl"), _gpu_state, _gpu_write, lambda: "f32", small=True),
+    # WebGPU as on a GPU with shader-f16: prefill matmuls on the GEMM on packed halves
+    "webgpu-halves": Entry(_portable("webgpu", f16_gemm=True), _gpu_state, _gpu_write,
+                           lambda: "f32", small=True),
 }
 
 
@@ -193,6 +203,11 @@ TOLERANCES: dict[str, dict[str, float]] = {
                "q8": 1e-4},
     "opencl": {"default": 1e-5, "matmul": 2e-5, "attention": 2e-5, "rope": 1e-4, "kv": 1e-5,
                "q8": 1e-4},
+    # ... with prefill's GEMM on packed halves: x and the dequantized weights rounded to
+    # halves (2^-11 each) and summed in halves over 16 pairs a K step (6e-4 to 1e-3 seen in
+    # test_gpu_apis.py), as the f16 tensor cores' 3e-3 bound
+    "webgpu-halves": {"default": 1e-5, "matmul": 2e-5, "matmul_prefill": 3e-3,
+                      "attention": 2e-5, "rope": 1e-4, "kv": 1e-5, "q8": 1e-4},
 }
 
 

@@ -206,16 +206,18 @@ def test_tiled_gemm_variants(api, op, vec4, prefetch, tile, monkeypatch):
     wider register tiles, on the ragged shapes, gated epilogue and stacked outputs of the
     matrix-unit test: as float64 numpy. Tile None: the tile chosen per matmul, on a grid
     small enough to take the widest tile (gate/up: the narrow, by its accumulators)."""
-    from drift.backends.kernels import templates
-
-    monkeypatch.setattr(templates, "GEMM_MMA", "never")
-    monkeypatch.setattr(templates, "GEMM_VEC4", vec4)
-    monkeypatch.setattr(templates, "GEMM_PREFETCH", prefetch)
-    monkeypatch.setattr(templates, "GEMM_TILE", tile)
-    if tile is None:
-        monkeypatch.setattr(templates, "GEMM_MIN_THREADS", 1)
+    _gemm_constants(monkeypatch, GEMM_VEC4=vec4, GEMM_PREFETCH=prefetch, GEMM_TILE=tile,
+                    **({"GEMM_MIN_THREADS": 1} if tile is None else {}))
     _gemm_on_matrix_units(api, op, "Q4_K" if op == "matmul" else "Q4_0", stage="gemm",
                           tol=1e-4)
+
+
+def _gemm_constants(monkeypatch, **values) -> None:
+    """The templates' constants for a test of the GEMMs without matrix units (GEMM_MMA off)."""
+    from drift.backends.kernels import templates
+
+    for name, value in {"GEMM_MMA": "never", **values}.items():
+        monkeypatch.setattr(templates, name, value)
 
 
 @pytest.mark.parametrize("prefetch,buffers,tile", [(False, 1, (32, 32, 32, 4, 4)),
@@ -231,18 +233,14 @@ def test_tiled_gemm_on_halves(api, op, prefetch, buffers, tile, monkeypatch):
     their products summed in halves over a step's 16 pairs, in f32 across steps; the staged
     tiles in one buffer or two. On the ragged shapes, gated epilogue and stacked outputs of
     the matrix-unit test, as float64 numpy, within the f16 matrix units' tolerance (errors of
-    6e-4 to 1e-3 of the largest output seen on lavapipe, the matrix units' 3e-4)."""
-    from drift.backends.kernels import templates
-
+    6e-4 to 1e-3 of the largest output seen on lavapipe, the matrix units' 3e-4). Tile None:
+    the tile chosen per matmul on a grid small enough for the widest (64 x 128; gate/up:
+    64 x 64, by its accumulators)."""
     if not _backend(api).rt.renderer.f16_math:
         pytest.skip(f"{api}: this device does not compute on halves")
-    monkeypatch.setattr(templates, "GEMM_MMA", "never")
-    monkeypatch.setattr(templates, "GEMM_HALF", "always")
-    monkeypatch.setattr(templates, "GEMM_HALF_BUFFERS", buffers)
-    monkeypatch.setattr(templates, "GEMM_PREFETCH", prefetch)
-    monkeypatch.setattr(templates, "GEMM_TILE", tile)
-    if tile is None:
-        monkeypatch.setattr(templates, "GEMM_MIN_THREADS", 1)
+    _gemm_constants(monkeypatch, GEMM_HALF="always", GEMM_HALF_BUFFERS=buffers,
+                    GEMM_PREFETCH=prefetch, GEMM_TILE=tile,
+                    **({"GEMM_HALF_MIN_THREADS": 1} if tile is None else {}))
     _gemm_on_matrix_units(api, op, "Q4_K" if op == "matmul" else "Q4_0", stage="gemm_half")
 
 
@@ -297,8 +295,6 @@ def test_renderer_knows_halves(api, monkeypatch):
     it) and runs prefill's GEMM on them by default on a GPU, not on a CPU driver (lavapipe);
     OpenCL does not spell f16 arithmetic. Where `f16_gemm` is set, "auto" picks the half
     GEMM, and GEMM_HALF="never" the f32 one."""
-    from drift.backends.kernels import templates
-
     rt = _backend(api).rt
     r = rt.renderer
     if api == "webgpu":
@@ -308,10 +304,10 @@ def test_renderer_knows_halves(api, monkeypatch):
         assert not r.f16_math and not r.f16_gemm
     if not r.f16_math:
         pytest.skip(f"{api}: this device does not compute on halves")
-    monkeypatch.setattr(templates, "GEMM_MMA", "never")
+    _gemm_constants(monkeypatch)
     _gemm_on_matrix_units(api, "matmul", "Q4_0", stage="gemm_half", f16_gemm=True)
     _gemm_on_matrix_units(api, "matmul", "Q4_0", stage="gemm", tol=1e-4, f16_gemm=False)
-    monkeypatch.setattr(templates, "GEMM_HALF", "never")
+    _gemm_constants(monkeypatch, GEMM_HALF="never")
     _gemm_on_matrix_units(api, "matmul", "Q4_0", stage="gemm", tol=1e-4, f16_gemm=True)
 
 
@@ -337,11 +333,7 @@ def test_tiled_gemm_on_whole_tiles(api, op, vec4, tile, monkeypatch):
     checked in CI, not only on NVIDIA's driver. As float64 numpy. (PoCL also stores wrong
     values where one 128-column tile holds three stacked outputs' columns, 64 + 32 + 32;
     lavapipe does not: those shapes are `test_tiled_gemm_variants`'.)"""
-    from drift.backends.kernels import templates
-
-    monkeypatch.setattr(templates, "GEMM_MMA", "never")
-    monkeypatch.setattr(templates, "GEMM_VEC4", vec4)
-    monkeypatch.setattr(templates, "GEMM_TILE", tile)
+    _gemm_constants(monkeypatch, GEMM_VEC4=vec4, GEMM_TILE=tile)
     Ns = {"matmul": [256], "ffn_gate_up": [128, 128], "stacked_matmul": [128, 64, 64]}[op]
     _gemm_on_matrix_units(api, op, "Q4_0", stage="gemm", tol=1e-4, S=64, Ns=Ns,
                           force_tiled=True)

@@ -168,9 +168,9 @@ class Renderer:
         raise NotImplementedError
 
     def lane(self, vec: str, i: str, ty: str = "f32") -> str:
-        """Element `i` (a run-time u32 below 4) of the f32x4 (or the u32x4, f16x2x4 for `ty`
-        "u32", "f16x2") of workgroup memory `vec` (an element `name[index]`), readable and
-        assignable; a constant element of an f32x4 is `vec.x` .. `vec.w` in both languages."""
+        """Element `i` (a run-time u32 below 4) of the f32x4 (with `ty` "f16x2": the f16x2x4)
+        of workgroup memory `vec` (an element `name[index]`), readable and assignable; a
+        constant element of an f32x4 is `vec.x` .. `vec.w` in both languages."""
         raise NotImplementedError
 
     def half2(self, lo: str, hi: str) -> str:
