@@ -121,6 +121,16 @@
 #   alike (GPUBackend.render_memo) against rendering each: a first run warms the drivers'
 #   shader caches, then the two alternate, both models and APIs: about 4 minutes
 #   (MEMO_MODELS=llama-3.1-8b-Q4_0 MEMO_APIS=webgpu MEMO_8B_PAIRS=2: the 8B on WebGPU again)
+# run(command="PREF=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 23: where a 512-token prefill's time goes (bench/gpuapi_profile.py --tokens 512,
+#   device timestamps), WebGPU at the defaults and at $PREF_SETTINGS ("K=V,..;K=V,.."), both
+#   models, OpenCL's 8B at its defaults: about 6 minutes
+# run(command="ALU=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   the shader ALUs' rates through WGSL (bench/webgpu_alu_probe.py): f32 and packed-half
+#   fmas, dot4I8Packed and its polyfill: seconds
+# run(command="I8GEMM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   a standalone int8 (dot4I8Packed) prefill GEMM at several tiles on the 8B's shapes
+#   (bench/webgpu_int8_gemm_probe.py), checked against numpy: under a minute
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -480,6 +490,37 @@ if [[ -n $HALF3 ]]; then  # the half GEMM's tile list against the f32 GEMM's
     R=3 bench_with $m webgpu half-tiles
     R=3 bench_with $m webgpu f32-tiles "$f32tiles" GEMM_HALF_MIN_THREADS=65536 GEMM_HALF_MAX_ACC=32
   done; done
+  exit
+fi
+if [[ -n $ALU ]]; then
+  for g in 2112 528; do
+    timeout 60 python3 bench/webgpu_alu_probe.py --groups $g 2>&1 | tee -a "$OUT/alu.txt"
+  done
+  exit
+fi
+if [[ -n $I8GEMM ]]; then
+  timeout 300 python3 bench/webgpu_int8_gemm_probe.py ${I8GEMM_ARGS:-} 2>&1 | tee "$OUT/i8gemm.txt"
+  exit
+fi
+profile_prefill() {  # model api label [constants]
+  timeout ${PROFILE_TIMEOUT:-90} python3 bench/gpuapi_profile.py /tmp/m/$1.gguf --device $2 \
+    --pos 0 --tokens 512 --reps 5 --warmup 2 --top 14 --set "$4" > /tmp/run.txt 2>&1
+  rc=$?; { echo "## prefill profile $2 $1 $3 $4 (rc=$rc)"; cat /tmp/run.txt; } \
+    >> "$OUT/prefill_profiles.txt"
+  echo "rc=$rc prefill profile $2 $1 $3"
+  grep -E "^\| (wall, argmax|device span|ffn_gate_up|matmul|stacked|attention|add_rms|rope)" \
+    /tmp/run.txt | grep -v "S=1 " | head -16
+}
+if [[ -n $PREF ]]; then
+  models
+  IFS=';' read -ra sets <<< "${PREF_SETTINGS:-GEMM_HALF_MIN_THREADS=65536;GEMM_PREFETCH=True}"
+  for m in llama-3.2-1b-Q4_0 llama-3.1-8b-Q4_0; do
+    [[ $m == llama-3.1-8b-Q4_0 ]] && wait $big
+    profile_prefill $m webgpu default ""
+    for s in "${sets[@]}"; do profile_prefill $m webgpu set "$s"; done
+    profile_prefill $m webgpu default-again ""
+  done
+  profile_prefill llama-3.1-8b-Q4_0 opencl default ""
   exit
 fi
 if [[ -n $HALF4 ]]; then  # more half-GEMM tiles; fused gate/up's tile end to end

@@ -44,6 +44,7 @@ def test_bad_settings_are_refused(item, why):
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and why in lines[0] and "Traceback" not in run.stderr
-    run = subprocess.run([sys.executable, str(BENCH / "gpuapi_attention.py"), "--device",
-                          "webgpu", "--set", item], capture_output=True, text=True, timeout=60)
-    assert run.returncode != 0 and why in run.stderr and "Traceback" not in run.stderr
+    for script, args in (("gpuapi_attention.py", []), ("gpuapi_profile.py", ["no-model.gguf"])):
+        run = subprocess.run([sys.executable, str(BENCH / script), *args, "--device", "webgpu",
+                              "--set", item], capture_output=True, text=True, timeout=60)
+        assert run.returncode != 0 and why in run.stderr and "Traceback" not in run.stderr
