@@ -7,8 +7,8 @@ chosen from measured rates, not assumed ones.
 Each thread runs ITERS iterations of CHAINS independent accumulators (dependent chains: no
 op can be hoisted), a grid of GROUPS workgroups of 256; the operands come from a buffer and
 the sums go back to one (nothing folds away); modules made as drift's are, without naga's
-run-time checks; the loop-variant operand changes sign an
-iteration (a multiplier that decays would reach f16's subnormals). Timed over a few dispatches in one submission
+run-time checks; the loop-variant operand changes sign an iteration (a multiplier that
+decays would reach f16's subnormals). Timed over a few dispatches in one submission
 (medians), reported as operations a second (a multiply-add is 2, a 4-wide dot product 8) and
 per SM per clock at `--clock` GHz over `--sms` multiprocessors (the H200's 1.98 and 132).
 
@@ -18,9 +18,9 @@ per SM per clock at `--clock` GHz over `--sms` multiprocessors (the H200's 1.98 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from wgsl_timing import dispatch_seconds  # (bench/, the script's folder)
 
 CHAINS = 16
 # name: (ops an accumulator update counts, WGSL enables, accumulator type, its zero, one
@@ -120,21 +120,7 @@ def main() -> None:
             {"binding": 0, "resource": {"buffer": src}},
             {"binding": 1, "resource": {"buffer": dst}}])
 
-        def run(n: int) -> float:
-            enc = dev.create_command_encoder()
-            cp = enc.begin_compute_pass()
-            for _ in range(n):
-                cp.set_pipeline(pipe)
-                cp.set_bind_group(0, group)
-                cp.dispatch_workgroups(a.groups, 1, 1)
-            cp.end()
-            t0 = time.perf_counter()
-            dev.queue.submit([enc.finish()])
-            dev.queue.read_buffer(dst, 0, 4)
-            return time.perf_counter() - t0
-
-        run(1)
-        secs = sorted((run(a.reps + 1) - run(1)) / a.reps for _ in range(3))[1]
+        secs = dispatch_seconds(dev, pipe, group, (a.groups, 1, 1), dst, a.reps)
         total = threads * a.iters * CHAINS * ops
         per_clock = total / secs / (a.sms * a.clock * 1e9)
         print(f"| {name} | {secs * 1e3:.3f} | {total / secs / 1e12:.1f} | {per_clock:.0f} |")

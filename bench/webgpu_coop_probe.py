@@ -10,9 +10,9 @@ numpy in float64, timed over a few dispatches in one submission.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from wgsl_timing import dispatch_seconds, submission_seconds  # (bench/)
 
 VARIANTS = {  # name: (tile, operand type, accumulator type, enables)
     "f32 8x8": (8, "f32", "f32", "enable wgpu_cooperative_matrix;"),
@@ -88,25 +88,13 @@ def main() -> None:
         group = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[
             {"binding": i, "resource": {"buffer": b}} for i, b in enumerate(bufs)])
 
-        def run(n: int) -> float:
-            enc = dev.create_command_encoder()
-            cp = enc.begin_compute_pass()
-            for _ in range(n):
-                cp.set_pipeline(pipe)
-                cp.set_bind_group(0, group)
-                cp.dispatch_workgroups(N // 32, M // 32, 1)
-            cp.end()
-            t0 = time.perf_counter()
-            dev.queue.submit([enc.finish()])
-            dev.queue.read_buffer(bufs[2], 0, 4)
-            return time.perf_counter() - t0
-
-        run(1)
+        grid = (N // 32, M // 32, 1)
+        submission_seconds(dev, pipe, group, grid, bufs[2], 1)
         got = np.frombuffer(dev.queue.read_buffer(bufs[2]),
                             dtype=np.float16 if acc == "f16" else np.float32).reshape(M, N)
         ref = Aq.astype(np.float64) @ Bq.astype(np.float64)
         err = float(np.abs(got - ref).max() / np.abs(ref).max())
-        secs = sorted((run(a.reps) - run(1)) / (a.reps - 1) for _ in range(3))[1]
+        secs = dispatch_seconds(dev, pipe, group, grid, bufs[2], a.reps)
         print(f"{name}: rel err {err:.2e}, {secs * 1e3:.3f} ms, "
               f"{2 * M * N * K / secs / 1e12:.1f} TFLOP/s")
 

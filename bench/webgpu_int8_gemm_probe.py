@@ -7,9 +7,10 @@ x's int8 words and the weights' nibbles widened to int8 words in workgroup memor
 four rows / columns as vec4<u32>), every thread an RM x RN register tile of i32 sums of
 `dot4I8Packed`, folded into f32 once a block: acc += f32(isum - 8 xsum) * dx * dw.
 
-The module is made as drift's are, without naga's run-time checks. Checked against float64 numpy on the same integers and scales, timed over a few dispatches
-in one submission (medians), against the half GEMM's figures in BENCHMARKS.md (the 8B's
-shapes at 512 rows).
+The module is made as drift's are, without naga's run-time checks (session 23's call 4 ran
+it with them). Checked against float64 numpy on the same integers and scales, timed over a
+few dispatches in one submission (medians), against the half GEMM's figures in BENCHMARKS.md
+(the 8B's shapes at 512 rows).
 
     python bench/webgpu_int8_gemm_probe.py [--shapes 4096x4096,14336x4096,4096x14336]
         [--tiles 64x128x1x8x8,...] [--rows 512] [--reps 5]
@@ -18,9 +19,9 @@ shapes at 512 rows).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from wgsl_timing import dispatch_seconds, submission_seconds  # (bench/)
 
 
 def source(M: int, N: int, K: int, TM: int, TN: int, BLOCKS: int, RM: int, RN: int) -> str:
@@ -158,25 +159,13 @@ def main() -> None:
             group = dev.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=[
                 {"binding": i, "resource": {"buffer": b}} for i, b in enumerate([*bufs, out])])
 
-            def run(n: int) -> float:
-                enc = dev.create_command_encoder()
-                cp = enc.begin_compute_pass()
-                for _ in range(n):
-                    cp.set_pipeline(pipe)
-                    cp.set_bind_group(0, group)
-                    cp.dispatch_workgroups(-(-N // TN), -(-M // TM), 1)
-                cp.end()
-                t0 = time.perf_counter()
-                dev.queue.submit([enc.finish()])
-                dev.queue.read_buffer(out, 0, 4)
-                return time.perf_counter() - t0
-
-            run(1)
+            grid = (-(-N // TN), -(-M // TM), 1)
+            submission_seconds(dev, pipe, group, grid, out, 1)  # compiled, touched: checked
             err = ""
             if ref is not None:
                 got = np.frombuffer(dev.queue.read_buffer(out), np.float32).reshape(M, N)
                 err = f"{np.abs(got - ref).max() / np.abs(ref).max():.1e}"
-            secs = sorted((run(a.reps + 1) - run(1)) / a.reps for _ in range(3))[1]
+            secs = dispatch_seconds(dev, pipe, group, grid, out, a.reps)
             print(f"| {shape} | {tile} | {secs * 1e6:.1f} | {2 * M * N * K / secs / 1e12:.1f} "
                   f"| {err} |")
 
