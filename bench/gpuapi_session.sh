@@ -131,6 +131,11 @@
 # run(command="I8GEMM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   a standalone int8 (dot4I8Packed) prefill GEMM at several tiles on the 8B's shapes
 #   (bench/webgpu_int8_gemm_probe.py), checked against numpy: under a minute
+# run(command="INT8GEMM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
+#   session 23's int8 GEMM for prefill (GEMM_INT8='always') against the default (halves on
+#   WebGPU): the ALU and int8-GEMM probes with naga's checks off, the 8B's matmuls alone both
+#   ways (checked), the 1B's greedy text both ways, both models end to end alternating, the
+#   8B's prefill profile on it: about 8 minutes (not yet run: no device was left)
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -511,6 +516,26 @@ profile_prefill() {  # model api label [constants]
   grep -E "^\| (wall, argmax|device span|ffn_gate_up|matmul|stacked|attention|add_rms|rope)" \
     /tmp/run.txt | grep -v "S=1 " | head -16
 }
+if [[ -n $INT8GEMM ]]; then
+  models
+  timeout 60 python3 bench/webgpu_alu_probe.py 2>&1 | tee "$OUT/alu.txt"
+  timeout 200 python3 bench/webgpu_int8_gemm_probe.py 2>&1 | tee "$OUT/i8gemm.txt"
+  for t in "GEMM_INT8='always'" "GEMM_INT8='never'"; do
+    KERNELS_TIMEOUT=90 kernels webgpu --rows 512 --reps 5 --check --set "$t"
+  done
+  for t in "GEMM_INT8='always'" "GEMM_INT8='never'"; do
+    timeout 90 python3 bench/drift_with.py "$t" -- run /tmp/m/llama-3.2-1b-Q4_0.gguf \
+      --device webgpu --raw --temp 0 -n 16 "$(python3 -c 'print("The capital of France is " * 12)')" \
+      2>&1 | tail -3 | tee -a "$OUT/text.txt"
+  done
+  wait $big
+  for m in llama-3.1-8b-Q4_0 llama-3.2-1b-Q4_0; do for i in 1 2; do
+    bench_with $m webgpu q8-gemm "GEMM_INT8='always'"  # (a label with "int8" sets DRIFT_INT8_DOT)
+    bench_with $m webgpu default
+  done; done
+  profile_prefill llama-3.1-8b-Q4_0 webgpu q8-gemm "GEMM_INT8='always'"
+  exit
+fi
 if [[ -n $PREF ]]; then
   models
   IFS=';' read -ra sets <<< "${PREF_SETTINGS:-GEMM_HALF_MIN_THREADS=65536;GEMM_PREFETCH=True}"

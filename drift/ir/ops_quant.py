@@ -13,6 +13,11 @@ physical planes: per block of 32, two int8 levels xq and xr with x ~ d/254 * (25
 Gemma, two are ~2^-15), the scale d/254 and the scaled sum of the levels (for weights with a
 per-block minimum). `quantize_blocks` is that arithmetic in float32, step for step as the
 kernels do it; a matmul on a q8x input is a plain matmul on these values.
+
+Prefill's int8 GEMM reads x in one level (dtype q8x1, `quantize_q8` with `levels=1`): x ~ d q
+per block, d = amax / 127, its sum d * sum(q): one dot product a word of weights instead of
+two, as llama.cpp's MMQ reads its q8_1 blocks (x on a grid of 1/254 of its block's largest
+element; the GEMM's products are summed in f32 over K, like the f16 paths' roundings).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from drift.ir.tensor import nbytes_of
 
 QBLOCK = 32  # elements per quantized block of x
 Q8 = "q8x"
+Q8_1 = "q8x1"  # one level
 
 
 def _round_away(v: np.ndarray) -> np.ndarray:
@@ -34,9 +40,9 @@ def _round_away(v: np.ndarray) -> np.ndarray:
     return np.trunc(v + np.where(v >= 0, np.float32(0.5), np.float32(-0.5))).astype(np.float32)
 
 
-def quantize_planes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """x (..., K), K a multiple of 32 -> (xq, xr) int8 (K',), scale and scaled sum f32
-    (K'/32,), over the flattened x. An all-zero block gets scale 0."""
+def _first_level(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x's blocks of 32: each block's amax / 127 (K'/32,), x in units of it, and that rounded
+    (the first level), (K'/32, 32) in float32."""
     b = np.asarray(x, dtype=np.float32).reshape(-1, QBLOCK)
     amax = np.abs(b).max(axis=1)
     d = (amax / np.float32(127)).astype(np.float32)
@@ -44,7 +50,13 @@ def quantize_planes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         inv = np.where(amax > 0, np.float32(127) / np.maximum(amax, np.float32(1e-30)),
                        np.float32(0)).astype(np.float32)
     v = b * inv[:, None]
-    q = _round_away(v)
+    return d, v, _round_away(v)
+
+
+def quantize_planes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x (..., K), K a multiple of 32 -> (xq, xr) int8 (K',), scale and scaled sum f32
+    (K'/32,), over the flattened x. An all-zero block gets scale 0."""
+    d, v, q = _first_level(x)
     r = (v - q) * np.float32(254)
     q2 = _round_away(r)
     scale = (d / np.float32(254)).astype(np.float32)
@@ -64,6 +76,23 @@ def quantize_blocks(x: np.ndarray) -> np.ndarray:
     return dequantize_planes(xq, xr, scale).reshape(np.shape(x))
 
 
+def quantize_planes_1(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (..., K), K a multiple of 32 -> one level: xq int8 (K',), scale d = amax / 127 and
+    sum d * sum(xq) f32 (K'/32,), over the flattened x (`quantize_planes`' first level)."""
+    d, _, q = _first_level(x)
+    return q.astype(np.int8).reshape(-1), d, (d * q.sum(axis=1)).astype(np.float32)
+
+
+def dequantize_planes_1(xq: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return (scale[:, None] * xq.astype(np.float32).reshape(-1, QBLOCK)).reshape(-1)
+
+
+def quantize_blocks_1(x: np.ndarray) -> np.ndarray:
+    """x as its q8x1 blocks represent it (same shape, float32)."""
+    xq, scale, _ = quantize_planes_1(x)
+    return dequantize_planes_1(xq, scale).reshape(np.shape(x))
+
+
 def _ref(op: str, inputs: Sequence[Any], attrs: dict) -> np.ndarray:
     return REGISTRY[op].reference(inputs, attrs)[0]
 
@@ -74,16 +103,20 @@ def _q8_cost(inputs, outputs, flops: int) -> Cost:
 
 @register("quantize_q8")
 class QuantizeQ8:
-    """x (..., K) f32 -> the same values as q8x blocks (K a multiple of 32)."""
+    """x (..., K) f32 -> the same values as q8x blocks (K a multiple of 32); attrs: levels
+    (2, the default: q8x; 1: q8x1, prefill's int8 GEMM)."""
 
     @staticmethod
     def infer(inputs, attrs):
         (x,) = inputs
         assert x.shape[-1] % QBLOCK == 0, f"quantize_q8: last axis {x.shape[-1]} % 32"
-        return [(x.shape, Q8)]
+        assert attrs.get("levels", 2) in (1, 2), f"quantize_q8: levels {attrs.get('levels')}"
+        return [(x.shape, Q8_1 if attrs.get("levels", 2) == 1 else Q8)]
 
     @staticmethod
     def reference(inputs, attrs):
+        if attrs.get("levels", 2) == 1:
+            return [quantize_blocks_1(inputs[0])]
         return [quantize_blocks(inputs[0])]
 
     @staticmethod

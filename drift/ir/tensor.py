@@ -27,8 +27,9 @@ PLAIN_DTYPES = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4, "f64": 8}
 # numpy's name for each plain type: the one table every backend and pass converts through
 NUMPY_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i32": "int32"}
 # Activations quantized for int8 dot products (drift/ir/ops_quant.py): bytes per block of 32.
-# q8x: per block two int8 levels (xq, xr), a scale and the block's scaled sum (f32 each).
-ACT_QUANT_DTYPES = {"q8x": 32 + 32 + 4 + 4}
+# q8x: per block two int8 levels (xq, xr), a scale and the block's scaled sum (f32 each);
+# q8x1: one level (prefill's int8 GEMM).
+ACT_QUANT_DTYPES = {"q8x": 32 + 32 + 4 + 4, "q8x1": 32 + 4 + 4}
 
 
 def is_quantized(dtype: str) -> bool:

@@ -41,6 +41,10 @@ class Capabilities:
         dot): decode matmuls over the weight types in `int8_weights` read x quantized to int8
         blocks (the quantize pass).
     int8_weights: weight types the backend's int8-x GEMV reads.
+    int8_gemm: prefill matmuls (more than `gemv_rows` rows of x) over the weight types in
+        `int8_gemm_weights` read x quantized to one-level int8 blocks (q8x1), for the
+        backend's int8 GEMM (the quantize pass).
+    gemv_rows: rows of x up to which the backend runs a matmul as a GEMV.
     weight_types: weight types the backend's kernels read at all (empty: any).
     subgroup_size: lanes of a subgroup / warp / wavefront (0: unknown); recorded for kernel
         variants, read by no pass yet. (The largest binding is `max_object_bytes`: a tensor
@@ -58,6 +62,9 @@ class Capabilities:
     decode_fused_ops: frozenset[str] = frozenset()
     int8_dot: bool = False
     int8_weights: frozenset[str] = frozenset()
+    int8_gemm: bool = False
+    int8_gemm_weights: frozenset[str] = frozenset()
+    gemv_rows: int = 4
     weight_types: frozenset[str] = frozenset()
     subgroup_size: int = 0
 

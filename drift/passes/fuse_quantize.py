@@ -21,7 +21,7 @@ def _only_reader(name: str, reader: Node, index: Index) -> bool:
 
 
 def _producer_of_input(root: Node, index: Index, ops: tuple[str, ...]) -> Node | None:
-    if root.op != "quantize_q8":
+    if root.op != "quantize_q8" or root.attrs.get("levels", 2) != 2:  # (their kernels: two)
         return None
     p = index.producer.get(root.inputs[0])
     if p is None or p.op not in ops or not _only_reader(root.inputs[0], root, index):
@@ -37,7 +37,7 @@ def _find_norm(root: Node, index: Index) -> Match | None:
 
 
 def _find_add_norm(root: Node, index: Index) -> Match | None:
-    if root.op != "quantize_q8":
+    if root.op != "quantize_q8" or root.attrs.get("levels", 2) != 2:  # (their kernels: two)
         return None
     p = index.producer.get(root.inputs[0])
     if (p is None or p.op != "add_rms_norm" or p.outputs[1] != root.inputs[0]

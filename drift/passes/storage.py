@@ -31,7 +31,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from drift.formats.quants import BLOCK_FIELDS
-from drift.ir.ops_quant import QBLOCK, dequantize_planes, quantize_planes
+from drift.ir.ops_quant import (Q8_1, QBLOCK, dequantize_planes, dequantize_planes_1,
+                               quantize_planes, quantize_planes_1)
 from drift.ir.tensor import NUMPY_DTYPES, PLAIN_DTYPES, is_quantized
 
 # byte planes of the storages below, besides the plain element types
@@ -290,10 +291,11 @@ class MultiObject(Storage):
 
 @dataclass(frozen=True)
 class Q8Blocks(Storage):
-    """An activation quantized for int8 dot products (dtype q8x, `drift/ir/ops_quant.py`):
-    the flattened elements in blocks of 32, as four planes: xq and xr, int8 (numel,), the
+    """An activation quantized for int8 dot products (`drift/ir/ops_quant.py`): the flattened
+    elements in blocks of 32, as planes (`planes`). dtype q8x: xq and xr, int8 (numel,), the
     two levels; scale, f32 (numel/32,); sums, f32 (numel/32,), scale * the block's sum of
-    levels. Logical element e is scale[e // 32] * (254 xq[e] + xr[e])."""
+    levels; logical element e is scale[e // 32] * (254 xq[e] + xr[e]). dtype q8x1 (one
+    level): xq, scale and sums, element e is scale[e // 32] * xq[e]."""
 
     shape: tuple[int, ...]
     dtype: str
@@ -303,19 +305,33 @@ class Q8Blocks(Storage):
     def blocks(self) -> int:
         return prod(self.shape) // QBLOCK
 
+    @property
+    def levels(self) -> int:
+        return 1 if self.dtype == Q8_1 else 2
+
+    @property
+    def planes(self) -> tuple[str, ...]:
+        """The objects' names, in order."""
+        return ("xq", "scale", "sums") if self.levels == 1 else ("xq", "xr", "scale", "sums")
+
     def objects(self):
         n, nb = prod(self.shape), self.blocks
         objs, at = [], 0
-        for shape, dt in (((n,), "i8"), ((n,), "i8"), ((nb,), "f32"), ((nb,), "f32")):
+        kinds = [((n,), "i8")] * self.levels + [((nb,), "f32"), ((nb,), "f32")]
+        for shape, dt in kinds:
             objs.append(PhysicalObject(shape, dt, at))
             at = align_up(at + objs[-1].nbytes, self.align)
         return tuple(objs)
 
     def write(self, objs, x):
-        for obj, plane in zip(objs, quantize_planes(x)):
+        planes = quantize_planes_1(x) if self.levels == 1 else quantize_planes(x)
+        for obj, plane in zip(objs, planes):
             obj[...] = plane
 
     def from_physical(self, objs):
+        if self.levels == 1:
+            xq, scale, _ = objs
+            return dequantize_planes_1(xq, scale).reshape(self.shape)
         xq, xr, scale, _ = objs
         return dequantize_planes(xq, xr, scale).reshape(self.shape)
 
@@ -327,11 +343,13 @@ class Q8Blocks(Storage):
 
     def index_expr(self, coords):
         flat = flat_expr(coords, self.shape)
-        return {"object": "0", "offset": flat, "xq": flat, "xr": flat,
-                "scale": f"({flat}) // {QBLOCK}"}
+        out = {"object": "0", "offset": flat, "xq": flat, "scale": f"({flat}) // {QBLOCK}"}
+        if self.levels == 2:
+            out["xr"] = flat
+        return out
 
     def __str__(self) -> str:
-        return f"q8blocks[{self.blocks}x{QBLOCK}]"
+        return f"q8blocks{'' if self.levels == 2 else '1'}[{self.blocks}x{QBLOCK}]"
 
 
 # ---------------------------------------------------------------------------------------------

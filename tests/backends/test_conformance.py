@@ -116,10 +116,12 @@ def _triton_kv() -> str:
     return TritonBackend.kv_dtype
 
 
-def _portable(name: str, f16_gemm: bool = False):
+def _portable(name: str, f16_gemm: bool = False, int8_gemm: bool | None = None):
     """The webgpu / opencl backend (lavapipe and PoCL in CI), if its API and a driver exist.
     f16_gemm: prefill's GEMM on packed halves, as the runtime makes it the default on a GPU
-    adapter with `shader-f16` (lavapipe has the feature but is a CPU adapter)."""
+    adapter with `shader-f16` (lavapipe has the feature but is a CPU adapter). int8_gemm:
+    prefill's matmuls over the weight types it reads on the int8 GEMM (x quantized to
+    one-level int8 blocks by the quantize pass)."""
 
     def make() -> Backend:
         from drift.backends import backend_class
@@ -130,7 +132,7 @@ def _portable(name: str, f16_gemm: bool = False):
             pytest.skip(f"{name}: {e}")
         if not cls.available():
             pytest.skip(f"{name}: no adapter or driver on this machine")
-        b = cls()
+        b = cls(int8_gemm=int8_gemm)
         if f16_gemm:
             if not b.rt.renderer.f16_math:
                 pytest.skip(f"{name}: this device does not compute on halves")
@@ -170,6 +172,9 @@ CONFORMANCE_BACKENDS: dict[str, Entry] = {
     # WebGPU as on a GPU with shader-f16: prefill matmuls on the GEMM on packed halves
     "webgpu-halves": Entry(_portable("webgpu", f16_gemm=True), _gpu_state, _gpu_write,
                            lambda: "f32", small=True),
+    # ... and with prefill's matmuls on the int8 GEMM
+    "webgpu-int8": Entry(_portable("webgpu", int8_gemm=True), _gpu_state, _gpu_write,
+                         lambda: "f32", small=True),
 }
 
 
@@ -208,6 +213,10 @@ TOLERANCES: dict[str, dict[str, float]] = {
     # test_gpu_apis.py), as the f16 tensor cores' 3e-3 bound
     "webgpu-halves": {"default": 1e-5, "matmul": 2e-5, "matmul_prefill": 3e-3,
                       "attention": 2e-5, "rope": 1e-4, "kv": 1e-5, "q8": 1e-4},
+    # ... with the int8 GEMM: x in one level of 1/127 of its block's largest element (its
+    # rounding ~1/254 an element: 5e-3 to 9e-3 of the largest output seen in test_gpu_apis.py)
+    "webgpu-int8": {"default": 1e-5, "matmul": 2e-5, "matmul_prefill": 2e-2,
+                    "attention": 2e-5, "rope": 1e-4, "kv": 1e-5, "q8": 1e-4},
 }
 
 

@@ -1261,6 +1261,166 @@ def test_smollm2_greedy_on_halves(api, smollm2_path, smollm2_cpu, monkeypatch):
     assert rel.max() <= 5e-3
 
 
+# -- prefill's int8 GEMM: x quantized to one-level int8 blocks (q8x1), dot4_i8 on int8 tiles
+
+
+def test_quantize_q8_one_level_kernel_is_the_reference_arithmetic(api):
+    """`quantize_q8 {levels: 1}`: the values `ops_quant.quantize_planes_1` represents (x in
+    whole levels of its block's largest / 127) from x with zero, tiny and huge blocks; a level
+    may move by one where the device's division rounds a half otherwise, no more."""
+    from drift.ir.ops_quant import dequantize_planes_1, quantize_planes_1
+
+    K = 32 * 13
+    x = _f(3, K) * 3
+    x[0, :32] = 0.0  # an all-zero block: scale 0
+    x[1, 32:64] *= 1e-30
+    x[2, 64:96] *= 1e20
+    b = GraphBuilder("q8_1")
+    b.output(b.op("quantize_q8", b.input("x", (3, K), "f32"), levels=1))
+    g = b.finish()
+    assert g.tensors[g.outputs[0]].dtype == "q8x1"
+    prog = _backend(api).compile(g)
+    assert [k.name for k in prog.sources] == ["quantize_q8_1"]
+    got = prog.run({"x": x})[g.outputs[0]]
+    want = dequantize_planes_1(*quantize_planes_1(x)[:2]).reshape(3, K)
+    amax = np.abs(x.reshape(-1, 32)).max(axis=1).repeat(32).reshape(3, K)
+    assert np.all(np.abs(got - want) <= amax / 127 * 1.0001)
+    assert np.mean(got == want) > 0.99 and np.all(got[0, :32] == 0)
+
+
+def _int8_gemm(monkeypatch, **constants):
+    from drift.backends.kernels import templates
+
+    monkeypatch.setattr(templates, "GEMM_INT8", "always")
+    for k, v in constants.items():
+        monkeypatch.setattr(templates, k, v)
+
+
+@pytest.mark.parametrize("tile", [None, (64, 128, 1, 8, 8), (64, 64, 2, 8, 4), (32, 32, 1, 4, 4)])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K"])
+def test_int8_gemm_against_gguf_py(api, qtype, tile, monkeypatch):
+    """The int8 GEMM of every weight type it reads (Q4_K: an x block's words chosen from its
+    256-element block), at its tiles (None: the list's choice on a small grid), on ragged
+    rows and columns (a partial last tile both ways), against
+    float64 on the values the q8x1 blocks represent; and within x's one-level rounding of
+    the f32-x product."""
+    from drift.ir.ops_quant import quantize_blocks_1
+
+    _int8_gemm(monkeypatch, GEMM_INT8_TILE=tile,
+               **({"GEMM_INT8_MIN_THREADS": 1} if tile is None else {}))
+    S, N, K = 70, 133, 512
+    blocks = _random_blocks(qtype, N, K)
+    w64 = gguf_dequantize(blocks, GGMLQuantizationType[qtype]).astype(np.float64)
+    x = _f(S, K)
+    b = GraphBuilder("gemm_q8")
+    xq = b.op("quantize_q8", b.input("x", (S, K), "f32"), levels=1)
+    b.output(b.op("matmul", xq, b.weight("w", (N, K), qtype)))
+    be = _backend(api)
+    be.load_raw("w", (N, K), qtype, blocks)
+    prog = be.compile(b.finish())
+    assert [k.name for k in prog.sources] == ["quantize_q8_1", "matmul:gemm_q8"]
+    got = prog.run({"x": x})[b.graph.outputs[0]]
+    ref = quantize_blocks_1(x).astype(np.float64) @ w64.T
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    ref32 = x.astype(np.float64) @ w64.T  # one level: ~1/254 of each block's largest
+    assert np.abs(got - ref32).max() <= 2e-2 * np.abs(ref32).max()
+
+
+def test_prefill_graph_runs_every_matmul_on_the_int8_gemm(api, monkeypatch):
+    """A prefill of a tiny Llama with Q4_0 and Q8_0 weights under GEMM_INT8="always": the
+    quantize pass puts a one-level quantize before each distinct x of the Q/K/V stack, o and
+    the fused gate/up, all of them the int8 GEMM, no fusion folding them; the logits as the
+    plain evaluation's of the pass's own graph. Decode keeps its GEMVs on f32 x."""
+    from drift.formats.quants import quantize as drift_quantize
+
+    _int8_gemm(monkeypatch)
+    cfg = tiny_config("llama")
+    w = tiny_weights(cfg)
+    be = _backend(api)
+    raw, dtypes = {}, {}
+    for i, (k, v) in enumerate(sorted(w.items())):
+        if v.ndim == 2 and v.shape[1] % 32 == 0 and "embd" not in k:
+            qt = ("Q4_0", "Q8_0")[i % 2]
+            raw[k] = (qt, drift_quantize(v.astype(np.float32), GGMLQuantizationType[qt]))
+            dtypes[k] = qt
+        else:
+            dtypes[k] = "f32"
+    S = 12
+    g = build_graph(cfg, dtypes, S, 16)
+    for k, (qt, v) in raw.items():
+        be.load_raw(k, g.tensors[k].shape, qt, v)
+        be._host[k] = v  # what load_arrays keeps, in the file's form (stacked from it)
+    be.load_arrays({k: v for k, v in w.items() if k not in raw})
+    prog = be.compile(g)
+    names = [k.name for k in prog.sources]
+    for want in ("stacked_matmul:gemm_q8", "ffn_gate_up:gemm_q8", "matmul:gemm_q8"):
+        assert want in names, names
+    # ffn_down (K = 48: no whole blocks, an f32 weight) keeps f32 x and its GEMM
+    # (PoCL's block walk, lavapipe's tiled GEMM); the LM head on the last row is a GEMV
+    f32_x = [k for k in names if "matmul" in k and not k.endswith((":gemm_q8", ":gemv"))]
+    assert len(f32_x) == cfg.n_layers and len(set(f32_x)) == 1, names
+    assert names.count("quantize_q8_1") == 3 * cfg.n_layers and "quantize_q8" not in names
+    feeds = {"tokens": rng.integers(0, cfg.vocab_size, S).astype(np.int32),
+             "positions": np.arange(S, dtype=np.int32)}
+    got = prog.run(feeds)[g.outputs[0]]
+    deq = {k: gguf_dequantize(v, GGMLQuantizationType[qt]).reshape(w[k].shape).astype(np.float32)
+           for k, (qt, v) in raw.items()}
+    ref = run_plain(prog.graph, {**w, **deq}, feeds)[g.outputs[0]]
+    # x's rounding to its blocks' grid may go the other way on a value the device computed
+    # 1e-6 off: a level (1/127 of a block's largest) on that element
+    assert np.abs(got - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
+    decode = be.compile(build_graph(cfg, dtypes, 1, 16))
+    assert not any("q8" in k.name for k in decode.sources)
+
+
+def test_int8_gemm_setting(api, monkeypatch):
+    """GEMM_INT8: "never" (the default until measured on a GPU) keeps the prefill graph's x
+    f32; "auto" takes the int8 GEMM on a GPU whose renderer takes tiled GEMMs and has no
+    matrix units spelled (so not on lavapipe or PoCL); another
+    value is refused with one line."""
+    from drift.backends.kernels import templates
+    from drift.backends.kernels.gpu import int8_gemm_choice
+    from drift.errors import InvalidArgumentError
+
+    be = _backend(api)
+    assert templates.GEMM_INT8 == "never" and not be.capabilities().int8_gemm
+    monkeypatch.setattr(templates, "GEMM_INT8", "auto")
+    r = be.rt.renderer
+    assert int8_gemm_choice(r, False) == (r.tiled_gemm and not r.mma)
+    assert not int8_gemm_choice(r, True) and not be.capabilities().int8_gemm  # a CPU driver
+    monkeypatch.setattr(templates, "GEMM_INT8", "yes")
+    with pytest.raises(InvalidArgumentError, match="GEMM_INT8 'yes'"):
+        be.capabilities()
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_on_the_int8_gemm(api, smollm2_path, smollm2_cpu, monkeypatch):
+    """The reference model with prefill's GEMMs on int8 dot products (GEMM_INT8="always";
+    the 6-token prompt takes the GEMM; its Q4_1 and Q8_0 weights are the GEMM's): the same
+    32 tokens as the cpu backend. x in one level moves the prompt's logits by ~4 % of the
+    largest (lavapipe), as llama.cpp's MMQ on its q8_1 blocks would; decode is on f32 x."""
+    _int8_gemm(monkeypatch)
+    ref_tokens, ref_logits = smollm2_cpu
+    tokens, logits = _greedy(smollm2_path, api, 32)
+    assert tokens == ref_tokens
+    rel = np.abs(logits - ref_logits).max(axis=1) / np.abs(ref_logits).max(axis=1)
+    assert rel.max() <= 8e-2
+
+
+@pytest.mark.slow
+def test_gemma3_greedy_on_the_int8_gemm(api, gemma3_path, monkeypatch):
+    """The Q4_K_M reference model with prefill's Q4_K and Q8_0 matmuls on the int8 GEMM (its
+    Q5_0 and Q6_K ones keep f32 x): the cpu backend's 4 greedy tokens; the logits within
+    x's one-level rounding through 18 layers (6-7 % of the largest seen on lavapipe, whose
+    cache the int8 prefill wrote)."""
+    ref_tokens, ref_logits = _greedy(gemma3_path, "cpu", 4)
+    _int8_gemm(monkeypatch)
+    tokens, logits = _greedy(gemma3_path, api, 4)
+    assert tokens == ref_tokens
+    rel = np.abs(logits - ref_logits).max(axis=1) / np.abs(ref_logits).max(axis=1)
+    assert rel.max() <= 0.15
+
+
 def test_int8_choice_refuses_a_bad_value(api, monkeypatch):
     from drift.errors import InvalidArgumentError
 

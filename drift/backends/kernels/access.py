@@ -17,7 +17,6 @@ from typing import Any
 from drift.backends.kernels.renderer import Param, Renderer, c_index
 from drift.passes.storage import Q8Blocks, QuantBlockPlanes, Storage, StridedBuffer
 
-Q8_PLANES = ("xq", "xr", "scale", "sums")  # a Q8Blocks tensor's objects, in order
 
 
 @dataclass(frozen=True)
@@ -131,8 +130,9 @@ class Accessor:
         """Element `coords` as f32 (i32 tensors: as u32)."""
         w = self._where(coords)
         if isinstance(self.storage, Q8Blocks):  # int8 blocks: the value they represent
-            levels = (f"{r.f(254)} * {r.i8(self.plane('xq').u8(r, w['xq']))} + "
-                      f"{r.i8(self.plane('xr').u8(r, w['xr']))}")
+            levels = r.i8(self.plane('xq').u8(r, w['xq']))
+            if self.storage.levels == 2:
+                levels = f"{r.f(254)} * {levels} + {r.i8(self.plane('xr').u8(r, w['xr']))}"
             return f"({self.plane('scale').load(r, w['scale'])} * ({levels}))"
         if self.dtype == "f16":  # a plain f16 weight: halves in a byte object
             reads = [o.f16(r, f"2 * ({w['offset']})") for o in self.objs]
@@ -184,13 +184,14 @@ class Accessor:
     # -- quantized weights: the planes of a QuantBlockPlanes storage, by field name
     def plane(self, field: str) -> Obj:
         """A plane of a quantized weight (QuantBlockPlanes' fields) or of an int8 activation
-        (Q8Blocks: `Q8_PLANES`, indexed by element, by element, by block, by block)."""
+        (Q8Blocks: its `planes`, the levels indexed by element, scale and sums by block)."""
         if isinstance(self.storage, Q8Blocks):
-            return self.objs[Q8_PLANES.index(field)]
+            return self.objs[self.storage.planes.index(field)]
         assert isinstance(self.storage, QuantBlockPlanes)
         names = [f[0] for f in self.storage.fields]
         return self.objs[names.index(field)]
 
-    def block_at(self, r: Renderer, row: str, col: str) -> dict[str, str]:
-        """Byte offsets of element (row, col)'s block in every plane, and 'element'."""
-        return self._where((row, col))
+    def block_at(self, r: Renderer, *coords: str) -> dict[str, str]:
+        """Byte offsets of element `coords`' block in every plane (a weight's (row, col)), and
+        'element'; of an int8 activation (Q8Blocks), its levels' offsets and its block's."""
+        return self._where(coords)

@@ -33,6 +33,7 @@ from drift.backends.kernels.quant import DEQUANT
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 from drift.backends.kernels.templates import (
     GEMV_LANES,
+    GEMV_ROWS,
     TEMPLATES,
     TOPK_MAX,
     argmax,
@@ -55,6 +56,9 @@ PLAIN_WEIGHTS = ("f32", "f16")
 FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up", "stacked_matmul", "rope_qkv_write"})
 # the weight types the GEMV reads against int8 x (their word readers give `Group.ints`)
 INT8_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"})
+# the weight types prefill's int8 GEMM (`templates._gemm_q8`) reads: one scale (and offset or
+# min) an x block of 32 (Q6_K's scales cover 16)
+INT8_GEMM_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K"})
 
 
 def int8_choice(int8_dot: bool | None) -> bool | None:
@@ -66,6 +70,17 @@ def int8_choice(int8_dot: bool | None) -> bool | None:
     if v not in ("", "0", "1"):
         raise InvalidArgumentError(f"DRIFT_INT8_DOT={v!r}: 0 or 1")
     return None if v == "" else v == "1"
+
+
+def int8_gemm_choice(r, emulated: bool) -> bool:
+    """Whether prefill's matmuls run on the int8 GEMM (x quantized to one-level int8 blocks by
+    the quantize pass): `templates.GEMM_INT8` "always"; "auto" on a GPU (not a CPU driver:
+    `emulated`) whose renderer takes tiled GEMMs and spells no matrix units (those are
+    faster); "never"."""
+    mode = templates.GEMM_INT8
+    if mode not in ("auto", "always", "never"):
+        raise InvalidArgumentError(f"GEMM_INT8 {mode!r}: auto, always or never")
+    return mode == "always" or (mode == "auto" and r.tiled_gemm and not r.mma and not emulated)
 
 
 def _kind(dtype: str) -> str:
@@ -219,15 +234,19 @@ class GPUBackend(Backend):
     # (`kernels_for`: a model's layers, each prompt length's program); False renders each
     render_memo = True
 
-    def __init__(self, max_binding_bytes: int | None = None, int8_dot: bool | None = None):
+    def __init__(self, max_binding_bytes: int | None = None, int8_dot: bool | None = None,
+                 int8_gemm: bool | None = None):
         """int8_dot: decode GEMVs on x as int8 blocks, through the device's int8 dot product
         (emulated where it has none). Off unless asked for (here or DRIFT_INT8_DOT=1): on the
         H200 the int8 GEMVs are faster alone on the large shapes but decode is slower with them
-        (the quantize kernels in front; BENCHMARKS.md, "fifth run")."""
+        (the quantize kernels in front; BENCHMARKS.md, "fifth run"). int8_gemm: prefill's
+        matmuls on the int8 GEMM (x in one-level int8 blocks); None: as `templates.GEMM_INT8`
+        says (`int8_gemm_choice`)."""
         self.rt: Runtime = self.make_runtime()
         probe_subgroups(self.rt)
-        want = int8_choice(int8_dot)
-        self.rt.renderer.int8 = (self.rt.int8 or self.rt.int8_emulated) if want else ""
+        self.int8_gemv = bool(int8_choice(int8_dot))
+        self.int8_gemm = int8_gemm
+        self.rt.renderer.int8 = (self.rt.int8 or self.rt.int8_emulated) if self.int8_gemv else ""
         self.limit = self.rt.max_binding
         if max_binding_bytes:  # tests: a small limit exercises the split objects cheaply
             self.limit = min(self.limit, max_binding_bytes)
@@ -248,12 +267,18 @@ class GPUBackend(Backend):
     def make_runtime(self) -> Runtime: ...
 
     def capabilities(self) -> Capabilities:
+        int8_gemm = (int8_gemm_choice(self.rt.renderer, self.emulated())
+                     if self.int8_gemm is None else self.int8_gemm)
+        if int8_gemm and not self.rt.renderer.int8:  # the GEMM's dot products spelled
+            self.rt.renderer.int8 = self.rt.int8 or self.rt.int8_emulated
         return Capabilities(
             alignment=self.align, channel_slices=False,
             max_object_bytes=self.limit - self.align, quant_planes=True,
             quant_tile_rows=self.kernel_tile_rows, inplace=True, fused_ops=FUSED_OPS,
-            int8_dot=bool(self.rt.renderer.int8),
-            int8_weights=INT8_WEIGHTS if self.rt.renderer.int8 else frozenset(),
+            int8_dot=self.int8_gemv,
+            int8_weights=INT8_WEIGHTS if self.int8_gemv else frozenset(),
+            int8_gemm=int8_gemm, int8_gemm_weights=INT8_GEMM_WEIGHTS if int8_gemm else frozenset(),
+            gemv_rows=GEMV_ROWS,
             weight_types=frozenset(DEQUANT) | frozenset(PLAIN_WEIGHTS),
             subgroup_size=self.rt.subgroup_size)
 

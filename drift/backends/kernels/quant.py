@@ -203,6 +203,10 @@ class Words:
     per_block: int
     at: Callable[[str], list[str]]
     read: Callable[[Accessor, dict, str, str], tuple[list[str], list[Group]]]
+    # For prefill's int8 GEMM, which reads a weight one x block of 32 at a time: the words
+    # holding x block `sbx` of the weight's block, as (how many, the word of the t-th, the
+    # index of its group holding them); None for blocks of 32 (all their words, all groups)
+    x_block: tuple[int, Callable[[str, str], str], Callable[[str], str]] | None = None
 
 
 def small_f32(r: Renderer, bits: str, bias: int = 0) -> str:
@@ -275,7 +279,9 @@ def _words_q4_k(r: Renderer) -> Words:
                                 (f"(({q} >> {4 * h}u) & {NIBBLES})",), "at == 0u"))
         return lines, groups
 
-    return Words("qs", 32, at, read)
+    # x block sbx is sub-block sbx: in words 8 (sbx / 2) + t, the group sbx % 2 of each
+    return Words("qs", 32, at, read,
+                 (8, lambda sbx, t: f"8 * ({sbx} / 2) + {t}", lambda sbx: f"{sbx} % 2"))
 
 
 def _words_q6_k(r: Renderer) -> Words:

@@ -40,7 +40,7 @@ from drift.backends.kernels.quant import WORDS, Dequant, Group, block_offsets, d
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 from drift.errors import UnsupportedError
 from drift.ir import Node
-from drift.ir.ops_quant import Q8, QBLOCK
+from drift.ir.ops_quant import Q8, Q8_1, QBLOCK
 from drift.passes.storage import block_size
 
 WG = 64  # threads per workgroup
@@ -86,6 +86,21 @@ GEMM_HALF_MIN_THREADS, GEMM_HALF_MAX_ACC = 32768, 64
 # its staged tiles in one buffer (two barriers a step) or two (one): two ran the 8B's pp512 at
 # 1 844 against 2 975 tok/s (session 22 on the H200)
 GEMM_HALF_BUFFERS = 1
+# Prefill on int8 dot products (`_gemm_q8`: x quantized to one-level int8 blocks by the
+# quantize pass, read with the weights' integer quants): "auto" on a GPU whose renderer has
+# no matrix units (not a CPU driver: lavapipe, PoCL), "always" (the tests), "never". The
+# default is "never" until measured on a GPU (session 23's device time ran out: a standalone
+# probe of its structure through WebGPU on the H200, with naga's checks on, ran 4096 x 4096
+# at 512 rows in 483-569 us against the half GEMM's 397; bench/webgpu_int8_gemm_probe.py)
+GEMM_INT8 = "never"
+# its (rows of x, columns, x blocks of 32 a step, register tile rows, columns): the first of
+# GEMM_INT8_TILES whose grid has GEMM_INT8_MIN_THREADS threads and whose accumulators
+# (RM x RN a weight) number at most GEMM_INT8_MAX_ACC, else the last; GEMM_INT8_TILE, where
+# set, for every matmul
+GEMM_INT8_TILES = ((64, 128, 1, 8, 8), (64, 64, 2, 8, 4), (32, 64, 1, 4, 8),
+                   (32, 32, 1, 4, 4))
+GEMM_INT8_MIN_THREADS, GEMM_INT8_MAX_ACC = 32768, 64
+GEMM_INT8_TILE: tuple[int, int, int, int, int] | None = None
 # Prefill on matrix units (`_gemm_mma`): "auto" where the renderer spells `warp_mma` for the
 # device's own (NVIDIA's tensor cores), "always" (its plain spelling elsewhere: the tests),
 # "never"
@@ -901,15 +916,194 @@ def _gemm_half(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Access
     # one buffer: a barrier before the next step overwrites it; two: the next step's barrier
     # (after its staging into the other) already keeps this one until all have read it
     body += (["    " + r.barrier()] if GEMM_HALF_BUFFERS == 1 else []) + ["}"]
+    body += _store_runs(r, n, out, biases, len(ws), (RM, RN, TX, TY), S, N)
+    return b.finish(body, groups)
+
+
+def _store_runs(r: Renderer, n: Node, out: Accessor, biases: list[Accessor], weights: int,
+                regs: tuple[int, int, int, int], S: int, N: int) -> list[str]:
+    """A tiled GEMM's epilogue from the registers: each thread's RM x RN accumulators acc{i}
+    (its rows and columns in runs of four, ty- and tx-strided: regs = (RM, RN, TX, TY)),
+    through `_epilogue`, stored where inside S x N."""
+    RM, RN, TX, TY = regs
+    lines = []
     for a in range(RM):
         for c in range(RN):
             row = f"s0 + (ty + {a // 4 * TY}) * 4 + {a % 4}"
             col = f"n0 + (tx + {c // 4 * TX}) * 4 + {c % 4}"
-            pre, value = _epilogue(r, n, [f"acc{i}[{a * RN + c}]" for i in range(len(ws))],
+            pre, value = _epilogue(r, n, [f"acc{i}[{a * RN + c}]" for i in range(weights)],
                                    biases, "oc")
             st = out.store(r, value, *coords_of("om", out.shape[:-1]), "oc")
-            body.append(f"{{ {r.let('om', 'u32', row)} {r.let('oc', 'u32', col)} "
-                        f"if (om < {S} && oc < {N}) {{ {pre}{st} }} }}")
+            lines.append(f"{{ {r.let('om', 'u32', row)} {r.let('oc', 'u32', col)} "
+                         f"if (om < {S} && oc < {N}) {{ {pre}{st} }} }}")
+    return lines
+
+
+def gemm_q8_tile(S: int, N: int, weights: int, K: int,
+                 storage: int = 1 << 30) -> tuple[int, int, int, int, int]:
+    """`_gemm_q8`'s tile for S rows of x, N columns, `weights` weights summed apart and K
+    columns of x: GEMM_INT8_TILE where set, else the first of GEMM_INT8_TILES whose grid has
+    GEMM_INT8_MIN_THREADS threads, whose accumulators fit GEMM_INT8_MAX_ACC and whose staged
+    tiles fit `storage`; its blocks a step cut to 1 where they do not divide K's."""
+
+    def fits(t):
+        TM, TN, _, RM, RN = t
+        threads = -(-S // TM) * -(-N // TN) * (TM // RM) * (TN // RN)
+        return (threads >= GEMM_INT8_MIN_THREADS and RM * RN * weights <= GEMM_INT8_MAX_ACC
+                and gemm_q8_storage(t, weights) <= storage)
+
+    TM, TN, B, RM, RN = GEMM_INT8_TILE or next(filter(fits, GEMM_INT8_TILES), GEMM_INT8_TILES[-1])
+    return TM, TN, B if K // QBLOCK % B == 0 else 1, RM, RN
+
+
+def _gemm_q8_shared(tile: tuple[int, int, int, int, int], weights: int,
+                    offsets: tuple[bool, ...] = ()) -> list[tuple[str, str, int]]:
+    """`_gemm_q8`'s workgroup arrays: x's int8 words of a step (its 8 B words along K, as
+    u32x4 runs of four rows, rows padded by one run) with each row's block scales and sums,
+    and each weight's int8 words likewise (runs of four columns) with its block scales and,
+    where its type has one (`offsets[i]`), the factor of x's block sum."""
+    TM, TN, B, _, _ = tile
+    out = [("xt", "u32x4", 8 * B * (TM // 4 + 1)), ("xd", "f32", B * TM), ("xsum", "f32", B * TM)]
+    for i in range(weights):
+        out += [(f"wt{i}", "u32x4", 8 * B * (TN // 4 + 1)), (f"wa{i}", "f32", B * TN)]
+        if not offsets or offsets[i]:
+            out.append((f"wc{i}", "f32", B * TN))
+    return out
+
+
+def gemm_q8_storage(tile: tuple[int, int, int, int, int], weights: int) -> int:
+    """Bytes of workgroup memory `_gemm_q8` declares at this tile (at most)."""
+    return sum((16 if ty == "u32x4" else 4) * count
+               for _, ty, count in _gemm_q8_shared(tile, weights))
+
+
+def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor],
+             biases: list[Accessor]):
+    """Prefill on int8 dot products (x as one-level int8 blocks, dtype q8x1: the quantize
+    pass's where `Capabilities.int8_gemm`), after llama.cpp's MMQ without matrix units: one
+    workgroup per TM x TN tile of the output, each step of B blocks of 32 along K staging
+    x's int8 words and each weight's integer quants as int8 words (its word reader's `ints`:
+    Q4_0's, Q4_1's and Q4_K's nibbles, Q8_0's bytes; for a block of 256 the words and group
+    of the step's x block, `Words.x_block`) in workgroup memory, in runs of four rows /
+    columns (u32x4), with the x blocks' scales. Every thread sums an RM x RN register tile of
+    `dot4_i8` products in i32 over a block (8 of them a pair), then folds it into f32:
+    acc += isum * xd * wa + xsum * wc (xd, xsum x's block scale and sum; wa, wc the weight
+    block's scale and the factor of x's sum: Q4_0's -8 d, Q4_1's min, Q4_K's sub-block min).
+    A word of four products is one instruction (the H200 through WGSL: dot4I8Packed ran 73 T
+    int8 ops/s, f32 fmas 39 T flop/s; bench/webgpu_alu_probe.py)."""
+    K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
+    assert K % QBLOCK == 0 and all(w.dtype in WORDS for w in ws), \
+        "int8 GEMM: weights with word readers (INT8_GEMM_WEIGHTS)"
+    TM, TN, B, RM, RN = gemm_q8_tile(S, N, len(ws), K, r.workgroup_storage)
+    TX, TY = TN // RN, TM // RM  # threads along columns, along rows
+    wg = TX * TY
+    assert RM % 4 == 0 and RN % 4 == 0, "int8 GEMM: register tiles of fours"
+    b = Builder(r, f"{n.op}:gemm_q8", wg)
+    b.use(x, out, *biases)
+    b.int8 = True
+    KW = 8 * B  # int8 words of x a row a step
+    XS, WS = TM // 4 + 1, TN // 4 + 1  # padded rows of the staged runs
+    nt, steps = -(-N // TN), K // QBLOCK // B
+    groups = nt * -(-S // TM)
+    readers = [WORDS[w.dtype](r) for w in ws]
+    # each weight's groups at a word (their scales and offsets, and where its ints go)
+    reads = [rd.read(w, block_offsets(r, w, "wcol", "wk")[1], "wj", "q")
+             for w, rd in zip(ws, readers)]
+    offsets = tuple(bool(grps[0].int_c) for _, grps in reads)
+    for rd, (_, grps) in zip(readers, reads):
+        if rd.x_block is None:  # blocks of 32: every group of a word is the block's
+            assert all(g.a == grps[0].a and g.int_c == grps[0].int_c for g in grps), \
+                "int8 GEMM: one scale and offset a block of 32"
+        else:  # a group a word an x block: one int word each
+            assert all(len(g.ints) == 1 for g in grps), "int8 GEMM: one int word a group"
+    b.shared += _gemm_q8_shared((TM, TN, B, RM, RN), len(ws), offsets)
+    xrow = lambda m: coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])  # noqa: E731
+    body = b.group(groups) + [
+        r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
+        r.let("tx", "u32", f"lid % {TX}"), r.let("ty", "u32", f"lid / {TX}"),
+        *(r.array(f"acc{i}", "f32", RM * RN) for i in range(len(ws))),
+        *(r.array(f"isum{i}", "i32", RM * RN) for i in range(len(ws))),
+        r.for_("kb", "0", str(steps)), "    " + r.let("k0", "u32", f"kb * {QBLOCK * B}"),
+    ]
+    # x: consecutive threads on consecutive words of a row (rows past S read row S - 1: their
+    # sums are never stored)
+    stage = [r.for_("t", "lid", str(TM * KW), str(wg)),
+             "    " + r.let("m", "u32", f"t / {KW}"), "    " + r.let("kw", "u32", f"t % {KW}"),
+             "    " + r.lane(f"xt[kw * {XS} + m / 4]", "m % 4", "u32") + " = "
+             + x.plane("xq").u32(r, x.block_at(r, *xrow("m"), "k0 + kw * 4")["xq"]) + ";", "}",
+             r.for_("t", "lid", str(TM * B), str(wg)),
+             "    " + r.let("m", "u32", f"t % {TM}"),
+             "    " + r.let("xb", "u32", x.block_at(r, *xrow("m"), f"k0 + t / {TM} * {QBLOCK}")
+                            ["scale"]),
+             f"    xd[t] = {x.plane('scale').load(r, 'xb')};",
+             f"    xsum[t] = {x.plane('sums').load(r, 'xb')};", "}"]
+    # each weight: a thread a word (a column's words of an x block consecutive), its ints to
+    # the K they hold (element offsets in the weight's block, whose x blocks are its runs of
+    # 32); the x block's first word stores its scale and offset
+    for i, (w, rd) in enumerate(zip(ws, readers)):
+        b.use(w)
+        E = block_size(w.dtype)[0]
+        wpx, word_of, pick = rd.x_block or (rd.per_block, lambda sbx, t: t, None)
+        offs, o = block_offsets(r, w, "wcol", "wk")
+        lines, grps = rd.read(w, o, "wj", "q")
+        word = [r.let("wn", "u32", f"t / {wpx * B}"), r.let("wb", "u32", f"t % {wpx * B} / {wpx}"),
+                r.let("tw", "u32", f"t % {wpx}"), r.let("wcol", "u32", f"min(n0 + wn, {N - 1}u)"),
+                r.let("kx", "u32", f"k0 + wb * {QBLOCK}"), r.let("wk", "u32", f"kx - kx % {E}"),
+                r.let("sbx", "u32", f"kx % {E} / {QBLOCK}"),
+                r.let("wj", "u32", word_of("sbx", "tw")), *offs, *rd.at("wj"),
+                r.let("q", "u32", w.plane(rd.plane).u32(r, f"{o[rd.plane]} + 4 * wj")), *lines]
+        if pick is None:
+            runs = [(iv, run[0][1]) for g in grps for iv, run in zip(g.ints, g.runs())]
+            a, c = grps[0].a, grps[0].int_c
+        else:  # the x block's group of the word, chosen at run time
+            word.append(r.let("h", "u32", pick("sbx")))
+
+            def chosen(xs: list[str]) -> str:
+                expr = xs[-1]
+                for k in range(len(xs) - 2, -1, -1):
+                    expr = r.select(f"h == {k}u", xs[k], expr)
+                return expr
+
+            runs = [(chosen([g.ints[0] for g in grps]), chosen([g.runs()[0][0][1] for g in grps]))]
+            a, c = chosen([g.a for g in grps]), chosen([g.int_c or r.f(0.0) for g in grps])
+        for iv, off in runs:
+            kw = f"(wb * 8 + ({off}) % {QBLOCK} / 4)"
+            word.append(r.lane(f"wt{i}[{kw} * {WS} + wn / 4]", "wn % 4", "u32") + f" = {iv};")
+        lead = [f"wa{i}[wb * {TN} + wn] = {a};"]
+        if offsets[i]:
+            lead.append(f"wc{i}[wb * {TN} + wn] = {c};")
+        word.append(f"if (tw == 0u) {{ {' '.join(lead)} }}")
+        stage += [r.for_("t", "lid", str(TN * wpx * B), str(wg)), *("    " + x for x in word), "}"]
+    body += ["    " + x for x in stage] + ["    " + r.barrier()]
+    comp = "xyzw"
+    for bb in range(B):  # each block's products, then its fold into f32
+        body.append("    " + r.for_("kw", str(8 * bb), str(8 * bb + 8)))
+        body += [f"        {r.let(f'a_{j}', 'u32x4', f'xt[kw * {XS} + ty + {j * TY}]')}"
+                 for j in range(RM // 4)]
+        for i in range(len(ws)):
+            body += [f"        {r.let(f'b{i}_{j}', 'u32x4', f'wt{i}[kw * {WS} + tx + {j * TX}]')}"
+                     for j in range(RN // 4)]
+            for a in range(RM):
+                for c in range(RN):
+                    e = f"isum{i}[{a * RN + c}]"
+                    dot = r.dot4_i8(f"a_{a // 4}.{comp[a % 4]}", f"b{i}_{c // 4}.{comp[c % 4]}")
+                    body.append(f"        {e} = {e} + {dot};")
+        body.append("    }")
+        for a in range(RM):
+            row = f"{bb * TM} + (ty + {a // 4 * TY}) * 4 + {a % 4}"
+            body += ["    {", f"        {r.let('dx', 'f32', f'xd[{row}]')}",
+                     f"        {r.let('sx', 'f32', f'xsum[{row}]')}"]
+            for i in range(len(ws)):
+                for c in range(RN):
+                    col = f"{bb * TN} + (tx + {c // 4 * TX}) * 4 + {c % 4}"
+                    e = a * RN + c
+                    more = f" + sx * wc{i}[{col}]" if offsets[i] else ""
+                    body += [f"        acc{i}[{e}] = acc{i}[{e}] + "
+                             f"{r.cast('f32', f'isum{i}[{e}]')} * dx * wa{i}[{col}]{more};",
+                             f"        isum{i}[{e}] = 0;"]
+            body.append("    }")
+    body += ["    " + r.barrier(), "}"]
+    body += _store_runs(r, n, out, biases, len(ws), (RM, RN, TX, TY), S, N)
     return b.finish(body, groups)
 
 
@@ -1136,6 +1330,8 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
         if n.attrs.get("bias"):
             biases = [Columns([acc[i] for i in n.inputs[1 + k : 1 + 2 * k]])]
     S = prod(x.shape[:-1])
+    if x.dtype == Q8_1:  # the quantize pass's x for the int8 GEMM (Capabilities.int8_gemm)
+        return _gemm_q8(r, n, x, out, ws, biases)
     assert GEMM_MMA in ("auto", "always", "never"), f"GEMM_MMA {GEMM_MMA!r}"
     if S > GEMV_ROWS and r.tiled_gemm and (GEMM_MMA == "always" or GEMM_MMA == "auto" and r.mma):
         return _gemm_mma(r, n, x, out, ws, biases)
@@ -1151,11 +1347,13 @@ def matmul(r: Renderer, n: Node, acc: dict[str, Accessor]):
 
 
 def quantize_q8(r: Renderer, n: Node, acc: dict[str, Accessor]):
-    """x (f32) -> its int8 blocks (`Q8Blocks`: two levels, scale, sum), one thread per block
-    of 32: the arithmetic of `ops_quant.quantize_planes` step for step (round half away
-    from zero, the remainder in steps of 1/254), the levels packed four to a word."""
+    """x (f32) -> its int8 blocks (`Q8Blocks`: two levels, scale, sum; or with `levels` 1
+    one level, scale, sum), one thread per block of 32: the arithmetic of
+    `ops_quant.quantize_planes` (`quantize_planes_1`) step for step (round half away from
+    zero, the remainder in steps of 1/254), the levels packed four to a word."""
     x, out = acc[n.inputs[0]], acc[n.outputs[0]]
-    b = Builder(r, "quantize_q8")
+    one = n.attrs.get("levels", 2) == 1
+    b = Builder(r, "quantize_q8_1" if one else "quantize_q8")
     b.use(x, out)
     body, groups = _threads(b, prod(x.shape) // QBLOCK)
     body += [r.let(f"v{t}", "f32", x.load(r, *coords_of(f"i * {QBLOCK} + {t}", x.shape)))
@@ -1168,17 +1366,22 @@ def quantize_q8(r: Renderer, n: Node, acc: dict[str, Accessor]):
         return r.cast("i32", f"{v} + {r.select(f'{v} >= {r.f(0)}', r.f(0.5), r.f(-0.5))}")
 
     for t in range(QBLOCK):
-        body += [r.let(f"s{t}", "f32", f"v{t} * inv"), r.let(f"q{t}", "i32", away(f"s{t}")),
-                 r.let(f"e{t}", "f32", f"(s{t} - {r.cast('f32', f'q{t}')}) * {r.f(254)}"),
-                 r.let(f"p{t}", "i32", away(f"e{t}"))]
-    for lv, name in (("q", "xq"), ("p", "xr")):
+        body += [r.let(f"s{t}", "f32", f"v{t} * inv"), r.let(f"q{t}", "i32", away(f"s{t}"))]
+        if not one:
+            body += [r.let(f"e{t}", "f32", f"(s{t} - {r.cast('f32', f'q{t}')}) * {r.f(254)}"),
+                     r.let(f"p{t}", "i32", away(f"e{t}"))]
+    for lv, name in (("q", "xq"),) if one else (("q", "xq"), ("p", "xr")):
         for wd in range(QBLOCK // 4):
             packed = " | ".join(f"(({r.cast('u32', f'{lv}{4 * wd + k}')} & 255u) << {8 * k}u)"
                                 for k in range(4))
             body.append(out.plane(name).store_u32(r, f"i * {QBLOCK} + {4 * wd}", packed))
-    levels = " + ".join(f"254 * q{t} + p{t}" for t in range(QBLOCK))
-    body += [r.let("scale", "f32", f"amax / {r.f(127)} / {r.f(254)}"),
-             out.plane("scale").store(r, "i", "scale"),
+    if one:
+        levels = " + ".join(f"q{t}" for t in range(QBLOCK))
+        body.append(r.let("scale", "f32", f"amax / {r.f(127)}"))
+    else:
+        levels = " + ".join(f"254 * q{t} + p{t}" for t in range(QBLOCK))
+        body.append(r.let("scale", "f32", f"amax / {r.f(127)} / {r.f(254)}"))
+    body += [out.plane("scale").store(r, "i", "scale"),
              out.plane("sums").store(r, "i", f"scale * {r.cast('f32', levels)}")]
     return b.finish(body, groups)
 
