@@ -1297,13 +1297,13 @@ def _int8_gemm(monkeypatch, **constants):
 
 
 @pytest.mark.parametrize("tile", [None, (64, 128, 1, 8, 8), (64, 64, 2, 8, 4), (32, 32, 1, 4, 4)])
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
 def test_int8_gemm_against_gguf_py(api, qtype, tile, monkeypatch):
-    """The int8 GEMM of every weight type it reads (Q4_K: an x block's words chosen from its
-    256-element block), at its tiles (None: the list's choice on a small grid), on ragged
-    rows and columns (a partial last tile both ways), against
-    float64 on the values the q8x1 blocks represent; and within x's one-level rounding of
-    the f32-x product."""
+    """The int8 GEMM of every weight type it reads (Q4_K, Q6_K: an x block's words chosen
+    from their 256-element blocks; Q6_K's scales of 16), at its tiles (None: the list's
+    choice on a small grid), on ragged rows and columns (a partial last tile both ways),
+    against float64 on the values the q8x1 blocks represent; and within x's one-level
+    rounding of the f32-x product."""
     from drift.ir.ops_quant import quantize_blocks_1
 
     _int8_gemm(monkeypatch, GEMM_INT8_TILE=tile,
@@ -1324,6 +1324,41 @@ def test_int8_gemm_against_gguf_py(api, qtype, tile, monkeypatch):
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
     ref32 = x.astype(np.float64) @ w64.T  # one level: ~1/254 of each block's largest
     assert np.abs(got - ref32).max() <= 2e-2 * np.abs(ref32).max()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("types", [("Q4_K", "Q6_K"), ("Q6_K", "Q4_0"), ("Q4_1", "Q8_0")])
+def test_int8_gemm_fused_gate_up_over_two_quant_types(api, types, bias, monkeypatch):
+    """Fused gate/up on the int8 GEMM with two weight types, one with scales of 16 (Q6_K:
+    its ints made signed, each x block's products folded in two halves, the other weight's
+    scale stored into both) or with and without an offset (Q4_1's min, Q8_0 none), biases
+    in the epilogue: the plain evaluation of the pass's graph on the same q8x1 x."""
+    _int8_gemm(monkeypatch)
+    S, K, F = 11, 512, 37
+    blocks = {"wg": _random_blocks(types[0], F, K), "wu": _random_blocks(types[1], F, K)}
+    b = GraphBuilder("ffn")
+    x = b.input("x", (S, K), "f32")
+    g = b.op("matmul", x, b.weight("wg", (F, K), types[0]))
+    u = b.op("matmul", x, b.weight("wu", (F, K), types[1]))
+    if bias:
+        g = b.op("add", g, b.weight("bg", (F,), "f32"))
+        u = b.op("add", u, b.weight("bu", (F,), "f32"))
+    b.output(b.op("swiglu", g, u))
+    graph = b.finish()
+    be = _backend(api)
+    weights = {}
+    for name, qtype in zip(("wg", "wu"), types):
+        be.load_raw(name, (F, K), qtype, blocks[name])
+        weights[name] = gguf_dequantize(blocks[name], GGMLQuantizationType[qtype])
+    if bias:
+        weights |= {"bg": _f(F), "bu": _f(F)}
+        be.load_arrays({"bg": weights["bg"], "bu": weights["bu"]})
+    prog = be.compile(graph)
+    assert [k.name for k in prog.sources] == ["quantize_q8_1", "ffn_gate_up:gemm_q8"]
+    feeds = {"x": _f(S, K) * 0.002}  # random blocks: weights in the tens (Q6_K's hundreds)
+    ref = run_plain(prog.graph, weights, feeds)[graph.outputs[0]]
+    got = prog.run(feeds)[graph.outputs[0]]
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def test_prefill_graph_runs_every_matmul_on_the_int8_gemm(api, monkeypatch):
@@ -1409,9 +1444,9 @@ def test_smollm2_greedy_on_the_int8_gemm(api, smollm2_path, smollm2_cpu, monkeyp
 
 @pytest.mark.slow
 def test_gemma3_greedy_on_the_int8_gemm(api, gemma3_path, monkeypatch):
-    """The Q4_K_M reference model with prefill's Q4_K and Q8_0 matmuls on the int8 GEMM (its
-    Q5_0 and Q6_K ones keep f32 x): the cpu backend's 4 greedy tokens; the logits within
-    x's one-level rounding through 18 layers (6-7 % of the largest seen on lavapipe, whose
+    """The Q4_K_M reference model with prefill's Q4_K, Q6_K and Q8_0 matmuls on the int8 GEMM
+    (its Q5_0 ones keep f32 x): the cpu backend's 4 greedy tokens; the logits within
+    x's one-level rounding through 18 layers (3-7 % of the largest seen on lavapipe, whose
     cache the int8 prefill wrote)."""
     ref_tokens, ref_logits = _greedy(gemma3_path, "cpu", 4)
     _int8_gemm(monkeypatch)

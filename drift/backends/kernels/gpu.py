@@ -56,9 +56,9 @@ PLAIN_WEIGHTS = ("f32", "f16")
 FUSED_OPS = frozenset({"add_rms_norm", "ffn_gate_up", "stacked_matmul", "rope_qkv_write"})
 # the weight types the GEMV reads against int8 x (their word readers give `Group.ints`)
 INT8_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"})
-# the weight types prefill's int8 GEMM (`templates._gemm_q8`) reads: one scale (and offset or
-# min) an x block of 32 (Q6_K's scales cover 16)
-INT8_GEMM_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K"})
+# the weight types prefill's int8 GEMM (`templates._gemm_q8`) reads: their word readers' ints,
+# and where a block of 256 holds each x block (`quant.XBlock`)
+INT8_GEMM_WEIGHTS = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"})
 
 
 def int8_choice(int8_dot: bool | None) -> bool | None:

@@ -203,10 +203,25 @@ class Words:
     per_block: int
     at: Callable[[str], list[str]]
     read: Callable[[Accessor, dict, str, str], tuple[list[str], list[Group]]]
-    # For prefill's int8 GEMM, which reads a weight one x block of 32 at a time: the words
-    # holding x block `sbx` of the weight's block, as (how many, the word of the t-th, the
-    # index of its group holding them); None for blocks of 32 (all their words, all groups)
-    x_block: tuple[int, Callable[[str, str], str], Callable[[str], str]] | None = None
+    # For prefill's int8 GEMM, which reads a weight one x block of 32 at a time: where a
+    # block of 256 holds x block `sbx` (`XBlock`); None for blocks of 32 (all their words,
+    # every group of each, one scale)
+    x_block: XBlock | None = None
+
+
+@dataclass(frozen=True)
+class XBlock:
+    """The words of a weight block of 256 that hold its x block `sbx` (of 32) for the int8
+    GEMM: `words` of them, the t-th `word_of(sbx, t)`, each word's group `group_of(sbx)`.
+    `scale_elems`: elements one group scale covers (Q6_K's 16: two scales an x block, the
+    first for words t < 4). `offset`: where the GEMM subtracts it from each byte of the
+    ints (Q6_K's 32: its 6-bit quants become signed, and its `ints_c` is not needed)."""
+
+    words: int
+    word_of: Callable[[str, str], str]
+    group_of: Callable[[str], str]
+    scale_elems: int = 32
+    offset: int = 0
 
 
 def small_f32(r: Renderer, bits: str, bias: int = 0) -> str:
@@ -281,7 +296,7 @@ def _words_q4_k(r: Renderer) -> Words:
 
     # x block sbx is sub-block sbx: in words 8 (sbx / 2) + t, the group sbx % 2 of each
     return Words("qs", 32, at, read,
-                 (8, lambda sbx, t: f"8 * ({sbx} / 2) + {t}", lambda sbx: f"{sbx} % 2"))
+                 XBlock(8, lambda sbx, t: f"8 * ({sbx} / 2) + {t}", lambda sbx: f"{sbx} % 2"))
 
 
 def _words_q6_k(r: Renderer) -> Words:
@@ -308,7 +323,11 @@ def _words_q6_k(r: Renderer) -> Words:
             groups.append(Group(f"dl{h}", "", elems, ints, ints_c=f"-{r.f(32)} * dl{h}"))
         return lines, groups
 
-    return Words("ql", 32, at, read)
+    # x block sbx: elements 32 sbx .. of half hh = sbx / 4, group h = sbx % 4 / 2, l0 from
+    # sbx % 2 * 32: words 16 hh + sbx % 2 * 8 + t; two sub-blocks of 16 (t < 4, t >= 4)
+    return Words("ql", 32, at, read,
+                 XBlock(8, lambda sbx, t: f"16 * ({sbx} / 4) + {sbx} % 2 * 8 + {t}",
+                        lambda sbx: f"{sbx} % 4 / 2", scale_elems=16, offset=32))
 
 
 WORDS: dict[str, Callable[[Renderer], Words]] = {

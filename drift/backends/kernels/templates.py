@@ -36,7 +36,7 @@ from collections.abc import Callable
 from math import prod
 
 from drift.backends.kernels.access import Accessor
-from drift.backends.kernels.quant import WORDS, Dequant, Group, block_offsets, dequant
+from drift.backends.kernels.quant import WORDS, Dequant, Group, XBlock, block_offsets, dequant
 from drift.backends.kernels.renderer import KernelSource, Param, Renderer
 from drift.errors import UnsupportedError
 from drift.ir import Node
@@ -957,15 +957,16 @@ def gemm_q8_tile(S: int, N: int, weights: int, K: int,
 
 
 def _gemm_q8_shared(tile: tuple[int, int, int, int, int], weights: int,
-                    offsets: tuple[bool, ...] = ()) -> list[tuple[str, str, int]]:
+                    offsets: tuple[bool, ...] = (), halves: int = 2) -> list[tuple[str, str, int]]:
     """`_gemm_q8`'s workgroup arrays: x's int8 words of a step (its 8 B words along K, as
     u32x4 runs of four rows, rows padded by one run) with each row's block scales and sums,
-    and each weight's int8 words likewise (runs of four columns) with its block scales and,
-    where its type has one (`offsets[i]`), the factor of x's block sum."""
+    and each weight's int8 words likewise (runs of four columns) with its scales, `halves` an
+    x block (2 where a weight's scales cover 16), and, where its type has one (`offsets[i]`),
+    the factor of x's block sum. The defaults: the most it declares."""
     TM, TN, B, _, _ = tile
     out = [("xt", "u32x4", 8 * B * (TM // 4 + 1)), ("xd", "f32", B * TM), ("xsum", "f32", B * TM)]
     for i in range(weights):
-        out += [(f"wt{i}", "u32x4", 8 * B * (TN // 4 + 1)), (f"wa{i}", "f32", B * TN)]
+        out += [(f"wt{i}", "u32x4", 8 * B * (TN // 4 + 1)), (f"wa{i}", "f32", halves * B * TN)]
         if not offsets or offsets[i]:
             out.append((f"wc{i}", "f32", B * TN))
     return out
@@ -983,12 +984,13 @@ def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor
     pass's where `Capabilities.int8_gemm`), after llama.cpp's MMQ without matrix units: one
     workgroup per TM x TN tile of the output, each step of B blocks of 32 along K staging
     x's int8 words and each weight's integer quants as int8 words (its word reader's `ints`:
-    Q4_0's, Q4_1's and Q4_K's nibbles, Q8_0's bytes; for a block of 256 the words and group
-    of the step's x block, `Words.x_block`) in workgroup memory, in runs of four rows /
-    columns (u32x4), with the x blocks' scales. Every thread sums an RM x RN register tile of
-    `dot4_i8` products in i32 over a block (8 of them a pair), then folds it into f32:
-    acc += isum * xd * wa + xsum * wc (xd, xsum x's block scale and sum; wa, wc the weight
-    block's scale and the factor of x's sum: Q4_0's -8 d, Q4_1's min, Q4_K's sub-block min).
+    Q4_0's, Q4_1's and Q4_K's nibbles, Q6_K's 6 bits made signed, Q8_0's bytes; for a block
+    of 256 the words and group of the step's x block, `quant.XBlock`) in workgroup memory, in
+    runs of four rows / columns (u32x4), with the scales. Every thread sums an RM x RN
+    register tile of `dot4_i8` products in i32 over an x block (8 of them a pair; in two
+    halves of 4 where a weight's scales cover 16, Q6_K), then folds it into f32:
+    acc += isum * xd * wa + xsum * wc (xd, xsum x's block scale and sum; wa, wc the weight's
+    scale and the factor of x's sum: Q4_0's -8 d, Q4_1's min, Q4_K's sub-block min).
     A word of four products is one instruction (the H200 through WGSL: dot4I8Packed ran 73 T
     int8 ops/s, f32 fmas 39 T flop/s; bench/webgpu_alu_probe.py)."""
     K, N, S = x.shape[-1], ws[0].shape[0], prod(x.shape[:-1])
@@ -1009,14 +1011,19 @@ def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor
     # each weight's groups at a word (their scales and offsets, and where its ints go)
     reads = [rd.read(w, block_offsets(r, w, "wcol", "wk")[1], "wj", "q")
              for w, rd in zip(ws, readers)]
-    offsets = tuple(bool(grps[0].int_c) for _, grps in reads)
+    # a weight's c term (the factor of x's block sum), unless its ints are made signed
+    offsets = tuple(bool(grps[0].int_c) and not (rd.x_block and rd.x_block.offset)
+                    for rd, (_, grps) in zip(readers, reads))
+    # elements a scale covers (Q6_K's 16: each x block's products folded in two halves)
+    G = min([rd.x_block.scale_elems for rd in readers if rd.x_block] + [QBLOCK])
+    H = QBLOCK // G
     for rd, (_, grps) in zip(readers, reads):
         if rd.x_block is None:  # blocks of 32: every group of a word is the block's
             assert all(g.a == grps[0].a and g.int_c == grps[0].int_c for g in grps), \
                 "int8 GEMM: one scale and offset a block of 32"
         else:  # a group a word an x block: one int word each
             assert all(len(g.ints) == 1 for g in grps), "int8 GEMM: one int word a group"
-    b.shared += _gemm_q8_shared((TM, TN, B, RM, RN), len(ws), offsets)
+    b.shared += _gemm_q8_shared((TM, TN, B, RM, RN), len(ws), offsets, H)
     xrow = lambda m: coords_of(f"min(s0 + {m}, {S - 1}u)", x.shape[:-1])  # noqa: E731
     body = b.group(groups) + [
         r.let("n0", "u32", f"grp % {nt} * {TN}"), r.let("s0", "u32", f"grp / {nt} * {TM}"),
@@ -1039,24 +1046,26 @@ def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor
              f"    xsum[t] = {x.plane('sums').load(r, 'xb')};", "}"]
     # each weight: a thread a word (a column's words of an x block consecutive), its ints to
     # the K they hold (element offsets in the weight's block, whose x blocks are its runs of
-    # 32); the x block's first word stores its scale and offset
+    # 32); the first word a scale covers stores it (into each half of the x block it covers),
+    # the x block's first its offset
     for i, (w, rd) in enumerate(zip(ws, readers)):
         b.use(w)
         E = block_size(w.dtype)[0]
-        wpx, word_of, pick = rd.x_block or (rd.per_block, lambda sbx, t: t, None)
+        xb = rd.x_block or XBlock(rd.per_block, lambda sbx, t: t, lambda sbx: "")
+        wpx, Gw = xb.words, xb.scale_elems
         offs, o = block_offsets(r, w, "wcol", "wk")
         lines, grps = rd.read(w, o, "wj", "q")
         word = [r.let("wn", "u32", f"t / {wpx * B}"), r.let("wb", "u32", f"t % {wpx * B} / {wpx}"),
                 r.let("tw", "u32", f"t % {wpx}"), r.let("wcol", "u32", f"min(n0 + wn, {N - 1}u)"),
                 r.let("kx", "u32", f"k0 + wb * {QBLOCK}"), r.let("wk", "u32", f"kx - kx % {E}"),
                 r.let("sbx", "u32", f"kx % {E} / {QBLOCK}"),
-                r.let("wj", "u32", word_of("sbx", "tw")), *offs, *rd.at("wj"),
+                r.let("wj", "u32", xb.word_of("sbx", "tw")), *offs, *rd.at("wj"),
                 r.let("q", "u32", w.plane(rd.plane).u32(r, f"{o[rd.plane]} + 4 * wj")), *lines]
-        if pick is None:
+        if rd.x_block is None:
             runs = [(iv, run[0][1]) for g in grps for iv, run in zip(g.ints, g.runs())]
             a, c = grps[0].a, grps[0].int_c
         else:  # the x block's group of the word, chosen at run time
-            word.append(r.let("h", "u32", pick("sbx")))
+            word.append(r.let("h", "u32", xb.group_of("sbx")))
 
             def chosen(xs: list[str]) -> str:
                 expr = xs[-1]
@@ -1067,17 +1076,25 @@ def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor
             runs = [(chosen([g.ints[0] for g in grps]), chosen([g.runs()[0][0][1] for g in grps]))]
             a, c = chosen([g.a for g in grps]), chosen([g.int_c or r.f(0.0) for g in grps])
         for iv, off in runs:
+            if xb.offset:  # bytes v in [0, 2 offset) to v - offset, signed
+                assert xb.offset == 32, "int8 GEMM: a signed offset of 32 only"
+                word += [r.let("sv", "u32", f"({iv}) ^ 538976288u"),  # 0x20202020
+                         r.let("sm", "u32", "sv & 538976288u")]
+                iv = "sv | (sm << 1u) | (sm << 2u)"
             kw = f"(wb * 8 + ({off}) % {QBLOCK} / 4)"
             word.append(r.lane(f"wt{i}[{kw} * {WS} + wn / 4]", "wn % 4", "u32") + f" = {iv};")
-        lead = [f"wa{i}[wb * {TN} + wn] = {a};"]
+        lead = [f"wa{i}[(wb * {H} + tw * 4 / {G} + {k}) * {TN} + wn] = {a};"
+                for k in range(Gw // G)]
+        word.append(f"if (tw % {Gw // 4} == 0u) {{ {' '.join(lead)} }}")
         if offsets[i]:
-            lead.append(f"wc{i}[wb * {TN} + wn] = {c};")
-        word.append(f"if (tw == 0u) {{ {' '.join(lead)} }}")
+            word.append(f"if (tw == 0u) {{ wc{i}[wb * {TN} + wn] = {c}; }}")
         stage += [r.for_("t", "lid", str(TN * wpx * B), str(wg)), *("    " + x for x in word), "}"]
     body += ["    " + x for x in stage] + ["    " + r.barrier()]
     comp = "xyzw"
-    for bb in range(B):  # each block's products, then its fold into f32
-        body.append("    " + r.for_("kw", str(8 * bb), str(8 * bb + 8)))
+    for bb, hf in ((bb, hf) for bb in range(B) for hf in range(H)):
+        # each x block's products (in halves where a scale covers 16), then their fold into f32
+        kw0 = 8 * bb + hf * 8 // H
+        body.append("    " + r.for_("kw", str(kw0), str(kw0 + 8 // H)))
         body += [f"        {r.let(f'a_{j}', 'u32x4', f'xt[kw * {XS} + ty + {j * TY}]')}"
                  for j in range(RM // 4)]
         for i in range(len(ws)):
@@ -1095,11 +1112,13 @@ def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor
                      f"        {r.let('sx', 'f32', f'xsum[{row}]')}"]
             for i in range(len(ws)):
                 for c in range(RN):
-                    col = f"{bb * TN} + (tx + {c // 4 * TX}) * 4 + {c % 4}"
+                    col = f"(tx + {c // 4 * TX}) * 4 + {c % 4}"
                     e = a * RN + c
-                    more = f" + sx * wc{i}[{col}]" if offsets[i] else ""
+                    more = (f" + sx * wc{i}[{bb * TN} + {col}]"
+                            if offsets[i] and hf == H - 1 else "")
                     body += [f"        acc{i}[{e}] = acc{i}[{e}] + "
-                             f"{r.cast('f32', f'isum{i}[{e}]')} * dx * wa{i}[{col}]{more};",
+                             f"{r.cast('f32', f'isum{i}[{e}]')} * dx * "
+                             f"wa{i}[{(bb * H + hf) * TN} + {col}]{more};",
                              f"        isum{i}[{e}] = 0;"]
             body.append("    }")
     body += ["    " + r.barrier(), "}"]
