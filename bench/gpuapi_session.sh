@@ -134,8 +134,9 @@
 # run(command="INT8GEMM=1 bash bench/gpuapi_session.sh", carry=[".whl", ".gl"])
 #   session 23's int8 GEMM for prefill (GEMM_INT8='always') against the default (halves on
 #   WebGPU): the ALU and int8-GEMM probes with naga's checks off, the 8B's matmuls alone both
-#   ways (checked), the 1B's greedy text both ways, both models end to end alternating, the
-#   8B's prefill profile on it: about 8 minutes (not yet run: no device was left)
+#   ways and at two more of its tiles (checked), the 1B's greedy text both ways, both models
+#   end to end alternating, the 8B's prefill profile on it: about 9 minutes (not yet run: no
+#   device was left in session 23)
 set -o pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/m /tmp/parts
 for c in .chunk*; do [[ -f $c/part ]] && cp $c/part /tmp/parts/${c#.chunk}; done
@@ -520,7 +521,9 @@ if [[ -n $INT8GEMM ]]; then
   models
   timeout 60 python3 bench/webgpu_alu_probe.py 2>&1 | tee "$OUT/alu.txt"
   timeout 200 python3 bench/webgpu_int8_gemm_probe.py 2>&1 | tee "$OUT/i8gemm.txt"
-  for t in "GEMM_INT8='always'" "GEMM_INT8='never'"; do
+  for t in "GEMM_INT8='always'" "GEMM_INT8='never'" \
+      "GEMM_INT8='always',GEMM_INT8_TILE=(64, 64, 2, 8, 4)" \
+      "GEMM_INT8='always',GEMM_INT8_TILE=(64, 128, 2, 8, 8)"; do
     KERNELS_TIMEOUT=90 kernels webgpu --rows 512 --reps 5 --check --set "$t"
   done
   for t in "GEMM_INT8='always'" "GEMM_INT8='never'"; do
