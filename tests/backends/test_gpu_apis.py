@@ -1409,8 +1409,8 @@ def test_prefill_graph_runs_every_matmul_on_the_int8_gemm(api, monkeypatch):
 
 
 def test_int8_gemm_setting(api, monkeypatch):
-    """GEMM_INT8: "never" (the default until measured on a GPU) keeps the prefill graph's x
-    f32; "auto" takes the int8 GEMM on a GPU whose renderer takes tiled GEMMs and has no
+    """DRIFT_INT8_GEMM=0/1 decides where set; else GEMM_INT8: "never" (the default until
+    measured on a GPU) keeps the prefill graph's x f32; "auto" takes the int8 GEMM on a GPU whose renderer takes tiled GEMMs and has no
     matrix units spelled (so not on lavapipe or PoCL); another
     value is refused with one line."""
     from drift.backends.kernels import templates
@@ -1423,9 +1423,32 @@ def test_int8_gemm_setting(api, monkeypatch):
     r = be.rt.renderer
     assert int8_gemm_choice(r, False) == (r.tiled_gemm and not r.mma)
     assert not int8_gemm_choice(r, True) and not be.capabilities().int8_gemm  # a CPU driver
+    monkeypatch.setenv("DRIFT_INT8_GEMM", "1")  # the environment's word first
+    assert be.capabilities().int8_gemm
+    monkeypatch.setenv("DRIFT_INT8_GEMM", "0")
+    monkeypatch.setattr(templates, "GEMM_INT8", "always")
+    assert not be.capabilities().int8_gemm
+    monkeypatch.setenv("DRIFT_INT8_GEMM", "on")
+    with pytest.raises(InvalidArgumentError, match="DRIFT_INT8_GEMM='on': 0 or 1"):
+        be.capabilities()
+    monkeypatch.delenv("DRIFT_INT8_GEMM")
     monkeypatch.setattr(templates, "GEMM_INT8", "yes")
     with pytest.raises(InvalidArgumentError, match="GEMM_INT8 'yes'"):
         be.capabilities()
+
+
+def test_a_bad_int8_gemm_setting_is_one_line_from_the_cli(api, smollm2_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DRIFT_INT8_GEMM="on")
+    run = subprocess.run([sys.executable, "-m", "drift", "run", str(smollm2_path), "--device",
+                          api, "--raw", "-n", "2", "Hello"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("drift")]
+    assert lines == ["drift: error: DRIFT_INT8_GEMM='on': 0 or 1"], run.stderr
 
 
 @pytest.mark.slow

@@ -74,9 +74,14 @@ def int8_choice(int8_dot: bool | None) -> bool | None:
 
 def int8_gemm_choice(r, emulated: bool) -> bool:
     """Whether prefill's matmuls run on the int8 GEMM (x quantized to one-level int8 blocks by
-    the quantize pass): `templates.GEMM_INT8` "always"; "auto" on a GPU (not a CPU driver:
-    `emulated`) whose renderer takes tiled GEMMs and spells no matrix units (those are
-    faster); "never"."""
+    the quantize pass): DRIFT_INT8_GEMM (0: off, 1: on) where set, else `templates.GEMM_INT8`:
+    "always"; "auto" on a GPU (not a CPU driver: `emulated`) whose renderer takes tiled GEMMs
+    and spells no matrix units (those are faster); "never"."""
+    v = os.environ.get("DRIFT_INT8_GEMM", "")
+    if v not in ("", "0", "1"):
+        raise InvalidArgumentError(f"DRIFT_INT8_GEMM={v!r}: 0 or 1")
+    if v:
+        return v == "1"
     mode = templates.GEMM_INT8
     if mode not in ("auto", "always", "never"):
         raise InvalidArgumentError(f"GEMM_INT8 {mode!r}: auto, always or never")
