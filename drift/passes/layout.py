@@ -8,7 +8,7 @@ what their accessors expand into (see `storage.py`).
     KV cache      a buffer, (C, Hkv, Dh) row-major
     views         a view (reshape, last_row) and its input share memory, so both are plain
                   row-major buffers; so are outputs laid back to back (stacked_matmul)
-    int8 blocks   activations quantized for int8 dot products (q8x): their planes
+    int8 blocks   activations quantized for int8 dot products (q8x, q8x1): their planes
     rank >= 3     4-wide channel slices (PHWC4) where the device has them (images)
     too large     several objects, where the device limits one object's size
     otherwise     a buffer
