@@ -106,13 +106,13 @@ def main() -> None:
         kernel_constants.apply(kernel_constants.parse(kernel_constants.items(a.set)))
     except ValueError as e:
         p.error(f"--set: {e}")
+    if a.tokens < 1:
+        p.error("--tokens must be at least 1")
 
     t0 = time.perf_counter()
     backend = backend_class(a.device)()
     if a.pass_per_dispatch and getattr(backend.rt, "timestamps", None):
         backend.rt.timestamps = "pass-per-dispatch"
-    if a.tokens < 1:
-        raise SystemExit("--tokens must be at least 1")
     engine = Engine(a.model, backend=backend, ctx=a.pos + a.tokens + 8)
     cfg = engine.config
     print(f"# {a.model} on {a.device}: {backend.device().describe()}"

@@ -33,6 +33,14 @@ def test_items_keep_tuples_whole_and_parse_literals():
     assert (templates.GEMM_MMA_TILE, GPUBackend.kernel_tile_rows) == before
 
 
+def test_profile_refuses_a_prefill_of_no_tokens():
+    run = subprocess.run([sys.executable, str(BENCH / "gpuapi_profile.py"), "no-model.gguf",
+                          "--device", "webgpu", "--tokens", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "--tokens must be at least 1" in run.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("item,why", [("NO_SUCH=1", "no constant NO_SUCH"),
                                       ("ATTN_RUN_KEYS=two", "is not CONSTANT=python-literal"),
                                       ("ATTN_RUN_KEYS", "is not CONSTANT=python-literal")])

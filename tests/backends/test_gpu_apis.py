@@ -1361,6 +1361,34 @@ def test_int8_gemm_fused_gate_up_over_two_quant_types(api, types, bias, monkeypa
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("parts", [(37, 13, 13), (40, 23)])
+def test_int8_gemm_stacked_outputs_side_by_side(api, parts, monkeypatch):
+    """A stacked matmul on the int8 GEMM whose outputs lie next to each other in the arena,
+    7 rows in a tile of 32 and a partial column tile: nothing a workgroup computes past the
+    edge may land in a neighbour (PoCL 3.1 runs the guarded-off stores of a tiled GEMM; the
+    GEMM clamps them onto the last row and column, whose values they are)."""
+    _int8_gemm(monkeypatch)
+    S, K = 7, 512
+    blocks = {f"w{i}": _random_blocks("Q4_0", n, K) for i, n in enumerate(parts)}
+    b = GraphBuilder("stack")
+    x = b.input("x", (S, K), "f32")
+    for i, n in enumerate(parts):
+        b.output(b.op("matmul", x, b.weight(f"w{i}", (n, K), "Q4_0")))
+    graph = b.finish()
+    be = _backend(api)
+    for name, raw in blocks.items():
+        be.load_raw(name, raw.shape[:1] + (K,), "Q4_0", raw)
+        be._host[name] = raw  # what load_arrays keeps, in the file's form (stacked from it)
+    prog = be.compile(graph)
+    assert [k.name for k in prog.sources] == ["quantize_q8_1", "stacked_matmul:gemm_q8"]
+    feeds = {"x": _f(S, K)}
+    w = {k: gguf_dequantize(v, GGMLQuantizationType.Q4_0) for k, v in blocks.items()}
+    ref = run_plain(prog.graph, w, feeds)
+    got = prog.run(feeds)
+    for o in graph.outputs:
+        assert np.abs(got[o] - ref[o]).max() <= 1e-5 * np.abs(ref[o]).max(), o
+
+
 def test_prefill_graph_runs_every_matmul_on_the_int8_gemm(api, monkeypatch):
     """A prefill of a tiny Llama with Q4_0 and Q8_0 weights under GEMM_INT8="always": the
     quantize pass puts a one-level quantize before each distinct x of the Q/K/V stack, o and
@@ -1410,9 +1438,9 @@ def test_prefill_graph_runs_every_matmul_on_the_int8_gemm(api, monkeypatch):
 
 def test_int8_gemm_setting(api, monkeypatch):
     """DRIFT_INT8_GEMM=0/1 decides where set; else GEMM_INT8: "never" (the default until
-    measured on a GPU) keeps the prefill graph's x f32; "auto" takes the int8 GEMM on a GPU whose renderer takes tiled GEMMs and has no
-    matrix units spelled (so not on lavapipe or PoCL); another
-    value is refused with one line."""
+    measured on a GPU) keeps the prefill graph's x f32; "auto" takes the int8 GEMM on a GPU
+    whose renderer takes tiled GEMMs and has no matrix units spelled (so not on lavapipe or
+    PoCL); another value is refused with one line."""
     from drift.backends.kernels import templates
     from drift.backends.kernels.gpu import int8_gemm_choice
     from drift.errors import InvalidArgumentError

@@ -251,7 +251,7 @@ class GPUBackend(Backend):
         probe_subgroups(self.rt)
         self.int8_gemv = bool(int8_choice(int8_dot))
         self.int8_gemm = int8_gemm
-        self.rt.renderer.int8 = (self.rt.int8 or self.rt.int8_emulated) if self.int8_gemv else ""
+        self.rt.renderer.int8 = self.rt.int8 or self.rt.int8_emulated
         self.limit = self.rt.max_binding
         if max_binding_bytes:  # tests: a small limit exercises the split objects cheaply
             self.limit = min(self.limit, max_binding_bytes)
@@ -274,8 +274,6 @@ class GPUBackend(Backend):
     def capabilities(self) -> Capabilities:
         int8_gemm = (int8_gemm_choice(self.rt.renderer, self.emulated())
                      if self.int8_gemm is None else self.int8_gemm)
-        if int8_gemm and not self.rt.renderer.int8:  # the GEMM's dot products spelled
-            self.rt.renderer.int8 = self.rt.int8 or self.rt.int8_emulated
         return Capabilities(
             alignment=self.align, channel_slices=False,
             max_object_bytes=self.limit - self.align, quant_planes=True,

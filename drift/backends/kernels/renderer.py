@@ -88,7 +88,8 @@ class Renderer:
     # the device has `f16_math` and is a GPU (a CPU driver's halves are converted floats)
     f16_gemm = False
     # How `dot4_i8` is spelled on this device: a key of the renderer's table, set by
-    # `GPUBackend` when int8 x is asked for ("": off, decode GEMVs read f32 x)
+    # `GPUBackend` from its runtime ("": the renderer's plain byte-by-byte sum); kernels call
+    # it only where x is int8 (the quantize pass's, when int8 x is asked for)
     int8 = ""
 
     # -- declarations and expressions

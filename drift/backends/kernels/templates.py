@@ -672,14 +672,23 @@ def gemm_tile(S: int, N: int, weights: int, storage: int = 1 << 30,
     accumulators fit GEMM_MAX_ACC (GEMM_HALF_MAX_ACC) and whose staged tiles fit `storage`."""
     tiles, min_threads, max_acc = ((GEMM_HALF_TILES, GEMM_HALF_MIN_THREADS, GEMM_HALF_MAX_ACC)
                                    if halves else (GEMM_TILES, GEMM_MIN_THREADS, GEMM_MAX_ACC))
+    return GEMM_TILE or _first_fit(tiles, S, N, weights, min_threads, max_acc, storage,
+                                   lambda t: gemm_storage(t, weights, halves))
+
+
+def _first_fit(tiles, S: int, N: int, weights: int, min_threads: int, max_acc: int,
+               storage: int, storage_of: Callable[[tuple], int]) -> tuple:
+    """The first of a tiled GEMM's `tiles` ((rows, columns, K step, register tile rows,
+    columns)) whose grid over S x N has `min_threads` threads, whose accumulators (a register
+    tile a weight) number at most `max_acc` and whose workgroup memory (`storage_of`) fits
+    `storage`, else the last."""
 
     def fits(t):
-        TM, TN, BK, RM, RN = t
+        TM, TN, _, RM, RN = t
         threads = -(-S // TM) * -(-N // TN) * (TM // RM) * (TN // RN)
-        return (threads >= min_threads and RM * RN * weights <= max_acc
-                and gemm_storage(t, weights, halves) <= storage)
+        return threads >= min_threads and RM * RN * weights <= max_acc and storage_of(t) <= storage
 
-    return GEMM_TILE or next(filter(fits, tiles), tiles[-1])
+    return next(filter(fits, tiles), tiles[-1])
 
 
 def gemm_storage(tile: tuple[int, int, int, int, int], weights: int, halves: bool = False) -> int:
@@ -921,16 +930,22 @@ def _gemm_half(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Access
 
 
 def _store_runs(r: Renderer, n: Node, out: Accessor, biases: list[Accessor], weights: int,
-                regs: tuple[int, int, int, int], S: int, N: int) -> list[str]:
+                regs: tuple[int, int, int, int], S: int, N: int,
+                clamped: bool = False) -> list[str]:
     """A tiled GEMM's epilogue from the registers: each thread's RM x RN accumulators acc{i}
     (its rows and columns in runs of four, ty- and tx-strided: regs = (RM, RN, TX, TY)),
-    through `_epilogue`, stored where inside S x N."""
+    through `_epilogue`, stored where inside S x N. `clamped`: the row and column also
+    clamped into S x N, for a GEMM whose rows and columns past the edge computed exactly the
+    last one's values (read from its clamped x row and weight column): PoCL 3.1 runs the
+    guarded-off stores anyway (`CLRuntime`), which then rewrite the same values."""
     RM, RN, TX, TY = regs
     lines = []
     for a in range(RM):
         for c in range(RN):
             row = f"s0 + (ty + {a // 4 * TY}) * 4 + {a % 4}"
             col = f"n0 + (tx + {c // 4 * TX}) * 4 + {c % 4}"
+            if clamped:
+                row, col = f"min({row}, {S - 1}u)", f"min({col}, {N - 1}u)"
             pre, value = _epilogue(r, n, [f"acc{i}[{a * RN + c}]" for i in range(weights)],
                                    biases, "oc")
             st = out.store(r, value, *coords_of("om", out.shape[:-1]), "oc")
@@ -945,14 +960,9 @@ def gemm_q8_tile(S: int, N: int, weights: int, K: int,
     columns of x: GEMM_INT8_TILE where set, else the first of GEMM_INT8_TILES whose grid has
     GEMM_INT8_MIN_THREADS threads, whose accumulators fit GEMM_INT8_MAX_ACC and whose staged
     tiles fit `storage`; its blocks a step cut to 1 where they do not divide K's."""
-
-    def fits(t):
-        TM, TN, _, RM, RN = t
-        threads = -(-S // TM) * -(-N // TN) * (TM // RM) * (TN // RN)
-        return (threads >= GEMM_INT8_MIN_THREADS and RM * RN * weights <= GEMM_INT8_MAX_ACC
-                and gemm_q8_storage(t, weights) <= storage)
-
-    TM, TN, B, RM, RN = GEMM_INT8_TILE or next(filter(fits, GEMM_INT8_TILES), GEMM_INT8_TILES[-1])
+    TM, TN, B, RM, RN = GEMM_INT8_TILE or _first_fit(
+        GEMM_INT8_TILES, S, N, weights, GEMM_INT8_MIN_THREADS, GEMM_INT8_MAX_ACC, storage,
+        lambda t: gemm_q8_storage(t, weights))
     return TM, TN, B if K // QBLOCK % B == 0 else 1, RM, RN
 
 
@@ -1008,9 +1018,10 @@ def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor
     nt, steps = -(-N // TN), K // QBLOCK // B
     groups = nt * -(-S // TM)
     readers = [WORDS[w.dtype](r) for w in ws]
-    # each weight's groups at a word (their scales and offsets, and where its ints go)
-    reads = [rd.read(w, block_offsets(r, w, "wcol", "wk")[1], "wj", "q")
-             for w, rd in zip(ws, readers)]
+    # each weight's plane offsets at (wcol, wk) and its groups at word wj (their scales and
+    # offsets, and where its ints go), rendered once
+    planes_at = [block_offsets(r, w, "wcol", "wk") for w in ws]
+    reads = [rd.read(w, o, "wj", "q") for w, rd, (_, o) in zip(ws, readers, planes_at)]
     # a weight's c term (the factor of x's block sum), unless its ints are made signed
     offsets = tuple(bool(grps[0].int_c) and not (rd.x_block and rd.x_block.offset)
                     for rd, (_, grps) in zip(readers, reads))
@@ -1051,10 +1062,10 @@ def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor
     for i, (w, rd) in enumerate(zip(ws, readers)):
         b.use(w)
         E = block_size(w.dtype)[0]
+        # a block of 32: all its words are the x block's, one scale (its groups: all, below)
         xb = rd.x_block or XBlock(rd.per_block, lambda sbx, t: t, lambda sbx: "")
         wpx, Gw = xb.words, xb.scale_elems
-        offs, o = block_offsets(r, w, "wcol", "wk")
-        lines, grps = rd.read(w, o, "wj", "q")
+        (offs, o), (lines, grps) = planes_at[i], reads[i]
         word = [r.let("wn", "u32", f"t / {wpx * B}"), r.let("wb", "u32", f"t % {wpx * B} / {wpx}"),
                 r.let("tw", "u32", f"t % {wpx}"), r.let("wcol", "u32", f"min(n0 + wn, {N - 1}u)"),
                 r.let("kx", "u32", f"k0 + wb * {QBLOCK}"), r.let("wk", "u32", f"kx - kx % {E}"),
@@ -1122,7 +1133,8 @@ def _gemm_q8(r: Renderer, n: Node, x: Accessor, out: Accessor, ws: list[Accessor
                              f"        isum{i}[{e}] = 0;"]
             body.append("    }")
     body += ["    " + r.barrier(), "}"]
-    body += _store_runs(r, n, out, biases, len(ws), (RM, RN, TX, TY), S, N)
+    # (x rows past S were read as row S - 1, weight columns past N as column N - 1)
+    body += _store_runs(r, n, out, biases, len(ws), (RM, RN, TX, TY), S, N, clamped=True)
     return b.finish(body, groups)
 
 
